@@ -1,0 +1,100 @@
+//! The audit trail (`GF_EVENTS`) and job log lines (`GF_LOGS`).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, JobState, Timestamp, WorkerId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    JobSubmitted,
+    JobDispatched,
+    JobClaimed,
+    JobSucceeded,
+    JobFailed,
+    JobRetryScheduled,
+    JobDead,
+    JobCancelled,
+    JobLeaseExpired,
+    JobReleased,
+    JobUnplaceable,
+    JobRevoked,
+    WorkerRegistered,
+    WorkerDraining,
+    WorkerGone,
+    LeaderElected,
+    RpcRejected,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::JobSubmitted => "job_submitted",
+            EventKind::JobDispatched => "job_dispatched",
+            EventKind::JobClaimed => "job_claimed",
+            EventKind::JobSucceeded => "job_succeeded",
+            EventKind::JobFailed => "job_failed",
+            EventKind::JobRetryScheduled => "job_retry_scheduled",
+            EventKind::JobDead => "job_dead",
+            EventKind::JobCancelled => "job_cancelled",
+            EventKind::JobLeaseExpired => "job_lease_expired",
+            EventKind::JobReleased => "job_released",
+            EventKind::JobUnplaceable => "job_unplaceable",
+            EventKind::JobRevoked => "job_revoked",
+            EventKind::WorkerRegistered => "worker_registered",
+            EventKind::WorkerDraining => "worker_draining",
+            EventKind::WorkerGone => "worker_gone",
+            EventKind::LeaderElected => "leader_elected",
+            EventKind::RpcRejected => "rpc_rejected",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    pub time: Timestamp,
+    pub kind: EventKind,
+    pub level: Level,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<WorkerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The job's state after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Which coordinator or worker emitted it.
+    pub source: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a job printed, published on `gf.logs.<job>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    pub job_id: JobId,
+    pub epoch: u64,
+    /// Per attempt, from 1, across both streams.
+    pub seq: u64,
+    pub stream: LogStream,
+    pub line: String,
+    pub time: Timestamp,
+}

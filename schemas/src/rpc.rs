@@ -1,0 +1,270 @@
+//! The RPC plane: request and reply bodies on `gf.rpc.*`, control messages on
+//! `gf.ctl.worker.<id>`, and dispatch notices on `gf.dispatch.…`.
+//!
+//! Every reply is an envelope: `{"ok": …}` or `{"error": {"kind": …, "message": …}}`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AttemptOutcome, Capabilities, JobId, JobSpec, JobState, Lease, RunningJob, Timestamp, Usage,
+    WorkerId, WorkerState,
+};
+
+/// Reply envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply<T> {
+    Ok(T),
+    Error(RpcError),
+}
+
+impl<T> Reply<T> {
+    pub fn into_result(self) -> Result<T, RpcError> {
+        match self {
+            Reply::Ok(t) => Ok(t),
+            Reply::Error(e) => Err(e),
+        }
+    }
+}
+
+impl<T> From<Result<T, RpcError>> for Reply<T> {
+    fn from(r: Result<T, RpcError>) -> Self {
+        match r {
+            Ok(t) => Reply::Ok(t),
+            Err(e) => Reply::Error(e),
+        }
+    }
+}
+
+/// What kind of failure an RPC met. Callers branch on this, never on the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request is malformed or fails validation; `message` names what is wrong.
+    Invalid,
+    /// The request is larger than the coordinator accepts.
+    TooLarge,
+    NotFound,
+    /// The epoch in the request is not the job's current one: a newer dispatch exists.
+    StaleEpoch,
+    /// The caller no longer holds the lease (expired, cancelled, released, or another
+    /// worker won): stop work, nothing it reports counts.
+    Revoked,
+    /// Someone else won a race (e.g. a claim); re-read and decide again.
+    Conflict,
+    /// The worker lacks a capability the job requires.
+    NotEligible,
+    /// The job is in a state that does not allow the operation.
+    WrongState,
+    /// The coordinator cannot serve right now (store unreachable); retry later.
+    Unavailable,
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RpcError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reply to `gf.rpc.submit` (whose request body is a [`JobSpec`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitReply {
+    pub job_id: JobId,
+    /// `true` when the idempotency key was seen before and this is the first job.
+    pub duplicate: bool,
+    pub state: JobState,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetJobRequest {
+    pub job_id: JobId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub job_id: JobId,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelReply {
+    pub state: JobState,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub worker_id: WorkerId,
+    pub capabilities: Capabilities,
+    pub slots: u32,
+    pub version: String,
+    pub hostname: String,
+}
+
+/// What the coordinators tell a registering worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterReply {
+    /// Routing dimensions in subject order; the worker derives its filters from them.
+    pub routing_dims: Vec<String>,
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub worker_id: WorkerId,
+    pub state: WorkerState,
+    pub free_slots: u32,
+    pub running: Vec<RunningJob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HeartbeatReply {
+    /// `false` when the coordinators have no record of this worker: register again.
+    pub known: bool,
+    /// Jobs the worker reported that it no longer holds: stop them.
+    pub revoked: Vec<Revocation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub job_id: JobId,
+    pub epoch: u64,
+    pub worker_id: WorkerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimReply {
+    pub spec: JobSpec,
+    pub lease: Lease,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub job_id: JobId,
+    pub epoch: u64,
+    pub worker_id: WorkerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RenewReply {
+    pub lease: Lease,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub job_id: JobId,
+    pub epoch: u64,
+    pub worker_id: WorkerId,
+    pub outcome: AttemptOutcome,
+    /// The JSON the job wrote to `$GF_RESULT_FILE`, minus `usage`.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CompleteReply {
+    /// The job's state after this completion (`pending` when a retry is scheduled).
+    pub state: JobState,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub job_id: JobId,
+    pub epoch: u64,
+    pub worker_id: WorkerId,
+    pub reason: String,
+}
+
+/// Why a lease was taken away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    LeaseExpired,
+    Cancelled,
+    Superseded,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Revocation {
+    pub job_id: JobId,
+    pub epoch: u64,
+    pub reason: RevokeReason,
+}
+
+/// Pushed by coordinators on `gf.ctl.worker.<id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum ControlMessage {
+    Revoke(Revocation),
+}
+
+/// A hint that a job may be claimed at `epoch`. The KV record is the truth: a notice
+/// can be stale, and a claim with its epoch is then refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchNotice {
+    pub job_id: JobId,
+    pub epoch: u64,
+    pub dispatched_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reply envelopes are `{"ok": …}` or `{"error": {"kind", "message"}}`.
+    #[test]
+    fn envelope_shape() {
+        let ok: Reply<CancelReply> = Reply::Ok(CancelReply {
+            state: JobState::Cancelled,
+        });
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":{"state":"cancelled"}}"#
+        );
+        let err: Reply<CancelReply> =
+            Reply::Error(RpcError::new(ErrorKind::StaleEpoch, "epoch 1 < 2"));
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"error":{"kind":"stale_epoch","message":"epoch 1 < 2"}}"#
+        );
+    }
+
+    #[test]
+    fn control_message_shape() {
+        let id: JobId = "019a0000-0000-7000-8000-000000000001".parse().unwrap();
+        let m = ControlMessage::Revoke(Revocation {
+            job_id: id,
+            epoch: 3,
+            reason: RevokeReason::Cancelled,
+        });
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::json!({"type": "revoke", "job_id": id.to_string(), "epoch": 3, "reason": "cancelled"})
+        );
+    }
+}

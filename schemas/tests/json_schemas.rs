@@ -1,0 +1,34 @@
+//! The published JSON Schemas in `schemas/json/` match the Rust types.
+
+use std::path::PathBuf;
+
+/// Every checked-in schema equals the one generated from the types (and no stale file
+/// remains). Set `GF_UPDATE_SCHEMAS=1` to rewrite them after changing a wire type.
+#[test]
+fn published_schemas_are_in_sync() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json");
+    let update = std::env::var_os("GF_UPDATE_SCHEMAS").is_some();
+    let mut expected_files = Vec::new();
+    let mut stale = Vec::new();
+    for (stem, schema) in gf_schemas::json_schemas() {
+        let file = format!("{stem}.schema.json");
+        let path = dir.join(&file);
+        let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        if update {
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(file.clone());
+        }
+        expected_files.push(file);
+    }
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !expected_files.contains(&name) {
+            stale.push(format!("{name} (no longer generated)"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "schemas out of date: {stale:?}; run `GF_UPDATE_SCHEMAS=1 cargo test -p gf-schemas`"
+    );
+}
