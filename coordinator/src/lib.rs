@@ -1,1 +1,154 @@
+//! The Gigafactory coordinator.
+//!
+//! Accepts jobs (NATS `gf.rpc.submit`, HTTP `POST /api/jobs`), keeps job state in the
+//! `gf_jobs` bucket with revision-checked writes, schedules and dispatches ready jobs
+//! to capability subjects (one leader among replicas), reaps expired leases by server
+//! time, and serves the RPC plane workers use (claim, renew, complete, release).
+//!
+//! [`start`] builds and starts every part; [`run`] also waits for it to stop.
 
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod fsm;
+pub mod http;
+pub mod leader;
+pub mod rpc;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use gf_schemas::Timestamp;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::CoordinatorConfig;
+pub use error::StoreError;
+pub use service::Service;
+
+/// A started coordinator.
+pub struct Coordinator {
+    pub http_addr: Option<SocketAddr>,
+    pub service: Arc<Service>,
+    pub leader: Arc<scheduler::LeaderStatus>,
+    shutdown: CancellationToken,
+    rpc: JoinHandle<anyhow::Result<()>>,
+    http: Option<JoinHandle<anyhow::Result<()>>>,
+    scheduler: JoinHandle<()>,
+    events: JoinHandle<()>,
+}
+
+/// Connects to NATS, creates or checks buckets and streams, and starts the RPC plane,
+/// the scheduler/reaper and the HTTP API. Everything stops when `shutdown` fires; call
+/// [`Coordinator::join`] to wait for the ordered shutdown to finish.
+pub async fn start(
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Coordinator> {
+    let config = Arc::new(config);
+    let (reconnect_tx, reconnect_rx) = tokio::sync::watch::channel(0u64);
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("gf-coordinator {}", config.id))
+        .event_callback(move |event| {
+            let tx = reconnect_tx.clone();
+            async move {
+                tracing::info!(%event, "nats");
+                if matches!(event, async_nats::Event::Connected) {
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        })
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let store = store::Store::open(js.clone(), config.replicas)
+        .await
+        .context("cannot create or open the JetStream buckets and streams")?;
+    let clock = clock::ServerClock::anchored(Timestamp::now_local());
+    if let Err(e) = clock
+        .sync(&store.leader, &format!("clock.{}", config.id))
+        .await
+    {
+        tracing::warn!(error = %e, "first clock sync failed; retrying in the scheduler loop");
+    }
+    let (events, events_task) = events::EventSink::start(js, config.id.clone());
+    let service = Arc::new(Service::new(store, client, clock, events, config.clone())?);
+    let leader = Arc::new(scheduler::LeaderStatus::default());
+
+    let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn(scheduler::run(
+        service.clone(),
+        leader.clone(),
+        reconnect_rx,
+        shutdown.clone(),
+    ));
+    let (http_addr, http) = match config.http_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (set --http-addr or GF_HTTP_ADDR)")
+            })?;
+            let bound = listener.local_addr()?;
+            let state = http::AppState {
+                service: service.clone(),
+                leader: leader.clone(),
+                started: Instant::now(),
+            };
+            let token = shutdown.clone();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, http::router(state))
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
+    tracing::info!(id = %config.id, http = ?http_addr, nats = %config.nats_url, "coordinator started");
+    Ok(Coordinator {
+        http_addr,
+        service,
+        leader,
+        shutdown,
+        rpc,
+        http,
+        scheduler,
+        events: events_task,
+    })
+}
+
+impl Coordinator {
+    /// Waits for the shutdown, in order: intake (RPC, HTTP) drains first, then the
+    /// scheduler steps down, then the audit trail is flushed.
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        let rpc = self.rpc.await;
+        let http = match self.http {
+            Some(h) => Some(h.await),
+            None => None,
+        };
+        self.scheduler.await.ok();
+        let client = self.service.client.clone();
+        // The service holds the last event sink handle; dropping it ends the publisher.
+        drop(self.service);
+        self.events.await.ok();
+        client.flush().await.ok();
+        rpc??;
+        if let Some(h) = http {
+            h??;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a coordinator and runs it until `shutdown`.
+pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.join().await
+}

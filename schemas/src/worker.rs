@@ -42,6 +42,8 @@ impl Capabilities {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
+    /// Registered, still binding its consumer: not offered work yet.
+    Starting,
     /// Takes new jobs.
     Active,
     /// Finishes what it runs, takes nothing new.

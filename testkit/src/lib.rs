@@ -1,1 +1,252 @@
+//! Dev-only test support: a real `nats-server` with JetStream per test (free port, fresh
+//! store directory, stopped on drop), and helpers to run coordinators and workers
+//! in-process with test timings.
+//!
+//! The server binary is `$GF_NATS_SERVER` or `nats-server` on `PATH`
+//! (`scripts/install-nats.sh` installs it).
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use gf_coordinator::{Coordinator, CoordinatorConfig};
+use gf_worker::{Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// A running `nats-server` owned by a test.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// Path of the `nats-server` binary to use.
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("GF_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free loopback port and waits until it
+    /// accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut last = None;
+        // A port found free can be taken before the server binds it; try a few.
+        for _ in 0..5 {
+            let store = tempfile::Builder::new().prefix("gf-nats-").tempdir()?;
+            let log = store.path().join("nats.log");
+            let mut s = Self {
+                child: None,
+                port: free_port()?,
+                store,
+                log,
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried"))
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (run scripts/install-nats.sh, or set GF_NATS_SERVER)",
+                    nats_server_bin().display()
+                )
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("nats-server exited with {status}: {}", self.log_tail());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "nats-server did not listen on {} within 10s: {}",
+            self.port,
+            self.log_tail()
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Stops the server (as a crash would: SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Logs for tests: `RUST_LOG=debug cargo nextest run …` shows them.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Coordinator settings for tests: short leases and periods, HTTP on a free port.
+pub fn coordinator_config(nats_url: &str) -> CoordinatorConfig {
+    CoordinatorConfig {
+        nats_url: nats_url.into(),
+        http_addr: Some(([127, 0, 0, 1], 0).into()),
+        lease_ttl: Duration::from_secs(2),
+        claim_timeout: Duration::from_secs(3),
+        reaper_period: Duration::from_millis(200),
+        heartbeat_interval: Duration::from_millis(500),
+        worker_timeout: Duration::from_secs(3),
+        leader_ttl: Duration::from_secs(2),
+        retry_base: Duration::from_millis(200),
+        retry_max: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+pub fn worker_config(nats_url: &str, slots: u32) -> WorkerConfig {
+    WorkerConfig {
+        nats_url: nats_url.into(),
+        slots,
+        drain_grace: Duration::from_secs(5),
+        rpc_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+/// An in-process part with its own shutdown token.
+pub struct Running<T> {
+    pub part: Option<T>,
+    pub shutdown: CancellationToken,
+}
+
+impl Running<Coordinator> {
+    pub async fn coordinator(config: CoordinatorConfig) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let part = gf_coordinator::start(config, shutdown.clone()).await?;
+        Ok(Self {
+            part: Some(part),
+            shutdown,
+        })
+    }
+    pub fn http(&self) -> String {
+        format!(
+            "http://{}",
+            self.part
+                .as_ref()
+                .and_then(|c| c.http_addr)
+                .expect("http on")
+        )
+    }
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.part.take().expect("running").join().await
+    }
+}
+
+impl Running<Worker> {
+    pub async fn worker(config: WorkerConfig) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let part = gf_worker::start(config, shutdown.clone()).await?;
+        Ok(Self {
+            part: Some(part),
+            shutdown,
+        })
+    }
+    pub fn id(&self) -> gf_schemas::WorkerId {
+        self.part.as_ref().expect("running").id.clone()
+    }
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.part.take().expect("running").join().await
+    }
+}
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,1 +1,546 @@
+//! The Gigafactory worker.
+//!
+//! Registers its capabilities through the coordinators, binds a durable pull consumer
+//! filtered on the dispatch subjects it can serve (shared with every identical worker,
+//! so they compete for notices), claims jobs with the notice's epoch, runs them
+//! ([`runner`]), heartbeats, and on shutdown drains: no new claims, running jobs finish
+//! within the grace period or are given back.
+//!
+//! A worker never writes the KV store; everything goes through the RPC plane.
 
+pub mod caps;
+pub mod client;
+pub mod runner;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use gf_schemas::names::{self, rpc, Routing};
+use gf_schemas::rpc::{
+    ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, ControlMessage, DispatchNotice,
+    HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest, ReleaseRequest,
+};
+use gf_schemas::{Capabilities, ErrorKind, JobId, RunningJob, WorkerId, WorkerState};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use client::{CallError, RpcClient};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub nats_url: String,
+    /// Default: host name plus a random suffix.
+    pub id: Option<WorkerId>,
+    pub queues: Vec<String>,
+    /// Added to (and overriding) the detected `os`, `arch`, `cpus`, `memory_mb`.
+    pub capabilities: BTreeMap<String, String>,
+    pub tags: BTreeSet<String>,
+    /// Jobs run at once.
+    pub slots: u32,
+    /// At shutdown, how long running jobs may take before they are given back.
+    pub drain_grace: Duration,
+    /// Where jobs without a `cwd` get their working directory; default: a temp dir.
+    pub scratch_dir: Option<PathBuf>,
+    pub rpc_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            id: None,
+            queues: vec![gf_schemas::DEFAULT_QUEUE.into()],
+            capabilities: BTreeMap::new(),
+            tags: BTreeSet::new(),
+            slots: 4,
+            drain_grace: Duration::from_secs(30),
+            scratch_dir: None,
+            rpc_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct RunningEntry {
+    epoch: u64,
+    revoked: CancellationToken,
+}
+
+struct Shared {
+    id: WorkerId,
+    rpc: RpcClient,
+    js: jetstream::Context,
+    slots: u32,
+    running: Mutex<HashMap<JobId, RunningEntry>>,
+    slot_freed: Notify,
+    /// Fired when the drain grace runs out: running jobs are killed and released.
+    give_back: CancellationToken,
+    scratch: PathBuf,
+    register: RegisterRequest,
+}
+
+impl Shared {
+    fn running_jobs(&self) -> Vec<RunningJob> {
+        let map = self.running.lock().expect("running");
+        map.iter()
+            .map(|(id, e)| RunningJob {
+                job_id: *id,
+                epoch: e.epoch,
+            })
+            .collect()
+    }
+    fn free_slots(&self) -> u32 {
+        self.slots
+            .saturating_sub(self.running.lock().expect("running").len() as u32)
+    }
+    /// Stops a job if it still runs at `epoch`.
+    fn revoke(&self, job: &JobId, epoch: u64) {
+        if let Some(e) = self.running.lock().expect("running").get(job) {
+            if e.epoch == epoch {
+                tracing::warn!(%job, epoch, "lease revoked; stopping the job");
+                e.revoked.cancel();
+            }
+        }
+    }
+}
+
+/// A started worker.
+pub struct Worker {
+    pub id: WorkerId,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    /// Waits until the worker has drained and stopped.
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("worker task panicked")?
+    }
+}
+
+/// Connects, registers and binds the consumer, then runs until `shutdown`.
+pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Worker> {
+    let host = caps::hostname();
+    let id = config
+        .id
+        .clone()
+        .unwrap_or_else(|| WorkerId::generate(&host));
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("gf-worker {id}"))
+        .event_callback(|event| async move { tracing::info!(%event, "nats") })
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let rpc = RpcClient::new(client.clone(), config.rpc_timeout);
+    let mut values = caps::detect();
+    values.extend(config.capabilities.clone());
+    let capabilities = Capabilities {
+        values,
+        tags: config.tags.clone(),
+        queues: config.queues.clone(),
+    };
+    let register = RegisterRequest {
+        worker_id: id.clone(),
+        capabilities: capabilities.clone(),
+        slots: config.slots,
+        version: env!("CARGO_PKG_VERSION").into(),
+        hostname: host,
+    };
+    let reply = register_until_answered(&rpc, &register, &shutdown).await?;
+    let routing = Routing::new(reply.routing_dims.clone()).map_err(anyhow::Error::msg)?;
+    let js = jetstream::new(client.clone());
+    let consumer = bind_consumer(&js, &routing, &capabilities).await?;
+    let scratch = match &config.scratch_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("gf-worker-{id}")),
+    };
+    tokio::fs::create_dir_all(&scratch)
+        .await
+        .with_context(|| format!("cannot create scratch directory {}", scratch.display()))?;
+    let shared = Arc::new(Shared {
+        id: id.clone(),
+        rpc,
+        js,
+        slots: config.slots,
+        running: Mutex::new(HashMap::new()),
+        slot_freed: Notify::new(),
+        give_back: CancellationToken::new(),
+        scratch,
+        register,
+    });
+    let control = client.subscribe(names::worker_control(&id)).await?;
+    let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
+    let task = tokio::spawn(run_worker(
+        shared,
+        consumer,
+        control,
+        heartbeat_every,
+        config.drain_grace,
+        shutdown,
+    ));
+    tracing::info!(worker = %id, slots = config.slots, "worker started");
+    Ok(Worker { id, task })
+}
+
+/// Starts a worker and runs it until `shutdown`, then drains.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.join().await
+}
+
+async fn register_until_answered(
+    rpc: &RpcClient,
+    req: &RegisterRequest,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RegisterReply> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match rpc.call::<_, RegisterReply>(rpc::REGISTER, req).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.retryable() => {
+                tracing::warn!(error = %e, "registration not answered; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped before registering"),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("registration refused"),
+        }
+    }
+}
+
+/// Binds the durable consumer of this worker's profile. Identical workers (same queues,
+/// capabilities, tags and routing) share it and so compete for the same notices;
+/// differing workers get their own copy of every notice that matches them.
+async fn bind_consumer(
+    js: &jetstream::Context,
+    routing: &Routing,
+    caps: &Capabilities,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let filters = routing.worker_filters(&caps.queues, &caps.values);
+    let profile = serde_json::to_string(&(routing.dims(), caps)).expect("serializes");
+    let name = format!(
+        "gfw_{}",
+        &hex::encode(Sha256::digest(profile.as_bytes()))[..16]
+    );
+    let stream = js
+        .get_stream(names::STREAM_DISPATCH)
+        .await
+        .context("dispatch stream missing: has a coordinator started against this NATS?")?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("gigafactory workers: {}", filters.join(" "))),
+                filter_subjects: filters,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 10,
+                deliver_policy: consumer::DeliverPolicy::New,
+                inactive_threshold: Duration::from_secs(3600),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot bind dispatch consumer {name}"))?;
+    Ok(consumer)
+}
+
+async fn run_worker(
+    shared: Arc<Shared>,
+    consumer: consumer::PullConsumer,
+    control: async_nats::Subscriber,
+    heartbeat_every: Duration,
+    drain_grace: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let background = CancellationToken::new();
+    let draining = CancellationToken::new();
+    let jobs = TaskTracker::new();
+    let control_task = tokio::spawn(control_loop(shared.clone(), control, background.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat_loop(
+        shared.clone(),
+        heartbeat_every,
+        draining.clone(),
+        background.clone(),
+    ));
+    // Become active at once rather than a heartbeat later.
+    heartbeat(&shared, WorkerState::Active).await;
+
+    fetch_loop(&shared, &consumer, &jobs, &shutdown).await;
+
+    // Drain: no new claims; running jobs get the grace period, then are given back.
+    draining.cancel();
+    heartbeat(&shared, WorkerState::Draining).await;
+    jobs.close();
+    let running = shared.running.lock().expect("running").len();
+    if running > 0 {
+        tracing::info!(running, grace = ?drain_grace, "draining");
+    }
+    if tokio::time::timeout(drain_grace, jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain grace over; giving running jobs back");
+        shared.give_back.cancel();
+        jobs.wait().await;
+    }
+    heartbeat(&shared, WorkerState::Gone).await;
+    background.cancel();
+    let _ = control_task.await;
+    let _ = heartbeat_task.await;
+    shared.rpc.nats().flush().await.ok();
+    tracing::info!(worker = %shared.id, "worker stopped");
+    Ok(())
+}
+
+async fn fetch_loop(
+    shared: &Arc<Shared>,
+    consumer: &consumer::PullConsumer,
+    jobs: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let free = shared.free_slots();
+        if free == 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = shared.slot_freed.notified() => {}
+                // Belt and braces: re-check even if a notification was missed.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        // A fresh short pull each round: a pull that went quiet after a reconnect can't
+        // stall the worker for longer than its expiry.
+        let batch = consumer
+            .batch()
+            .max_messages(free as usize)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => {
+                backoff = Duration::from_millis(100);
+                b
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull notices; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = batch.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            match msg {
+                Ok(m) => on_notice(shared, jobs, m, shutdown).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull ended");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn on_notice(
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    msg: jetstream::Message,
+    shutdown: &CancellationToken,
+) {
+    let notice: DispatchNotice = match serde_json::from_slice(&msg.payload) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "malformed dispatch notice dropped");
+            let _ = msg.ack_with(jetstream::AckKind::Term).await;
+            return;
+        }
+    };
+    if shutdown.is_cancelled() {
+        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+        return;
+    }
+    let req = ClaimRequest {
+        job_id: notice.job_id,
+        epoch: notice.epoch,
+        worker_id: shared.id.clone(),
+    };
+    match shared.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await {
+        Ok(claim) => {
+            let _ = msg.ack().await;
+            spawn_job(shared, jobs, notice.job_id, claim);
+        }
+        Err(e) if e.retryable() && e.kind() != Some(ErrorKind::Conflict) => {
+            tracing::warn!(job = %notice.job_id, error = %e, "claim not answered; notice will come back");
+            let _ = msg
+                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+                .await;
+        }
+        Err(e) => {
+            // Stale, taken, or not for us: the notice is spent.
+            tracing::debug!(job = %notice.job_id, error = %e, "claim refused");
+            let _ = msg.ack().await;
+        }
+    }
+}
+
+fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: ClaimReply) {
+    let epoch = claim.lease.epoch;
+    let revoked = CancellationToken::new();
+    shared.running.lock().expect("running").insert(
+        job_id,
+        RunningEntry {
+            epoch,
+            revoked: revoked.clone(),
+        },
+    );
+    let shared = shared.clone();
+    jobs.spawn(async move {
+        let job = runner::Job {
+            id: job_id,
+            claim,
+            worker: shared.id.clone(),
+            revoked,
+            give_back: shared.give_back.clone(),
+        };
+        tracing::info!(job = %job_id, epoch, "running");
+        let end = runner::run(job, shared.rpc.clone(), shared.js.clone(), &shared.scratch).await;
+        match end {
+            runner::RunEnd::Finished { outcome, result, usage } => {
+                let req = CompleteRequest { job_id, epoch, worker_id: shared.id.clone(), outcome, result, usage };
+                report(&shared, &req).await;
+            }
+            runner::RunEnd::Revoked(why) => {
+                tracing::warn!(job = %job_id, epoch, %why, "job stopped; its result does not count");
+            }
+            runner::RunEnd::GivenBack => {
+                let req = ReleaseRequest { job_id, epoch, worker_id: shared.id.clone(), reason: "worker shutting down".into() };
+                if let Err(e) = shared.rpc.call::<_, ()>(rpc::RELEASE, &req).await {
+                    tracing::warn!(job = %job_id, error = %e, "release failed; the lease will expire instead");
+                }
+            }
+        }
+        shared.running.lock().expect("running").remove(&job_id);
+        shared.slot_freed.notify_one();
+    });
+}
+
+/// Sends a completion until it is answered. Retrying is safe: the coordinator answers a
+/// repeat of an applied completion with the same result.
+async fn report(shared: &Shared, req: &CompleteRequest) {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..30 {
+        match shared
+            .rpc
+            .call::<_, CompleteReply>(rpc::COMPLETE, req)
+            .await
+        {
+            Ok(r) => {
+                tracing::info!(job = %req.job_id, epoch = req.epoch, state = %r.state, "reported");
+                return;
+            }
+            Err(e) if e.lost_lease() => {
+                tracing::warn!(job = %req.job_id, epoch = req.epoch, error = %e, "result refused: lease lost");
+                return;
+            }
+            Err(e) if e.retryable() => {
+                tracing::warn!(job = %req.job_id, error = %e, "completion not answered; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(3));
+            }
+            Err(e) => {
+                tracing::error!(job = %req.job_id, error = %e, "completion refused");
+                return;
+            }
+        }
+    }
+    tracing::error!(job = %req.job_id, "gave up reporting; the lease will expire and the job run again");
+}
+
+async fn heartbeat(shared: &Shared, state: WorkerState) {
+    let req = HeartbeatRequest {
+        worker_id: shared.id.clone(),
+        state,
+        free_slots: shared.free_slots(),
+        running: shared.running_jobs(),
+    };
+    match shared
+        .rpc
+        .call::<_, HeartbeatReply>(rpc::HEARTBEAT, &req)
+        .await
+    {
+        Ok(reply) => {
+            for r in reply.revoked {
+                shared.revoke(&r.job_id, r.epoch);
+            }
+            if !reply.known && state != WorkerState::Gone {
+                tracing::warn!("coordinators do not know this worker; registering again");
+                if shared
+                    .rpc
+                    .call::<_, RegisterReply>(rpc::REGISTER, &shared.register)
+                    .await
+                    .is_ok()
+                {
+                    Box::pin(heartbeat(shared, state)).await;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "heartbeat not answered"),
+    }
+}
+
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    every: Duration,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let state = if draining.is_cancelled() {
+            WorkerState::Draining
+        } else {
+            WorkerState::Active
+        };
+        heartbeat(&shared, state).await;
+    }
+}
+
+async fn control_loop(
+    shared: Arc<Shared>,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        match serde_json::from_slice::<ControlMessage>(&msg.payload) {
+            Ok(ControlMessage::Revoke(r)) => shared.revoke(&r.job_id, r.epoch),
+            Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Coordinator settings. Defaults suit a small production fleet; tests shorten the
+//! timings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub nats_url: String,
+    /// Unique per replica; shown in `/health` and as the leader's name.
+    pub id: String,
+    /// HTTP API and `/health`; `None` serves no HTTP.
+    pub http_addr: Option<SocketAddr>,
+    /// Routing dimensions in subject order (first must be `queue`).
+    pub routing_dims: Vec<String>,
+    /// Lease TTL when the job does not set one.
+    pub lease_ttl: Duration,
+    /// A dispatched job not claimed within this goes back to pending.
+    pub claim_timeout: Duration,
+    /// How often the leader looks for expired leases and claims.
+    pub reaper_period: Duration,
+    /// Workers heartbeat this often…
+    pub heartbeat_interval: Duration,
+    /// …and are considered gone after this long without one.
+    pub worker_timeout: Duration,
+    /// Scheduler leader lease; a standby takes over within about this long.
+    pub leader_ttl: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Notices published per worker beyond its free slots, so a worker finishing a job
+    /// finds the next one without a scheduler round trip.
+    pub dispatch_slack: u32,
+    /// Largest submission accepted (bytes of JSON).
+    pub max_submit_bytes: usize,
+    /// Replicas for buckets and streams (3 on a clustered NATS).
+    pub replicas: usize,
+    /// Requests handled concurrently per coordinator.
+    pub max_inflight_rpc: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            id: format!("coord-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]),
+            http_addr: Some(([127, 0, 0, 1], 8080).into()),
+            routing_dims: gf_schemas::names::DEFAULT_DIMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            lease_ttl: Duration::from_secs(30),
+            claim_timeout: Duration::from_secs(15),
+            reaper_period: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_secs(2),
+            worker_timeout: Duration::from_secs(10),
+            leader_ttl: Duration::from_secs(5),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            dispatch_slack: 1,
+            max_submit_bytes: 256 * 1024,
+            replicas: 1,
+            max_inflight_rpc: 512,
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! Job state transitions as pure functions on a [`JobRecord`].
+//!
+//! Every RPC and scheduler decision that changes a job goes through one of these, on a
+//! freshly read record, and the result is written back with a revision-checked update
+//! (see `store::Store::modify_job`). They take the current server-anchored time as a
+//! parameter so tests can pin it.
+//!
+//! Invariants kept here:
+//! - `epoch` only rises, and only in [`dispatch`];
+//! - a job is `running` iff it has a lease, and the lease's epoch is the record's epoch;
+//! - a write from a worker is accepted only if it holds the lease at the record's epoch
+//!   ([`check_holder`]); otherwise the worker is told `stale_epoch` or `revoked`;
+//! - retries of a claim or completion whose reply was lost get the same answer again.
+
+use std::time::Duration;
+
+use gf_schemas::rpc::{ClaimReply, Revocation, RevokeReason};
+use gf_schemas::{
+    Attempt, AttemptOutcome, Capabilities, ErrorKind, JobRecord, JobState, Lease, RpcError,
+    Timestamp, Usage, WorkerId,
+};
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> RpcError {
+    RpcError::new(kind, msg)
+}
+
+/// Refuses a write unless `worker` holds the lease at the record's current epoch.
+pub fn check_holder(rec: &JobRecord, epoch: u64, worker: &WorkerId) -> Result<(), RpcError> {
+    if epoch < rec.epoch {
+        return Err(err(
+            ErrorKind::StaleEpoch,
+            format!(
+                "job {} is at epoch {}, request carries {epoch}",
+                rec.id, rec.epoch
+            ),
+        ));
+    }
+    if epoch > rec.epoch {
+        return Err(err(
+            ErrorKind::StaleEpoch,
+            format!(
+                "job {} has no epoch {epoch} (current {})",
+                rec.id, rec.epoch
+            ),
+        ));
+    }
+    match (&rec.lease, rec.state) {
+        (Some(l), JobState::Running) if &l.worker == worker && l.epoch == epoch => Ok(()),
+        _ => Err(err(
+            ErrorKind::Revoked,
+            format!(
+                "worker {worker} no longer holds job {} (state {}{})",
+                rec.id,
+                rec.state,
+                rec.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// Pending (or blocked) → dispatched at a new epoch.
+pub fn dispatch(rec: &mut JobRecord, now: Timestamp) -> Result<u64, RpcError> {
+    if !matches!(rec.state, JobState::Pending | JobState::Blocked) {
+        return Err(err(ErrorKind::WrongState, format!("job is {}", rec.state)));
+    }
+    rec.epoch += 1;
+    rec.state = JobState::Dispatched;
+    rec.dispatched_at = Some(now);
+    rec.retry_at = None;
+    rec.reason = None;
+    Ok(rec.epoch)
+}
+
+/// Marks a job blocked with a reason; `false` when nothing changed.
+pub fn block(rec: &mut JobRecord, reason: &str) -> bool {
+    if !matches!(rec.state, JobState::Pending | JobState::Blocked) {
+        return false;
+    }
+    if rec.state == JobState::Blocked && rec.reason.as_deref() == Some(reason) {
+        return false;
+    }
+    rec.state = JobState::Blocked;
+    rec.reason = Some(reason.to_string());
+    true
+}
+
+/// Dispatched → running: grants the lease. `caps` are the claiming worker's.
+pub fn claim(
+    rec: &mut JobRecord,
+    epoch: u64,
+    worker: &WorkerId,
+    caps: &Capabilities,
+    default_ttl: Duration,
+    now: Timestamp,
+) -> Result<ClaimReply, RpcError> {
+    if epoch != rec.epoch {
+        return Err(err(
+            ErrorKind::StaleEpoch,
+            format!(
+                "notice for epoch {epoch}, job {} is at epoch {}",
+                rec.id, rec.epoch
+            ),
+        ));
+    }
+    // A retried claim (reply lost) by the holder gets the same lease back.
+    if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
+        if &l.worker == worker && l.epoch == epoch {
+            return Ok(ClaimReply {
+                spec: rec.spec.clone(),
+                lease: l.clone(),
+                attempt: rec.attempts,
+            });
+        }
+    }
+    if rec.state != JobState::Dispatched {
+        let holder = rec
+            .lease
+            .as_ref()
+            .map(|l| format!(" by {}", l.worker))
+            .unwrap_or_default();
+        return Err(err(
+            ErrorKind::Conflict,
+            format!("job {} is {}{holder}", rec.id, rec.state),
+        ));
+    }
+    if let Some(missing) = caps.unmet(&rec.spec) {
+        return Err(err(
+            ErrorKind::NotEligible,
+            format!("worker {worker} lacks {missing} required by job {}", rec.id),
+        ));
+    }
+    let ttl = rec
+        .spec
+        .lease_ttl_secs
+        .map(Duration::from_secs)
+        .unwrap_or(default_ttl);
+    let lease = Lease {
+        worker: worker.clone(),
+        epoch,
+        granted_at: now,
+        expires_at: now.plus(ttl),
+        ttl_ms: ttl.as_millis() as u64,
+    };
+    rec.state = JobState::Running;
+    rec.attempts += 1;
+    rec.dispatched_at = None;
+    rec.lease = Some(lease.clone());
+    rec.history.push(Attempt {
+        epoch,
+        worker: worker.clone(),
+        started_at: now,
+        ended_at: None,
+        outcome: None,
+        ended_because: None,
+    });
+    Ok(ClaimReply {
+        spec: rec.spec.clone(),
+        lease,
+        attempt: rec.attempts,
+    })
+}
+
+/// Extends the holder's lease by its TTL from `now`.
+pub fn renew(
+    rec: &mut JobRecord,
+    epoch: u64,
+    worker: &WorkerId,
+    now: Timestamp,
+) -> Result<Lease, RpcError> {
+    check_holder(rec, epoch, worker)?;
+    let lease = rec.lease.as_mut().expect("holder has a lease");
+    lease.expires_at = now.plus(Duration::from_millis(lease.ttl_ms));
+    Ok(lease.clone())
+}
+
+/// Exponential backoff with jitter: `base · 2^(attempt-1)`, capped at `max`, then scaled
+/// by a factor in [0.5, 1.0) from `jitter` ∈ [0, 1).
+pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+fn close_attempt(
+    rec: &mut JobRecord,
+    epoch: u64,
+    now: Timestamp,
+    outcome: Option<AttemptOutcome>,
+    because: Option<String>,
+) {
+    if let Some(a) = rec.attempt_mut(epoch) {
+        a.ended_at = Some(now);
+        a.outcome = outcome;
+        a.ended_because = because;
+    }
+}
+
+fn add_usage(rec: &mut JobRecord, usage: Option<&Usage>) {
+    let Some(u) = usage else { return };
+    let total = rec.usage.get_or_insert_with(Usage::default);
+    total.provider = u.provider.clone().or(total.provider.take());
+    total.model = u.model.clone().or(total.model.take());
+    total.input_tokens += u.input_tokens;
+    total.output_tokens += u.output_tokens;
+    total.calls += u.calls;
+    total.cost += u.cost;
+}
+
+/// What a completion did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completed {
+    Succeeded,
+    /// Failed; retried after `retry_at`.
+    Retry {
+        retry_at: Timestamp,
+    },
+    Dead,
+    /// The same completion was already applied (its reply was lost): nothing changed.
+    AlreadyApplied,
+}
+
+/// Running → succeeded, pending (retry with backoff) or dead.
+#[allow(clippy::too_many_arguments)]
+pub fn complete(
+    rec: &mut JobRecord,
+    epoch: u64,
+    worker: &WorkerId,
+    outcome: &AttemptOutcome,
+    result: Option<&serde_json::Value>,
+    usage: Option<&Usage>,
+    retry_delay: Duration,
+    now: Timestamp,
+) -> Result<Completed, RpcError> {
+    let already = rec
+        .history
+        .iter()
+        .any(|a| a.epoch == epoch && &a.worker == worker && a.outcome.as_ref() == Some(outcome));
+    if already && epoch == rec.epoch {
+        return Ok(Completed::AlreadyApplied);
+    }
+    check_holder(rec, epoch, worker)?;
+    close_attempt(rec, epoch, now, Some(outcome.clone()), None);
+    add_usage(rec, usage);
+    rec.lease = None;
+    let done = if outcome.is_success() {
+        rec.state = JobState::Succeeded;
+        rec.result = result.cloned();
+        rec.reason = None;
+        Completed::Succeeded
+    } else if rec.attempts >= rec.spec.max_attempts {
+        rec.state = JobState::Dead;
+        rec.reason = Some(format!(
+            "failed {} of {} attempts; last: {}",
+            rec.attempts,
+            rec.spec.max_attempts,
+            describe(outcome)
+        ));
+        Completed::Dead
+    } else {
+        let retry_at = now.plus(retry_delay);
+        rec.state = JobState::Pending;
+        rec.retry_at = Some(retry_at);
+        rec.reason = Some(format!("retrying after: {}", describe(outcome)));
+        Completed::Retry { retry_at }
+    };
+    Ok(done)
+}
+
+pub fn describe(outcome: &AttemptOutcome) -> String {
+    match outcome {
+        AttemptOutcome::Succeeded { exit_code } => format!("exit {exit_code}"),
+        AttemptOutcome::Failed { error, .. } => error.clone(),
+        AttemptOutcome::TimedOut { after_secs } => format!("timed out after {after_secs}s"),
+    }
+}
+
+/// The holder gives the job back (e.g. draining): pending again, attempt not counted.
+pub fn release(
+    rec: &mut JobRecord,
+    epoch: u64,
+    worker: &WorkerId,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(), RpcError> {
+    check_holder(rec, epoch, worker)?;
+    close_attempt(rec, epoch, now, None, Some(format!("released: {reason}")));
+    rec.attempts = rec.attempts.saturating_sub(1);
+    rec.lease = None;
+    rec.state = JobState::Pending;
+    rec.reason = Some(format!("released by {worker}: {reason}"));
+    Ok(())
+}
+
+/// Any non-terminal state → cancelled. Returns the revocation to push to the holder.
+/// Cancelling a cancelled job is a no-op; other terminal states refuse.
+pub fn cancel(
+    rec: &mut JobRecord,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Option<Revocation>, RpcError> {
+    if rec.state == JobState::Cancelled {
+        return Ok(None);
+    }
+    if rec.state.is_terminal() {
+        return Err(err(
+            ErrorKind::WrongState,
+            format!("job {} already {}", rec.id, rec.state),
+        ));
+    }
+    let revocation = rec.lease.take().map(|l| {
+        close_attempt(
+            rec,
+            l.epoch,
+            now,
+            None,
+            Some(format!("cancelled: {reason}")),
+        );
+        Revocation {
+            job_id: rec.id,
+            epoch: l.epoch,
+            reason: RevokeReason::Cancelled,
+        }
+    });
+    rec.state = JobState::Cancelled;
+    rec.reason = Some(reason.to_string());
+    rec.dispatched_at = None;
+    rec.retry_at = None;
+    Ok(revocation)
+}
+
+/// `true` when the lease has run out at server time `now`.
+pub fn lease_expired(lease: &Lease, now: Timestamp) -> bool {
+    lease.expires_at <= now
+}
+
+/// Running with an expired lease → pending (or dead if that was the last attempt).
+/// Returns the revocation for the former holder, `None` if the lease is still valid.
+pub fn expire_lease(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
+    let lease = rec
+        .lease
+        .as_ref()
+        .filter(|l| rec.state == JobState::Running && lease_expired(l, now))?;
+    let revocation = Revocation {
+        job_id: rec.id,
+        epoch: lease.epoch,
+        reason: RevokeReason::LeaseExpired,
+    };
+    let because = format!("lease expired on worker {}", lease.worker);
+    close_attempt(rec, revocation.epoch, now, None, Some(because.clone()));
+    rec.lease = None;
+    if rec.attempts >= rec.spec.max_attempts {
+        rec.state = JobState::Dead;
+        rec.reason = Some(format!(
+            "{because} on the last of {} attempts",
+            rec.spec.max_attempts
+        ));
+    } else {
+        rec.state = JobState::Pending;
+        rec.reason = Some(because);
+    }
+    Some(revocation)
+}
+
+/// Dispatched but not claimed within `timeout` → pending again (no attempt spent).
+pub fn expire_claim(rec: &mut JobRecord, timeout: Duration, now: Timestamp) -> bool {
+    match (rec.state, rec.dispatched_at) {
+        (JobState::Dispatched, Some(at)) if at.plus(timeout) <= now => {
+            rec.state = JobState::Pending;
+            rec.dispatched_at = None;
+            rec.reason = Some(format!("not claimed within {}s", timeout.as_secs_f32()));
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gf_schemas::{JobId, JobSpec};
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(1_800_000_000_000 + ms)
+    }
+    fn w(s: &str) -> WorkerId {
+        WorkerId::new(s).unwrap()
+    }
+    fn caps() -> Capabilities {
+        Capabilities {
+            queues: vec!["default".into()],
+            ..Default::default()
+        }
+    }
+    fn job(max_attempts: u32) -> JobRecord {
+        let mut spec = JobSpec::command(["true"]);
+        spec.max_attempts = max_attempts;
+        JobRecord::new(JobId::new(), spec, t(0))
+    }
+    fn running(max_attempts: u32, worker: &str) -> JobRecord {
+        let mut r = job(max_attempts);
+        let e = dispatch(&mut r, t(1)).unwrap();
+        claim(
+            &mut r,
+            e,
+            &w(worker),
+            &caps(),
+            Duration::from_secs(10),
+            t(2),
+        )
+        .unwrap();
+        r
+    }
+    const OK: AttemptOutcome = AttemptOutcome::Succeeded { exit_code: 0 };
+    fn failed() -> AttemptOutcome {
+        AttemptOutcome::Failed {
+            exit_code: Some(1),
+            error: "exit 1".into(),
+        }
+    }
+
+    /// Dispatch raises the epoch; claim grants a lease with the server-time deadline.
+    #[test]
+    fn dispatch_then_claim() {
+        let r = running(3, "a");
+        assert_eq!(r.epoch, 1);
+        assert_eq!(r.state, JobState::Running);
+        assert_eq!(r.attempts, 1);
+        let l = r.lease.unwrap();
+        assert_eq!(l.expires_at, t(10_002));
+        assert_eq!(l.worker, w("a"));
+    }
+
+    /// Of two claims on one notice, the second gets `conflict`; a stale notice gets
+    /// `stale_epoch`; the winner retrying gets its lease back.
+    #[test]
+    fn claim_races() {
+        let mut r = running(3, "a");
+        let e = claim(&mut r, 1, &w("b"), &caps(), Duration::from_secs(10), t(3)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        let e = claim(&mut r, 0, &w("b"), &caps(), Duration::from_secs(10), t(3)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::StaleEpoch);
+        let again = claim(&mut r, 1, &w("a"), &caps(), Duration::from_secs(10), t(3)).unwrap();
+        assert_eq!(again.lease.granted_at, t(2));
+        assert_eq!(r.attempts, 1);
+    }
+
+    /// A worker without a required capability cannot claim.
+    #[test]
+    fn claim_checks_capabilities() {
+        let mut r = job(3);
+        r.spec.tags.insert("gpu".into());
+        let e = dispatch(&mut r, t(1)).unwrap();
+        let err = claim(&mut r, e, &w("a"), &caps(), Duration::from_secs(1), t(2)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotEligible);
+        assert!(err.message.contains("tag gpu"));
+        assert_eq!(r.state, JobState::Dispatched);
+    }
+
+    /// Lease expiry is judged strictly by the given server time.
+    #[test]
+    fn lease_expiry_by_server_time() {
+        let mut r = running(3, "a");
+        assert!(expire_lease(&mut r, t(10_001)).is_none());
+        renew(&mut r, 1, &w("a"), t(5_000)).unwrap();
+        assert!(expire_lease(&mut r, t(10_002)).is_none());
+        let rev = expire_lease(&mut r, t(15_000)).unwrap();
+        assert_eq!(rev.reason, RevokeReason::LeaseExpired);
+        assert_eq!(r.state, JobState::Pending);
+        assert!(r.lease.is_none());
+        // The former holder is now refused everything.
+        assert_eq!(
+            renew(&mut r, 1, &w("a"), t(15_001)).unwrap_err().kind,
+            ErrorKind::Revoked
+        );
+        let e = complete(
+            &mut r,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            None,
+            Duration::ZERO,
+            t(15_001),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Revoked);
+        // After the next dispatch, the old epoch is stale.
+        dispatch(&mut r, t(16_000)).unwrap();
+        let e = complete(
+            &mut r,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            None,
+            Duration::ZERO,
+            t(16_001),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::StaleEpoch);
+        assert_eq!(r.state, JobState::Dispatched);
+    }
+
+    /// Failures retry with a delay until attempts run out, then the job is dead.
+    #[test]
+    fn failures_retry_then_dead() {
+        let mut r = running(2, "a");
+        let c = complete(
+            &mut r,
+            1,
+            &w("a"),
+            &failed(),
+            None,
+            None,
+            Duration::from_secs(4),
+            t(100),
+        )
+        .unwrap();
+        assert_eq!(c, Completed::Retry { retry_at: t(4_100) });
+        assert_eq!(r.state, JobState::Pending);
+        let e = dispatch(&mut r, t(5_000)).unwrap();
+        claim(
+            &mut r,
+            e,
+            &w("b"),
+            &caps(),
+            Duration::from_secs(10),
+            t(5_001),
+        )
+        .unwrap();
+        let c = complete(
+            &mut r,
+            2,
+            &w("b"),
+            &failed(),
+            None,
+            None,
+            Duration::from_secs(4),
+            t(6_000),
+        )
+        .unwrap();
+        assert_eq!(c, Completed::Dead);
+        assert_eq!(r.state, JobState::Dead);
+        assert!(r.reason.as_deref().unwrap().contains("2 of 2"));
+        assert_eq!(r.history.len(), 2);
+    }
+
+    /// A completion retried after a lost reply is acknowledged and changes nothing.
+    #[test]
+    fn completion_is_idempotent() {
+        let mut r = running(3, "a");
+        let usage = Usage {
+            cost: 1.5,
+            input_tokens: 10,
+            ..Default::default()
+        };
+        complete(
+            &mut r,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            Some(&usage),
+            Duration::ZERO,
+            t(50),
+        )
+        .unwrap();
+        let before = r.clone();
+        let again = complete(
+            &mut r,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            Some(&usage),
+            Duration::ZERO,
+            t(60),
+        )
+        .unwrap();
+        assert_eq!(again, Completed::AlreadyApplied);
+        assert_eq!(r, before);
+        assert_eq!(r.usage.unwrap().cost, 1.5);
+    }
+
+    /// Cancel revokes the running holder; cancelling again is a no-op.
+    #[test]
+    fn cancel_revokes() {
+        let mut r = running(3, "a");
+        let rev = cancel(&mut r, "operator", t(10)).unwrap().unwrap();
+        assert_eq!((rev.epoch, rev.reason), (1, RevokeReason::Cancelled));
+        assert_eq!(r.state, JobState::Cancelled);
+        assert_eq!(cancel(&mut r, "again", t(11)).unwrap(), None);
+        let mut done = running(3, "a");
+        complete(&mut done, 1, &w("a"), &OK, None, None, Duration::ZERO, t(5)).unwrap();
+        assert_eq!(
+            cancel(&mut done, "x", t(6)).unwrap_err().kind,
+            ErrorKind::WrongState
+        );
+    }
+
+    /// Release returns the job without spending an attempt.
+    #[test]
+    fn release_keeps_attempts() {
+        let mut r = running(1, "a");
+        release(&mut r, 1, &w("a"), "draining", t(5)).unwrap();
+        assert_eq!((r.state, r.attempts), (JobState::Pending, 0));
+    }
+
+    /// An unclaimed notice times out back to pending.
+    #[test]
+    fn claim_timeout() {
+        let mut r = job(3);
+        dispatch(&mut r, t(0)).unwrap();
+        assert!(!expire_claim(&mut r, Duration::from_secs(5), t(4_999)));
+        assert!(expire_claim(&mut r, Duration::from_secs(5), t(5_000)));
+        assert_eq!(r.state, JobState::Pending);
+    }
+
+    /// Backoff doubles per attempt, is capped, and jitter keeps it in [d/2, d).
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Duration::from_secs(1);
+        let m = Duration::from_secs(30);
+        assert_eq!(backoff(1, b, m, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, b, m, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(3, b, m, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(10, b, m, 1.0), m);
+        assert_eq!(backoff(40, b, m, 1.0), m);
+    }
+}

@@ -1,0 +1,99 @@
+//! The RPC plane: one queue subscription on `gf.rpc.>` shared by every coordinator
+//! replica. Each request is decoded, handed to [`Service`], and answered with a reply
+//! envelope. Requests run concurrently up to `max_inflight_rpc`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gf_schemas::names::{self, rpc};
+use gf_schemas::rpc::{CancelRequest, GetJobRequest};
+use gf_schemas::{ErrorKind, Reply, RpcError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::service::{decode, Service};
+use crate::store::encode;
+
+/// Serves until `shutdown`, then stops taking requests and waits for those in flight.
+pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut sub = service
+        .client
+        .queue_subscribe(rpc::ALL, names::RPC_QUEUE_GROUP.to_string())
+        .await?;
+    let inflight = Arc::new(Semaphore::new(service.config.max_inflight_rpc));
+    let tracker = TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::debug!(subject = %msg.subject, "RPC without a reply subject ignored");
+            continue;
+        };
+        let permit = inflight.clone().acquire_owned().await?;
+        let service = service.clone();
+        tracker.spawn(async move {
+            let subject = msg.subject.to_string();
+            let body = handle(&service, &subject, &msg.payload).await;
+            if let Err(e) = service.client.publish(reply_to, body).await {
+                tracing::warn!(%subject, error = %e, "could not send RPC reply");
+            }
+            drop(permit);
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Answers one request; the body is always a reply envelope.
+pub async fn handle(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
+    let max = service.config.max_submit_bytes;
+    macro_rules! call {
+        ($what:literal, $method:ident) => {
+            match decode($what, payload, max) {
+                Ok(req) => reply(service, subject, service.$method(req).await),
+                Err(e) => reply::<()>(service, subject, Err(e)),
+            }
+        };
+    }
+    match subject {
+        rpc::SUBMIT => reply(service, subject, service.submit(payload).await),
+        rpc::GET_JOB => match decode::<GetJobRequest>("get-job request", payload, max) {
+            Ok(r) => reply(service, subject, service.get_job(&r.job_id).await),
+            Err(e) => reply::<()>(service, subject, Err(e)),
+        },
+        rpc::CANCEL => match decode::<CancelRequest>("cancel request", payload, max) {
+            Ok(r) => reply(service, subject, service.cancel(&r.job_id, r.reason).await),
+            Err(e) => reply::<()>(service, subject, Err(e)),
+        },
+        rpc::REGISTER => call!("register request", register),
+        rpc::HEARTBEAT => call!("heartbeat", heartbeat),
+        rpc::CLAIM => call!("claim request", claim),
+        rpc::RENEW => call!("renew request", renew),
+        rpc::COMPLETE => call!("completion", complete),
+        rpc::RELEASE => call!("release request", release),
+        other => reply::<()>(
+            service,
+            subject,
+            Err(RpcError::new(
+                ErrorKind::Invalid,
+                format!("unknown RPC subject `{other}`"),
+            )),
+        ),
+    }
+}
+
+fn reply<T: serde::Serialize>(service: &Service, subject: &str, r: Result<T, RpcError>) -> Bytes {
+    if let Err(e) = &r {
+        service.rejected(subject, e);
+    }
+    encode(&Reply::from(r))
+}

@@ -1,0 +1,431 @@
+//! The operations behind the RPC plane and the HTTP API. Each one validates its input,
+//! applies a transition from [`crate::fsm`] through a revision-checked update, and
+//! records an event. Transport layers only decode, call, and encode.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv;
+use gf_schemas::names::{self, Routing};
+use gf_schemas::rpc::{
+    CancelReply, ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, ControlMessage,
+    HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest, ReleaseRequest, RenewReply,
+    RenewRequest, Revocation, RevokeReason, SubmitReply,
+};
+use gf_schemas::{
+    Capabilities, ErrorKind, EventKind, JobId, JobRecord, JobSpec, JobState, Level, RpcError,
+    WorkerId, WorkerRecord, WorkerState,
+};
+use sha2::{Digest, Sha256};
+
+use crate::clock::ServerClock;
+use crate::config::CoordinatorConfig;
+use crate::error::StoreError;
+use crate::events::EventSink;
+use crate::fsm;
+use crate::store::{encode, Store};
+
+pub struct Service {
+    pub store: Store,
+    pub client: async_nats::Client,
+    pub clock: ServerClock,
+    pub events: EventSink,
+    pub config: Arc<CoordinatorConfig>,
+    pub routing: Routing,
+    /// Capabilities never change for a worker id, so they are cached after the first
+    /// read. A cache, not shared state: a miss just reads `gf_workers`.
+    caps: Mutex<HashMap<WorkerId, Capabilities>>,
+}
+
+fn invalid(msg: impl Into<String>) -> RpcError {
+    RpcError::new(ErrorKind::Invalid, msg)
+}
+
+/// Decodes a JSON request body, with an error that names what is wrong.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+    max: usize,
+) -> Result<T, RpcError> {
+    if body.len() > max {
+        return Err(RpcError::new(
+            ErrorKind::TooLarge,
+            format!("{what} is {} bytes; the limit is {max}", body.len()),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| invalid(format!("malformed {what}: {e}")))
+}
+
+impl Service {
+    pub fn new(
+        store: Store,
+        client: async_nats::Client,
+        clock: ServerClock,
+        events: EventSink,
+        config: Arc<CoordinatorConfig>,
+    ) -> anyhow::Result<Self> {
+        let routing = Routing::new(config.routing_dims.clone()).map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            store,
+            client,
+            clock,
+            events,
+            config,
+            routing,
+            caps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Accepts a job. With an idempotency key, a repeat returns the first job.
+    pub async fn submit(&self, body: &[u8]) -> Result<SubmitReply, RpcError> {
+        let spec: JobSpec = decode("job spec", body, self.config.max_submit_bytes)?;
+        spec.validate().map_err(|e| invalid(e.to_string()))?;
+        let mut id = JobId::new();
+        let mut duplicate = false;
+        if let Some(key) = &spec.idempotency_key {
+            let hash = hex::encode(Sha256::digest(key.as_bytes()));
+            let idem_key = names::idem_key(&spec.product, &hash);
+            match self
+                .store
+                .idem
+                .create(&idem_key, id.to_string().into())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let first = self
+                        .store
+                        .idem
+                        .get(&idem_key)
+                        .await
+                        .map_err(|e| StoreError::Transport(e.to_string()))?
+                        .ok_or_else(|| {
+                            RpcError::new(
+                                ErrorKind::Conflict,
+                                "idempotency key is being written; retry",
+                            )
+                        })?;
+                    id = std::str::from_utf8(&first)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| {
+                            RpcError::new(ErrorKind::Internal, "corrupt idempotency entry")
+                        })?;
+                    duplicate = true;
+                    if let Some((rec, _)) = self.store.load_job(&id).await? {
+                        return Ok(SubmitReply {
+                            job_id: id,
+                            duplicate,
+                            state: rec.state,
+                        });
+                    }
+                    // The first submission stored the key but not the job (it crashed in
+                    // between): this repeat carries the same spec, so finish the job.
+                }
+                Err(e) => return Err(StoreError::Transport(e.to_string()).into()),
+            }
+        }
+        let rec = JobRecord::new(id, spec, self.clock.now());
+        match self.store.create_job(&rec).await {
+            Ok(_) => {}
+            // A concurrent repeat finished the same half-written submission.
+            Err(StoreError::Conflict(_)) if duplicate => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.events.job(EventKind::JobSubmitted, &rec, "");
+        Ok(SubmitReply {
+            job_id: id,
+            duplicate,
+            state: rec.state,
+        })
+    }
+
+    pub async fn get_job(&self, id: &JobId) -> Result<JobRecord, RpcError> {
+        match self.store.load_job(id).await? {
+            Some((rec, _)) => Ok(rec),
+            None => Err(RpcError::new(ErrorKind::NotFound, format!("no job {id}"))),
+        }
+    }
+
+    pub async fn cancel(
+        &self,
+        id: &JobId,
+        reason: Option<String>,
+    ) -> Result<CancelReply, RpcError> {
+        let reason = reason.unwrap_or_else(|| "cancelled by operator".into());
+        let now = self.clock.now();
+        let (revocation, rec, _) = self
+            .store
+            .modify_job(id, |rec| {
+                let was = rec.state;
+                let r = fsm::cancel(rec, &reason, now)?;
+                Ok((r, was != JobState::Cancelled))
+            })
+            .await?;
+        if let Some(rev) = revocation {
+            let holder = rec
+                .history
+                .iter()
+                .rev()
+                .find(|a| a.epoch == rev.epoch)
+                .map(|a| a.worker.clone());
+            if let Some(worker) = holder {
+                self.push_revocation(&worker, rev).await;
+            }
+        }
+        self.events.job(EventKind::JobCancelled, &rec, reason);
+        Ok(CancelReply { state: rec.state })
+    }
+
+    /// Tells a worker to stop a job now. Best effort: the worker also learns it from its
+    /// next renew or heartbeat.
+    pub async fn push_revocation(&self, worker: &WorkerId, revocation: Revocation) {
+        let msg = ControlMessage::Revoke(revocation);
+        if let Err(e) = self
+            .client
+            .publish(names::worker_control(worker), encode(&msg))
+            .await
+        {
+            tracing::warn!(%worker, error = %e, "could not push revocation");
+        }
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterReply, RpcError> {
+        if req.slots == 0 || req.slots > 10_000 {
+            return Err(invalid("`slots` must be between 1 and 10000"));
+        }
+        if req.capabilities.queues.is_empty() {
+            return Err(invalid(
+                "`capabilities.queues` must name at least one queue",
+            ));
+        }
+        for (k, v) in &req.capabilities.values {
+            if !names::is_token(k) || !names::is_token(v) {
+                return Err(invalid(format!(
+                    "capability `{k}={v}` is not made of A-Z a-z 0-9 _ -"
+                )));
+            }
+        }
+        let now = self.clock.now();
+        let rec = WorkerRecord {
+            id: req.worker_id.clone(),
+            capabilities: req.capabilities.clone(),
+            slots: req.slots,
+            free_slots: req.slots,
+            running: Vec::new(),
+            // Active from its first heartbeat, once its consumer is bound.
+            state: WorkerState::Starting,
+            version: req.version,
+            hostname: req.hostname,
+            registered_at: now,
+            last_heartbeat: now,
+        };
+        self.store
+            .workers
+            .put(req.worker_id.as_str(), encode(&rec))
+            .await
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        self.caps
+            .lock()
+            .expect("caps")
+            .insert(req.worker_id.clone(), req.capabilities);
+        self.events.emit(
+            EventKind::WorkerRegistered,
+            Level::Info,
+            None,
+            Some(&req.worker_id),
+            format!("{} slots", req.slots),
+        );
+        Ok(RegisterReply {
+            routing_dims: self.routing.dims().to_vec(),
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+        })
+    }
+
+    async fn load_worker(&self, id: &WorkerId) -> Result<Option<(WorkerRecord, u64)>, RpcError> {
+        let entry = self
+            .store
+            .workers
+            .entry(id.as_str())
+            .await
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let rec = serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
+                    key: id.to_string(),
+                    error: err.to_string(),
+                })?;
+                Ok(Some((rec, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, RpcError> {
+        let Some((mut rec, _)) = self.load_worker(&req.worker_id).await? else {
+            return Ok(HeartbeatReply {
+                known: false,
+                revoked: Vec::new(),
+            });
+        };
+        let was_draining = rec.state == WorkerState::Draining;
+        rec.last_heartbeat = self.clock.now();
+        rec.free_slots = req.free_slots.min(rec.slots);
+        rec.running = req.running.clone();
+        rec.state = req.state;
+        self.store
+            .workers
+            .put(req.worker_id.as_str(), encode(&rec))
+            .await
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        if req.state == WorkerState::Draining && !was_draining {
+            self.events.emit(
+                EventKind::WorkerDraining,
+                Level::Info,
+                None,
+                Some(&req.worker_id),
+                "",
+            );
+        }
+        // Anything the worker runs that it no longer holds must stop.
+        let mut revoked = Vec::new();
+        for job in &req.running {
+            let holds = match self.store.load_job(&job.job_id).await? {
+                Some((j, _)) => fsm::check_holder(&j, job.epoch, &req.worker_id).is_ok(),
+                None => false,
+            };
+            if !holds {
+                revoked.push(Revocation {
+                    job_id: job.job_id,
+                    epoch: job.epoch,
+                    reason: RevokeReason::Superseded,
+                });
+            }
+        }
+        Ok(HeartbeatReply {
+            known: true,
+            revoked,
+        })
+    }
+
+    async fn capabilities(&self, worker: &WorkerId) -> Result<Capabilities, RpcError> {
+        if let Some(c) = self.caps.lock().expect("caps").get(worker) {
+            return Ok(c.clone());
+        }
+        let Some((rec, _)) = self.load_worker(worker).await? else {
+            return Err(RpcError::new(
+                ErrorKind::NotEligible,
+                format!("worker {worker} is not registered"),
+            ));
+        };
+        self.caps
+            .lock()
+            .expect("caps")
+            .insert(worker.clone(), rec.capabilities.clone());
+        Ok(rec.capabilities)
+    }
+
+    pub async fn claim(&self, req: ClaimRequest) -> Result<ClaimReply, RpcError> {
+        let caps = self.capabilities(&req.worker_id).await?;
+        let ttl = self.config.lease_ttl;
+        let now = self.clock.now();
+        let (reply, rec, _) = self
+            .store
+            .modify_job(&req.job_id, |rec| {
+                let first = rec.state == JobState::Dispatched;
+                let reply = fsm::claim(rec, req.epoch, &req.worker_id, &caps, ttl, now)?;
+                Ok((reply, first))
+            })
+            .await?;
+        self.events.job(
+            EventKind::JobClaimed,
+            &rec,
+            format!("attempt {}", reply.attempt),
+        );
+        Ok(reply)
+    }
+
+    pub async fn renew(&self, req: RenewRequest) -> Result<RenewReply, RpcError> {
+        let now = self.clock.now();
+        let (lease, _, _) = self
+            .store
+            .modify_job(&req.job_id, |rec| {
+                Ok((fsm::renew(rec, req.epoch, &req.worker_id, now)?, true))
+            })
+            .await?;
+        Ok(RenewReply { lease })
+    }
+
+    pub async fn complete(&self, req: CompleteRequest) -> Result<CompleteReply, RpcError> {
+        let now = self.clock.now();
+        let cfg = &self.config;
+        let (done, rec, _) = self
+            .store
+            .modify_job(&req.job_id, |rec| {
+                let delay = fsm::backoff(
+                    rec.attempts,
+                    cfg.retry_base,
+                    cfg.retry_max,
+                    rand::random::<f64>(),
+                );
+                let done = fsm::complete(
+                    rec,
+                    req.epoch,
+                    &req.worker_id,
+                    &req.outcome,
+                    req.result.as_ref(),
+                    req.usage.as_ref(),
+                    delay,
+                    now,
+                )?;
+                let changed = done != fsm::Completed::AlreadyApplied;
+                Ok((done, changed))
+            })
+            .await?;
+        let what = fsm::describe(&req.outcome);
+        match done {
+            fsm::Completed::Succeeded => self.events.job(EventKind::JobSucceeded, &rec, what),
+            fsm::Completed::Retry { retry_at } => {
+                self.events.job(EventKind::JobFailed, &rec, what.clone());
+                self.events.job(
+                    EventKind::JobRetryScheduled,
+                    &rec,
+                    format!("retry at {retry_at} after: {what}"),
+                );
+            }
+            fsm::Completed::Dead => self.events.job(
+                EventKind::JobDead,
+                &rec,
+                rec.reason.clone().unwrap_or_default(),
+            ),
+            fsm::Completed::AlreadyApplied => {}
+        }
+        Ok(CompleteReply { state: rec.state })
+    }
+
+    pub async fn release(&self, req: ReleaseRequest) -> Result<(), RpcError> {
+        let now = self.clock.now();
+        let (_, rec, _) = self
+            .store
+            .modify_job(&req.job_id, |rec| {
+                fsm::release(rec, req.epoch, &req.worker_id, &req.reason, now)?;
+                Ok(((), true))
+            })
+            .await?;
+        self.events.job(EventKind::JobReleased, &rec, req.reason);
+        Ok(())
+    }
+
+    /// Records a refused request in the audit trail (the requester gets the error too).
+    pub fn rejected(&self, subject: &str, err: &RpcError) {
+        if matches!(err.kind, ErrorKind::Invalid | ErrorKind::TooLarge) {
+            self.events.emit(
+                EventKind::RpcRejected,
+                Level::Warn,
+                None,
+                None,
+                format!("{subject}: {}", err.message),
+            );
+        }
+    }
+}

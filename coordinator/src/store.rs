@@ -1,0 +1,246 @@
+//! JetStream state: bucket and stream definitions (in one place), and the job store
+//! whose every write is a `create` or a revision-checked `update`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use gf_schemas::names::{self, BUCKET_IDEM, BUCKET_JOBS, BUCKET_LEADER, BUCKET_WORKERS};
+use gf_schemas::{JobId, JobRecord, RpcError};
+
+use crate::error::StoreError;
+
+/// Attempts of a read-modify-write before giving up on a hot key.
+const MAX_CAS_ATTEMPTS: usize = 32;
+
+/// The buckets this project uses, with their settings. `gf doctor` compares against
+/// these.
+pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
+    let base = |bucket: &str, description: &str| kv::Config {
+        bucket: bucket.into(),
+        description: description.into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    vec![
+        kv::Config {
+            max_value_size: 1024 * 1024,
+            ..base(BUCKET_JOBS, "Gigafactory jobs: spec, state, lease, result")
+        },
+        kv::Config {
+            // Liveness comes from heartbeats; this only cleans up long-gone workers.
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..base(
+                BUCKET_WORKERS,
+                "Gigafactory workers: capabilities, slots, heartbeat",
+            )
+        },
+        kv::Config {
+            // The idempotency window.
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..base(BUCKET_IDEM, "Gigafactory idempotency keys -> job id")
+        },
+        kv::Config {
+            max_age: Duration::from_secs(60),
+            ..base(
+                BUCKET_LEADER,
+                "Gigafactory scheduler leader lease and clock probes",
+            )
+        },
+    ]
+}
+
+pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
+    let base = |name: &str, subject: &str, max_age_secs: u64| stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_age: Duration::from_secs(max_age_secs),
+        ..Default::default()
+    };
+    vec![
+        // Limits retention (not work-queue): consumers of different worker profiles
+        // have overlapping filters and each must see every matching notice.
+        base(names::STREAM_DISPATCH, names::DISPATCH_ALL, 3600),
+        stream::Config {
+            max_bytes: 1 << 30,
+            ..base(names::STREAM_EVENTS, names::EVENTS_ALL, 7 * 24 * 3600)
+        },
+        stream::Config {
+            max_bytes: 4 << 30,
+            ..base(names::STREAM_LOGS, names::LOGS_ALL, 7 * 24 * 3600)
+        },
+    ]
+}
+
+/// Handles on every bucket, created (or checked) at start.
+#[derive(Clone)]
+pub struct Store {
+    pub js: jetstream::Context,
+    pub jobs: kv::Store,
+    pub workers: kv::Store,
+    pub idem: kv::Store,
+    pub leader: kv::Store,
+}
+
+fn transport(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Transport(e.to_string())
+}
+
+impl Store {
+    /// Creates missing buckets and streams; existing ones are left as they are (a
+    /// difference is logged, and `gf doctor` reports it).
+    pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Self, StoreError> {
+        for cfg in stream_configs(replicas) {
+            match js.get_stream(&cfg.name).await {
+                Ok(_) => {}
+                Err(_) => {
+                    js.create_stream(cfg.clone())
+                        .await
+                        .map_err(|e| transport(format!("creating stream {}: {e}", cfg.name)))?;
+                }
+            }
+        }
+        let mut stores = Vec::new();
+        for cfg in bucket_configs(replicas) {
+            let name = cfg.bucket.clone();
+            let store = match js.get_key_value(&name).await {
+                Ok(s) => s,
+                Err(_) => js
+                    .create_key_value(cfg)
+                    .await
+                    .map_err(|e| transport(format!("creating bucket {name}: {e}")))?,
+            };
+            stores.push(store);
+        }
+        let mut it = stores.into_iter();
+        Ok(Self {
+            js,
+            jobs: it.next().expect("jobs"),
+            workers: it.next().expect("workers"),
+            idem: it.next().expect("idem"),
+            leader: it.next().expect("leader"),
+        })
+    }
+
+    pub async fn load_job(&self, id: &JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        let key = names::job_key(id);
+        let Some(entry) = self.jobs.entry(key.clone()).await.map_err(transport)? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let rec = serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
+            key,
+            error: e.to_string(),
+        })?;
+        Ok(Some((rec, entry.revision)))
+    }
+
+    pub async fn create_job(&self, rec: &JobRecord) -> Result<u64, StoreError> {
+        let key = names::job_key(&rec.id);
+        self.jobs
+            .create(&key, encode(rec))
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => StoreError::Conflict(key.clone()),
+                _ => transport(e),
+            })
+    }
+
+    /// Writes `rec` only if the stored revision is still `revision`.
+    pub async fn update_job(&self, rec: &JobRecord, revision: u64) -> Result<u64, StoreError> {
+        let key = names::job_key(&rec.id);
+        self.jobs
+            .update(&key, encode(rec), revision)
+            .await
+            // Any failure of a revision-checked update may be a conflict (also under
+            // load on R3 buckets), and a timeout may have been applied: callers re-read.
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(key.clone()),
+                _ => transport(e),
+            })
+    }
+
+    /// Read-modify-write of one job: reads the record, applies `f`, writes it back
+    /// revision-checked, and on a conflict starts over from a fresh read. `f` sees the
+    /// current record every time, so a retry decides again rather than replaying.
+    ///
+    /// Returns `f`'s output, the record as written and its revision. When `f` returns
+    /// `Ok((out, false))` nothing is written.
+    pub async fn modify_job<T>(
+        &self,
+        id: &JobId,
+        mut f: impl FnMut(&mut JobRecord) -> Result<(T, bool), RpcError>,
+    ) -> Result<(T, JobRecord, u64), RpcError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some((mut rec, rev)) = self.load_job(id).await? else {
+                return Err(StoreError::NotFound(format!("job {id}")).into());
+            };
+            let (out, changed) = f(&mut rec)?;
+            if !changed {
+                return Ok((out, rec, rev));
+            }
+            match self.update_job(&rec, rev).await {
+                Ok(new_rev) => return Ok((out, rec, new_rev)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::Transport(e)) => {
+                    tracing::debug!(job = %id, error = %e, "update failed, re-reading");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(
+            StoreError::Conflict(format!("job {id} (gave up after {MAX_CAS_ATTEMPTS} tries)"))
+                .into(),
+        )
+    }
+}
+
+pub fn encode<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("wire types serialize"))
+}
+
+/// Reads every job (newest first), optionally only those in `state`, at most `limit`.
+/// One ordered consumer over the bucket rather than a request per key.
+pub async fn list_jobs(
+    jobs: &kv::Store,
+    state: Option<gf_schemas::JobState>,
+    limit: usize,
+) -> Result<Vec<JobRecord>, StoreError> {
+    use futures::StreamExt;
+    let mut status = jobs.status().await.map_err(transport)?;
+    if status.values() == 0 {
+        return Ok(Vec::new());
+    }
+    let _ = &mut status;
+    let mut watch = jobs.watch_with_history(">").await.map_err(transport)?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .map_err(|_| transport("timed out reading jobs"))?;
+        let Some(entry) = next else { break };
+        let entry = entry.map_err(transport)?;
+        if entry.operation == kv::Operation::Put {
+            if let Ok(rec) = serde_json::from_slice::<JobRecord>(&entry.value) {
+                if state.is_none_or(|s| s == rec.state) {
+                    out.push(rec);
+                }
+            }
+        }
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out.truncate(limit);
+    Ok(out)
+}

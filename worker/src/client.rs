@@ -1,0 +1,114 @@
+//! Request/reply to the coordinators, with typed outcomes.
+//!
+//! Callers branch on [`CallError`]: a lost lease (`stale_epoch`, `revoked`) means stop
+//! and report nothing; a timeout or transport failure means the request may or may not
+//! have been applied, and every RPC is safe to retry.
+
+use std::time::Duration;
+
+use gf_schemas::{ErrorKind, Reply, RpcError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The coordinator answered and refused; branch on `.0.kind`.
+    #[error("{}", .0.message)]
+    Refused(RpcError),
+    #[error("no coordinator answered {subject} within {timeout:?}")]
+    Timeout { subject: String, timeout: Duration },
+    #[error("no coordinator is serving {0} (is `gf coordinator` running?)")]
+    NoResponders(String),
+    #[error("NATS: {0}")]
+    Transport(String),
+    #[error("unreadable reply on {subject}: {error}")]
+    BadReply { subject: String, error: String },
+}
+
+impl CallError {
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            CallError::Refused(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+    /// The caller no longer holds the lease: stop work, nothing it reports counts.
+    pub fn lost_lease(&self) -> bool {
+        matches!(
+            self.kind(),
+            Some(ErrorKind::StaleEpoch | ErrorKind::Revoked)
+        )
+    }
+    /// Worth retrying: the request may not have arrived (or its answer was lost).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CallError::Timeout { .. } | CallError::NoResponders(_) | CallError::Transport(_)
+        ) || matches!(
+            self.kind(),
+            Some(ErrorKind::Unavailable | ErrorKind::Conflict)
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcClient {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Sends `req` as JSON and decodes the reply envelope.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &'static str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let body = serde_json::to_vec(req).expect("wire types serialize");
+        self.call_raw(subject, body.into()).await
+    }
+
+    /// Like [`RpcClient::call`] with a pre-encoded body.
+    pub async fn call_raw<Resp: DeserializeOwned>(
+        &self,
+        subject: &'static str,
+        body: bytes::Bytes,
+    ) -> Result<Resp, CallError> {
+        let request = self.client.request(subject, body);
+        let msg = match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => {
+                return Err(CallError::Timeout {
+                    subject: subject.into(),
+                    timeout: self.timeout,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        CallError::NoResponders(subject.into())
+                    }
+                    async_nats::RequestErrorKind::TimedOut => CallError::Timeout {
+                        subject: subject.into(),
+                        timeout: self.timeout,
+                    },
+                    _ => CallError::Transport(e.to_string()),
+                })
+            }
+            Ok(Ok(m)) => m,
+        };
+        let reply: Reply<Resp> =
+            serde_json::from_slice(&msg.payload).map_err(|e| CallError::BadReply {
+                subject: subject.into(),
+                error: e.to_string(),
+            })?;
+        reply.into_result().map_err(CallError::Refused)
+    }
+}

@@ -1,0 +1,293 @@
+//! Running one claimed job as a subprocess: its own process group, stdout and stderr
+//! streamed line by line to `GF_LOGS`, the lease renewed while it runs, and the whole
+//! group killed at once when the lease is revoked, the timeout passes, or the worker
+//! must give the job back.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use gf_schemas::rpc::{ClaimReply, RenewReply, RenewRequest};
+use gf_schemas::{names, AttemptOutcome, JobId, LogLine, LogStream, Timestamp, Usage, WorkerId};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::RpcClient;
+
+/// Largest result file read back (the rest of the output belongs in artifacts).
+const MAX_RESULT_BYTES: u64 = 512 * 1024;
+/// Longest single log line kept; longer lines are cut.
+const MAX_LINE: usize = 16 * 1024;
+
+/// How a run ended, from the worker's side.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The process finished (or timed out): report this.
+    Finished {
+        outcome: AttemptOutcome,
+        result: Option<serde_json::Value>,
+        usage: Option<Usage>,
+    },
+    /// The lease was lost: the process was killed and nothing is reported.
+    Revoked(String),
+    /// The worker is stopping: the process was killed; release the job.
+    GivenBack,
+}
+
+pub struct Job {
+    pub id: JobId,
+    pub claim: ClaimReply,
+    pub worker: WorkerId,
+    /// Fires when a coordinator revokes the lease (pushed or learnt from a renew).
+    pub revoked: CancellationToken,
+    /// Fires when the worker gives up waiting for running jobs at shutdown.
+    pub give_back: CancellationToken,
+}
+
+pub async fn run(
+    job: Job,
+    rpc: RpcClient,
+    js: async_nats::jetstream::Context,
+    scratch: &Path,
+) -> RunEnd {
+    let spec = &job.claim.spec;
+    let epoch = job.claim.lease.epoch;
+    let dir = match &spec.cwd {
+        Some(c) => PathBuf::from(c),
+        None => scratch.join(format!("{}-{epoch}", job.id)),
+    };
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        return failed(
+            None,
+            format!("cannot create working directory {}: {e}", dir.display()),
+        );
+    }
+    let result_file = scratch.join(format!("{}-{epoch}.result.json", job.id));
+    let _ = tokio::fs::remove_file(&result_file).await;
+    let mut cmd = Command::new(&spec.command[0]);
+    cmd.args(&spec.command[1..])
+        .envs(&spec.env)
+        .env("GF_JOB_ID", job.id.to_string())
+        .env("GF_EPOCH", epoch.to_string())
+        .env("GF_ATTEMPT", job.claim.attempt.to_string())
+        .env("GF_WORKER_ID", job.worker.to_string())
+        .env("GF_RESULT_FILE", &result_file)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(None, format!("cannot start `{}`: {e}", spec.command[0])),
+    };
+    let pid = child.id();
+    let (lines_tx, lines_rx) = mpsc::channel::<(LogStream, String)>(1024);
+    let pumps = [
+        tokio::spawn(pump(
+            child.stdout.take().expect("piped"),
+            LogStream::Stdout,
+            lines_tx.clone(),
+        )),
+        tokio::spawn(pump(
+            child.stderr.take().expect("piped"),
+            LogStream::Stderr,
+            lines_tx,
+        )),
+    ];
+    let logs = tokio::spawn(publish_logs(js, job.id, epoch, lines_rx));
+
+    let renew_every =
+        Duration::from_millis(job.claim.lease.ttl_ms / 3).max(Duration::from_millis(100));
+    let timeout = spec.timeout_secs.map(Duration::from_secs);
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut renew = tokio::time::interval(renew_every);
+    renew.tick().await;
+    let renew_req = RenewRequest {
+        job_id: job.id,
+        epoch,
+        worker_id: job.worker.clone(),
+    };
+    let end = loop {
+        tokio::select! {
+            status = child.wait() => {
+                break match status {
+                    Ok(s) if s.success() => Ok(AttemptOutcome::Succeeded { exit_code: 0 }),
+                    Ok(s) => Ok(AttemptOutcome::Failed { exit_code: s.code(), error: describe_exit(s) }),
+                    Err(e) => Ok(AttemptOutcome::Failed { exit_code: None, error: format!("wait failed: {e}") }),
+                };
+            }
+            _ = job.revoked.cancelled() => break Err(RunEnd::Revoked("revoked by a coordinator".into())),
+            _ = job.give_back.cancelled() => break Err(RunEnd::GivenBack),
+            _ = &mut deadline => {
+                break Ok(AttemptOutcome::TimedOut { after_secs: timeout.map_or(0, |t| t.as_secs()) });
+            }
+            _ = renew.tick() => {
+                match rpc.call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await {
+                    Ok(_) => {}
+                    Err(e) if e.lost_lease() => break Err(RunEnd::Revoked(e.to_string())),
+                    // The lease outlives a few missed renewals; if it does not, the next
+                    // renew that gets through says so.
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "renew failed; will retry"),
+                }
+            }
+        }
+    };
+    // Whatever ended the run, nothing of the job may outlive it.
+    kill_group(pid);
+    let _ = child.wait().await;
+    for p in pumps {
+        // A grandchild that escaped the group could hold the pipes open; don't wait on it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
+    let outcome = match end {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let (result, usage) = read_result(&result_file).await;
+    let _ = tokio::fs::remove_file(&result_file).await;
+    if spec.cwd.is_none() {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    match (outcome, result) {
+        (AttemptOutcome::Succeeded { .. }, Err(e)) => failed(Some(0), e),
+        (outcome, result) => RunEnd::Finished {
+            outcome,
+            result: result.ok().flatten(),
+            usage,
+        },
+    }
+}
+
+fn failed(exit_code: Option<i32>, error: String) -> RunEnd {
+    RunEnd::Finished {
+        outcome: AttemptOutcome::Failed { exit_code, error },
+        result: None,
+        usage: None,
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = s.signal() {
+            return format!("killed by signal {sig}");
+        }
+    }
+    match s.code() {
+        Some(c) => format!("exit status {c}"),
+        None => "exited abnormally".into(),
+    }
+}
+
+/// Kills the job's whole process group (it is its own group leader).
+pub fn kill_group(pid: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = pid {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// Reads `$GF_RESULT_FILE`: `Ok(None)` when absent; an error when present but not JSON
+/// (a job that claims success with an unreadable result did not succeed). A top-level
+/// `usage` object is split off as the attempt's usage.
+async fn read_result(path: &Path) -> (Result<Option<serde_json::Value>, String>, Option<Usage>) {
+    let meta = match tokio::fs::metadata(path).await {
+        Ok(m) => m,
+        Err(_) => return (Ok(None), None),
+    };
+    if meta.len() > MAX_RESULT_BYTES {
+        return (
+            Err(format!(
+                "result file is {} bytes; the limit is {MAX_RESULT_BYTES}",
+                meta.len()
+            )),
+            None,
+        );
+    }
+    let text = match tokio::fs::read(path).await {
+        Ok(t) => t,
+        Err(e) => return (Err(format!("cannot read result file: {e}")), None),
+    };
+    let mut value: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) => return (Err(format!("result file is not JSON: {e}")), None),
+    };
+    let usage = value
+        .as_object_mut()
+        .and_then(|o| o.remove("usage"))
+        .and_then(|u| serde_json::from_value::<Usage>(u).ok());
+    (Ok(Some(value)), usage)
+}
+
+async fn pump(
+    reader: impl AsyncRead + Unpin,
+    stream: LogStream,
+    tx: mpsc::Sender<(LogStream, String)>,
+) {
+    let mut lines = BufReader::new(reader).split(b'\n');
+    while let Ok(Some(raw)) = lines.next_segment().await {
+        let mut line = String::from_utf8_lossy(&raw).into_owned();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+        if line.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" …[cut]");
+        }
+        if tx.send((stream, line)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Publishes lines in order with a window of unacknowledged publishes.
+async fn publish_logs(
+    js: async_nats::jetstream::Context,
+    job: JobId,
+    epoch: u64,
+    mut rx: mpsc::Receiver<(LogStream, String)>,
+) {
+    let subject = names::logs(&job);
+    let mut acks = FuturesOrdered::new();
+    let mut seq = 0;
+    while let Some((stream, line)) = rx.recv().await {
+        seq += 1;
+        let msg = LogLine {
+            job_id: job,
+            epoch,
+            seq,
+            stream,
+            line,
+            time: Timestamp::now_local(),
+        };
+        let body = serde_json::to_vec(&msg).expect("serializes");
+        match js.publish(subject.clone(), body.into()).await {
+            Ok(ack) => acks.push_back(std::future::IntoFuture::into_future(ack)),
+            Err(e) => tracing::debug!(%job, error = %e, "log line not published"),
+        }
+        while acks.len() > 256 {
+            let _ = acks.next().await;
+        }
+    }
+    while acks.next().await.is_some() {}
+}
