@@ -1,1 +1,17 @@
-fn main() {}
+//! `gf`: the Gigafactory operator CLI. Parses arguments, sets up logging and the
+//! shutdown signal, and hands over to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = gf_cli::Cli::parse();
+    gf_cli::init_tracing(&cli.global);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(gf_cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

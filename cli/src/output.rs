@@ -1,0 +1,192 @@
+//! Human-readable rendering for the CLI.
+
+use gf_schemas::{JobRecord, Timestamp, WorkerRecord};
+
+/// `3s`, `4m`, `2h`, `5d`.
+pub fn age(since: Timestamp, now: Timestamp) -> String {
+    let s = now.since(since).as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// Renders rows as left-aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+pub fn jobs_table(jobs: &[JobRecord], now: Timestamp) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.state.to_string(),
+                format!("{}/{}", j.attempts, j.spec.max_attempts),
+                j.spec.queue.clone(),
+                j.spec.priority.to_string(),
+                age(j.submitted_at, now),
+                cut(&j.spec.command.join(" "), 40),
+                cut(j.reason.as_deref().unwrap_or(""), 60),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "STATE", "TRIES", "QUEUE", "PRIO", "AGE", "COMMAND", "REASON",
+        ],
+        &rows,
+    )
+}
+
+pub fn job_detail(j: &JobRecord, now: Timestamp) -> String {
+    let mut s = String::new();
+    let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<12}{v}\n"));
+    kv("id", j.id.to_string());
+    kv("state", j.state.to_string());
+    if let Some(r) = &j.reason {
+        kv("reason", r.clone());
+    }
+    kv("command", j.spec.command.join(" "));
+    kv("queue", j.spec.queue.clone());
+    kv("priority", j.spec.priority.to_string());
+    if !j.spec.requires.is_empty() {
+        let r: Vec<String> = j
+            .spec
+            .requires
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        kv("requires", r.join(" "));
+    }
+    if !j.spec.tags.is_empty() {
+        kv(
+            "tags",
+            j.spec.tags.iter().cloned().collect::<Vec<_>>().join(" "),
+        );
+    }
+    kv(
+        "attempts",
+        format!("{} of {}", j.attempts, j.spec.max_attempts),
+    );
+    kv("epoch", j.epoch.to_string());
+    if let Some(l) = &j.lease {
+        kv(
+            "lease",
+            format!("{} until {} (epoch {})", l.worker, l.expires_at, l.epoch),
+        );
+    }
+    if let Some(t) = j.retry_at {
+        kv("retry at", t.to_string());
+    }
+    kv(
+        "submitted",
+        format!("{} ({} ago)", j.submitted_at, age(j.submitted_at, now)),
+    );
+    kv("updated", j.updated_at.to_string());
+    if let Some(r) = &j.result {
+        kv("result", r.to_string());
+    }
+    if let Some(u) = &j.usage {
+        kv("usage", serde_json::to_string(u).unwrap_or_default());
+    }
+    for a in &j.history {
+        let end = match (&a.outcome, &a.ended_because) {
+            (Some(o), _) => serde_json::to_value(o)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => "running".into(),
+        };
+        kv(
+            &format!("attempt e{}", a.epoch),
+            format!("{} at {}: {end}", a.worker, a.started_at),
+        );
+    }
+    s
+}
+
+pub fn workers_table(ws: &[WorkerRecord], now: Timestamp) -> String {
+    let rows: Vec<Vec<String>> = ws
+        .iter()
+        .map(|w| {
+            let caps: Vec<String> = w
+                .capabilities
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain(w.capabilities.tags.iter().map(|t| format!("+{t}")))
+                .collect();
+            vec![
+                w.id.to_string(),
+                format!("{:?}", w.state).to_lowercase(),
+                format!("{}/{}", w.slots - w.free_slots.min(w.slots), w.slots),
+                w.capabilities.queues.join(","),
+                format!("{} ago", age(w.last_heartbeat, now)),
+                caps.join(" "),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "STATE", "BUSY", "QUEUES", "HEARTBEAT", "CAPABILITIES"],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        let t0 = Timestamp::from_unix_millis(0);
+        assert_eq!(age(t0, Timestamp::from_unix_millis(59_000)), "59s");
+        assert_eq!(age(t0, Timestamp::from_unix_millis(125_000)), "2m");
+        assert_eq!(age(t0, Timestamp::from_unix_millis(7_300_000)), "2h");
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y");
+    }
+}
