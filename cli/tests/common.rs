@@ -62,3 +62,86 @@ impl Client {
 pub fn sh(script: &str) -> JobSpec {
     JobSpec::command(["sh", "-c", script])
 }
+
+/// A `gf worker` OS process (so tests can SIGKILL or SIGSTOP it). Killed on drop.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub id: String,
+}
+
+impl WorkerProcess {
+    pub fn spawn(nats_url: &str, id: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gf"))
+            .args(["worker", "--id", id, "--slots", "2", "--drain-grace", "2s"])
+            .args(extra)
+            .env("GF_NATS_URL", nats_url)
+            .env(
+                "GF_LOG",
+                std::env::var("GF_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            id: id.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        nix::sys::signal::kill(self.pid(), sig)?;
+        Ok(())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a process is still alive.
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Runs `gf ARGS` against `nats_url` and returns (exit code, stdout, stderr).
+pub fn gf(nats_url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gf"))
+        .args(args)
+        .env("GF_NATS_URL", nats_url)
+        .env("GF_LOG", "warn")
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Waits until the coordinators list `n` active workers.
+pub async fn wait_workers(client: &Client, n: usize) -> anyhow::Result<()> {
+    use async_nats::jetstream;
+    let bucket = jetstream::new(client.nats.clone())
+        .get_key_value(gf_schemas::names::BUCKET_WORKERS)
+        .await?;
+    eventually(
+        Duration::from_secs(20),
+        &format!("{n} active workers"),
+        || async {
+            let all = gf_coordinator::store::read_all(&bucket).await.ok()?;
+            let active = all
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<gf_schemas::WorkerRecord>(v).ok())
+                .filter(|w| w.state == gf_schemas::WorkerState::Active)
+                .count();
+            (active >= n).then_some(())
+        },
+    )
+    .await
+}

@@ -98,7 +98,9 @@ struct Components {
 async fn health(State(st): State<AppState>) -> impl IntoResponse {
     let svc = &st.service;
     let nats = svc.client.connection_state() == async_nats::connection::State::Connected;
-    let js = tokio::time::timeout(Duration::from_secs(2), svc.store.jobs.status()).await;
+    // A fresh stream info round trip (the KV handle's status is cached).
+    let mut jobs_stream = svc.store.jobs.stream.clone();
+    let js = tokio::time::timeout(Duration::from_secs(2), jobs_stream.info()).await;
     let buckets = matches!(js, Ok(Ok(_)));
     let jetstream = buckets || matches!(js, Ok(Err(_)));
     let leader = st.leader.leader.lock().expect("status").clone();

@@ -131,6 +131,28 @@ pub enum Decision {
     Unblock(JobId),
 }
 
+impl Decision {
+    pub fn job(&self) -> JobId {
+        match self {
+            Decision::Dispatch(id) | Decision::Unplaceable(id, _) | Decision::Unblock(id) => *id,
+        }
+    }
+
+    /// Applies the decision to the job's record; `false` when it no longer fits.
+    pub fn apply(&self, rec: &mut JobRecord, now: Timestamp) -> bool {
+        match self {
+            Decision::Dispatch(_) => fsm::dispatch(rec, now).is_ok(),
+            Decision::Unplaceable(_, reason) => fsm::block(rec, reason),
+            Decision::Unblock(_) if rec.state == JobState::Blocked => {
+                rec.state = JobState::Pending;
+                rec.reason = None;
+                true
+            }
+            Decision::Unblock(_) => false,
+        }
+    }
+}
+
 /// Decides, from the view alone, what to dispatch now: the most urgent pending jobs
 /// (priority, then age), each only if some live active worker that can run it has a
 /// free slot (slots minus running minus already-dispatched, plus `slack`).
@@ -373,22 +395,11 @@ async fn apply_plan(service: &Service, view: &mut View) {
     let decisions = plan(view, cfg.worker_timeout, cfg.dispatch_slack, now);
     let mut acks = Vec::new();
     for d in decisions {
-        let (id, write): (JobId, Box<dyn FnOnce(&mut JobRecord) -> bool>) = match d {
-            Decision::Dispatch(id) => (id, Box::new(move |r| fsm::dispatch(r, now).is_ok())),
-            Decision::Unplaceable(id, reason) => (id, Box::new(move |r| fsm::block(r, &reason))),
-            Decision::Unblock(id) => (
-                id,
-                Box::new(|r| {
-                    r.state = JobState::Pending;
-                    r.reason = None;
-                    true
-                }),
-            ),
-        };
+        let id = d.job();
         let Some((mut rec, rev)) = view.jobs.get(&id).cloned() else {
             continue;
         };
-        if !write(&mut rec) {
+        if !d.apply(&mut rec, now) {
             continue;
         }
         rec.updated_at = now;

@@ -212,7 +212,9 @@ pub fn encode<T: serde::Serialize>(v: &T) -> Bytes {
 /// than a request per key.
 pub async fn read_all(bucket: &kv::Store) -> Result<Vec<(String, Bytes)>, StoreError> {
     use futures::StreamExt;
-    if bucket.status().await.map_err(transport)?.values() == 0 {
+    // `kv::Store::status` is cached from when the handle was made; ask the server.
+    let mut stream = bucket.stream.clone();
+    if stream.info().await.map_err(transport)?.state.messages == 0 {
         return Ok(Vec::new());
     }
     let mut watch = bucket.watch_with_history(">").await.map_err(transport)?;
@@ -245,7 +247,7 @@ pub async fn list_jobs(
         .filter_map(|(_, v)| serde_json::from_slice::<JobRecord>(&v).ok())
         .filter(|r| state.is_none_or(|s| s == r.state))
         .collect();
-    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out.sort_by_key(|r| std::cmp::Reverse(r.id));
     out.truncate(limit);
     Ok(out)
 }

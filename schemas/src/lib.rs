@@ -24,6 +24,33 @@ pub use rpc::{ErrorKind, Reply, RpcError};
 pub use time::Timestamp;
 pub use worker::{Capabilities, RunningJob, WorkerRecord, WorkerState};
 
+/// The RPC plane as published in `schemas/json/index.json`: each subject with the
+/// schema files of its request and reply, so a client in any language needs nothing
+/// but these files.
+pub fn rpc_index() -> serde_json::Value {
+    use names::rpc;
+    let entry = |req: &str, reply: &str| serde_json::json!({"request": format!("{req}.schema.json"), "reply": format!("{reply}.schema.json")});
+    serde_json::json!({
+        "description": "Gigafactory RPC plane: NATS request/reply subjects served by the coordinators. Replies are {\"ok\": ...} or {\"error\": {\"kind\", \"message\"}}.",
+        "subjects": {
+            rpc::SUBMIT: entry("job_spec", "submit_reply"),
+            rpc::GET_JOB: entry("get_job_request", "get_job_reply"),
+            rpc::CANCEL: entry("cancel_request", "cancel_reply"),
+            rpc::REGISTER: entry("register_request", "register_reply"),
+            rpc::HEARTBEAT: entry("heartbeat_request", "heartbeat_reply"),
+            rpc::CLAIM: entry("claim_request", "claim_reply"),
+            rpc::RENEW: entry("renew_request", "renew_reply"),
+            rpc::COMPLETE: entry("complete_request", "complete_reply"),
+            rpc::RELEASE: entry("release_request", "release_reply"),
+        },
+        "streams": {
+            "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json"},
+            "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json"},
+            "dispatch": {"subject": names::DISPATCH_ALL, "message": "dispatch_notice.schema.json"},
+        }
+    })
+}
+
 /// Every published JSON Schema as `(file stem, schema)`.
 ///
 /// `schemas/json/<stem>.schema.json` holds exactly these; a test regenerates them and
@@ -39,12 +66,19 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("get_job_request", s::<rpc::GetJobRequest>()),
         ("get_job_reply", s::<Reply<JobRecord>>()),
         ("cancel_request", s::<rpc::CancelRequest>()),
+        ("cancel_reply", s::<Reply<rpc::CancelReply>>()),
         ("register_request", s::<rpc::RegisterRequest>()),
+        ("register_reply", s::<Reply<rpc::RegisterReply>>()),
         ("heartbeat_request", s::<rpc::HeartbeatRequest>()),
+        ("heartbeat_reply", s::<Reply<rpc::HeartbeatReply>>()),
         ("claim_request", s::<rpc::ClaimRequest>()),
+        ("claim_reply", s::<Reply<rpc::ClaimReply>>()),
         ("renew_request", s::<rpc::RenewRequest>()),
+        ("renew_reply", s::<Reply<rpc::RenewReply>>()),
         ("complete_request", s::<rpc::CompleteRequest>()),
+        ("complete_reply", s::<Reply<rpc::CompleteReply>>()),
         ("release_request", s::<rpc::ReleaseRequest>()),
+        ("release_reply", s::<Reply<()>>()),
         ("control_message", s::<rpc::ControlMessage>()),
         ("dispatch_notice", s::<rpc::DispatchNotice>()),
         ("event", s::<Event>()),

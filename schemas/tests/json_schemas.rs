@@ -10,8 +10,11 @@ fn published_schemas_are_in_sync() {
     let update = std::env::var_os("GF_UPDATE_SCHEMAS").is_some();
     let mut expected_files = Vec::new();
     let mut stale = Vec::new();
-    for (stem, schema) in gf_schemas::json_schemas() {
-        let file = format!("{stem}.schema.json");
+    let index = ("index.json".to_string(), gf_schemas::rpc_index());
+    let schemas = gf_schemas::json_schemas()
+        .into_iter()
+        .map(|(stem, s)| (format!("{stem}.schema.json"), s));
+    for (file, schema) in schemas.chain(std::iter::once(index)) {
         let path = dir.join(&file);
         let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
         if update {
@@ -31,4 +34,23 @@ fn published_schemas_are_in_sync() {
         stale.is_empty(),
         "schemas out of date: {stale:?}; run `GF_UPDATE_SCHEMAS=1 cargo test -p gf-schemas`"
     );
+}
+
+/// Every schema file the index names exists.
+#[test]
+fn index_names_only_published_files() {
+    let files: Vec<String> = gf_schemas::json_schemas()
+        .into_iter()
+        .map(|(s, _)| format!("{s}.schema.json"))
+        .collect();
+    let index = gf_schemas::rpc_index();
+    for (subject, e) in index["subjects"].as_object().unwrap() {
+        for side in ["request", "reply"] {
+            let f = e[side].as_str().unwrap();
+            assert!(
+                files.contains(&f.to_string()),
+                "{subject} {side}: {f} not published"
+            );
+        }
+    }
 }

@@ -5,7 +5,6 @@
 //! The server binary is `$GF_NATS_SERVER` or `nats-server` on `PATH`
 //! (`scripts/install-nats.sh` installs it).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +22,13 @@ pub struct NatsServer {
     log: PathBuf,
 }
 
+/// The client port from a ports file (`{"nats": ["nats://127.0.0.1:PORT"], …}`).
+fn read_ports_file(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+}
+
 /// Path of the `nats-server` binary to use.
 pub fn nats_server_bin() -> PathBuf {
     std::env::var_os("GF_NATS_SERVER")
@@ -30,31 +36,23 @@ pub fn nats_server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl NatsServer {
-    /// Starts a server with JetStream on a free loopback port and waits until it
-    /// accepts connections.
+    /// Starts a server with JetStream on a loopback port of its own choosing and waits
+    /// until it accepts connections.
+    ///
+    /// The server picks the port (`-p -1`) and reports it in its ports file, which is
+    /// named by its pid: probing a port we guessed could reach another test's server.
     pub fn start() -> anyhow::Result<Self> {
-        let mut last = None;
-        // A port found free can be taken before the server binds it; try a few.
-        for _ in 0..5 {
-            let store = tempfile::Builder::new().prefix("gf-nats-").tempdir()?;
-            let log = store.path().join("nats.log");
-            let mut s = Self {
-                child: None,
-                port: free_port()?,
-                store,
-                log,
-            };
-            match s.spawn() {
-                Ok(()) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("tried"))
+        let store = tempfile::Builder::new().prefix("gf-nats-").tempdir()?;
+        let log = store.path().join("nats.log");
+        let mut s = Self {
+            child: None,
+            port: 0,
+            store,
+            log,
+        };
+        s.spawn()?;
+        Ok(s)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -62,15 +60,17 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        let ports_dir = self.store.path().join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        let port = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new(nats_server_bin())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "--ports_file_dir"])
+            .arg(&ports_dir)
+            .arg("-sd")
             .arg(self.store.path().join("js"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -81,6 +81,7 @@ impl NatsServer {
                     nats_server_bin().display()
                 )
             })?;
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -91,14 +92,14 @@ impl NatsServer {
             {
                 bail!("nats-server exited with {status}: {}", self.log_tail());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Some(port) = read_ports_file(&ports_file) {
+                self.port = port;
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!(
-            "nats-server did not listen on {} within 10s: {}",
-            self.port,
+            "nats-server did not report a port within 10s: {}",
             self.log_tail()
         )
     }

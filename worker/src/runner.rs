@@ -82,6 +82,8 @@ pub async fn run(
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    die_with_worker(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return failed(None, format!("cannot start `{}`: {e}", spec.command[0])),
@@ -168,6 +170,21 @@ pub async fn run(
             result: result.ok().flatten(),
             usage,
         },
+    }
+}
+
+/// Has the kernel SIGKILL the job if the worker dies (even by SIGKILL), so a crashed
+/// worker leaves no orphan still producing effects while the job runs again elsewhere.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_worker(cmd: &mut Command) {
+    // SAFETY: runs in the forked child before exec; prctl(2) is async-signal-safe and
+    // the closure neither allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
     }
 }
 

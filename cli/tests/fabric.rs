@@ -1,0 +1,455 @@
+//! The job fabric against a real nats-server: what issue #2 must show.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use gf_schemas::names::rpc;
+use gf_schemas::rpc::{
+    ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, HeartbeatReply, HeartbeatRequest,
+    RegisterReply, RegisterRequest,
+};
+use gf_schemas::{AttemptOutcome, Capabilities, ErrorKind, JobState, WorkerId, WorkerState};
+use gf_testkit::{eventually, NatsServer};
+use tokio::sync::Barrier;
+
+/// 200 jobs on 3 workers all succeed, and each one's effect happened exactly once.
+#[tokio::test]
+async fn two_hundred_jobs_three_workers_each_once() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let effects = tempfile::tempdir()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(Running::worker(worker_config(&nats.url(), 4)).await?);
+    }
+    let client = Client::connect(&nats).await?;
+    let log = effects.path().join("effects.log");
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let mut spec = sh(r#"echo "$GF_JOB_ID" >> "$EFFECTS""#);
+        spec.env.insert("EFFECTS".into(), log.display().to_string());
+        spec.labels.insert("n".into(), i.to_string());
+        ids.push(client.submit(&spec).await?.job_id);
+    }
+    let mut ran_on: BTreeMap<WorkerId, usize> = BTreeMap::new();
+    for id in &ids {
+        let rec = client.wait_terminal(*id, Duration::from_secs(60)).await?;
+        assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+        assert_eq!(rec.attempts, 1, "job {id} ran {} times", rec.attempts);
+        *ran_on.entry(rec.history[0].worker.clone()).or_default() += 1;
+    }
+    let text = std::fs::read_to_string(&log)?;
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in text.lines() {
+        *seen.entry(line).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 200, "every job's effect is present");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an effect happened twice: {seen:?}"
+    );
+    assert_eq!(ran_on.len(), 3, "work spread over all workers: {ran_on:?}");
+    for w in workers {
+        w.stop().await?;
+    }
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A job needing `os=plan9` is reported unplaceable with the reason and runs nowhere;
+/// a job needing a tag only one worker has runs only there.
+#[tokio::test]
+async fn routing_by_capability() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let plain = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let mut gpu_cfg = worker_config(&nats.url(), 2);
+    gpu_cfg.tags.insert("gpu".into());
+    let gpu = Running::worker(gpu_cfg).await?;
+    let client = Client::connect(&nats).await?;
+    wait_workers(&client, 2).await?;
+
+    let mut plan9 = sh("echo should not run");
+    plan9.requires.insert("os".into(), "plan9".into());
+    let plan9 = client.submit(&plan9).await?.job_id;
+    let blocked = client
+        .wait_state(plan9, JobState::Blocked, Duration::from_secs(10))
+        .await?;
+    assert_eq!(
+        blocked.reason.as_deref(),
+        Some("unplaceable: no live worker has os=plan9")
+    );
+
+    let mut tagged = Vec::new();
+    for _ in 0..6 {
+        let mut s = sh("true");
+        s.tags.insert("gpu".into());
+        tagged.push(client.submit(&s).await?.job_id);
+    }
+    for id in tagged {
+        let rec = client.wait_terminal(id, Duration::from_secs(30)).await?;
+        assert_eq!(rec.state, JobState::Succeeded);
+        assert_eq!(rec.history.len(), 1);
+        assert_eq!(
+            rec.history[0].worker,
+            gpu.id(),
+            "tagged job ran on {}",
+            rec.history[0].worker
+        );
+    }
+    let still = client.job(plan9).await?;
+    assert_eq!(
+        (still.state, still.attempts, still.epoch),
+        (JobState::Blocked, 0, 0),
+        "plan9 job never dispatched"
+    );
+    gpu.stop().await?;
+    plain.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// Registers a worker over RPC that never pulls notices, so a test can claim by hand.
+async fn fake_worker(client: &Client, id: &str) -> anyhow::Result<WorkerId> {
+    let worker_id = WorkerId::new(id)?;
+    let caps = Capabilities {
+        queues: vec!["default".into()],
+        ..Default::default()
+    };
+    let _: RegisterReply = client
+        .rpc
+        .call(
+            rpc::REGISTER,
+            &RegisterRequest {
+                worker_id: worker_id.clone(),
+                capabilities: caps,
+                slots: 1,
+                version: "test".into(),
+                hostname: "test".into(),
+            },
+        )
+        .await?;
+    let _: HeartbeatReply = client
+        .rpc
+        .call(
+            rpc::HEARTBEAT,
+            &HeartbeatRequest {
+                worker_id: worker_id.clone(),
+                state: WorkerState::Active,
+                free_slots: 1,
+                running: vec![],
+            },
+        )
+        .await?;
+    Ok(worker_id)
+}
+
+/// Two workers claiming the same notice at the same moment: exactly one wins, the
+/// other is told `conflict`.
+#[tokio::test]
+async fn claim_race_has_one_winner() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Arc::new(Client::connect(&nats).await?);
+    let a = fake_worker(&client, "racer-a").await?;
+    let b = fake_worker(&client, "racer-b").await?;
+    for round in 0..10 {
+        let id = client.submit(&sh("true")).await?.job_id;
+        let rec = client
+            .wait_state(id, JobState::Dispatched, Duration::from_secs(10))
+            .await?;
+        let barrier = Arc::new(Barrier::new(2));
+        let claim = |w: WorkerId| {
+            let (client, barrier) = (client.clone(), barrier.clone());
+            let req = ClaimRequest {
+                job_id: id,
+                epoch: rec.epoch,
+                worker_id: w,
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await
+            })
+        };
+        let (ra, rb) = (claim(a.clone()), claim(b.clone()));
+        let results = [ra.await?, rb.await?];
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        let loser = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("one lost");
+        assert_eq!(
+            loser.kind(),
+            Some(ErrorKind::Conflict),
+            "round {round}: {loser}"
+        );
+        // Free the fake worker's slot for the next round.
+        let winner = if results[0].is_ok() {
+            a.clone()
+        } else {
+            b.clone()
+        };
+        let _: CompleteReply = client
+            .rpc
+            .call(
+                rpc::COMPLETE,
+                &CompleteRequest {
+                    job_id: id,
+                    epoch: rec.epoch,
+                    worker_id: winner,
+                    outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+                    result: None,
+                    usage: None,
+                },
+            )
+            .await?;
+    }
+    coord.stop().await?;
+    Ok(())
+}
+
+/// The same idempotency key submitted twice (and ten times at once) returns the first job.
+#[tokio::test]
+async fn idempotency_key_returns_first_job() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Arc::new(Client::connect(&nats).await?);
+    let mut spec = sh("true");
+    spec.idempotency_key = Some("ticket-42".into());
+    let first = client.submit(&spec).await?;
+    assert!(!first.duplicate);
+    let second = client.submit(&spec).await?;
+    assert_eq!(second.job_id, first.job_id);
+    assert!(second.duplicate);
+
+    spec.idempotency_key = Some("ticket-43".into());
+    let barrier = Arc::new(Barrier::new(10));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (client, barrier, spec) = (client.clone(), barrier.clone(), spec.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.submit(&spec).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    assert!(ids.iter().all(|r| r.job_id == ids[0].job_id), "{ids:?}");
+    assert_eq!(ids.iter().filter(|r| !r.duplicate).count(), 1);
+    // Another product may use the same key for its own job.
+    spec.product = "other".into();
+    assert_ne!(client.submit(&spec).await?.job_id, ids[0].job_id);
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A failing job is retried with growing backoff and ends `dead` after `max_attempts`.
+#[tokio::test]
+async fn failing_job_retries_with_backoff_then_dead() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let cfg = coordinator_config(&nats.url());
+    let base = cfg.retry_base;
+    let coord = Running::coordinator(cfg).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let client = Client::connect(&nats).await?;
+    let mut spec = sh("echo boom >&2; exit 7");
+    spec.max_attempts = 3;
+    let id = client.submit(&spec).await?.job_id;
+    let rec = client.wait_terminal(id, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Dead, "{rec:?}");
+    assert_eq!(rec.attempts, 3);
+    assert_eq!(rec.history.len(), 3);
+    assert!(
+        rec.reason.as_deref().unwrap().contains("exit status 7"),
+        "{:?}",
+        rec.reason
+    );
+    for (i, pair) in rec.history.windows(2).enumerate() {
+        let gap = pair[1].started_at.since(pair[0].ended_at.expect("ended"));
+        // Attempt n waits base·2^(n-1), jittered down to at most half.
+        let floor = base * (1 << i) / 2;
+        assert!(
+            gap >= floor,
+            "retry {} came after {gap:?}, backoff floor {floor:?}",
+            i + 1
+        );
+        assert_eq!(
+            pair[0].outcome,
+            Some(AttemptOutcome::Failed {
+                exit_code: Some(7),
+                error: "exit status 7".into()
+            })
+        );
+    }
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// Malformed, truncated, misspelt and oversized submissions get clear errors; jobs
+/// accepted before and after are untouched and run.
+#[tokio::test]
+async fn bad_submissions_rejected_nothing_lost() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let http = coord.http();
+    let client = Client::connect(&nats).await?;
+    let before = client.submit(&sh("true")).await?.job_id;
+    let cases: Vec<(Vec<u8>, ErrorKind, &str)> = vec![
+        (
+            b"not json".to_vec(),
+            ErrorKind::Invalid,
+            "malformed job spec",
+        ),
+        (
+            br#"{"command": ["echo", "hi""#.to_vec(),
+            ErrorKind::Invalid,
+            "EOF",
+        ),
+        (
+            br#"{"command": ["x"], "max_attempt": 2}"#.to_vec(),
+            ErrorKind::Invalid,
+            "max_attempt",
+        ),
+        (
+            br#"{"command": []}"#.to_vec(),
+            ErrorKind::Invalid,
+            "`command`",
+        ),
+        (
+            br#"{"command": ["x"], "requires": {"os": "a.b"}}"#.to_vec(),
+            ErrorKind::Invalid,
+            "requires.os",
+        ),
+        (
+            format!(r#"{{"command": ["x", "{}"]}}"#, "y".repeat(300 * 1024)).into_bytes(),
+            ErrorKind::TooLarge,
+            "limit",
+        ),
+    ];
+    for (body, kind, needle) in &cases {
+        let err = client
+            .rpc
+            .call_raw::<gf_schemas::rpc::SubmitReply>(rpc::SUBMIT, body.clone().into())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), Some(*kind), "{err}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+    // The same over HTTP: a status and a JSON error body.
+    let h = reqwest_like_post(&format!("{http}/api/jobs"), b"{\"command\": 5}").await?;
+    assert_eq!(h.0, 400, "{}", h.1);
+    let v: serde_json::Value = serde_json::from_str(&h.1)?;
+    assert_eq!(v["error"]["kind"], "invalid");
+    // Garbage on every other RPC subject gets an error reply, not a crash.
+    for subject in [
+        rpc::CLAIM,
+        rpc::RENEW,
+        rpc::COMPLETE,
+        rpc::RELEASE,
+        rpc::HEARTBEAT,
+        rpc::REGISTER,
+        rpc::CANCEL,
+        rpc::GET_JOB,
+    ] {
+        let err = client
+            .rpc
+            .call_raw::<serde_json::Value>(subject, "{\"trunc".into())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), Some(ErrorKind::Invalid), "{subject}: {err}");
+    }
+    let after = client.submit(&sh("true")).await?.job_id;
+    let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
+    for id in [before, after] {
+        assert_eq!(
+            client
+                .wait_terminal(id, Duration::from_secs(20))
+                .await?
+                .state,
+            JobState::Succeeded
+        );
+    }
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// Minimal HTTP/1.1 POST over a TCP stream (keeps the test free of an HTTP client).
+async fn reqwest_like_post(url: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let head = format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let status = out.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `gf cancel` on a running job stops its process within a couple of seconds.
+#[tokio::test]
+async fn cancel_stops_running_process() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 1)).await?;
+    let client = Client::connect(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let pidfile = dir.path().join("pid");
+    let mut spec = sh(r#"echo $$ > "$PIDFILE"; exec sleep 60"#);
+    spec.env
+        .insert("PIDFILE".into(), pidfile.display().to_string());
+    let id = client.submit(&spec).await?.job_id;
+    client
+        .wait_state(id, JobState::Running, Duration::from_secs(10))
+        .await?;
+    let pid: i32 = eventually(Duration::from_secs(10), "pid file", || async {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    })
+    .await?;
+    assert!(alive(pid));
+    let url = nats.url();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || gf(&url, &["cancel", &id.to_string()])).await??;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    eventually(
+        Duration::from_secs(2),
+        "the job's process to be gone",
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await?;
+    let rec = client.job(id).await?;
+    assert_eq!(rec.state, JobState::Cancelled);
+    assert!(
+        rec.history[0].outcome.is_none(),
+        "a cancelled attempt reports nothing"
+    );
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Faults against a real nats-server: worker crash, worker pause past its lease, NATS
+//! restart; and a client in another language.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use gf_schemas::names::rpc;
+use gf_schemas::rpc::{CompleteReply, CompleteRequest};
+use gf_schemas::{AttemptOutcome, ErrorKind, JobState, Timestamp, WorkerId};
+use gf_testkit::{eventually, NatsServer};
+use nix::sys::signal::Signal;
+
+/// A job that, at epoch 1 only, records its pid and hangs; at later epochs records its
+/// effect and ends. So the first holder is always mid-job when the fault hits.
+fn hang_first_attempt(dir: &Path) -> gf_schemas::JobSpec {
+    let mut spec = sh(
+        r#"echo $$ > "$DIR/pid.$GF_EPOCH"; if [ "$GF_EPOCH" = 1 ]; then exec sleep 60; fi; echo "$GF_WORKER_ID" >> "$DIR/effects""#,
+    );
+    spec.env.insert("DIR".into(), dir.display().to_string());
+    spec
+}
+
+async fn read_pid(dir: &Path, epoch: u64) -> anyhow::Result<i32> {
+    let f = dir.join(format!("pid.{epoch}"));
+    eventually(
+        Duration::from_secs(15),
+        &format!("{}", f.display()),
+        || async { std::fs::read_to_string(&f).ok()?.trim().parse().ok() },
+    )
+    .await
+}
+
+/// A worker killed mid-job: the job is re-leased within lease TTL + reaper period (+2 s)
+/// and succeeds elsewhere; the dead worker's process is gone too; a completion sent
+/// with the old epoch is refused as stale and changes nothing.
+#[tokio::test]
+async fn killed_worker_job_recovers_elsewhere() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let cfg = coordinator_config(&nats.url());
+    let bound = cfg.lease_ttl + cfg.reaper_period + Duration::from_secs(2);
+    let coord = Running::coordinator(cfg).await?;
+    let client = Client::connect(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let victim = WorkerProcess::spawn(&nats.url(), "victim", &[])?;
+    wait_workers(&client, 1).await?;
+    let id = client.submit(&hang_first_attempt(dir.path())).await?.job_id;
+    client
+        .wait_state(id, JobState::Running, Duration::from_secs(10))
+        .await?;
+    let orphan = read_pid(dir.path(), 1).await?;
+
+    let killed_at = Timestamp::now_local();
+    victim.signal(Signal::SIGKILL)?;
+    let rescuer = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let rec = client.wait_terminal(id, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!(rec.history.len(), 2);
+    assert_eq!(rec.history[0].worker.as_str(), "victim");
+    assert!(rec.history[0].outcome.is_none());
+    assert!(rec.history[0]
+        .ended_because
+        .as_deref()
+        .unwrap()
+        .contains("lease expired"));
+    assert_eq!(rec.history[1].worker, rescuer.id());
+    let reaped_after = rec.history[0].ended_at.unwrap().since(killed_at);
+    assert!(
+        reaped_after <= bound,
+        "re-leased {reaped_after:?} after the kill, bound {bound:?}"
+    );
+    assert!(
+        !alive(orphan),
+        "the killed worker's job process survived it"
+    );
+
+    let stale = CompleteRequest {
+        job_id: id,
+        epoch: 1,
+        worker_id: WorkerId::new("victim")?,
+        outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+        result: Some(serde_json::json!({"late": true})),
+        usage: None,
+    };
+    let err = client
+        .rpc
+        .call::<_, CompleteReply>(rpc::COMPLETE, &stale)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), Some(ErrorKind::StaleEpoch), "{err}");
+    assert_eq!(
+        client.job(id).await?,
+        rec,
+        "a refused completion changed the record"
+    );
+    let effects = std::fs::read_to_string(dir.path().join("effects"))?;
+    assert_eq!(effects.lines().count(), 1, "{effects}");
+    rescuer.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A worker paused (SIGSTOP) past its lease, then resumed: the job runs elsewhere
+/// meanwhile; on waking, the worker learns it was revoked and kills its process, and
+/// nothing it reports is accepted.
+#[tokio::test]
+async fn paused_worker_is_fenced_on_wake() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Client::connect(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let zombie = WorkerProcess::spawn(&nats.url(), "zombie", &[])?;
+    wait_workers(&client, 1).await?;
+    let id = client.submit(&hang_first_attempt(dir.path())).await?.job_id;
+    client
+        .wait_state(id, JobState::Running, Duration::from_secs(10))
+        .await?;
+    let first = read_pid(dir.path(), 1).await?;
+
+    zombie.signal(Signal::SIGSTOP)?;
+    let other = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let done = client.wait_terminal(id, Duration::from_secs(30)).await?;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.history[1].worker, other.id());
+    assert!(
+        alive(first),
+        "the paused worker's process runs on until the worker wakes"
+    );
+
+    zombie.signal(Signal::SIGCONT)?;
+    eventually(
+        Duration::from_secs(5),
+        "the woken worker to kill its revoked job",
+        || async { (!alive(first)).then_some(()) },
+    )
+    .await?;
+    let after = client.job(id).await?;
+    assert_eq!(after, done, "the zombie's late report changed the job");
+    assert!(
+        after.history[0].outcome.is_none(),
+        "zombie attempt has no accepted outcome"
+    );
+    let effects = std::fs::read_to_string(dir.path().join("effects"))?;
+    assert_eq!(effects.lines().count(), 1);
+    other.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// Restarting the NATS server in the middle of a run loses no job.
+#[tokio::test]
+async fn nats_restart_loses_no_job() -> anyhow::Result<()> {
+    init_tracing();
+    let mut nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let w1 = Running::worker(worker_config(&nats.url(), 3)).await?;
+    let w2 = Running::worker(worker_config(&nats.url(), 3)).await?;
+    let client = Client::connect(&nats).await?;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(client.submit(&sh("sleep 0.2")).await?.job_id);
+    }
+    eventually(Duration::from_secs(30), "some jobs to finish", || async {
+        let mut n = 0;
+        for id in &ids[..10] {
+            if client.job(*id).await.ok()?.state == JobState::Succeeded {
+                n += 1;
+            }
+        }
+        (n >= 3).then_some(())
+    })
+    .await?;
+    nats.restart()?;
+    for id in &ids {
+        let rec = client.wait_terminal(*id, Duration::from_secs(90)).await?;
+        assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    }
+    // And the fleet still takes new work.
+    let late = client.submit(&sh("true")).await?.job_id;
+    assert_eq!(
+        client
+            .wait_terminal(late, Duration::from_secs(30))
+            .await?
+            .state,
+        JobState::Succeeded
+    );
+    w1.stop().await?;
+    w2.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A Python client (nats-py) submits over `gf.rpc.submit` using only the published
+/// JSON Schemas, and sees its job succeed.
+#[tokio::test]
+async fn python_client_submits_with_published_schema() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let url = nats.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(root.join("clients/python/gf_submit.py"))
+            .args([
+                "--nats-url",
+                &url,
+                "--timeout",
+                "30",
+                "--",
+                "sh",
+                "-c",
+                "echo from python",
+            ])
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed ({}): {stdout}{stderr}\n(needs scripts/install-test-deps.sh)",
+        out.status
+    );
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
+    assert_eq!(last["state"], "succeeded");
+    let id = last["job_id"].as_str().unwrap().parse()?;
+    let client = Client::connect(&nats).await?;
+    assert_eq!(client.job(id).await?.state, JobState::Succeeded);
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}

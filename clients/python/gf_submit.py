@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Submit a job to Gigafactory over NATS and wait for it, using only the published
+contract in schemas/json/: index.json names the subjects, the *.schema.json files
+describe every request and reply. Both directions are validated against them.
+
+    python3 clients/python/gf_submit.py --nats-url nats://127.0.0.1:4222 -- echo hello
+
+Exit status: 0 if the job succeeded, 1 if it ended otherwise, 2 on a refused
+submission or a contract violation.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jsonschema
+import nats
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TERMINAL = {"succeeded", "dead", "cancelled"}
+
+
+class Contract:
+    def __init__(self, folder: pathlib.Path):
+        self.folder = folder
+        self.index = json.loads((folder / "index.json").read_text())
+
+    def schema(self, name: str) -> dict:
+        return json.loads((self.folder / name).read_text())
+
+    def check(self, subject: str, side: str, value) -> None:
+        name = self.index["subjects"][subject][side]
+        jsonschema.validate(value, self.schema(name))
+
+
+async def call(nc, contract: Contract, subject: str, request: dict) -> dict:
+    contract.check(subject, "request", request)
+    msg = await nc.request(subject, json.dumps(request).encode(), timeout=5)
+    reply = json.loads(msg.data)
+    contract.check(subject, "reply", reply)
+    return reply
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nats-url", default=os.environ.get("GF_NATS_URL", "nats://127.0.0.1:4222"))
+    ap.add_argument("--schemas", type=pathlib.Path, default=ROOT / "schemas" / "json")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job")
+    ap.add_argument("--priority", type=int)
+    ap.add_argument("command", nargs="+")
+    args = ap.parse_args()
+
+    contract = Contract(args.schemas)
+    submit, get = "gf.rpc.submit", "gf.rpc.job.get"
+    assert submit in contract.index["subjects"] and get in contract.index["subjects"]
+    spec = {"command": args.command}
+    if args.priority is not None:
+        spec["priority"] = args.priority
+
+    nc = await nats.connect(args.nats_url)
+    try:
+        reply = await call(nc, contract, submit, spec)
+        if "error" in reply:
+            print(f"refused: {reply['error']['kind']}: {reply['error']['message']}", file=sys.stderr)
+            return 2
+        job_id = reply["ok"]["job_id"]
+        print(job_id, flush=True)
+        deadline = time.monotonic() + args.timeout
+        state = None
+        while time.monotonic() < deadline:
+            rec = await call(nc, contract, get, {"job_id": job_id})
+            if "ok" in rec:
+                if rec["ok"]["state"] != state:
+                    state = rec["ok"]["state"]
+                    print(f"{job_id} {state}", file=sys.stderr, flush=True)
+                if state in TERMINAL:
+                    print(json.dumps({"job_id": job_id, "state": state, "attempts": rec["ok"]["attempts"]}))
+                    return 0 if state == "succeeded" else 1
+            await asyncio.sleep(0.1)
+        print(f"{job_id} still {state} after {args.timeout}s", file=sys.stderr)
+        return 1
+    except jsonschema.ValidationError as e:
+        print(f"contract violation: {e.message}", file=sys.stderr)
+        return 2
+    finally:
+        await nc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
