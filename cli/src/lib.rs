@@ -126,6 +126,9 @@ pub struct WorkerArgs {
     /// Directory for jobs' working directories and result files.
     #[arg(long, env = "GF_SCRATCH_DIR")]
     pub scratch_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, env = "GF_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -156,6 +159,7 @@ impl WorkerArgs {
             slots: self.slots,
             drain_grace: self.drain_grace,
             scratch_dir: self.scratch_dir.clone(),
+            metrics_addr: self.metrics_addr,
             ..Default::default()
         })
     }

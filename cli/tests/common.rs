@@ -145,3 +145,56 @@ pub async fn wait_workers(client: &Client, n: usize) -> anyhow::Result<()> {
     )
     .await
 }
+
+/// Minimal HTTP/1.1 request over a TCP stream: (status, body). Keeps the tests free of
+/// an HTTP client dependency.
+pub async fn http_request(method: &str, url: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let head = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    // Undo chunked transfer encoding if the server used it.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut rest = body;
+        let mut plain = String::new();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            plain.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        plain
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// The value of one sample in a Prometheus text scrape, by name and exact label set
+/// (labels in the order the exporter writes them), 0 when absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

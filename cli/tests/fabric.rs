@@ -353,7 +353,7 @@ async fn bad_submissions_rejected_nothing_lost() -> anyhow::Result<()> {
         );
     }
     // The same over HTTP: a status and a JSON error body.
-    let h = reqwest_like_post(&format!("{http}/api/jobs"), b"{\"command\": 5}").await?;
+    let h = http_request("POST", &format!("{http}/api/jobs"), b"{\"command\": 5}").await?;
     assert_eq!(h.0, 400, "{}", h.1);
     let v: serde_json::Value = serde_json::from_str(&h.1)?;
     assert_eq!(v["error"]["kind"], "invalid");
@@ -389,25 +389,6 @@ async fn bad_submissions_rejected_nothing_lost() -> anyhow::Result<()> {
     worker.stop().await?;
     coord.stop().await?;
     Ok(())
-}
-
-/// Minimal HTTP/1.1 POST over a TCP stream (keeps the test free of an HTTP client).
-async fn reqwest_like_post(url: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    let head = format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    let status = out.split_whitespace().nth(1).unwrap_or("0").parse()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// `gf cancel` on a running job stops its process within a couple of seconds.

@@ -24,12 +24,14 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub leader: Arc<LeaderStatus>,
     pub started: Instant,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: AppState) -> Router {
     let limit = state.service.config.max_submit_bytes * 2;
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
         .route("/api/jobs", post(submit).get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/cancel", post(cancel))
@@ -124,6 +126,16 @@ async fn health(State(st): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        st.metrics.render(),
+    )
 }
 
 async fn submit(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {

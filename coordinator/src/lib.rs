@@ -14,6 +14,7 @@ pub mod events;
 pub mod fsm;
 pub mod http;
 pub mod leader;
+pub mod metrics;
 pub mod rpc;
 pub mod scheduler;
 pub mod service;
@@ -99,6 +100,7 @@ pub async fn start(
                 service: service.clone(),
                 leader: leader.clone(),
                 started: Instant::now(),
+                metrics: gf_telemetry::install("coordinator"),
             };
             let token = shutdown.clone();
             let task = tokio::spawn(async move {

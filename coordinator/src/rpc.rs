@@ -40,7 +40,9 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
         let service = service.clone();
         tracker.spawn(async move {
             let subject = msg.subject.to_string();
+            let started = std::time::Instant::now();
             let body = handle(&service, &subject, &msg.payload).await;
+            crate::metrics::rpc(operation(&subject), started.elapsed(), result_kind(&body));
             if let Err(e) = service.client.publish(reply_to, body).await {
                 tracing::warn!(%subject, error = %e, "could not send RPC reply");
             }
@@ -96,4 +98,32 @@ fn reply<T: serde::Serialize>(service: &Service, subject: &str, r: Result<T, Rpc
         service.rejected(subject, e);
     }
     encode(&Reply::from(r))
+}
+
+/// Bounded operation label for a subject.
+fn operation(subject: &str) -> &'static str {
+    match subject {
+        rpc::SUBMIT => "submit",
+        rpc::GET_JOB => "get_job",
+        rpc::CANCEL => "cancel",
+        rpc::REGISTER => "register",
+        rpc::HEARTBEAT => "heartbeat",
+        rpc::CLAIM => "claim",
+        rpc::RENEW => "renew",
+        rpc::COMPLETE => "complete",
+        rpc::RELEASE => "release",
+        _ => "unknown",
+    }
+}
+
+/// Reads the error kind back out of an encoded reply, for the request metric.
+fn result_kind(body: &[u8]) -> Result<(), ErrorKind> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        error: Option<RpcError>,
+    }
+    match serde_json::from_slice::<Probe>(body) {
+        Ok(Probe { error: Some(e) }) => Err(e.kind),
+        _ => Ok(()),
+    }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::StoreError;
 use crate::fsm;
 use crate::leader::{self, LeaderLease};
+use crate::metrics::{self, ViewCounts, ViewGauges};
 use crate::service::Service;
 use crate::store::encode;
 
@@ -231,6 +232,42 @@ pub fn plan(view: &View, worker_timeout: Duration, slack: u32, now: Timestamp) -
     out
 }
 
+/// What the leader's gauges report, derived from the view.
+pub fn counts(
+    view: &View,
+    routing: &gf_schemas::names::Routing,
+    worker_timeout: Duration,
+    now: Timestamp,
+) -> ViewCounts {
+    let mut c = ViewCounts {
+        jobs: BTreeMap::new(),
+        queue_depth: BTreeMap::new(),
+        route_depth: BTreeMap::new(),
+        workers: BTreeMap::new(),
+        slots_total: 0,
+        slots_free: 0,
+    };
+    for (rec, _) in view.jobs.values() {
+        *c.jobs.entry(rec.state).or_default() += 1;
+        if matches!(rec.state, JobState::Pending | JobState::Blocked) {
+            *c.queue_depth.entry(rec.spec.queue.clone()).or_default() += 1;
+            *c.route_depth
+                .entry(routing.route_of(&rec.spec).label())
+                .or_default() += 1;
+        }
+    }
+    for w in view.workers.values() {
+        let live = worker_live(w, worker_timeout, now);
+        let state = if live { w.state } else { WorkerState::Gone };
+        *c.workers.entry(state).or_default() += 1;
+        if live && w.state != WorkerState::Gone {
+            c.slots_total += u64::from(w.slots);
+            c.slots_free += u64::from(w.free_slots);
+        }
+    }
+    c
+}
+
 /// Runs for the life of the coordinator: waits to become leader, leads until
 /// leadership is lost or `shutdown`, and steps down on shutdown.
 pub async fn run(
@@ -266,6 +303,7 @@ pub async fn run(
             format!("{me} leads term {}", lease.term),
         );
         status.is_leader.store(true, Ordering::SeqCst);
+        metrics::leader(true);
         *status.leader.lock().expect("status") = Some(me.clone());
         loop {
             let end = lead(&service, &mut lease, &mut reconnects, &shutdown).await;
@@ -277,6 +315,7 @@ pub async fn run(
                 LeadEnd::Shutdown => {
                     leader::step_down(&service.store.leader, &lease).await;
                     status.is_leader.store(false, Ordering::SeqCst);
+                    metrics::leader(false);
                     return;
                 }
                 _ => break,
@@ -284,6 +323,8 @@ pub async fn run(
         }
         tracing::warn!("lost scheduler leadership");
         status.is_leader.store(false, Ordering::SeqCst);
+        metrics::leader(false);
+        ViewGauges::default().clear();
     }
 }
 
@@ -329,6 +370,7 @@ async fn lead(
     };
     reconnects.borrow_and_update();
     let mut view = View::default();
+    let mut gauges = ViewGauges::default();
     let mut jobs_current = false;
     let mut renew = tokio::time::interval(cfg.leader_ttl / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,6 +416,12 @@ async fn lead(
                 return LeadEnd::Lost;
             }
             apply_plan(service, &mut view).await;
+            gauges.publish(&counts(
+                &view,
+                &service.routing,
+                cfg.worker_timeout,
+                service.clock.now(),
+            ));
         }
     }
 }
@@ -419,6 +467,7 @@ async fn apply_plan(service: &Service, view: &mut View) {
                             Err(e) => tracing::warn!(job = %id, error = %e, "notice not published"),
                         }
                         service.events.job(EventKind::JobDispatched, &rec, "");
+                        metrics::dispatched(&rec.spec.queue);
                     }
                     JobState::Blocked => {
                         service.events.job(
@@ -474,6 +523,10 @@ async fn reap_expired(service: &Service, view: &mut View) {
         match result {
             Ok((revoked, rec, rev)) => {
                 if let Some((revocation, Some(worker))) = revoked {
+                    metrics::revoked(revocation.reason);
+                    if rec.state == JobState::Dead {
+                        metrics::finished(&rec.spec.queue, JobState::Dead);
+                    }
                     service.events.job(
                         EventKind::JobLeaseExpired,
                         &rec,

@@ -23,6 +23,7 @@ use crate::config::CoordinatorConfig;
 use crate::error::StoreError;
 use crate::events::EventSink;
 use crate::fsm;
+use crate::metrics;
 use crate::store::{encode, Store};
 
 pub struct Service {
@@ -133,6 +134,9 @@ impl Service {
             Err(e) => return Err(e.into()),
         }
         self.events.job(EventKind::JobSubmitted, &rec, "");
+        if !duplicate {
+            metrics::submitted(&rec.spec.queue, &rec.spec.product);
+        }
         Ok(SubmitReply {
             job_id: id,
             duplicate,
@@ -154,15 +158,19 @@ impl Service {
     ) -> Result<CancelReply, RpcError> {
         let reason = reason.unwrap_or_else(|| "cancelled by operator".into());
         let now = self.clock.now();
-        let (revocation, rec, _) = self
+        let ((revocation, changed), rec, _) = self
             .store
             .modify_job(id, |rec| {
-                let was = rec.state;
+                let changed = rec.state != JobState::Cancelled;
                 let r = fsm::cancel(rec, &reason, now)?;
-                Ok((r, was != JobState::Cancelled))
+                Ok(((r, changed), changed))
             })
             .await?;
+        if changed {
+            metrics::finished(&rec.spec.queue, JobState::Cancelled);
+        }
         if let Some(rev) = revocation {
+            metrics::revoked(rev.reason);
             let holder = rec
                 .history
                 .iter()
@@ -295,6 +303,7 @@ impl Service {
                 None => false,
             };
             if !holds {
+                metrics::revoked(RevokeReason::Superseded);
                 revoked.push(Revocation {
                     job_id: job.job_id,
                     epoch: job.epoch,
@@ -329,14 +338,25 @@ impl Service {
         let caps = self.capabilities(&req.worker_id).await?;
         let ttl = self.config.lease_ttl;
         let now = self.clock.now();
-        let (reply, rec, _) = self
+        let claimed = self
             .store
             .modify_job(&req.job_id, |rec| {
                 let first = rec.state == JobState::Dispatched;
                 let reply = fsm::claim(rec, req.epoch, &req.worker_id, &caps, ttl, now)?;
                 Ok((reply, first))
             })
-            .await?;
+            .await;
+        metrics::claim(claimed.as_ref().map(|_| ()).map_err(|e| e.kind));
+        let (reply, rec, _) = claimed?;
+        // Waiting since submission, or since the previous attempt ended.
+        let ready_since = rec
+            .history
+            .iter()
+            .rev()
+            .nth(1)
+            .and_then(|a| a.ended_at)
+            .unwrap_or(rec.submitted_at);
+        metrics::queue_wait(&rec.spec.queue, now.since(ready_since));
         self.events.job(
             EventKind::JobClaimed,
             &rec,
@@ -381,8 +401,22 @@ impl Service {
                 let changed = done != fsm::Completed::AlreadyApplied;
                 Ok((done, changed))
             })
-            .await?;
+            .await
+            .inspect_err(|e| metrics::fenced("complete", e.kind))?;
         let what = fsm::describe(&req.outcome);
+        if done != fsm::Completed::AlreadyApplied {
+            let queue = &rec.spec.queue;
+            if let Some(a) = rec.history.iter().rev().find(|a| a.epoch == req.epoch) {
+                metrics::attempt_finished(queue, &req.outcome, now.since(a.started_at));
+            }
+            if let Some(u) = &req.usage {
+                metrics::usage(u);
+            }
+            match done {
+                fsm::Completed::Retry { .. } => metrics::retry(queue),
+                _ => metrics::finished(queue, rec.state),
+            }
+        }
         match done {
             fsm::Completed::Succeeded => self.events.job(EventKind::JobSucceeded, &rec, what),
             fsm::Completed::Retry { retry_at } => {

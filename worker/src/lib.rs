@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     /// Where jobs without a `cwd` get their working directory; default: a temp dir.
     pub scratch_dir: Option<PathBuf>,
     pub rpc_timeout: Duration,
+    /// Serve Prometheus metrics on `http://ADDR/metrics`; `None` serves nothing.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +65,7 @@ impl Default for WorkerConfig {
             drain_grace: Duration::from_secs(30),
             scratch_dir: None,
             rpc_timeout: Duration::from_secs(5),
+            metrics_addr: None,
         }
     }
 }
@@ -113,6 +116,8 @@ impl Shared {
 /// A started worker.
 pub struct Worker {
     pub id: WorkerId,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -175,16 +180,55 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
     });
     let control = client.subscribe(names::worker_control(&id)).await?;
     let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
-    let task = tokio::spawn(run_worker(
-        shared,
-        consumer,
-        control,
-        heartbeat_every,
-        config.drain_grace,
-        shutdown,
-    ));
-    tracing::info!(worker = %id, slots = config.slots, "worker started");
-    Ok(Worker { id, task })
+    let metrics = gf_telemetry::install("worker");
+    let (metrics_addr, metrics_server) = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            let bound = listener.local_addr()?;
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = metrics.clone();
+                    async move { m.render() }
+                }),
+            );
+            let token = shutdown.clone();
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+            });
+            (Some(bound), Some(server))
+        }
+        None => (None, None),
+    };
+    // Increments, not sets: several workers may share one process (gf dev, tests).
+    metrics::gauge!(gf_telemetry::names::WORKER_CAPACITY).increment(f64::from(config.slots));
+    let slots = config.slots;
+    let task = tokio::spawn(async move {
+        let r = run_worker(
+            shared,
+            consumer,
+            control,
+            heartbeat_every,
+            config.drain_grace,
+            shutdown,
+        )
+        .await;
+        metrics::gauge!(gf_telemetry::names::WORKER_CAPACITY).decrement(f64::from(slots));
+        if let Some(s) = metrics_server {
+            let _ = s.await;
+        }
+        r
+    });
+    tracing::info!(worker = %id, slots, metrics = ?metrics_addr, "worker started");
+    Ok(Worker {
+        id,
+        metrics_addr,
+        task,
+    })
 }
 
 /// Starts a worker and runs it until `shutdown`, then drains.
@@ -411,6 +455,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         },
     );
     let shared = shared.clone();
+    metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).increment(1.0);
     jobs.spawn(async move {
         let job = runner::Job {
             id: job_id,
@@ -421,6 +466,16 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         };
         tracing::info!(job = %job_id, epoch, "running");
         let end = runner::run(job, shared.rpc.clone(), shared.js.clone(), &shared.scratch).await;
+        let result = match &end {
+            runner::RunEnd::Finished { outcome, .. } => match outcome {
+                gf_schemas::AttemptOutcome::Succeeded { .. } => "succeeded",
+                gf_schemas::AttemptOutcome::Failed { .. } => "failed",
+                gf_schemas::AttemptOutcome::TimedOut { .. } => "timed_out",
+            },
+            runner::RunEnd::Revoked(_) => "revoked",
+            runner::RunEnd::GivenBack => "released",
+        };
+        metrics::counter!(gf_telemetry::names::WORKER_RUNS, "result" => result).increment(1);
         match end {
             runner::RunEnd::Finished { outcome, result, usage } => {
                 let req = CompleteRequest { job_id, epoch, worker_id: shared.id.clone(), outcome, result, usage };
@@ -437,6 +492,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
             }
         }
         shared.running.lock().expect("running").remove(&job_id);
+        metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).decrement(1.0);
         shared.slot_freed.notify_one();
     });
 }

@@ -136,7 +136,14 @@ pub async fn run(
                 break Ok(AttemptOutcome::TimedOut { after_secs: timeout.map_or(0, |t| t.as_secs()) });
             }
             _ = renew.tick() => {
-                match rpc.call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await {
+                let renewed = rpc.call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
+                let label = match &renewed {
+                    Ok(_) => "ok",
+                    Err(e) if e.lost_lease() => "lost",
+                    Err(_) => "error",
+                };
+                metrics::counter!(gf_telemetry::names::WORKER_RENEWALS, "result" => label).increment(1);
+                match renewed {
                     Ok(_) => {}
                     Err(e) if e.lost_lease() => break Err(RunEnd::Revoked(e.to_string())),
                     // The lease outlives a few missed renewals; if it does not, the next
@@ -298,6 +305,7 @@ async fn publish_logs(
             time: Timestamp::now_local(),
         };
         let body = serde_json::to_vec(&msg).expect("serializes");
+        metrics::counter!(gf_telemetry::names::WORKER_LOG_LINES).increment(1);
         match js.publish(subject.clone(), body.into()).await {
             Ok(ack) => acks.push_back(std::future::IntoFuture::into_future(ack)),
             Err(e) => tracing::debug!(%job, error = %e, "log line not published"),

@@ -1,0 +1,188 @@
+//! Recording coordinator metrics. Names and help texts live in `gf_telemetry`; these
+//! helpers keep call sites to one line and labels bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use gf_schemas::rpc::RevokeReason;
+use gf_schemas::{AttemptOutcome, ErrorKind, JobState, Usage, WorkerState};
+use gf_telemetry::names::*;
+use metrics::{counter, gauge, histogram};
+
+pub fn outcome_label(o: &AttemptOutcome) -> &'static str {
+    match o {
+        AttemptOutcome::Succeeded { .. } => "succeeded",
+        AttemptOutcome::Failed { .. } => "failed",
+        AttemptOutcome::TimedOut { .. } => "timed_out",
+    }
+}
+
+pub fn kind_label(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::TooLarge => "too_large",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::StaleEpoch => "stale_epoch",
+        ErrorKind::Revoked => "revoked",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::NotEligible => "not_eligible",
+        ErrorKind::WrongState => "wrong_state",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Internal => "internal",
+    }
+}
+
+pub fn revoke_label(r: RevokeReason) -> &'static str {
+    match r {
+        RevokeReason::LeaseExpired => "lease_expired",
+        RevokeReason::Cancelled => "cancelled",
+        RevokeReason::Superseded => "superseded",
+    }
+}
+
+pub fn rpc(operation: &'static str, took: Duration, result: Result<(), ErrorKind>) {
+    histogram!(RPC_DURATION, "operation" => operation).record(took.as_secs_f64());
+    let result = match result {
+        Ok(()) => "ok",
+        Err(k) => kind_label(k),
+    };
+    counter!(RPC_REQUESTS, "operation" => operation, "result" => result).increment(1);
+}
+
+pub fn submitted(queue: &str, product: &str) {
+    counter!(JOBS_SUBMITTED, "queue" => queue.to_string(), "product" => product.to_string())
+        .increment(1);
+}
+
+pub fn finished(queue: &str, state: JobState) {
+    counter!(JOBS_FINISHED, "queue" => queue.to_string(), "state" => state.as_str()).increment(1);
+    if state == JobState::Dead {
+        counter!(DEAD_LETTERS, "queue" => queue.to_string()).increment(1);
+    }
+}
+
+pub fn claim(result: Result<(), ErrorKind>) {
+    let r = match result {
+        Ok(()) => "won",
+        Err(k @ (ErrorKind::Conflict | ErrorKind::StaleEpoch | ErrorKind::NotEligible)) => {
+            kind_label(k)
+        }
+        Err(_) => "error",
+    };
+    counter!(CLAIMS, "result" => r).increment(1);
+}
+
+pub fn queue_wait(queue: &str, waited: Duration) {
+    histogram!(QUEUE_WAIT, "queue" => queue.to_string()).record(waited.as_secs_f64());
+}
+
+pub fn attempt_finished(queue: &str, outcome: &AttemptOutcome, ran: Duration) {
+    let o = outcome_label(outcome);
+    counter!(ATTEMPTS_FINISHED, "queue" => queue.to_string(), "outcome" => o).increment(1);
+    histogram!(RUN_TIME, "queue" => queue.to_string(), "outcome" => o).record(ran.as_secs_f64());
+}
+
+pub fn retry(queue: &str) {
+    counter!(JOB_RETRIES, "queue" => queue.to_string()).increment(1);
+}
+
+pub fn fenced(operation: &'static str, kind: ErrorKind) {
+    if matches!(kind, ErrorKind::StaleEpoch | ErrorKind::Revoked) {
+        counter!(FENCED_WRITES, "operation" => operation, "kind" => kind_label(kind)).increment(1);
+    }
+}
+
+pub fn revoked(reason: RevokeReason) {
+    counter!(LEASES_REVOKED, "reason" => revoke_label(reason)).increment(1);
+    if reason == RevokeReason::LeaseExpired {
+        counter!(LEASES_EXPIRED).increment(1);
+    }
+}
+
+pub fn dispatched(queue: &str) {
+    counter!(DISPATCHES, "queue" => queue.to_string()).increment(1);
+}
+
+pub fn unplaceable(queue: &str) {
+    counter!(UNPLACEABLE, "queue" => queue.to_string()).increment(1);
+}
+
+pub fn usage(u: &Usage) {
+    let provider = u.provider.clone().unwrap_or_else(|| "unknown".into());
+    let model = u.model.clone().unwrap_or_else(|| "unknown".into());
+    let (p, m) = (provider.clone(), model.clone());
+    counter!(MODEL_TOKENS, "provider" => p.clone(), "model" => m.clone(), "direction" => "input")
+        .increment(u.input_tokens);
+    counter!(MODEL_TOKENS, "provider" => p, "model" => m, "direction" => "output")
+        .increment(u.output_tokens);
+    counter!(MODEL_CALLS, "provider" => provider.clone(), "model" => model.clone())
+        .increment(u.calls);
+    // Counters are integers: cost is counted in millionths of a unit.
+    counter!(MODEL_COST, "provider" => provider, "model" => model)
+        .increment((u.cost * 1e6).round() as u64);
+}
+
+pub fn leader(is_leader: bool) {
+    gauge!(SCHEDULER_LEADER).set(if is_leader { 1.0 } else { 0.0 });
+    if is_leader {
+        counter!(LEADER_CHANGES).increment(1);
+    }
+}
+
+/// Gauges the leader derives from its view. Remembers the label values it reported so
+/// a queue that empties drops to 0 instead of keeping its last value.
+#[derive(Default)]
+pub struct ViewGauges {
+    queues: BTreeSet<String>,
+    routes: BTreeSet<String>,
+}
+
+pub struct ViewCounts {
+    pub jobs: BTreeMap<JobState, u64>,
+    pub queue_depth: BTreeMap<String, u64>,
+    pub route_depth: BTreeMap<String, u64>,
+    pub workers: BTreeMap<WorkerState, u64>,
+    pub slots_total: u64,
+    pub slots_free: u64,
+}
+
+impl ViewGauges {
+    pub fn publish(&mut self, c: &ViewCounts) {
+        for s in JobState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            gauge!(JOBS, "state" => s.as_str()).set(*c.jobs.get(&s).unwrap_or(&0) as f64);
+        }
+        self.queues.extend(c.queue_depth.keys().cloned());
+        for q in &self.queues {
+            gauge!(QUEUE_DEPTH, "queue" => q.clone())
+                .set(*c.queue_depth.get(q).unwrap_or(&0) as f64);
+        }
+        self.routes.extend(c.route_depth.keys().cloned());
+        for r in &self.routes {
+            gauge!(ROUTE_QUEUE_DEPTH, "route" => r.clone())
+                .set(*c.route_depth.get(r).unwrap_or(&0) as f64);
+        }
+        for (s, name) in [
+            (WorkerState::Starting, "starting"),
+            (WorkerState::Active, "active"),
+            (WorkerState::Draining, "draining"),
+            (WorkerState::Gone, "gone"),
+        ] {
+            gauge!(WORKERS, "state" => name).set(*c.workers.get(&s).unwrap_or(&0) as f64);
+        }
+        gauge!(WORKER_SLOTS, "state" => "total").set(c.slots_total as f64);
+        gauge!(WORKER_SLOTS, "state" => "free").set(c.slots_free as f64);
+    }
+
+    /// On losing leadership: this replica no longer knows, so it reports nothing.
+    pub fn clear(&mut self) {
+        let empty = ViewCounts {
+            jobs: BTreeMap::new(),
+            queue_depth: BTreeMap::new(),
+            route_depth: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            slots_total: 0,
+            slots_free: 0,
+        };
+        self.publish(&empty);
+    }
+}
