@@ -4,6 +4,7 @@
 pub mod dev;
 pub mod nats_bin;
 pub mod ops;
+pub mod ops_sched;
 pub mod output;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,20 @@ pub enum Command {
     Cancel(ops::CancelArgs),
     /// List workers with their capabilities, slots and last heartbeat.
     Workers(ops::WorkersArgs),
+    /// Why a job is where it is: score terms, each live worker's fit, what it waits for.
+    Explain(ops_sched::ExplainArgs),
+    /// Send a dead, cancelled or rejected job round again (attempts reset).
+    Requeue(ops_sched::ActionArgs),
+    /// Refuse a pending job: it ends `rejected` with the reason.
+    Reject(ops_sched::ActionArgs),
+    /// A job's dependencies and children, with their states.
+    Dag(ops_sched::ExplainArgs),
+    /// List dead letters (jobs that ran out of attempts).
+    Dead(ops::JobsArgs),
+    /// Budgets per product: list, set limits, pause, resume.
+    Budgets(ops_sched::BudgetsArgs),
+    /// Cron schedules that submit jobs.
+    Schedule(ops_sched::ScheduleArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,6 +98,57 @@ pub struct CoordinatorArgs {
     /// Replicas of buckets and streams (3 on a clustered NATS).
     #[arg(long, env = "GF_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// Enable preemption: revoke a running job scoring at least this much below a job
+    /// that cannot be placed (priority levels are worth 10 by default).
+    #[arg(long, env = "GF_PREEMPTION_MARGIN")]
+    pub preemption_margin: Option<f64>,
+    /// Limit per label value, `LABEL:MAX_RUNNING` or `LABEL:MAX_RUNNING:STARTS_PER_MINUTE`
+    /// (either may be empty), e.g. `repo:3`, `provider::60` (repeatable).
+    #[arg(long = "limit", value_name = "RULE", value_parser = parse_limit)]
+    pub limits: Vec<gf_coordinator::config::LimitRule>,
+    /// Weight of a product in scores, `PRODUCT=WEIGHT` (repeatable).
+    #[arg(long = "product-weight", value_name = "PRODUCT=WEIGHT", value_parser = parse_weight)]
+    pub product_weights: Vec<(String, f64)>,
+    /// Refuse submissions for products over budget (default: they wait).
+    #[arg(long, env = "GF_REFUSE_OVER_BUDGET")]
+    pub refuse_over_budget: bool,
+}
+
+pub fn parse_limit(s: &str) -> Result<gf_coordinator::config::LimitRule, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |p: Option<&&str>| -> Result<Option<u32>, String> {
+        match p.map(|x| x.trim()).filter(|x| !x.is_empty()) {
+            None => Ok(None),
+            Some(x) => x
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("`{x}` in `{s}` is not a number")),
+        }
+    };
+    if parts.len() < 2 || parts.len() > 3 || !gf_schemas::names::is_token(parts[0]) {
+        return Err(format!(
+            "`{s}` is not LABEL:MAX_RUNNING[:STARTS_PER_MINUTE]"
+        ));
+    }
+    let rule = gf_coordinator::config::LimitRule {
+        label: parts[0].to_string(),
+        max_running: num(parts.get(1))?,
+        max_starts_per_minute: num(parts.get(2))?,
+    };
+    if rule.max_running.is_none() && rule.max_starts_per_minute.is_none() {
+        return Err(format!("`{s}` sets no limit"));
+    }
+    Ok(rule)
+}
+
+fn parse_weight(s: &str) -> Result<(String, f64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not PRODUCT=WEIGHT"))?;
+    Ok((
+        k.to_string(),
+        v.parse().map_err(|_| format!("`{v}` is not a number"))?,
+    ))
 }
 
 impl CoordinatorArgs {
@@ -94,8 +160,12 @@ impl CoordinatorArgs {
             claim_timeout: self.claim_timeout,
             reaper_period: self.reaper_period,
             replicas: self.replicas,
+            preemption_margin: self.preemption_margin,
+            limits: self.limits.clone(),
+            refuse_over_budget: self.refuse_over_budget,
             ..Default::default()
         };
+        c.scoring.product_weight = self.product_weights.iter().cloned().collect();
         if let Some(id) = &self.id {
             c.id = id.clone();
         }
@@ -233,6 +303,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => ops::logs(&url, a).await,
         Command::Cancel(a) => ops::cancel(&url, a).await,
         Command::Workers(a) => ops::workers(&url, a).await,
+        Command::Explain(a) => ops_sched::explain(&url, a).await,
+        Command::Requeue(a) => ops_sched::requeue(&url, a).await,
+        Command::Reject(a) => ops_sched::reject(&url, a).await,
+        Command::Dag(a) => ops_sched::dag(&url, a).await,
+        Command::Dead(mut a) => {
+            a.state = Some(gf_schemas::JobState::Dead);
+            ops::jobs(&url, a).await
+        }
+        Command::Budgets(a) => ops_sched::budgets(&url, a).await,
+        Command::Schedule(a) => ops_sched::schedule(&url, a).await,
     }
 }
 

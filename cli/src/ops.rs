@@ -57,6 +57,21 @@ pub struct SubmitArgs {
     /// Label `KEY=VALUE` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Create the job under this parent (whose completion then waits for it).
+    #[arg(long)]
+    pub parent: Option<JobId>,
+    /// Run only after this job succeeded (repeatable).
+    #[arg(long = "depends-on", value_name = "JOB")]
+    pub depends_on: Vec<JobId>,
+    /// Not before this time: RFC 3339 (`2026-11-22T03:00:00Z`) or a delay (`10m`).
+    #[arg(long, value_parser = parse_when)]
+    pub not_before: Option<Timestamp>,
+    /// Preferred capability `KEY=VALUE` (repeatable; soft, raises the score).
+    #[arg(long = "prefer", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub prefer: Vec<(String, String)>,
+    /// The most this job may spend; crossing it while running cancels it.
+    #[arg(long)]
+    pub max_cost: Option<f64>,
     /// Follow the job to the end; exit non-zero unless it succeeded.
     #[arg(long)]
     pub wait: bool,
@@ -94,9 +109,24 @@ impl SubmitArgs {
         spec.env = split_pairs("--env", &self.env)?;
         spec.labels = split_pairs("--label", &self.labels)?;
         spec.cwd = self.cwd.clone();
+        spec.parent = self.parent;
+        spec.depends_on = self.depends_on.clone();
+        spec.not_before = self.not_before;
+        spec.prefer = self.prefer.iter().cloned().collect();
+        spec.max_cost = self.max_cost;
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// An RFC 3339 time, or a delay from now such as `10m`.
+pub fn parse_when(s: &str) -> Result<Timestamp, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(Timestamp::now_local().plus(d));
+    }
+    serde_json::from_value::<Timestamp>(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("`{s}` is neither a time like 2026-11-22T03:00:00Z nor a delay like 10m")
+    })
 }
 
 fn rpc_client(client: &async_nats::Client) -> RpcClient {

@@ -36,6 +36,24 @@ pub struct CoordinatorConfig {
     pub replicas: usize,
     /// Requests handled concurrently per coordinator.
     pub max_inflight_rpc: usize,
+    /// Score weights (defaults, per product) and product weights.
+    pub scoring: crate::score::ScoringConfig,
+    /// Preemption: `Some(margin)` revokes a running job whose score is at least
+    /// `margin` below that of a job that cannot be placed. Off (`None`) by default.
+    pub preemption_margin: Option<f64>,
+    /// Concurrency and rate limits keyed by a job label.
+    pub limits: Vec<LimitRule>,
+    /// Refuse submissions for a product over its budget (otherwise they wait).
+    pub refuse_over_budget: bool,
+}
+
+/// A limit on jobs sharing a label value, e.g. `repo` with `max_running = 3`: at most
+/// three jobs per repository run (or are dispatched) at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitRule {
+    pub label: String,
+    pub max_running: Option<u32>,
+    pub max_starts_per_minute: Option<u32>,
 }
 
 impl Default for CoordinatorConfig {
@@ -60,6 +78,10 @@ impl Default for CoordinatorConfig {
             max_submit_bytes: 256 * 1024,
             replicas: 1,
             max_inflight_rpc: 512,
+            scoring: Default::default(),
+            preemption_margin: None,
+            limits: Vec::new(),
+            refuse_over_budget: false,
         }
     }
 }

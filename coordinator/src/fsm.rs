@@ -244,7 +244,13 @@ pub fn complete(
     close_attempt(rec, epoch, now, Some(outcome.clone()), None);
     add_usage(rec, usage);
     rec.lease = None;
-    let done = if outcome.is_success() {
+    let done = if outcome.is_success() && !rec.children.is_empty() {
+        // Its own part is done; it ends when its children do (see `finish_parent`).
+        rec.state = JobState::Waiting;
+        rec.result = result.cloned();
+        rec.reason = Some(format!("waiting for {} children", rec.children.len()));
+        Completed::Succeeded
+    } else if outcome.is_success() {
         rec.state = JobState::Succeeded;
         rec.result = result.cloned();
         rec.reason = None;
@@ -274,6 +280,94 @@ pub fn describe(outcome: &AttemptOutcome) -> String {
         AttemptOutcome::Failed { error, .. } => error.clone(),
         AttemptOutcome::TimedOut { after_secs } => format!("timed out after {after_secs}s"),
     }
+}
+
+/// Revokes a running job to make room for a more urgent one: pending again, the
+/// attempt not counted.
+pub fn preempt(
+    rec: &mut JobRecord,
+    epoch: u64,
+    by: &gf_schemas::JobId,
+    now: Timestamp,
+) -> Option<Revocation> {
+    let holder = rec
+        .lease
+        .as_ref()
+        .filter(|l| rec.state == JobState::Running && l.epoch == epoch)?
+        .worker
+        .clone();
+    close_attempt(rec, epoch, now, None, Some(format!("preempted by {by}")));
+    rec.attempts = rec.attempts.saturating_sub(1);
+    rec.lease = None;
+    rec.state = JobState::Pending;
+    rec.reason = Some(format!("preempted on {holder} by {by}"));
+    Some(Revocation {
+        job_id: rec.id,
+        epoch,
+        reason: RevokeReason::Preempted,
+    })
+}
+
+/// An operator sends a finished job round again: pending, attempts reset; the next
+/// dispatch gives it a new epoch.
+pub fn requeue(rec: &mut JobRecord) -> Result<(), RpcError> {
+    if !matches!(
+        rec.state,
+        JobState::Dead | JobState::Cancelled | JobState::Rejected
+    ) {
+        return Err(err(
+            ErrorKind::WrongState,
+            format!(
+                "job {} is {}; only dead, cancelled or rejected jobs can be requeued",
+                rec.id, rec.state
+            ),
+        ));
+    }
+    rec.state = JobState::Pending;
+    rec.attempts = 0;
+    rec.lease = None;
+    rec.retry_at = None;
+    rec.dispatched_at = None;
+    rec.reason = Some("requeued by operator".into());
+    Ok(())
+}
+
+/// An operator refuses a job that has not run yet: terminal, with the reason.
+pub fn reject(rec: &mut JobRecord, reason: &str) -> Result<(), RpcError> {
+    if !matches!(rec.state, JobState::Pending | JobState::Blocked) {
+        return Err(err(
+            ErrorKind::WrongState,
+            format!(
+                "job {} is {}; only pending or blocked jobs can be rejected",
+                rec.id, rec.state
+            ),
+        ));
+    }
+    rec.state = JobState::Rejected;
+    rec.reason = Some(reason.to_string());
+    rec.retry_at = None;
+    Ok(())
+}
+
+/// A parent whose children all ended: succeeded if they all succeeded, else dead.
+pub fn finish_parent(
+    rec: &mut JobRecord,
+    failed_child: Option<(gf_schemas::JobId, JobState)>,
+) -> bool {
+    if rec.state != JobState::Waiting {
+        return false;
+    }
+    match failed_child {
+        None => {
+            rec.state = JobState::Succeeded;
+            rec.reason = None;
+        }
+        Some((child, state)) => {
+            rec.state = JobState::Dead;
+            rec.reason = Some(format!("child {child} ended {state}"));
+        }
+    }
+    true
 }
 
 /// The holder gives the job back (e.g. draining): pending again, attempt not counted.
@@ -598,6 +692,53 @@ mod tests {
             cancel(&mut done, "x", t(6)).unwrap_err().kind,
             ErrorKind::WrongState
         );
+    }
+
+    /// Requeue resets attempts; reject only applies before running; preemption does not
+    /// spend an attempt.
+    #[test]
+    fn operator_actions() {
+        let mut r = running(1, "a");
+        assert_eq!(requeue(&mut r).unwrap_err().kind, ErrorKind::WrongState);
+        complete(
+            &mut r,
+            1,
+            &w("a"),
+            &failed(),
+            None,
+            None,
+            Duration::ZERO,
+            t(5),
+        )
+        .unwrap();
+        assert_eq!(r.state, JobState::Dead);
+        requeue(&mut r).unwrap();
+        assert_eq!((r.state, r.attempts), (JobState::Pending, 0));
+        reject(&mut r, "not today").unwrap();
+        assert_eq!(r.state, JobState::Rejected);
+        assert!(r.state.is_terminal());
+        let mut v = running(3, "a");
+        let by = gf_schemas::JobId::new();
+        let rev = preempt(&mut v, 1, &by, t(9)).unwrap();
+        assert_eq!(rev.reason, RevokeReason::Preempted);
+        assert_eq!((v.state, v.attempts), (JobState::Pending, 0));
+        assert!(
+            preempt(&mut v, 1, &by, t(9)).is_none(),
+            "only a running job at that epoch"
+        );
+    }
+
+    /// A parent with children waits after its own success, then ends with them.
+    #[test]
+    fn parent_waits_for_children() {
+        let mut p = running(3, "a");
+        let child = gf_schemas::JobId::new();
+        p.children.push(child);
+        complete(&mut p, 1, &w("a"), &OK, None, None, Duration::ZERO, t(5)).unwrap();
+        assert_eq!(p.state, JobState::Waiting);
+        assert!(finish_parent(&mut p, Some((child, JobState::Dead))));
+        assert_eq!(p.state, JobState::Dead);
+        assert!(p.reason.unwrap().contains(&child.to_string()));
     }
 
     /// Release returns the job without spending an attempt.

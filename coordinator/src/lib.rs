@@ -9,14 +9,17 @@
 
 pub mod clock;
 pub mod config;
+pub mod cron;
 pub mod error;
 pub mod events;
 pub mod fsm;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod plan;
 pub mod rpc;
 pub mod scheduler;
+pub mod score;
 pub mod service;
 pub mod store;
 

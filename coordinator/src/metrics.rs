@@ -37,6 +37,8 @@ pub fn revoke_label(r: RevokeReason) -> &'static str {
         RevokeReason::LeaseExpired => "lease_expired",
         RevokeReason::Cancelled => "cancelled",
         RevokeReason::Superseded => "superseded",
+        RevokeReason::Preempted => "preempted",
+        RevokeReason::BudgetExceeded => "budget_exceeded",
     }
 }
 
@@ -184,5 +186,12 @@ impl ViewGauges {
             slots_free: 0,
         };
         self.publish(&empty);
+    }
+}
+
+pub fn budget(b: &gf_schemas::Budget) {
+    gauge!(BUDGET_SPENT, "product" => b.product.clone()).set(b.spent_cost);
+    if let Some(l) = b.limit_cost {
+        gauge!(BUDGET_LIMIT, "product" => b.product.clone()).set(l);
     }
 }

@@ -82,6 +82,30 @@ pub async fn handle(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
         rpc::RENEW => call!("renew request", renew),
         rpc::COMPLETE => call!("completion", complete),
         rpc::RELEASE => call!("release request", release),
+        rpc::SUBMIT_CHILD => call!("child request", submit_child),
+        rpc::BUDGET_SET => call!("budget update", budget_set),
+        rpc::SCHEDULE_ADD => call!("schedule", schedule_add),
+        rpc::BUDGET_LIST => reply(service, subject, service.budget_list().await),
+        rpc::SCHEDULE_LIST => reply(service, subject, service.schedule_list().await),
+        rpc::SCHEDULE_REMOVE => {
+            match decode::<gf_schemas::rpc::ScheduleName>("schedule name", payload, max) {
+                Ok(r) => reply(service, subject, service.schedule_remove(&r.name).await),
+                Err(e) => reply::<()>(service, subject, Err(e)),
+            }
+        }
+        rpc::EXPLAIN | rpc::REQUEUE | rpc::REJECT | rpc::DAG => {
+            match decode::<gf_schemas::rpc::JobAction>("job action", payload, max) {
+                Ok(r) => match subject {
+                    rpc::EXPLAIN => reply(service, subject, service.explain(&r.job_id).await),
+                    rpc::REQUEUE => reply(service, subject, service.requeue(&r.job_id).await),
+                    rpc::REJECT => {
+                        reply(service, subject, service.reject(&r.job_id, r.reason).await)
+                    }
+                    _ => reply(service, subject, service.dag(&r.job_id).await),
+                },
+                Err(e) => reply::<()>(service, subject, Err(e)),
+            }
+        }
         other => reply::<()>(
             service,
             subject,
@@ -112,6 +136,16 @@ fn operation(subject: &str) -> &'static str {
         rpc::RENEW => "renew",
         rpc::COMPLETE => "complete",
         rpc::RELEASE => "release",
+        rpc::EXPLAIN => "explain",
+        rpc::REQUEUE => "requeue",
+        rpc::REJECT => "reject",
+        rpc::SUBMIT_CHILD => "submit_child",
+        rpc::DAG => "dag",
+        rpc::BUDGET_LIST => "budget_list",
+        rpc::BUDGET_SET => "budget_set",
+        rpc::SCHEDULE_ADD => "schedule_add",
+        rpc::SCHEDULE_LIST => "schedule_list",
+        rpc::SCHEDULE_REMOVE => "schedule_remove",
         _ => "unknown",
     }
 }

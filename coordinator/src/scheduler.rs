@@ -1,24 +1,20 @@
-//! The scheduler and reaper, run by the one leader among the coordinators.
+//! The scheduler leader's loop: keeps the [`View`] current from KV watches, applies
+//! what [`plan`] decides with revision-checked writes, reaps expired leases and
+//! unclaimed notices, adds reported usage to budgets, and fires cron schedules.
 //!
-//! The leader owns an in-memory view of every non-terminal job and every worker, fed
-//! by KV watches (a snapshot, then every change). From it, it decides — by pure
-//! functions over the view — which pending jobs to dispatch (no more than matching
-//! free capacity plus a small slack, most urgent first), which jobs no live worker
-//! could run, and which leases or claims expired. Each decision is applied with a
-//! revision-checked write; a conflict only means the view was behind, so the job is
-//! re-read and decided again on the next pass.
+//! A conflict on any write only means the view was behind: the job is re-read and
+//! decided again on the next pass.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use gf_schemas::budget::UsageEntry;
 use gf_schemas::rpc::DispatchNotice;
-use gf_schemas::{
-    EventKind, JobId, JobRecord, JobState, Level, Timestamp, WorkerId, WorkerRecord, WorkerState,
-};
+use gf_schemas::{EventKind, JobId, JobState, Level, Timestamp, WorkerRecord, WorkerState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +22,7 @@ use crate::error::StoreError;
 use crate::fsm;
 use crate::leader::{self, LeaderLease};
 use crate::metrics::{self, ViewCounts, ViewGauges};
+pub use crate::plan::{plan, unplaceable_reason, worker_live, Decision, Policy, StartLog, View};
 use crate::service::Service;
 use crate::store::encode;
 
@@ -34,202 +31,6 @@ use crate::store::encode;
 pub struct LeaderStatus {
     pub is_leader: AtomicBool,
     pub leader: Mutex<Option<String>>,
-}
-
-/// What the leader knows. Jobs in terminal states are dropped.
-#[derive(Default)]
-pub struct View {
-    pub jobs: HashMap<JobId, (JobRecord, u64)>,
-    pub workers: HashMap<WorkerId, WorkerRecord>,
-}
-
-impl View {
-    pub fn apply_job(&mut self, key: &str, rev: u64, op: kv::Operation, value: &[u8]) {
-        let Ok(id) = key.parse::<JobId>() else { return };
-        if op != kv::Operation::Put {
-            self.jobs.remove(&id);
-            return;
-        }
-        if self.jobs.get(&id).is_some_and(|(_, r)| *r >= rev) {
-            return;
-        }
-        match serde_json::from_slice::<JobRecord>(value) {
-            Ok(rec) if rec.state.is_terminal() => {
-                self.jobs.remove(&id);
-            }
-            Ok(rec) => {
-                self.jobs.insert(id, (rec, rev));
-            }
-            Err(e) => tracing::error!(job = %id, error = %e, "unreadable job record"),
-        }
-    }
-
-    pub fn apply_worker(&mut self, key: &str, op: kv::Operation, value: &[u8]) {
-        let Ok(id) = WorkerId::new(key) else { return };
-        if op != kv::Operation::Put {
-            self.workers.remove(&id);
-            return;
-        }
-        if let Ok(rec) = serde_json::from_slice::<WorkerRecord>(value) {
-            self.workers.insert(id, rec);
-        }
-    }
-
-    pub fn set_job(&mut self, rec: JobRecord, rev: u64) {
-        if rec.state.is_terminal() {
-            self.jobs.remove(&rec.id);
-        } else {
-            self.jobs.insert(rec.id, (rec, rev));
-        }
-    }
-}
-
-/// A worker is live while its last heartbeat is younger than `timeout` (server time).
-pub fn worker_live(w: &WorkerRecord, timeout: Duration, now: Timestamp) -> bool {
-    w.state != WorkerState::Gone && w.last_heartbeat.plus(timeout) > now
-}
-
-/// Why no live worker can run `spec`, for the `unplaceable:` reason.
-pub fn unplaceable_reason<'a>(
-    spec: &gf_schemas::JobSpec,
-    live: impl Iterator<Item = &'a WorkerRecord>,
-) -> String {
-    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut draining = 0;
-    for w in live {
-        if w.state == WorkerState::Draining && w.capabilities.unmet(spec).is_none() {
-            draining += 1;
-            continue;
-        }
-        if let Some(m) = w.capabilities.unmet(spec) {
-            missing.entry(m).or_default().push(w.id.to_string());
-        }
-    }
-    if missing.is_empty() && draining == 0 {
-        return "unplaceable: no live workers".into();
-    }
-    if missing.is_empty() {
-        return format!("unplaceable: the {draining} matching worker(s) are draining");
-    }
-    if missing.len() == 1 {
-        let (m, _) = missing.into_iter().next().expect("one");
-        return format!("unplaceable: no live worker has {m}");
-    }
-    let parts: Vec<String> = missing
-        .into_iter()
-        .take(5)
-        .map(|(m, ws)| format!("{} worker(s) lack {m}", ws.len()))
-        .collect();
-    format!("unplaceable: {}", parts.join("; "))
-}
-
-/// One dispatch decision.
-#[derive(Debug, PartialEq)]
-pub enum Decision {
-    Dispatch(JobId),
-    Unplaceable(JobId, String),
-    /// Blocked as unplaceable, but a worker that fits is live again.
-    Unblock(JobId),
-}
-
-impl Decision {
-    pub fn job(&self) -> JobId {
-        match self {
-            Decision::Dispatch(id) | Decision::Unplaceable(id, _) | Decision::Unblock(id) => *id,
-        }
-    }
-
-    /// Applies the decision to the job's record; `false` when it no longer fits.
-    pub fn apply(&self, rec: &mut JobRecord, now: Timestamp) -> bool {
-        match self {
-            Decision::Dispatch(_) => fsm::dispatch(rec, now).is_ok(),
-            Decision::Unplaceable(_, reason) => fsm::block(rec, reason),
-            Decision::Unblock(_) if rec.state == JobState::Blocked => {
-                rec.state = JobState::Pending;
-                rec.reason = None;
-                true
-            }
-            Decision::Unblock(_) => false,
-        }
-    }
-}
-
-/// Decides, from the view alone, what to dispatch now: the most urgent pending jobs
-/// (priority, then age), each only if some live active worker that can run it has a
-/// free slot (slots minus running minus already-dispatched, plus `slack`).
-pub fn plan(view: &View, worker_timeout: Duration, slack: u32, now: Timestamp) -> Vec<Decision> {
-    let live: Vec<&WorkerRecord> = view
-        .workers
-        .values()
-        .filter(|w| worker_live(w, worker_timeout, now))
-        .collect();
-    let active: Vec<&WorkerRecord> = live
-        .iter()
-        .copied()
-        .filter(|w| w.state == WorkerState::Active)
-        .collect();
-    let mut free: HashMap<&WorkerId, i64> = active
-        .iter()
-        .map(|w| (&w.id, i64::from(w.slots + slack)))
-        .collect();
-    for (rec, _) in view.jobs.values() {
-        if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
-            if let Some(f) = free.get_mut(&l.worker) {
-                *f -= 1;
-            }
-        }
-    }
-    let pick =
-        |free: &HashMap<&WorkerId, i64>, spec: &gf_schemas::JobSpec| -> Option<(WorkerId, i64)> {
-            active
-                .iter()
-                .filter(|w| w.capabilities.unmet(spec).is_none())
-                .map(|w| (w.id.clone(), free[&w.id]))
-                .max_by_key(|(_, f)| *f)
-        };
-    // Notices already out take capacity first.
-    for (rec, _) in view
-        .jobs
-        .values()
-        .filter(|(r, _)| r.state == JobState::Dispatched)
-    {
-        if let Some((w, _)) = pick(&free, &rec.spec) {
-            *free.get_mut(&w).expect("active") -= 1;
-        }
-    }
-    let mut candidates: Vec<&JobRecord> = view
-        .jobs
-        .values()
-        .map(|(r, _)| r)
-        .filter(|r| match r.state {
-            JobState::Pending => r.retry_at.is_none_or(|t| t <= now),
-            JobState::Blocked => r
-                .reason
-                .as_deref()
-                .is_some_and(|s| s.starts_with("unplaceable")),
-            _ => false,
-        })
-        .collect();
-    candidates.sort_by_key(|r| (r.spec.priority, r.submitted_at, r.id));
-    let mut out = Vec::new();
-    for rec in candidates {
-        match pick(&free, &rec.spec) {
-            None => {
-                let reason = unplaceable_reason(&rec.spec, live.iter().copied());
-                if rec.state != JobState::Blocked || rec.reason.as_deref() != Some(reason.as_str())
-                {
-                    out.push(Decision::Unplaceable(rec.id, reason));
-                }
-            }
-            Some((w, f)) if f > 0 => {
-                *free.get_mut(&w).expect("active") -= 1;
-                out.push(Decision::Dispatch(rec.id));
-            }
-            Some(_) if rec.state == JobState::Blocked => out.push(Decision::Unblock(rec.id)),
-            Some(_) => {}
-        }
-    }
-    out
 }
 
 /// What the leader's gauges report, derived from the view.
@@ -266,6 +67,17 @@ pub fn counts(
         }
     }
     c
+}
+
+pub fn policy(service: &Service) -> Policy<'_> {
+    let cfg = &service.config;
+    Policy {
+        worker_timeout: cfg.worker_timeout,
+        slack: cfg.dispatch_slack,
+        scoring: &cfg.scoring,
+        preemption_margin: cfg.preemption_margin,
+        limits: &cfg.limits,
+    }
 }
 
 /// Runs for the life of the coordinator: waits to become leader, leads until
@@ -306,8 +118,7 @@ pub async fn run(
         metrics::leader(true);
         *status.leader.lock().expect("status") = Some(me.clone());
         loop {
-            let end = lead(&service, &mut lease, &mut reconnects, &shutdown).await;
-            match end {
+            match lead(&service, &mut lease, &mut reconnects, &shutdown).await {
                 LeadEnd::Restart if lease.valid() => {
                     tracing::info!("rebuilding scheduler view");
                     continue;
@@ -357,19 +168,31 @@ async fn lead(
 ) -> LeadEnd {
     let cfg = service.config.clone();
     let me = cfg.id.clone();
-    let (mut jobs_w, mut workers_w) = match (
-        service.store.jobs.watch_with_history(">").await,
-        service.store.workers.watch_with_history(">").await,
-    ) {
-        (Ok(j), Ok(w)) => (j, w),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot watch buckets");
+    let store = &service.store;
+    let watches = (
+        store.jobs.watch_with_history(">").await,
+        store.workers.watch_with_history(">").await,
+        store.budgets.watch_with_history(">").await,
+        usage_consumer(&store.js).await,
+    );
+    let (mut jobs_w, mut workers_w, mut budgets_w, usage) = match watches {
+        (Ok(j), Ok(w), Ok(b), Ok(u)) => (j, w, b, u),
+        _ => {
+            tracing::warn!("cannot watch buckets or bind the usage consumer; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
+            return LeadEnd::Restart;
+        }
+    };
+    let mut usage = match usage.messages().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "usage consumer");
             return LeadEnd::Restart;
         }
     };
     reconnects.borrow_and_update();
     let mut view = View::default();
+    let mut starts = StartLog::default();
     let mut gauges = ViewGauges::default();
     let mut jobs_current = false;
     let mut renew = tokio::time::interval(cfg.leader_ttl / 3);
@@ -382,7 +205,7 @@ async fn lead(
             biased;
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
             _ = renew.tick() => {
-                if !leader::renew(&service.store.leader, &me, lease).await {
+                if !leader::renew(&store.leader, &me, lease).await {
                     return LeadEnd::Lost;
                 }
                 sync_clock(service).await;
@@ -404,9 +227,22 @@ async fn lead(
                 view.apply_worker(&e.key, e.operation, &e.value);
                 dirty = jobs_current;
             }
+            entry = budgets_w.next() => {
+                let Some(Ok(e)) = entry else { return LeadEnd::Restart };
+                view.apply_budget(&e.key, e.operation, &e.value);
+                dirty = jobs_current;
+            }
+            msg = usage.next() => {
+                let Some(Ok(msg)) = msg else { return LeadEnd::Restart };
+                if !account(service, &msg, shutdown).await {
+                    return LeadEnd::Restart;
+                }
+            }
             _ = reap.tick() => {
                 if jobs_current && lease.valid() {
                     reap_expired(service, &mut view).await;
+                    fire_schedules(service).await;
+                    starts.prune(service.clock.now());
                     dirty = true;
                 }
             }
@@ -415,7 +251,7 @@ async fn lead(
             if !lease.valid() {
                 return LeadEnd::Lost;
             }
-            apply_plan(service, &mut view).await;
+            apply_plan(service, &mut view, &mut starts).await;
             gauges.publish(&counts(
                 &view,
                 &service.routing,
@@ -437,24 +273,48 @@ async fn refresh(service: &Service, view: &mut View, id: &JobId) {
     }
 }
 
-async fn apply_plan(service: &Service, view: &mut View) {
-    let cfg = &service.config;
+async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
     let now = service.clock.now();
-    let decisions = plan(view, cfg.worker_timeout, cfg.dispatch_slack, now);
+    let decisions = plan(view, &policy(service), starts, now);
     let mut acks = Vec::new();
     for d in decisions {
         let id = d.job();
+        if let Decision::Preempt {
+            victim,
+            epoch,
+            for_job,
+        } = d
+        {
+            preempt(service, view, victim, epoch, for_job, now).await;
+            continue;
+        }
         let Some((mut rec, rev)) = view.jobs.get(&id).cloned() else {
             continue;
         };
-        if !d.apply(&mut rec, now) {
+        let applied = match &d {
+            Decision::Dispatch(_, score) => {
+                let ok = fsm::dispatch(&mut rec, now).is_ok();
+                rec.score = Some(score.clone());
+                ok
+            }
+            Decision::Block(_, reason) => fsm::block(&mut rec, reason),
+            Decision::Unblock(_) if rec.state == JobState::Blocked => {
+                rec.state = JobState::Pending;
+                rec.reason = None;
+                true
+            }
+            Decision::Cancel(_, reason) => fsm::cancel(&mut rec, reason, now).is_ok(),
+            Decision::FinishParent(_, failed) => fsm::finish_parent(&mut rec, *failed),
+            _ => false,
+        };
+        if !applied {
             continue;
         }
         rec.updated_at = now;
         match service.store.update_job(&rec, rev).await {
             Ok(new_rev) => {
-                match rec.state {
-                    JobState::Dispatched => {
+                match &d {
+                    Decision::Dispatch(..) => {
                         let notice = DispatchNotice {
                             job_id: id,
                             epoch: rec.epoch,
@@ -466,15 +326,34 @@ async fn apply_plan(service: &Service, view: &mut View) {
                             // The claim timeout sends it back to pending.
                             Err(e) => tracing::warn!(job = %id, error = %e, "notice not published"),
                         }
+                        for (k, _) in crate::plan::limit_keys(&rec.spec, &service.config.limits) {
+                            starts.record(k, now);
+                        }
                         service.events.job(EventKind::JobDispatched, &rec, "");
                         metrics::dispatched(&rec.spec.queue);
                     }
-                    JobState::Blocked => {
-                        service.events.job(
-                            EventKind::JobUnplaceable,
-                            &rec,
-                            rec.reason.clone().unwrap_or_default(),
-                        );
+                    Decision::Block(_, reason) if reason.starts_with("unplaceable") => {
+                        service
+                            .events
+                            .job(EventKind::JobUnplaceable, &rec, reason.clone());
+                        metrics::unplaceable(&rec.spec.queue);
+                    }
+                    Decision::Cancel(_, reason) => {
+                        service
+                            .events
+                            .job(EventKind::JobCancelled, &rec, reason.clone());
+                        metrics::finished(&rec.spec.queue, JobState::Cancelled);
+                    }
+                    Decision::FinishParent(..) => {
+                        let kind = if rec.state == JobState::Succeeded {
+                            EventKind::JobSucceeded
+                        } else {
+                            EventKind::JobDead
+                        };
+                        service
+                            .events
+                            .job(kind, &rec, rec.reason.clone().unwrap_or_default());
+                        metrics::finished(&rec.spec.queue, rec.state);
                     }
                     _ => {}
                 }
@@ -491,6 +370,46 @@ async fn apply_plan(service: &Service, view: &mut View) {
         if let Err(e) = ack.await {
             tracing::warn!(error = %e, "dispatch notice not acknowledged");
         }
+    }
+}
+
+async fn preempt(
+    service: &Service,
+    view: &mut View,
+    victim: JobId,
+    epoch: u64,
+    for_job: JobId,
+    now: Timestamp,
+) {
+    let result = service
+        .store
+        .modify_job(&victim, |rec| {
+            let r = fsm::preempt(rec, epoch, &for_job, now);
+            let changed = r.is_some();
+            Ok((r, changed))
+        })
+        .await;
+    match result {
+        Ok((Some(revocation), rec, rev)) => {
+            let holder = rec
+                .history
+                .iter()
+                .rev()
+                .find(|a| a.epoch == epoch)
+                .map(|a| a.worker.clone());
+            metrics::revoked(revocation.reason);
+            service.events.job(
+                EventKind::JobRevoked,
+                &rec,
+                format!("preempted by {for_job}"),
+            );
+            if let Some(w) = holder {
+                service.push_revocation(&w, revocation).await;
+            }
+            view.set_job(rec, rev);
+        }
+        Ok((None, rec, rev)) => view.set_job(rec, rev),
+        Err(e) => tracing::debug!(job = %victim, error = %e, "preemption"),
     }
 }
 
@@ -574,127 +493,103 @@ async fn reap_expired(service: &Service, view: &mut View) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gf_schemas::{Capabilities, JobSpec};
-
-    fn t(ms: i64) -> Timestamp {
-        Timestamp::from_unix_millis(1_800_000_000_000 + ms)
-    }
-    fn worker(id: &str, slots: u32, tags: &[&str]) -> WorkerRecord {
-        WorkerRecord {
-            id: WorkerId::new(id).unwrap(),
-            capabilities: Capabilities {
-                values: [("os".to_string(), "linux".to_string())].into(),
-                tags: tags.iter().map(|s| s.to_string()).collect(),
-                queues: vec!["default".into()],
+/// The durable consumer the leader adds usage from. One message in flight at a time,
+/// so entries are added in stream order and a budget's `last_seq` can skip repeats.
+async fn usage_consumer(
+    js: &jetstream::Context,
+) -> Result<consumer::PullConsumer, async_nats::Error> {
+    let stream = js.get_stream(gf_schemas::names::STREAM_USAGE).await?;
+    Ok(stream
+        .get_or_create_consumer(
+            "gf_accountant",
+            consumer::pull::Config {
+                durable_name: Some("gf_accountant".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 1,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
             },
-            slots,
-            free_slots: slots,
-            running: vec![],
-            state: WorkerState::Active,
-            version: "t".into(),
-            hostname: "h".into(),
-            registered_at: t(0),
-            last_heartbeat: t(0),
+        )
+        .await?)
+}
+
+/// Adds one usage entry to its product's budget (creating the budget if needed),
+/// retrying until the write lands; then acks. `false` if it gave up (leadership or
+/// connection trouble): the entry stays unacked and is redelivered.
+async fn account(
+    service: &Service,
+    msg: &jetstream::Message,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Ok(info) = msg.info() else { return false };
+    let seq = info.stream_sequence;
+    let entry: UsageEntry = match serde_json::from_slice(&msg.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, seq, "unreadable usage entry skipped");
+            let _ = msg.ack().await;
+            return true;
+        }
+    };
+    for _ in 0..50 {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        let now = service.clock.now();
+        let result = service
+            .update_budget(&entry.product, |b| {
+                Ok(b.add(seq, entry.cost, entry.tokens, now))
+            })
+            .await;
+        match result {
+            Ok(b) => {
+                metrics::budget(&b);
+                let _ = msg.ack().await;
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "budget update; retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
-    fn view(workers: Vec<WorkerRecord>, jobs: Vec<JobRecord>) -> View {
-        View {
-            workers: workers.into_iter().map(|w| (w.id.clone(), w)).collect(),
-            jobs: jobs.into_iter().map(|j| (j.id, (j, 1))).collect(),
+    false
+}
+
+/// Submits a job for every schedule whose latest tick has not fired yet. At most once
+/// per tick: the submission's idempotency key names the schedule and the tick.
+async fn fire_schedules(service: &Service) {
+    let Ok(all) = crate::store::read_all(&service.store.schedules).await else {
+        return;
+    };
+    let now = service.clock.now();
+    for (name, value) in all {
+        let Ok(mut sched) = serde_json::from_slice::<gf_schemas::Schedule>(&value) else {
+            continue;
+        };
+        if sched.paused {
+            continue;
         }
-    }
-    fn job(priority: u8, at: i64) -> JobRecord {
-        let mut s = JobSpec::command(["true"]);
-        s.priority = priority;
-        JobRecord::new(JobId::new(), s, t(at))
-    }
-    const TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// Only as many jobs as free slots (plus slack) are dispatched, most urgent first.
-    #[test]
-    fn dispatch_bounded_by_capacity_and_priority_first() {
-        let low: Vec<JobRecord> = (0..5).map(|i| job(5, i)).collect();
-        let urgent = job(0, 100);
-        let mut jobs = low.clone();
-        jobs.push(urgent.clone());
-        let v = view(vec![worker("a", 2, &[])], jobs);
-        let d = plan(&v, TIMEOUT, 0, t(1));
-        assert_eq!(
-            d,
-            vec![Decision::Dispatch(urgent.id), Decision::Dispatch(low[0].id)]
-        );
-        let d = plan(&v, TIMEOUT, 1, t(1));
-        assert_eq!(d.len(), 3);
-    }
-
-    /// Running and already-dispatched jobs use up capacity.
-    #[test]
-    fn running_and_dispatched_count() {
-        let mut running = job(5, 0);
-        running.state = JobState::Running;
-        running.lease = Some(gf_schemas::Lease {
-            worker: WorkerId::new("a").unwrap(),
-            epoch: 1,
-            granted_at: t(0),
-            expires_at: t(9_000),
-            ttl_ms: 9_000,
-        });
-        let mut dispatched = job(5, 1);
-        dispatched.state = JobState::Dispatched;
-        let v = view(
-            vec![worker("a", 2, &[])],
-            vec![running, dispatched, job(5, 2)],
-        );
-        assert!(plan(&v, TIMEOUT, 0, t(1)).is_empty());
-    }
-
-    /// A job nobody can run is reported with the missing capability; a job waiting for
-    /// its retry time is left alone; dead workers don't count.
-    #[test]
-    fn unplaceable_and_retry_wait() {
-        let mut plan9 = job(5, 0);
-        plan9.spec.requires.insert("os".into(), "plan9".into());
-        let mut later = job(5, 1);
-        later.retry_at = Some(t(5_000));
-        let mut gpu = job(5, 2);
-        gpu.spec.tags.insert("gpu".into());
-        let mut stale = worker("old", 4, &["gpu"]);
-        stale.last_heartbeat = t(-20_000);
-        let v = view(
-            vec![worker("a", 4, &[]), stale],
-            vec![plan9.clone(), later, gpu.clone()],
-        );
-        let d = plan(&v, TIMEOUT, 0, t(1));
-        assert!(d.contains(&Decision::Unplaceable(
-            plan9.id,
-            "unplaceable: no live worker has os=plan9".into()
-        )));
-        assert!(d.contains(&Decision::Unplaceable(
-            gpu.id,
-            "unplaceable: no live worker has tag gpu".into()
-        )));
-        assert_eq!(d.len(), 2);
-    }
-
-    /// A blocked-unplaceable job is dispatched once a fitting worker appears.
-    #[test]
-    fn unplaceable_recovers() {
-        let mut gpu = job(5, 0);
-        gpu.spec.tags.insert("gpu".into());
-        gpu.state = JobState::Blocked;
-        gpu.reason = Some("unplaceable: no live worker has tag gpu".into());
-        let v = view(vec![worker("a", 1, &[])], vec![gpu.clone()]);
-        assert!(
-            plan(&v, TIMEOUT, 0, t(1)).is_empty(),
-            "same reason, no rewrite"
-        );
-        let v = view(
-            vec![worker("a", 1, &[]), worker("g", 1, &["gpu"])],
-            vec![gpu.clone()],
-        );
-        assert_eq!(plan(&v, TIMEOUT, 0, t(1)), vec![Decision::Dispatch(gpu.id)]);
+        let Some(tick) = crate::cron::latest_tick(&sched.cron, sched.last_tick, now) else {
+            continue;
+        };
+        let mut spec = sched.spec.clone();
+        spec.idempotency_key = Some(format!("schedule:{name}:{}", tick.unix_millis()));
+        spec.labels.insert("schedule".into(), name.clone());
+        spec.labels.insert("tick".into(), tick.to_string());
+        let body = encode(&spec);
+        match service.submit(&body).await {
+            Ok(r) => {
+                tracing::info!(schedule = %name, job = %r.job_id, %tick, duplicate = r.duplicate, "schedule fired")
+            }
+            Err(e) => {
+                tracing::warn!(schedule = %name, error = %e, "schedule submission failed");
+                continue;
+            }
+        }
+        sched.last_tick = Some(tick);
+        if let Err(e) = service.store.schedules.put(&name, encode(&sched)).await {
+            tracing::debug!(schedule = %name, error = %e, "schedule tick not recorded; the idempotency key covers a repeat");
+        }
     }
 }

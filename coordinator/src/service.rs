@@ -81,6 +81,17 @@ impl Service {
     pub async fn submit(&self, body: &[u8]) -> Result<SubmitReply, RpcError> {
         let spec: JobSpec = decode("job spec", body, self.config.max_submit_bytes)?;
         spec.validate().map_err(|e| invalid(e.to_string()))?;
+        self.check_references(&spec).await?;
+        if self.config.refuse_over_budget {
+            if let Some(b) = self.budget(&spec.product).await? {
+                if let Some(reason) = b.blocked() {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongState,
+                        format!("refused: {reason}"),
+                    ));
+                }
+            }
+        }
         let mut id = JobId::new();
         let mut duplicate = false;
         if let Some(key) = &spec.idempotency_key {
@@ -134,6 +145,9 @@ impl Service {
             Err(e) => return Err(e.into()),
         }
         self.events.job(EventKind::JobSubmitted, &rec, "");
+        if let Some(parent) = rec.spec.parent {
+            self.adopt(&parent, id).await?;
+        }
         if !duplicate {
             metrics::submitted(&rec.spec.queue, &rec.spec.product);
         }
@@ -142,6 +156,343 @@ impl Service {
             duplicate,
             state: rec.state,
         })
+    }
+
+    /// Dependencies and the parent must exist (so a graph can never have a cycle: a
+    /// job can only point at jobs created before it), and the parent must not be done.
+    async fn check_references(&self, spec: &JobSpec) -> Result<(), RpcError> {
+        for dep in &spec.depends_on {
+            if self.store.load_job(dep).await?.is_none() {
+                return Err(invalid(format!("`depends_on`: no job {dep}")));
+            }
+        }
+        if let Some(p) = &spec.parent {
+            match self.store.load_job(p).await? {
+                None => return Err(invalid(format!("`parent`: no job {p}"))),
+                Some((rec, _)) if rec.state.is_terminal() => {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongState,
+                        format!("parent {p} already {}", rec.state),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `child` under `parent`, so the parent's completion waits for it.
+    async fn adopt(&self, parent: &JobId, child: JobId) -> Result<(), RpcError> {
+        self.store
+            .modify_job(parent, |rec| {
+                if rec.children.contains(&child) {
+                    return Ok(((), false));
+                }
+                if rec.state.is_terminal() {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongState,
+                        format!("parent {parent} already {}", rec.state),
+                    ));
+                }
+                rec.children.push(child);
+                Ok(((), true))
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn submit_child(
+        &self,
+        req: gf_schemas::rpc::ChildRequest,
+    ) -> Result<SubmitReply, RpcError> {
+        let mut spec = req.spec;
+        spec.parent = Some(req.parent);
+        self.submit(&encode(&spec)).await
+    }
+
+    pub async fn requeue(&self, id: &JobId) -> Result<CancelReply, RpcError> {
+        let (_, rec, _) = self
+            .store
+            .modify_job(id, |rec| Ok((fsm::requeue(rec)?, true)))
+            .await?;
+        self.events
+            .job(EventKind::JobSubmitted, &rec, "requeued by operator");
+        Ok(CancelReply { state: rec.state })
+    }
+
+    pub async fn reject(
+        &self,
+        id: &JobId,
+        reason: Option<String>,
+    ) -> Result<CancelReply, RpcError> {
+        let reason = reason.unwrap_or_else(|| "rejected by operator".into());
+        let (_, rec, _) = self
+            .store
+            .modify_job(id, |rec| Ok((fsm::reject(rec, &reason)?, true)))
+            .await?;
+        self.events
+            .job(EventKind::JobCancelled, &rec, format!("rejected: {reason}"));
+        metrics::finished(&rec.spec.queue, JobState::Rejected);
+        Ok(CancelReply { state: rec.state })
+    }
+
+    /// Why a job is where it is: score terms, every live worker's fit, what it waits for.
+    pub async fn explain(&self, id: &JobId) -> Result<gf_schemas::Explanation, RpcError> {
+        let rec = self.get_job(id).await?;
+        let mut view = crate::plan::View::default();
+        let transport = |e: StoreError| RpcError::from(e);
+        for (k, v) in crate::store::read_all(&self.store.workers)
+            .await
+            .map_err(transport)?
+        {
+            view.apply_worker(&k, kv::Operation::Put, &v);
+        }
+        for (k, v) in crate::store::read_all(&self.store.budgets)
+            .await
+            .map_err(transport)?
+        {
+            view.apply_budget(&k, kv::Operation::Put, &v);
+        }
+        for (k, v) in crate::store::read_all(&self.store.jobs)
+            .await
+            .map_err(transport)?
+        {
+            view.apply_job(&k, 1, kv::Operation::Put, &v);
+        }
+        let policy = crate::scheduler::policy(self);
+        Ok(crate::plan::explain(
+            &rec,
+            &view,
+            &policy,
+            &crate::plan::StartLog::default(),
+            self.clock.now(),
+        ))
+    }
+
+    /// The job with its dependencies and children, transitively (at most 500 nodes).
+    pub async fn dag(&self, id: &JobId) -> Result<gf_schemas::rpc::Dag, RpcError> {
+        let mut nodes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut queue = std::collections::VecDeque::from([*id]);
+        while let Some(j) = queue.pop_front() {
+            if !seen.insert(j) || nodes.len() >= 500 {
+                continue;
+            }
+            let Some((rec, _)) = self.store.load_job(&j).await? else {
+                if j == *id {
+                    return Err(RpcError::new(ErrorKind::NotFound, format!("no job {id}")));
+                }
+                continue;
+            };
+            queue.extend(rec.spec.depends_on.iter().copied());
+            queue.extend(rec.children.iter().copied());
+            queue.extend(rec.spec.parent);
+            nodes.push(gf_schemas::rpc::DagNode {
+                job_id: rec.id,
+                state: rec.state,
+                command: rec.spec.command.join(" "),
+                depends_on: rec.spec.depends_on.clone(),
+                children: rec.children.clone(),
+                parent: rec.spec.parent,
+            });
+        }
+        Ok(gf_schemas::rpc::Dag { root: *id, nodes })
+    }
+
+    pub async fn budget(&self, product: &str) -> Result<Option<gf_schemas::Budget>, RpcError> {
+        let entry = self
+            .store
+            .budgets
+            .entry(product)
+            .await
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| serde_json::from_slice(&e.value).ok()))
+    }
+
+    /// Read-modify-write of a product's budget (created on first use), revision-checked.
+    pub async fn update_budget(
+        &self,
+        product: &str,
+        mut f: impl FnMut(&mut gf_schemas::Budget) -> Result<bool, RpcError>,
+    ) -> Result<gf_schemas::Budget, RpcError> {
+        if !names::is_token(product) {
+            return Err(invalid(format!("`{product}` is not a product name")));
+        }
+        for _ in 0..32 {
+            let now = self.clock.now();
+            let entry = self
+                .store
+                .budgets
+                .entry(product)
+                .await
+                .map_err(|e| StoreError::Transport(e.to_string()))?;
+            let (mut b, rev) = match entry.filter(|e| e.operation == kv::Operation::Put) {
+                Some(e) => (
+                    serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
+                        key: product.into(),
+                        error: err.to_string(),
+                    })?,
+                    Some(e.revision),
+                ),
+                None => (gf_schemas::Budget::new(product, now), None),
+            };
+            let rolled = b.roll_period(now);
+            if !f(&mut b)? && !rolled && rev.is_some() {
+                return Ok(b);
+            }
+            let written = match rev {
+                Some(r) => self
+                    .store
+                    .budgets
+                    .update(product, encode(&b), r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .store
+                    .budgets
+                    .create(product, encode(&b))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(b),
+                Err(e) => tracing::debug!(product, error = %e, "budget write conflict; re-reading"),
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Conflict,
+            format!("budget {product} is being changed concurrently; retry"),
+        ))
+    }
+
+    pub async fn budget_list(&self) -> Result<Vec<gf_schemas::Budget>, RpcError> {
+        let all = crate::store::read_all(&self.store.budgets).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+
+    pub async fn budget_set(
+        &self,
+        u: gf_schemas::rpc::BudgetUpdate,
+    ) -> Result<gf_schemas::Budget, RpcError> {
+        if u.limit_cost.is_some_and(|c| !c.is_finite()) {
+            return Err(invalid("`limit_cost` must be a number"));
+        }
+        let b = self
+            .update_budget(&u.product, |b| {
+                if let Some(c) = u.limit_cost {
+                    b.limit_cost = (c >= 0.0).then_some(c);
+                }
+                if let Some(t) = u.limit_tokens {
+                    b.limit_tokens = (t > 0).then_some(t);
+                }
+                if let Some(p) = u.period_secs {
+                    b.period_secs = (p > 0).then_some(p);
+                }
+                if let Some(p) = u.paused {
+                    b.paused = p;
+                }
+                Ok(true)
+            })
+            .await?;
+        metrics::budget(&b);
+        Ok(b)
+    }
+
+    pub async fn schedule_add(
+        &self,
+        mut sched: gf_schemas::Schedule,
+    ) -> Result<gf_schemas::Schedule, RpcError> {
+        if !names::is_token(&sched.name) {
+            return Err(invalid(
+                "`name` must be 1-128 characters from A-Z a-z 0-9 _ -",
+            ));
+        }
+        crate::cron::parse(&sched.cron).map_err(invalid)?;
+        sched.spec.validate().map_err(|e| invalid(e.to_string()))?;
+        // Only ticks from now on fire.
+        sched.last_tick = Some(self.clock.now());
+        self.store
+            .schedules
+            .create(&sched.name, encode(&sched))
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => RpcError::new(
+                    ErrorKind::Conflict,
+                    format!("schedule {} exists", sched.name),
+                ),
+                _ => StoreError::Transport(e.to_string()).into(),
+            })?;
+        Ok(sched)
+    }
+
+    pub async fn schedule_list(&self) -> Result<Vec<gf_schemas::Schedule>, RpcError> {
+        let all = crate::store::read_all(&self.store.schedules).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+
+    pub async fn schedule_remove(&self, name: &str) -> Result<(), RpcError> {
+        if self
+            .store
+            .schedules
+            .get(name)
+            .await
+            .map_err(|e| StoreError::Transport(e.to_string()))?
+            .is_none()
+        {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("no schedule {name}"),
+            ));
+        }
+        self.store
+            .schedules
+            .purge(name)
+            .await
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Publishes an attempt's usage for the budget accountant. Deduplicated by job and
+    /// epoch, so a retried completion cannot count twice.
+    async fn publish_usage(
+        &self,
+        rec: &JobRecord,
+        epoch: u64,
+        usage: &gf_schemas::Usage,
+    ) -> Result<(), RpcError> {
+        let entry = gf_schemas::budget::UsageEntry {
+            job_id: rec.id,
+            epoch,
+            product: rec.spec.product.clone(),
+            cost: usage.cost,
+            tokens: usage.input_tokens + usage.output_tokens,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}:{epoch}", rec.id).as_str());
+        let unavailable = |e: String| {
+            RpcError::new(
+                ErrorKind::Unavailable,
+                format!("usage not recorded, retry: {e}"),
+            )
+        };
+        self.store
+            .js
+            .publish_with_headers(names::usage(&rec.spec.product), headers, encode(&entry))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(())
     }
 
     pub async fn get_job(&self, id: &JobId) -> Result<JobRecord, RpcError> {
@@ -157,6 +508,15 @@ impl Service {
         reason: Option<String>,
     ) -> Result<CancelReply, RpcError> {
         let reason = reason.unwrap_or_else(|| "cancelled by operator".into());
+        self.cancel_with(id, reason, RevokeReason::Cancelled).await
+    }
+
+    async fn cancel_with(
+        &self,
+        id: &JobId,
+        reason: String,
+        why: RevokeReason,
+    ) -> Result<CancelReply, RpcError> {
         let now = self.clock.now();
         let ((revocation, changed), rec, _) = self
             .store
@@ -169,7 +529,8 @@ impl Service {
         if changed {
             metrics::finished(&rec.spec.queue, JobState::Cancelled);
         }
-        if let Some(rev) = revocation {
+        if let Some(mut rev) = revocation {
+            rev.reason = why;
             metrics::revoked(rev.reason);
             let holder = rec
                 .history
@@ -367,6 +728,22 @@ impl Service {
 
     pub async fn renew(&self, req: RenewRequest) -> Result<RenewReply, RpcError> {
         let now = self.clock.now();
+        if let Some(usage) = &req.usage {
+            let rec = self.get_job(&req.job_id).await?;
+            fsm::check_holder(&rec, req.epoch, &req.worker_id)
+                .inspect_err(|e| metrics::fenced("renew", e.kind))?;
+            if let Some(cap) = rec.spec.max_cost.filter(|cap| usage.cost > *cap) {
+                let reason = format!("budget_exceeded: spent {} of max_cost {cap}", usage.cost);
+                self.publish_usage(&rec, req.epoch, usage).await?;
+                self.cancel_with(
+                    &req.job_id,
+                    reason.clone(),
+                    gf_schemas::rpc::RevokeReason::BudgetExceeded,
+                )
+                .await?;
+                return Err(RpcError::new(ErrorKind::Revoked, reason));
+            }
+        }
         let (lease, _, _) = self
             .store
             .modify_job(&req.job_id, |rec| {
@@ -403,6 +780,14 @@ impl Service {
             })
             .await
             .inspect_err(|e| metrics::fenced("complete", e.kind))?;
+        if let Some(u) = req
+            .usage
+            .as_ref()
+            .filter(|u| u.cost > 0.0 || u.input_tokens + u.output_tokens > 0)
+        {
+            // Also on a repeat: the first try may have stopped before publishing.
+            self.publish_usage(&rec, req.epoch, u).await?;
+        }
         let what = fsm::describe(&req.outcome);
         if done != fsm::Completed::AlreadyApplied {
             let queue = &rec.spec.queue;

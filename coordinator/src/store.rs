@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use gf_schemas::names::{self, BUCKET_IDEM, BUCKET_JOBS, BUCKET_LEADER, BUCKET_WORKERS};
+use gf_schemas::names::{
+    self, BUCKET_BUDGETS, BUCKET_IDEM, BUCKET_JOBS, BUCKET_LEADER, BUCKET_SCHEDULES, BUCKET_WORKERS,
+};
 use gf_schemas::{JobId, JobRecord, RpcError};
 
 use crate::error::StoreError;
@@ -49,6 +51,11 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
                 "Gigafactory scheduler leader lease and clock probes",
             )
         },
+        base(
+            BUCKET_BUDGETS,
+            "Gigafactory budgets per product: limits, spend, history",
+        ),
+        base(BUCKET_SCHEDULES, "Gigafactory cron schedules"),
     ]
 }
 
@@ -74,6 +81,12 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             max_bytes: 4 << 30,
             ..base(names::STREAM_LOGS, names::LOGS_ALL, 7 * 24 * 3600)
         },
+        // Usage entries, deduplicated by job and epoch over the window, added to
+        // budgets by the leader in order.
+        stream::Config {
+            duplicate_window: Duration::from_secs(600),
+            ..base(names::STREAM_USAGE, names::USAGE_ALL, 30 * 24 * 3600)
+        },
     ]
 }
 
@@ -85,6 +98,8 @@ pub struct Store {
     pub workers: kv::Store,
     pub idem: kv::Store,
     pub leader: kv::Store,
+    pub budgets: kv::Store,
+    pub schedules: kv::Store,
 }
 
 fn transport(e: impl std::fmt::Display) -> StoreError {
@@ -124,6 +139,8 @@ impl Store {
             workers: it.next().expect("workers"),
             idem: it.next().expect("idem"),
             leader: it.next().expect("leader"),
+            budgets: it.next().expect("budgets"),
+            schedules: it.next().expect("schedules"),
         })
     }
 

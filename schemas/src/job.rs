@@ -62,6 +62,61 @@ pub struct JobSpec {
     /// the job. Independent of `timeout_secs`. Default from the coordinator's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl_secs: Option<u64>,
+    /// Capabilities the job would rather have (soft: raises its score when a worker
+    /// with them is free), e.g. `{"region": "eu"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefer: BTreeMap<String, String>,
+    /// Score weights for this job, overriding the product's and the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<ScoreWeights>,
+    /// Jobs that must all succeed before this one runs. If one fails for good, this
+    /// job is cancelled with that reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<JobId>,
+    /// The job this one was created under; the parent's completion waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<JobId>,
+    /// Not dispatched before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    /// The most this job may spend (cost units); crossing it while running cancels
+    /// the job with reason `budget_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
+}
+
+/// Weights of the score terms. Missing fields take the next level's value
+/// (submission → product → coordinator defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreWeights {
+    /// Per priority level above 9 (P0 gets 9× this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<f64>,
+    /// Per minute waited (capped at 30 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<f64>,
+    /// Subtracted per attempt already made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<f64>,
+    /// Multiplies the product's weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<f64>,
+    /// Per preferred capability a free worker offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<f64>,
+    /// Subtracted per unit of `max_cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+/// A score and its terms, as computed for one decision.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Score {
+    pub total: f64,
+    /// Each term's contribution (`priority`, `waiting`, `retry`, `product`,
+    /// `affinity`, `cost`).
+    pub terms: BTreeMap<String, f64>,
 }
 
 fn default_queue() -> String {
@@ -109,6 +164,12 @@ impl JobSpec {
             product: default_product(),
             labels: BTreeMap::new(),
             lease_ttl_secs: None,
+            prefer: BTreeMap::new(),
+            weights: None,
+            depends_on: Vec::new(),
+            parent: None,
+            not_before: None,
+            max_cost: None,
         }
     }
 
@@ -176,6 +237,30 @@ impl JobSpec {
                 return Err(bad("lease_ttl_secs", "must be between 1 and 3600"));
             }
         }
+        for (k, v) in &self.prefer {
+            if !is_token(k) || !is_token(v) {
+                return Err(bad(
+                    format!("prefer.{k}"),
+                    "must be made of A-Z a-z 0-9 _ -",
+                ));
+            }
+        }
+        if self.depends_on.len() > 1000 {
+            return Err(bad("depends_on", "has more than 1000 jobs"));
+        }
+        if let Some(c) = self.max_cost {
+            if !c.is_finite() || c < 0.0 {
+                return Err(bad("max_cost", "must be a non-negative number"));
+            }
+        }
+        if let Some(w) = &self.weights {
+            let all = [
+                w.priority, w.waiting, w.retry, w.product, w.affinity, w.cost,
+            ];
+            if all.iter().flatten().any(|x| !x.is_finite()) {
+                return Err(bad("weights", "must be finite numbers"));
+            }
+        }
         if let Some(k) = &self.idempotency_key {
             if k.is_empty() || k.len() > 256 {
                 return Err(bad("idempotency_key", "must be 1-256 characters"));
@@ -212,26 +297,32 @@ pub enum JobState {
     Dispatched,
     /// A worker holds the lease and runs it.
     Running,
+    /// Its own run succeeded; waiting for its children to finish.
+    Waiting,
     Succeeded,
     /// Failed and out of attempts.
     Dead,
     Cancelled,
+    /// Refused by an operator before it ran.
+    Rejected,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 9] = [
         JobState::Pending,
         JobState::Blocked,
         JobState::Dispatched,
         JobState::Running,
+        JobState::Waiting,
         JobState::Succeeded,
         JobState::Dead,
         JobState::Cancelled,
+        JobState::Rejected,
     ];
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled | JobState::Rejected
         )
     }
     pub fn as_str(self) -> &'static str {
@@ -240,9 +331,11 @@ impl JobState {
             JobState::Blocked => "blocked",
             JobState::Dispatched => "dispatched",
             JobState::Running => "running",
+            JobState::Waiting => "waiting",
             JobState::Succeeded => "succeeded",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Rejected => "rejected",
         }
     }
 }
@@ -363,6 +456,12 @@ pub struct JobRecord {
     pub usage: Option<Usage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
+    /// Jobs created under this one (see `JobSpec::parent`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<JobId>,
+    /// The score breakdown of the last dispatch decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<Score>,
     pub submitted_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -382,6 +481,8 @@ impl JobRecord {
             result: None,
             usage: None,
             history: Vec::new(),
+            children: Vec::new(),
+            score: None,
             submitted_at: now,
             updated_at: now,
         }

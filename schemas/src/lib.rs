@@ -5,6 +5,7 @@
 //! ([`json_schemas`]). This crate does no I/O: the coordinator, the worker, the CLI and
 //! clients in other languages all agree on the shapes defined here and nothing else.
 
+pub mod budget;
 pub mod event;
 pub mod ids;
 pub mod job;
@@ -13,11 +14,12 @@ pub mod rpc;
 pub mod time;
 pub mod worker;
 
+pub use budget::{Budget, Explanation, Schedule, SpendPoint, WorkerFit};
 pub use event::{Event, EventKind, Level, LogLine, LogStream};
 pub use ids::{IdError, JobId, WorkerId};
 pub use job::{
-    Attempt, AttemptOutcome, JobRecord, JobSpec, JobState, Lease, SpecError, Usage,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PRODUCT, DEFAULT_QUEUE,
+    Attempt, AttemptOutcome, JobRecord, JobSpec, JobState, Lease, Score, ScoreWeights, SpecError,
+    Usage, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PRODUCT, DEFAULT_QUEUE,
 };
 pub use names::Route;
 pub use rpc::{ErrorKind, Reply, RpcError};
@@ -42,6 +44,16 @@ pub fn rpc_index() -> serde_json::Value {
             rpc::RENEW: entry("renew_request", "renew_reply"),
             rpc::COMPLETE: entry("complete_request", "complete_reply"),
             rpc::RELEASE: entry("release_request", "release_reply"),
+            rpc::EXPLAIN: entry("job_action", "explain_reply"),
+            rpc::REQUEUE: entry("job_action", "cancel_reply"),
+            rpc::REJECT: entry("job_action", "cancel_reply"),
+            rpc::DAG: entry("job_action", "dag_reply"),
+            rpc::SUBMIT_CHILD: entry("child_request", "submit_reply"),
+            rpc::BUDGET_SET: entry("budget_update", "budget_reply"),
+            rpc::BUDGET_LIST: entry("empty_request", "budget_list_reply"),
+            rpc::SCHEDULE_ADD: entry("schedule", "schedule_reply"),
+            rpc::SCHEDULE_LIST: entry("empty_request", "schedule_list_reply"),
+            rpc::SCHEDULE_REMOVE: entry("schedule_name", "release_reply"),
         },
         "streams": {
             "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json"},
@@ -85,5 +97,22 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("log_line", s::<LogLine>()),
         ("worker_record", s::<WorkerRecord>()),
         ("rpc_error", s::<RpcError>()),
+        ("budget", s::<Budget>()),
+        ("schedule", s::<Schedule>()),
+        ("explanation", s::<Explanation>()),
+        ("job_action", s::<rpc::JobAction>()),
+        ("explain_reply", s::<Reply<Explanation>>()),
+        ("dag_reply", s::<Reply<rpc::Dag>>()),
+        ("child_request", s::<rpc::ChildRequest>()),
+        ("budget_update", s::<rpc::BudgetUpdate>()),
+        ("budget_reply", s::<Reply<Budget>>()),
+        ("budget_list_reply", s::<Reply<Vec<Budget>>>()),
+        ("schedule_reply", s::<Reply<Schedule>>()),
+        ("schedule_list_reply", s::<Reply<Vec<Schedule>>>()),
+        ("schedule_name", s::<rpc::ScheduleName>()),
+        (
+            "empty_request",
+            serde_json::json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "EmptyRequest", "description": "Any body (ignored); send `{}`."}),
+        ),
     ]
 }

@@ -16,6 +16,10 @@ pub const BUCKET_JOBS: &str = "gf_jobs";
 pub const BUCKET_WORKERS: &str = "gf_workers";
 pub const BUCKET_IDEM: &str = "gf_idem";
 pub const BUCKET_LEADER: &str = "gf_leader";
+pub const BUCKET_BUDGETS: &str = "gf_budgets";
+pub const BUCKET_SCHEDULES: &str = "gf_schedules";
+pub const STREAM_USAGE: &str = "GF_USAGE";
+pub const USAGE_ALL: &str = "gf.usage.>";
 pub const STREAM_DISPATCH: &str = "GF_DISPATCH";
 pub const STREAM_EVENTS: &str = "GF_EVENTS";
 pub const STREAM_LOGS: &str = "GF_LOGS";
@@ -43,6 +47,21 @@ pub mod rpc {
     pub const RENEW: &str = "gf.rpc.renew";
     pub const COMPLETE: &str = "gf.rpc.complete";
     pub const RELEASE: &str = "gf.rpc.release";
+    pub const EXPLAIN: &str = "gf.rpc.job.explain";
+    pub const REQUEUE: &str = "gf.rpc.job.requeue";
+    pub const REJECT: &str = "gf.rpc.job.reject";
+    pub const SUBMIT_CHILD: &str = "gf.rpc.job.child";
+    pub const DAG: &str = "gf.rpc.job.dag";
+    pub const BUDGET_LIST: &str = "gf.rpc.budget.list";
+    pub const BUDGET_SET: &str = "gf.rpc.budget.set";
+    pub const SCHEDULE_ADD: &str = "gf.rpc.schedule.add";
+    pub const SCHEDULE_LIST: &str = "gf.rpc.schedule.list";
+    pub const SCHEDULE_REMOVE: &str = "gf.rpc.schedule.remove";
+}
+
+/// Subject a product's usage entries are published on.
+pub fn usage(product: &str) -> String {
+    format!("gf.usage.{product}")
 }
 
 /// `true` when `s` is usable as a subject token, KV key part and capability value:

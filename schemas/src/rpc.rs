@@ -163,6 +163,10 @@ pub struct RenewRequest {
     pub job_id: JobId,
     pub epoch: u64,
     pub worker_id: WorkerId,
+    /// Usage so far (what the job wrote to `$GF_USAGE_FILE`), checked against the
+    /// job's `max_cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -206,6 +210,10 @@ pub enum RevokeReason {
     LeaseExpired,
     Cancelled,
     Superseded,
+    /// Made room for a much more urgent job.
+    Preempted,
+    /// The job crossed its own `max_cost`.
+    BudgetExceeded,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -267,4 +275,63 @@ mod tests {
             serde_json::json!({"type": "revoke", "job_id": id.to_string(), "epoch": 3, "reason": "cancelled"})
         );
     }
+}
+
+/// Operator action on one job (`requeue`, `reject`, `explain`, `dag`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobAction {
+    pub job_id: JobId,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A child job submitted under a running parent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChildRequest {
+    pub parent: JobId,
+    pub spec: JobSpec,
+}
+
+/// Changes to a product's budget; absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetUpdate {
+    pub product: String,
+    /// Cost units per period; a negative value removes the limit.
+    #[serde(default)]
+    pub limit_cost: Option<f64>,
+    /// Tokens per period; 0 removes the limit.
+    #[serde(default)]
+    pub limit_tokens: Option<u64>,
+    /// Period in seconds; 0 means the budget never resets.
+    #[serde(default)]
+    pub period_secs: Option<u64>,
+    #[serde(default)]
+    pub paused: Option<bool>,
+}
+
+/// A node of a job's graph: its dependencies and children, with their states.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DagNode {
+    pub job_id: JobId,
+    pub state: JobState,
+    pub command: String,
+    pub depends_on: Vec<JobId>,
+    pub children: Vec<JobId>,
+    #[serde(default)]
+    pub parent: Option<JobId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Dag {
+    pub root: JobId,
+    pub nodes: Vec<DagNode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleName {
+    pub name: String,
 }

@@ -66,7 +66,9 @@ pub async fn run(
         );
     }
     let result_file = scratch.join(format!("{}-{epoch}.result.json", job.id));
+    let usage_file = scratch.join(format!("{}-{epoch}.usage.json", job.id));
     let _ = tokio::fs::remove_file(&result_file).await;
+    let _ = tokio::fs::remove_file(&usage_file).await;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .envs(&spec.env)
@@ -75,6 +77,7 @@ pub async fn run(
         .env("GF_ATTEMPT", job.claim.attempt.to_string())
         .env("GF_WORKER_ID", job.worker.to_string())
         .env("GF_RESULT_FILE", &result_file)
+        .env("GF_USAGE_FILE", &usage_file)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -116,10 +119,11 @@ pub async fn run(
     tokio::pin!(deadline);
     let mut renew = tokio::time::interval(renew_every);
     renew.tick().await;
-    let renew_req = RenewRequest {
+    let mut renew_req = RenewRequest {
         job_id: job.id,
         epoch,
         worker_id: job.worker.clone(),
+        usage: None,
     };
     let end = loop {
         tokio::select! {
@@ -136,6 +140,8 @@ pub async fn run(
                 break Ok(AttemptOutcome::TimedOut { after_secs: timeout.map_or(0, |t| t.as_secs()) });
             }
             _ = renew.tick() => {
+                // Usage so far, so a job over its own `max_cost` is stopped while running.
+                renew_req.usage = read_usage(&usage_file).await;
                 let renewed = rpc.call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
                 let label = match &renewed {
                     Ok(_) => "ok",
@@ -167,6 +173,7 @@ pub async fn run(
     };
     let (result, usage) = read_result(&result_file).await;
     let _ = tokio::fs::remove_file(&result_file).await;
+    let _ = tokio::fs::remove_file(&usage_file).await;
     if spec.cwd.is_none() {
         let _ = tokio::fs::remove_dir_all(&dir).await;
     }
@@ -257,6 +264,15 @@ async fn read_result(path: &Path) -> (Result<Option<serde_json::Value>, String>,
         .and_then(|o| o.remove("usage"))
         .and_then(|u| serde_json::from_value::<Usage>(u).ok());
     (Ok(Some(value)), usage)
+}
+
+/// The cumulative usage a job wrote to `$GF_USAGE_FILE`, if any (small files only).
+async fn read_usage(path: &Path) -> Option<Usage> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    if meta.len() > 64 * 1024 {
+        return None;
+    }
+    serde_json::from_slice(&tokio::fs::read(path).await.ok()?).ok()
 }
 
 async fn pump(

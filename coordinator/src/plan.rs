@@ -1,0 +1,877 @@
+//! What the scheduler leader decides, as pure functions over its [`View`].
+//!
+//! For every waiting job, most valuable first (see [`crate::score`]), [`plan`] checks
+//! the gates in order — start time, dependencies, product budget, a live worker that
+//! fits, concurrency and rate limits — and dispatches it while some fitting worker has
+//! a free slot (slots − running − already dispatched + slack). A job that cannot pass
+//! a gate is `blocked` with the reason, written only when the reason changes. With
+//! preemption on, a job that passes every gate but finds no slot may revoke the
+//! lowest-scoring running job on a fitting worker, if that one scores at least the
+//! margin less.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use gf_schemas::{
+    Budget, Capabilities, JobId, JobRecord, JobSpec, JobState, Score, Timestamp, WorkerId,
+    WorkerRecord, WorkerState,
+};
+
+use crate::config::LimitRule;
+use crate::score::{self, ScoringConfig};
+
+/// What the leader knows: live jobs, the final state of finished ones (for
+/// dependencies and parents), workers and budgets.
+#[derive(Default)]
+pub struct View {
+    pub jobs: HashMap<JobId, (JobRecord, u64)>,
+    pub terminal: HashMap<JobId, JobState>,
+    pub workers: HashMap<WorkerId, WorkerRecord>,
+    pub budgets: HashMap<String, Budget>,
+}
+
+impl View {
+    pub fn apply_job(&mut self, key: &str, rev: u64, op: kv::Operation, value: &[u8]) {
+        let Ok(id) = key.parse::<JobId>() else { return };
+        if op != kv::Operation::Put {
+            self.jobs.remove(&id);
+            return;
+        }
+        if self.jobs.get(&id).is_some_and(|(_, r)| *r >= rev) {
+            return;
+        }
+        match serde_json::from_slice::<JobRecord>(value) {
+            Ok(rec) => self.set_job(rec, rev),
+            Err(e) => tracing::error!(job = %id, error = %e, "unreadable job record"),
+        }
+    }
+
+    pub fn apply_worker(&mut self, key: &str, op: kv::Operation, value: &[u8]) {
+        let Ok(id) = WorkerId::new(key) else { return };
+        if op != kv::Operation::Put {
+            self.workers.remove(&id);
+            return;
+        }
+        if let Ok(rec) = serde_json::from_slice::<WorkerRecord>(value) {
+            self.workers.insert(id, rec);
+        }
+    }
+
+    pub fn apply_budget(&mut self, key: &str, op: kv::Operation, value: &[u8]) {
+        if op != kv::Operation::Put {
+            self.budgets.remove(key);
+            return;
+        }
+        if let Ok(b) = serde_json::from_slice::<Budget>(value) {
+            self.budgets.insert(key.to_string(), b);
+        }
+    }
+
+    pub fn set_job(&mut self, rec: JobRecord, rev: u64) {
+        if rec.state.is_terminal() {
+            self.jobs.remove(&rec.id);
+            self.terminal.insert(rec.id, rec.state);
+        } else {
+            self.terminal.remove(&rec.id);
+            self.jobs.insert(rec.id, (rec, rev));
+        }
+    }
+
+    /// A job's state, live or finished; `None` if unknown.
+    pub fn state_of(&self, id: &JobId) -> Option<JobState> {
+        self.jobs
+            .get(id)
+            .map(|(r, _)| r.state)
+            .or_else(|| self.terminal.get(id).copied())
+    }
+}
+
+/// A worker is live while its last heartbeat is younger than `timeout` (server time).
+pub fn worker_live(w: &WorkerRecord, timeout: Duration, now: Timestamp) -> bool {
+    w.state != WorkerState::Gone && w.last_heartbeat.plus(timeout) > now
+}
+
+/// Why no live worker can run `spec`, for the `unplaceable:` reason.
+pub fn unplaceable_reason<'a>(
+    spec: &JobSpec,
+    live: impl Iterator<Item = &'a WorkerRecord>,
+) -> String {
+    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut draining = 0;
+    for w in live {
+        match w.capabilities.unmet(spec) {
+            None if w.state != WorkerState::Active => draining += 1,
+            None => {}
+            Some(m) => missing.entry(m).or_default().push(w.id.to_string()),
+        }
+    }
+    if missing.is_empty() && draining == 0 {
+        return "unplaceable: no live workers".into();
+    }
+    if missing.is_empty() {
+        return format!("unplaceable: the {draining} matching worker(s) are draining");
+    }
+    if missing.len() == 1 {
+        let (m, _) = missing.into_iter().next().expect("one");
+        return format!("unplaceable: no live worker has {m}");
+    }
+    let parts: Vec<String> = missing
+        .into_iter()
+        .take(5)
+        .map(|(m, ws)| format!("{} worker(s) lack {m}", ws.len()))
+        .collect();
+    format!("unplaceable: {}", parts.join("; "))
+}
+
+/// Settings the planner needs.
+pub struct Policy<'a> {
+    pub worker_timeout: Duration,
+    pub slack: u32,
+    pub scoring: &'a ScoringConfig,
+    pub preemption_margin: Option<f64>,
+    pub limits: &'a [LimitRule],
+}
+
+/// Dispatch starts per limit key (`label=value`) in the last minute; kept by the leader.
+#[derive(Default)]
+pub struct StartLog {
+    starts: HashMap<String, VecDeque<Timestamp>>,
+}
+
+impl StartLog {
+    pub fn record(&mut self, key: String, at: Timestamp) {
+        self.starts.entry(key).or_default().push_back(at);
+    }
+    pub fn in_last_minute(&self, key: &str, now: Timestamp) -> usize {
+        self.starts.get(key).map_or(0, |q| {
+            q.iter()
+                .filter(|t| now.since(**t) < Duration::from_secs(60))
+                .count()
+        })
+    }
+    pub fn prune(&mut self, now: Timestamp) {
+        for q in self.starts.values_mut() {
+            while q
+                .front()
+                .is_some_and(|t| now.since(*t) >= Duration::from_secs(60))
+            {
+                q.pop_front();
+            }
+        }
+        self.starts.retain(|_, q| !q.is_empty());
+    }
+}
+
+/// The limit keys (`label=value`) a job counts against.
+pub fn limit_keys(spec: &JobSpec, limits: &[LimitRule]) -> Vec<(String, usize)> {
+    limits
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            spec.labels
+                .get(&l.label)
+                .map(|v| (format!("{}={v}", l.label), i))
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    Dispatch(JobId, Score),
+    /// Blocked (or re-blocked with a new reason).
+    Block(JobId, String),
+    /// Blocked, but every gate is open now; waits for a slot as pending.
+    Unblock(JobId),
+    /// A dependency failed for good.
+    Cancel(JobId, String),
+    Preempt {
+        victim: JobId,
+        epoch: u64,
+        for_job: JobId,
+    },
+    /// A waiting parent whose children all ended; `Some` names a child that failed.
+    FinishParent(JobId, Option<(JobId, JobState)>),
+}
+
+impl Decision {
+    pub fn job(&self) -> JobId {
+        match self {
+            Decision::Dispatch(id, _)
+            | Decision::Block(id, _)
+            | Decision::Unblock(id)
+            | Decision::Cancel(id, _) => *id,
+            Decision::FinishParent(id, _) => *id,
+            Decision::Preempt { victim, .. } => *victim,
+        }
+    }
+}
+
+/// The first gate a waiting job cannot pass, before capacity: `Err(Some(reason))`
+/// blocks it, `Err(None)` cancels it (reason in the `Ok`-less branch via `cancel`).
+pub enum Gate {
+    Open,
+    Block(String),
+    Cancel(String),
+}
+
+pub fn gate(rec: &JobRecord, view: &View, live: &[&WorkerRecord], now: Timestamp) -> Gate {
+    let spec = &rec.spec;
+    if let Some(t) = spec.not_before.filter(|t| *t > now) {
+        return Gate::Block(format!("not before {t}"));
+    }
+    let mut waiting = 0;
+    for dep in &spec.depends_on {
+        match view.state_of(dep) {
+            Some(JobState::Succeeded) => {}
+            Some(s) if s.is_terminal() => {
+                return Gate::Cancel(format!("dependency {dep} ended {s}"))
+            }
+            _ => waiting += 1,
+        }
+    }
+    if waiting > 0 {
+        return Gate::Block(format!(
+            "waiting for {waiting} of {} dependencies",
+            spec.depends_on.len()
+        ));
+    }
+    if let Some(reason) = view.budgets.get(&spec.product).and_then(|b| b.blocked()) {
+        return Gate::Block(reason);
+    }
+    if !live
+        .iter()
+        .any(|w| w.state == WorkerState::Active && w.capabilities.unmet(spec).is_none())
+    {
+        return Gate::Block(unplaceable_reason(spec, live.iter().copied()));
+    }
+    Gate::Open
+}
+
+pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> Vec<Decision> {
+    let live: Vec<&WorkerRecord> = view
+        .workers
+        .values()
+        .filter(|w| worker_live(w, policy.worker_timeout, now))
+        .collect();
+    let active: Vec<&WorkerRecord> = live
+        .iter()
+        .copied()
+        .filter(|w| w.state == WorkerState::Active)
+        .collect();
+    let mut free: HashMap<&WorkerId, i64> = active
+        .iter()
+        .map(|w| (&w.id, i64::from(w.slots + policy.slack)))
+        .collect();
+    let mut in_flight: HashMap<String, u32> = HashMap::new();
+    let mut running_on: HashMap<&WorkerId, Vec<&JobRecord>> = HashMap::new();
+    for (rec, _) in view.jobs.values() {
+        if matches!(rec.state, JobState::Running | JobState::Dispatched) {
+            for (k, _) in limit_keys(&rec.spec, policy.limits) {
+                *in_flight.entry(k).or_default() += 1;
+            }
+        }
+        if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
+            if let Some(f) = free.get_mut(&l.worker) {
+                *f -= 1;
+            }
+            running_on.entry(&l.worker).or_default().push(rec);
+        }
+    }
+    let fitting = |spec: &JobSpec| -> Vec<&WorkerRecord> {
+        active
+            .iter()
+            .copied()
+            .filter(|w| w.capabilities.unmet(spec).is_none())
+            .collect()
+    };
+    // Notices already out take capacity first.
+    for (rec, _) in view
+        .jobs
+        .values()
+        .filter(|(r, _)| r.state == JobState::Dispatched)
+    {
+        if let Some(w) = fitting(&rec.spec).into_iter().max_by_key(|w| free[&w.id]) {
+            *free.get_mut(&w.id).expect("active") -= 1;
+        }
+    }
+    let mut out = Vec::new();
+    // Parents whose children all ended.
+    for (rec, _) in view
+        .jobs
+        .values()
+        .filter(|(r, _)| r.state == JobState::Waiting)
+    {
+        let states: Vec<(JobId, Option<JobState>)> = rec
+            .children
+            .iter()
+            .map(|c| (*c, view.state_of(c)))
+            .collect();
+        if states
+            .iter()
+            .all(|(_, s)| s.is_some_and(|s| s.is_terminal()))
+        {
+            let failed = states
+                .into_iter()
+                .find(|(_, s)| *s != Some(JobState::Succeeded))
+                .map(|(c, s)| (c, s.expect("terminal")));
+            out.push(Decision::FinishParent(rec.id, failed));
+        }
+    }
+    let mut candidates: Vec<(Score, &JobRecord)> = view
+        .jobs
+        .values()
+        .map(|(r, _)| r)
+        .filter(|r| match r.state {
+            JobState::Pending => r.retry_at.is_none_or(|t| t <= now),
+            JobState::Blocked => true,
+            _ => false,
+        })
+        .map(|r| (score::score(r, None, policy.scoring, now), r))
+        .collect();
+    candidates.sort_by(|(a, ra), (b, rb)| {
+        b.total
+            .total_cmp(&a.total)
+            .then(ra.submitted_at.cmp(&rb.submitted_at))
+            .then(ra.id.cmp(&rb.id))
+    });
+    let mut starts_now: HashMap<String, usize> = HashMap::new();
+    let mut preempted = false;
+    for (job_score, rec) in candidates {
+        match gate(rec, view, &live, now) {
+            Gate::Cancel(reason) => {
+                out.push(Decision::Cancel(rec.id, reason));
+                continue;
+            }
+            Gate::Block(reason) => {
+                if rec.state != JobState::Blocked || rec.reason.as_deref() != Some(reason.as_str())
+                {
+                    out.push(Decision::Block(rec.id, reason));
+                }
+                continue;
+            }
+            Gate::Open => {}
+        }
+        let keys = limit_keys(&rec.spec, policy.limits);
+        let limited = keys.iter().any(|(k, i)| {
+            let rule = &policy.limits[*i];
+            rule.max_running
+                .is_some_and(|m| in_flight.get(k).copied().unwrap_or(0) >= m)
+                || rule.max_starts_per_minute.is_some_and(|m| {
+                    starts.in_last_minute(k, now) + starts_now.get(k).copied().unwrap_or(0)
+                        >= m as usize
+                })
+        });
+        let fits = fitting(&rec.spec);
+        // Prefer a free worker that offers the job's preferred capabilities.
+        let best = fits
+            .iter()
+            .filter(|w| free[&w.id] > 0)
+            .max_by(|a, b| {
+                let sa = score::score(rec, Some(&a.capabilities), policy.scoring, now).total;
+                let sb = score::score(rec, Some(&b.capabilities), policy.scoring, now).total;
+                sa.total_cmp(&sb).then(free[&a.id].cmp(&free[&b.id]))
+            })
+            .copied();
+        let unblock = || (rec.state == JobState::Blocked).then_some(Decision::Unblock(rec.id));
+        if limited {
+            out.extend(unblock());
+            continue;
+        }
+        let chosen = match best {
+            Some(w) => Some(w),
+            None if !preempted && policy.preemption_margin.is_some() => {
+                let margin = policy.preemption_margin.expect("some");
+                let victim = fits
+                    .iter()
+                    .flat_map(|w| {
+                        running_on
+                            .get(&w.id)
+                            .into_iter()
+                            .flatten()
+                            .map(move |v| (*w, *v))
+                    })
+                    .map(|(w, v)| {
+                        (
+                            w,
+                            v,
+                            score::score(v, Some(&w.capabilities), policy.scoring, now).total,
+                        )
+                    })
+                    .min_by(|a, b| a.2.total_cmp(&b.2));
+                match victim {
+                    Some((w, v, s)) if job_score.total - s >= margin => {
+                        preempted = true;
+                        let epoch = v.lease.as_ref().map_or(v.epoch, |l| l.epoch);
+                        out.push(Decision::Preempt {
+                            victim: v.id,
+                            epoch,
+                            for_job: rec.id,
+                        });
+                        *free.get_mut(&w.id).expect("active") += 1;
+                        Some(w)
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        match chosen {
+            Some(w) => {
+                *free.get_mut(&w.id).expect("active") -= 1;
+                for (k, _) in keys {
+                    *in_flight.entry(k.clone()).or_default() += 1;
+                    *starts_now.entry(k).or_default() += 1;
+                }
+                out.push(Decision::Dispatch(
+                    rec.id,
+                    score::score(rec, Some(&w.capabilities), policy.scoring, now),
+                ));
+            }
+            None => out.extend(unblock()),
+        }
+    }
+    out
+}
+
+/// Explains a job from the same inputs the planner uses.
+pub fn explain(
+    rec: &JobRecord,
+    view: &View,
+    policy: &Policy,
+    starts: &StartLog,
+    now: Timestamp,
+) -> gf_schemas::Explanation {
+    let live: Vec<&WorkerRecord> = view
+        .workers
+        .values()
+        .filter(|w| worker_live(w, policy.worker_timeout, now))
+        .collect();
+    let running = |w: &WorkerId| {
+        view.jobs
+            .values()
+            .filter(|(r, _)| {
+                r.state == JobState::Running && r.lease.as_ref().is_some_and(|l| &l.worker == w)
+            })
+            .count() as i64
+    };
+    let mut workers: Vec<gf_schemas::WorkerFit> = live
+        .iter()
+        .map(|w| {
+            let mut missing = w.capabilities.unmet(&rec.spec);
+            if missing.is_none() && w.state != WorkerState::Active {
+                missing = Some(format!("worker is {:?}", w.state).to_lowercase());
+            }
+            gf_schemas::WorkerFit {
+                worker: w.id.clone(),
+                score: missing
+                    .is_none()
+                    .then(|| score::score(rec, Some(&w.capabilities), policy.scoring, now)),
+                missing,
+                free_slots: i64::from(w.slots) - running(&w.id),
+            }
+        })
+        .collect();
+    workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+    let mut waiting_for = Vec::new();
+    if !rec.state.is_terminal()
+        && !matches!(
+            rec.state,
+            JobState::Running | JobState::Dispatched | JobState::Waiting
+        )
+    {
+        match gate(rec, view, &live, now) {
+            Gate::Block(r) | Gate::Cancel(r) => waiting_for.push(r),
+            Gate::Open => {}
+        }
+        if let Some(t) = rec.retry_at.filter(|t| *t > now) {
+            waiting_for.push(format!("retry backoff until {t}"));
+        }
+        for (k, i) in limit_keys(&rec.spec, policy.limits) {
+            let rule = &policy.limits[i];
+            let n = view
+                .jobs
+                .values()
+                .filter(|(r, _)| {
+                    matches!(r.state, JobState::Running | JobState::Dispatched)
+                        && limit_keys(&r.spec, policy.limits)
+                            .iter()
+                            .any(|(x, _)| *x == k)
+                })
+                .count();
+            if rule.max_running.is_some_and(|m| n >= m as usize) {
+                waiting_for.push(format!(
+                    "limit: {n} jobs with {k} in flight (max {})",
+                    rule.max_running.expect("some")
+                ));
+            }
+            if let Some(m) = rule.max_starts_per_minute {
+                if starts.in_last_minute(&k, now) >= m as usize {
+                    waiting_for.push(format!("limit: {m} starts per minute for {k} reached"));
+                }
+            }
+        }
+        if waiting_for.is_empty()
+            && !workers
+                .iter()
+                .any(|w| w.missing.is_none() && w.free_slots > 0)
+        {
+            waiting_for.push("capacity: every fitting worker is busy".into());
+        }
+    }
+    let summary = match (rec.state, waiting_for.first()) {
+        (s, _) if s.is_terminal() => format!(
+            "{s}{}",
+            rec.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        (JobState::Running, _) => format!(
+            "running on {}",
+            rec.lease
+                .as_ref()
+                .map_or("?".into(), |l| l.worker.to_string())
+        ),
+        (JobState::Dispatched, _) => "dispatched; waiting for a worker to claim it".into(),
+        (JobState::Waiting, _) => format!("waiting for {} children", rec.children.len()),
+        (_, Some(w)) => w.clone(),
+        (_, None) => "ready; will be dispatched on the next scheduling pass".into(),
+    };
+    gf_schemas::Explanation {
+        job_id: rec.id,
+        state: rec.state,
+        reason: rec.reason.clone(),
+        summary,
+        score: score::score(rec, None, policy.scoring, now),
+        workers,
+        waiting_for,
+        labels: rec.spec.labels.clone(),
+    }
+}
+
+/// Capabilities helper for tests and callers that only have values.
+pub fn caps(values: &[(&str, &str)], tags: &[&str]) -> Capabilities {
+    Capabilities {
+        values: values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        queues: vec![gf_schemas::DEFAULT_QUEUE.into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gf_schemas::Lease;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(1_800_000_000_000 + ms)
+    }
+    fn worker(id: &str, slots: u32, tags: &[&str]) -> WorkerRecord {
+        WorkerRecord {
+            id: WorkerId::new(id).unwrap(),
+            capabilities: caps(&[("os", "linux")], tags),
+            slots,
+            free_slots: slots,
+            running: vec![],
+            state: WorkerState::Active,
+            version: "t".into(),
+            hostname: "h".into(),
+            registered_at: t(0),
+            last_heartbeat: t(0),
+        }
+    }
+    fn view(workers: Vec<WorkerRecord>, jobs: Vec<JobRecord>) -> View {
+        let mut v = View {
+            workers: workers.into_iter().map(|w| (w.id.clone(), w)).collect(),
+            ..Default::default()
+        };
+        for j in jobs {
+            v.set_job(j, 1);
+        }
+        v
+    }
+    fn job(priority: u8, at: i64) -> JobRecord {
+        let mut s = JobSpec::command(["true"]);
+        s.priority = priority;
+        JobRecord::new(JobId::new(), s, t(at))
+    }
+    fn running_on(mut j: JobRecord, w: &str) -> JobRecord {
+        j.state = JobState::Running;
+        j.epoch = 1;
+        j.lease = Some(Lease {
+            worker: WorkerId::new(w).unwrap(),
+            epoch: 1,
+            granted_at: t(0),
+            expires_at: t(9_000),
+            ttl_ms: 9_000,
+        });
+        j
+    }
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    fn policy<'a>(
+        scoring: &'a ScoringConfig,
+        limits: &'a [LimitRule],
+        slack: u32,
+        preempt: Option<f64>,
+    ) -> Policy<'a> {
+        Policy {
+            worker_timeout: TIMEOUT,
+            slack,
+            scoring,
+            preemption_margin: preempt,
+            limits,
+        }
+    }
+    fn dispatched(d: &[Decision]) -> Vec<JobId> {
+        d.iter()
+            .filter_map(|d| {
+                if let Decision::Dispatch(id, _) = d {
+                    Some(*id)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+    fn run(v: &View, slack: u32) -> Vec<Decision> {
+        plan(
+            v,
+            &policy(&ScoringConfig::default(), &[], slack, None),
+            &StartLog::default(),
+            t(1),
+        )
+    }
+
+    /// Only as many jobs as free slots (plus slack) are dispatched, most urgent first.
+    #[test]
+    fn dispatch_bounded_by_capacity_and_priority_first() {
+        let low: Vec<JobRecord> = (0..5).map(|i| job(5, i)).collect();
+        let urgent = job(0, 100);
+        let mut jobs = low.clone();
+        jobs.push(urgent.clone());
+        let v = view(vec![worker("a", 2, &[])], jobs);
+        assert_eq!(dispatched(&run(&v, 0)), vec![urgent.id, low[0].id]);
+        assert_eq!(dispatched(&run(&v, 1)).len(), 3);
+    }
+
+    /// Running and already-dispatched jobs use up capacity.
+    #[test]
+    fn running_and_dispatched_count() {
+        let mut d = job(5, 1);
+        d.state = JobState::Dispatched;
+        let v = view(
+            vec![worker("a", 2, &[])],
+            vec![running_on(job(5, 0), "a"), d, job(5, 2)],
+        );
+        assert!(dispatched(&run(&v, 0)).is_empty());
+    }
+
+    /// A job nobody can run is blocked with the missing capability; a job waiting for
+    /// its retry time is left alone; dead workers don't count.
+    #[test]
+    fn unplaceable_and_retry_wait() {
+        let mut plan9 = job(5, 0);
+        plan9.spec.requires.insert("os".into(), "plan9".into());
+        let mut later = job(5, 1);
+        later.retry_at = Some(t(5_000));
+        let mut gpu = job(5, 2);
+        gpu.spec.tags.insert("gpu".into());
+        let mut stale = worker("old", 4, &["gpu"]);
+        stale.last_heartbeat = t(-20_000);
+        let v = view(
+            vec![worker("a", 4, &[]), stale],
+            vec![plan9.clone(), later, gpu.clone()],
+        );
+        let d = run(&v, 0);
+        assert!(d.contains(&Decision::Block(
+            plan9.id,
+            "unplaceable: no live worker has os=plan9".into()
+        )));
+        assert!(d.contains(&Decision::Block(
+            gpu.id,
+            "unplaceable: no live worker has tag gpu".into()
+        )));
+        assert_eq!(d.len(), 2);
+    }
+
+    /// A blocked-unplaceable job is dispatched once a fitting worker appears, and its
+    /// reason is not rewritten while nothing changes.
+    #[test]
+    fn unplaceable_recovers() {
+        let mut gpu = job(5, 0);
+        gpu.spec.tags.insert("gpu".into());
+        gpu.state = JobState::Blocked;
+        gpu.reason = Some("unplaceable: no live worker has tag gpu".into());
+        let v = view(vec![worker("a", 1, &[])], vec![gpu.clone()]);
+        assert!(run(&v, 0).is_empty());
+        let v = view(
+            vec![worker("a", 1, &[]), worker("g", 1, &["gpu"])],
+            vec![gpu.clone()],
+        );
+        assert_eq!(dispatched(&run(&v, 0)), vec![gpu.id]);
+    }
+
+    /// Dependencies gate a job; a failed dependency cancels it; all succeeded opens it.
+    #[test]
+    fn dependencies() {
+        let a = job(5, 0);
+        let mut b = job(5, 1);
+        b.spec.depends_on = vec![a.id];
+        let mut v = view(vec![worker("w", 4, &[])], vec![a.clone(), b.clone()]);
+        let d = run(&v, 0);
+        assert!(d.contains(&Decision::Block(
+            b.id,
+            "waiting for 1 of 1 dependencies".into()
+        )));
+        v.terminal.insert(a.id, JobState::Dead);
+        v.jobs.remove(&a.id);
+        assert!(run(&v, 0).contains(&Decision::Cancel(
+            b.id,
+            format!("dependency {} ended dead", a.id)
+        )));
+        v.terminal.insert(a.id, JobState::Succeeded);
+        assert_eq!(dispatched(&run(&v, 0)), vec![b.id]);
+    }
+
+    /// A product at its budget gets no dispatches; others do.
+    #[test]
+    fn budget_blocks_product() {
+        let mut paid = job(5, 0);
+        paid.spec.product = "acme".into();
+        let free_job = job(5, 1);
+        let mut v = view(
+            vec![worker("w", 4, &[])],
+            vec![paid.clone(), free_job.clone()],
+        );
+        let mut b = gf_schemas::Budget::new("acme", t(0));
+        b.limit_cost = Some(1.0);
+        b.spent_cost = 1.0;
+        v.budgets.insert("acme".into(), b);
+        let d = run(&v, 0);
+        assert_eq!(dispatched(&d), vec![free_job.id]);
+        assert!(
+            matches!(&d[0], Decision::Block(id, r) if *id == paid.id && r.starts_with("budget:"))
+        );
+    }
+
+    /// A concurrency limit per label value holds across running, dispatched and new.
+    #[test]
+    fn concurrency_limit_per_key() {
+        let limits = [LimitRule {
+            label: "repo".into(),
+            max_running: Some(2),
+            max_starts_per_minute: None,
+        }];
+        let labelled = |at, repo: &str| {
+            let mut j = job(5, at);
+            j.spec.labels.insert("repo".into(), repo.into());
+            j
+        };
+        let r1 = running_on(labelled(0, "x"), "w");
+        let jobs = vec![r1, labelled(1, "x"), labelled(2, "x"), labelled(3, "y")];
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        let v = view(vec![worker("w", 10, &[])], jobs);
+        let scoring = ScoringConfig::default();
+        let d = plan(
+            &v,
+            &policy(&scoring, &limits, 0, None),
+            &StartLog::default(),
+            t(1),
+        );
+        assert_eq!(dispatched(&d), vec![ids[1], ids[3]]);
+        let rate = [LimitRule {
+            label: "repo".into(),
+            max_running: None,
+            max_starts_per_minute: Some(1),
+        }];
+        let mut log = StartLog::default();
+        log.record("repo=y".into(), t(0));
+        let d = plan(&v, &policy(&scoring, &rate, 0, None), &log, t(1));
+        assert_eq!(dispatched(&d), vec![ids[1]]);
+    }
+
+    /// With preemption on, an urgent job on a full fleet revokes the lowest-scoring
+    /// running job if the gap is at least the margin; never with preemption off.
+    #[test]
+    fn preemption() {
+        let low = running_on(job(9, 0), "w");
+        let mid = running_on(job(6, 0), "w");
+        let urgent = job(0, 5);
+        let v = view(
+            vec![worker("w", 2, &[])],
+            vec![low.clone(), mid, urgent.clone()],
+        );
+        let scoring = ScoringConfig::default();
+        let d = plan(
+            &v,
+            &policy(&scoring, &[], 0, Some(30.0)),
+            &StartLog::default(),
+            t(10),
+        );
+        assert_eq!(
+            d[0],
+            Decision::Preempt {
+                victim: low.id,
+                epoch: 1,
+                for_job: urgent.id
+            }
+        );
+        assert_eq!(dispatched(&d), vec![urgent.id]);
+        assert!(dispatched(&run(&v, 0)).is_empty());
+        let d = plan(
+            &v,
+            &policy(&scoring, &[], 0, Some(100.0)),
+            &StartLog::default(),
+            t(10),
+        );
+        assert!(d.is_empty(), "gap below the margin: {d:?}");
+    }
+
+    /// A waiting parent ends when its children do, dead if one failed.
+    #[test]
+    fn parents_finish_with_children() {
+        let mut p = job(5, 0);
+        p.state = JobState::Waiting;
+        let c1 = JobId::new();
+        let c2 = JobId::new();
+        p.children = vec![c1, c2];
+        let mut v = view(vec![], vec![p.clone()]);
+        v.terminal.insert(c1, JobState::Succeeded);
+        assert!(run(&v, 0).is_empty());
+        v.terminal.insert(c2, JobState::Cancelled);
+        assert_eq!(
+            run(&v, 0),
+            vec![Decision::FinishParent(
+                p.id,
+                Some((c2, JobState::Cancelled))
+            )]
+        );
+    }
+
+    /// Explain names the missing capability for each worker and the score terms.
+    #[test]
+    fn explain_names_missing_capability() {
+        let mut j = job(3, 0);
+        j.spec.tags.insert("gpu".into());
+        let v = view(
+            vec![worker("a", 1, &[]), worker("g", 1, &["gpu"])],
+            vec![j.clone()],
+        );
+        let scoring = ScoringConfig::default();
+        let e = explain(
+            &j,
+            &v,
+            &policy(&scoring, &[], 0, None),
+            &StartLog::default(),
+            t(1),
+        );
+        assert_eq!(e.workers[0].missing.as_deref(), Some("tag gpu"));
+        assert!(e.workers[1].missing.is_none());
+        assert_eq!(e.workers[1].score.as_ref().unwrap().terms["priority"], 60.0);
+        assert_eq!(e.score.terms.len(), 6);
+    }
+}

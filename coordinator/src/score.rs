@@ -1,0 +1,199 @@
+//! Job scores: a weighted sum of terms, each kept so decisions can be explained.
+//!
+//! `priority` (9 − priority level), `waiting` (minutes since the job became ready,
+//! capped at 30, so aging lifts a job at most three levels), `retry` (− attempts made), `product` (the product's weight),
+//! `affinity` (preferred capabilities the worker offers), `cost` (− `max_cost`).
+//! Weights: per submission, else per product, else the coordinator's defaults.
+
+use std::collections::BTreeMap;
+
+use gf_schemas::{Capabilities, JobRecord, JobSpec, Score, ScoreWeights, Timestamp};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub priority: f64,
+    pub waiting: f64,
+    pub retry: f64,
+    pub product: f64,
+    pub affinity: f64,
+    pub cost: f64,
+}
+
+impl Default for Weights {
+    /// Priority dominates (one level = 10 minutes of waiting), retries are mildly
+    /// penalised, cost is ignored unless configured.
+    fn default() -> Self {
+        Self {
+            priority: 10.0,
+            waiting: 1.0,
+            retry: 2.0,
+            product: 1.0,
+            affinity: 5.0,
+            cost: 0.0,
+        }
+    }
+}
+
+impl Weights {
+    fn overlay(&self, o: &ScoreWeights) -> Self {
+        Self {
+            priority: o.priority.unwrap_or(self.priority),
+            waiting: o.waiting.unwrap_or(self.waiting),
+            retry: o.retry.unwrap_or(self.retry),
+            product: o.product.unwrap_or(self.product),
+            affinity: o.affinity.unwrap_or(self.affinity),
+            cost: o.cost.unwrap_or(self.cost),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScoringConfig {
+    pub defaults: Weights,
+    /// Weight overrides per product.
+    pub per_product: BTreeMap<String, ScoreWeights>,
+    /// Each product's weight (the `product` term's base), default 0.
+    pub product_weight: BTreeMap<String, f64>,
+}
+
+impl ScoringConfig {
+    /// Submission over product over defaults.
+    pub fn weights_for(&self, spec: &JobSpec) -> Weights {
+        let mut w = self.defaults.clone();
+        if let Some(p) = self.per_product.get(&spec.product) {
+            w = w.overlay(p);
+        }
+        if let Some(s) = &spec.weights {
+            w = w.overlay(s);
+        }
+        w
+    }
+}
+
+/// When the job became ready to run: submission, or the end of its last attempt.
+pub fn ready_since(rec: &JobRecord) -> Timestamp {
+    let last = rec.history.iter().filter_map(|a| a.ended_at).max();
+    let base = last.map_or(rec.submitted_at, |t| t.max(rec.submitted_at));
+    rec.retry_at.map_or(base, |r| r.max(base))
+}
+
+/// The job's score at `now`, with `worker`'s affinity if one is given.
+pub fn score(
+    rec: &JobRecord,
+    worker: Option<&Capabilities>,
+    cfg: &ScoringConfig,
+    now: Timestamp,
+) -> Score {
+    let spec = &rec.spec;
+    let w = cfg.weights_for(spec);
+    let waited_min = (now.since(ready_since(rec)).as_secs_f64() / 60.0).min(30.0);
+    let affinity_hits = worker.map_or(0, |c| {
+        spec.prefer
+            .iter()
+            .filter(|(k, v)| c.values.get(*k) == Some(*v))
+            .count()
+    });
+    let terms: BTreeMap<String, f64> = [
+        (
+            "priority",
+            f64::from(9u8.saturating_sub(spec.priority)) * w.priority,
+        ),
+        ("waiting", waited_min * w.waiting),
+        ("retry", -f64::from(rec.attempts) * w.retry),
+        (
+            "product",
+            cfg.product_weight
+                .get(&spec.product)
+                .copied()
+                .unwrap_or(0.0)
+                * w.product,
+        ),
+        ("affinity", affinity_hits as f64 * w.affinity),
+        ("cost", -spec.max_cost.unwrap_or(0.0) * w.cost),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), round(v)))
+    .collect();
+    Score {
+        total: round(terms.values().sum()),
+        terms,
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gf_schemas::JobId;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_unix_millis(1_800_000_000_000 + s * 1000)
+    }
+    fn rec(priority: u8) -> JobRecord {
+        let mut s = JobSpec::command(["x"]);
+        s.priority = priority;
+        JobRecord::new(JobId::new(), s, t(0))
+    }
+
+    /// Each term is computed from fixed inputs and the total is their sum.
+    #[test]
+    fn terms_and_total() {
+        let mut r = rec(2);
+        r.attempts = 1;
+        r.spec.product = "acme".into();
+        r.spec.prefer.insert("region".into(), "eu".into());
+        r.spec.max_cost = Some(3.0);
+        let mut cfg = ScoringConfig::default();
+        cfg.product_weight.insert("acme".into(), 4.0);
+        cfg.defaults.cost = 1.0;
+        let caps = Capabilities {
+            values: [("region".to_string(), "eu".to_string())].into(),
+            ..Default::default()
+        };
+        let s = score(&r, Some(&caps), &cfg, t(120));
+        let term = |k: &str| s.terms[k];
+        assert_eq!(term("priority"), 70.0);
+        assert_eq!(term("waiting"), 2.0);
+        assert_eq!(term("retry"), -2.0);
+        assert_eq!(term("product"), 4.0);
+        assert_eq!(term("affinity"), 5.0);
+        assert_eq!(term("cost"), -3.0);
+        assert_eq!(s.total, 76.0);
+        assert_eq!(score(&r, None, &cfg, t(120)).terms["affinity"], 0.0);
+    }
+
+    /// A P0 job outranks a P5 job that has waited for ever (the waiting term is capped).
+    #[test]
+    fn priority_beats_waiting() {
+        let cfg = ScoringConfig::default();
+        let old_low = score(&rec(5), None, &cfg, t(100_000));
+        let mut new_high = rec(0);
+        new_high.submitted_at = t(100_000);
+        assert!(score(&new_high, None, &cfg, t(100_000)).total > old_low.total);
+    }
+
+    /// Submission weights override product weights, which override the defaults.
+    #[test]
+    fn weights_layer() {
+        let mut cfg = ScoringConfig::default();
+        cfg.per_product.insert(
+            "p".into(),
+            ScoreWeights {
+                priority: Some(1.0),
+                retry: Some(7.0),
+                ..Default::default()
+            },
+        );
+        let mut s = JobSpec::command(["x"]);
+        s.product = "p".into();
+        s.weights = Some(ScoreWeights {
+            priority: Some(3.0),
+            ..Default::default()
+        });
+        let w = cfg.weights_for(&s);
+        assert_eq!((w.priority, w.retry, w.waiting), (3.0, 7.0, 1.0));
+    }
+}
