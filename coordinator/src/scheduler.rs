@@ -194,7 +194,10 @@ async fn lead(
     let mut view = View::default();
     let mut starts = StartLog::default();
     let mut gauges = ViewGauges::default();
-    let mut jobs_current = false;
+    // The watch marks when it has delivered the snapshot; an empty bucket delivers
+    // nothing, so ask the stream whether there is anything to wait for.
+    let mut jobs_stream = store.jobs.stream.clone();
+    let mut jobs_current = matches!(jobs_stream.info().await, Ok(i) if i.state.messages == 0);
     let mut renew = tokio::time::interval(cfg.leader_ttl / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reap = tokio::time::interval(cfg.reaper_period);
