@@ -304,8 +304,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(a) => ops::cancel(&url, a).await,
         Command::Workers(a) => ops::workers(&url, a).await,
         Command::Explain(a) => ops_sched::explain(&url, a).await,
-        Command::Requeue(a) => ops_sched::requeue(&url, a).await,
-        Command::Reject(a) => ops_sched::reject(&url, a).await,
+        Command::Requeue(a) => {
+            ops_sched::job_action(&url, gf_schemas::names::rpc::REQUEUE, a).await
+        }
+        Command::Reject(a) => ops_sched::job_action(&url, gf_schemas::names::rpc::REJECT, a).await,
         Command::Dag(a) => ops_sched::dag(&url, a).await,
         Command::Dead(mut a) => {
             a.state = Some(gf_schemas::JobState::Dead);

@@ -384,10 +384,9 @@ pub async fn workers(url: &str, a: WorkersArgs) -> anyhow::Result<ExitCode> {
         .get_key_value(names::BUCKET_WORKERS)
         .await
         .context("no workers bucket: has a coordinator started against this NATS?")?;
-    let mut ws: Vec<WorkerRecord> = gf_coordinator::store::read_all(&bucket)
+    let mut ws: Vec<WorkerRecord> = gf_coordinator::store::read_all_as::<WorkerRecord>(&bucket)
         .await?
         .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .filter(|w: &WorkerRecord| a.all || w.state != gf_schemas::WorkerState::Gone)
         .collect();
     ws.sort_by(|x, y| x.id.cmp(&y.id));

@@ -98,26 +98,16 @@ pub struct ActionArgs {
     pub reason: Option<String>,
 }
 
-pub async fn requeue(url: &str, a: ActionArgs) -> anyhow::Result<ExitCode> {
+/// `gf requeue` and `gf reject`: one job action over RPC, printing the new state.
+pub async fn job_action(
+    url: &str,
+    subject: &'static str,
+    a: ActionArgs,
+) -> anyhow::Result<ExitCode> {
     let r: CancelReply = client(url)
         .await?
         .call(
-            rpc::REQUEUE,
-            &JobAction {
-                job_id: a.id,
-                reason: a.reason,
-            },
-        )
-        .await?;
-    println!("{} {}", a.id, r.state);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn reject(url: &str, a: ActionArgs) -> anyhow::Result<ExitCode> {
-    let r: CancelReply = client(url)
-        .await?
-        .call(
-            rpc::REJECT,
+            subject,
             &JobAction {
                 job_id: a.id,
                 reason: a.reason,

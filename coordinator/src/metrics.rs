@@ -139,6 +139,7 @@ pub struct ViewGauges {
     routes: BTreeSet<String>,
 }
 
+#[derive(Default)]
 pub struct ViewCounts {
     pub jobs: BTreeMap<JobState, u64>,
     pub queue_depth: BTreeMap<String, u64>,
@@ -177,15 +178,7 @@ impl ViewGauges {
 
     /// On losing leadership: this replica no longer knows, so it reports nothing.
     pub fn clear(&mut self) {
-        let empty = ViewCounts {
-            jobs: BTreeMap::new(),
-            queue_depth: BTreeMap::new(),
-            route_depth: BTreeMap::new(),
-            workers: BTreeMap::new(),
-            slots_total: 0,
-            slots_free: 0,
-        };
-        self.publish(&empty);
+        self.publish(&ViewCounts::default());
     }
 }
 

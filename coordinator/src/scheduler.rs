@@ -5,7 +5,6 @@
 //! A conflict on any write only means the view was behind: the job is re-read and
 //! decided again on the next pass.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,14 +39,7 @@ pub fn counts(
     worker_timeout: Duration,
     now: Timestamp,
 ) -> ViewCounts {
-    let mut c = ViewCounts {
-        jobs: BTreeMap::new(),
-        queue_depth: BTreeMap::new(),
-        route_depth: BTreeMap::new(),
-        workers: BTreeMap::new(),
-        slots_total: 0,
-        slots_free: 0,
-    };
+    let mut c = ViewCounts::default();
     for (rec, _) in view.jobs.values() {
         *c.jobs.entry(rec.state).or_default() += 1;
         if matches!(rec.state, JobState::Pending | JobState::Blocked) {

@@ -370,11 +370,7 @@ impl Service {
     }
 
     pub async fn budget_list(&self) -> Result<Vec<gf_schemas::Budget>, RpcError> {
-        let all = crate::store::read_all(&self.store.budgets).await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect())
+        Ok(crate::store::read_all_as(&self.store.budgets).await?)
     }
 
     pub async fn budget_set(
@@ -433,11 +429,7 @@ impl Service {
     }
 
     pub async fn schedule_list(&self) -> Result<Vec<gf_schemas::Schedule>, RpcError> {
-        let all = crate::store::read_all(&self.store.schedules).await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect())
+        Ok(crate::store::read_all_as(&self.store.schedules).await?)
     }
 
     pub async fn schedule_remove(&self, name: &str) -> Result<(), RpcError> {

@@ -252,16 +252,26 @@ pub async fn read_all(bucket: &kv::Store) -> Result<Vec<(String, Bytes)>, StoreE
     Ok(out)
 }
 
+/// Every value in a bucket that parses as `T` (others are skipped).
+pub async fn read_all_as<T: serde::de::DeserializeOwned>(
+    bucket: &kv::Store,
+) -> Result<Vec<T>, StoreError> {
+    Ok(read_all(bucket)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect())
+}
+
 /// Every job (newest first), optionally only those in `state`, at most `limit`.
 pub async fn list_jobs(
     jobs: &kv::Store,
     state: Option<gf_schemas::JobState>,
     limit: usize,
 ) -> Result<Vec<JobRecord>, StoreError> {
-    let mut out: Vec<JobRecord> = read_all(jobs)
+    let mut out: Vec<JobRecord> = read_all_as::<JobRecord>(jobs)
         .await?
         .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<JobRecord>(&v).ok())
         .filter(|r| state.is_none_or(|s| s == r.state))
         .collect();
     out.sort_by_key(|r| std::cmp::Reverse(r.id));
