@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the test suite needs beyond the Rust toolchain: nats-server, promtool and
-# amtool (deploy tests), and the Python packages the cross-language client test uses. Idempotent; quick when present.
+# amtool (deploy tests), and the Python packages the cross-language client test uses.
+# Idempotent; quick when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-nats.sh >/dev/null

@@ -158,7 +158,10 @@ fn metric_name_check_can_fail() {
         vec!["gf_no_such_thing"]
     );
     assert_eq!(
-        unknown_metrics(["rate(gf_job_run_seconds_bucket[5m])", "gf_job_run_seconds_sum"]),
+        unknown_metrics([
+            "rate(gf_job_run_seconds_bucket[5m])",
+            "gf_job_run_seconds_sum"
+        ]),
         Vec::<String>::new()
     );
     assert_eq!(
@@ -179,14 +182,20 @@ fn dashboard_uses_only_exported_metrics() -> anyhow::Result<()> {
     dashboard_exprs(&dash, &mut exprs);
     assert!(exprs.len() > 30, "only {} queries found", exprs.len());
     let unknown = unknown_metrics(exprs.iter().map(String::as_str));
-    assert!(unknown.is_empty(), "dashboard queries unknown metrics: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "dashboard queries unknown metrics: {unknown:?}"
+    );
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     let unshown: Vec<&str> = METRICS
         .iter()
         .map(|m| m.0)
         .filter(|n| !used.iter().any(|u| u.starts_with(n)))
         .collect();
-    assert!(unshown.is_empty(), "metrics not on the dashboard: {unshown:?}");
+    assert!(
+        unshown.is_empty(),
+        "metrics not on the dashboard: {unshown:?}"
+    );
     // Latency panels are percentiles over histogram buckets.
     assert!(exprs
         .iter()
@@ -208,7 +217,10 @@ fn alerts_use_only_exported_metrics_and_have_runbooks() -> anyhow::Result<()> {
         "every alert has one runbook annotation"
     );
     let unknown = unknown_metrics(exprs.iter().map(String::as_str));
-    assert!(unknown.is_empty(), "alerts query unknown metrics: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "alerts query unknown metrics: {unknown:?}"
+    );
     Ok(())
 }
 
@@ -333,7 +345,10 @@ async fn live_scrape_passes_promtool_check_metrics() -> anyhow::Result<()> {
             &["check", "metrics"],
             Some(&body),
         )?;
-        assert!(out.trim().is_empty(), "promtool check metrics on {url}:\n{out}");
+        assert!(
+            out.trim().is_empty(),
+            "promtool check metrics on {url}:\n{out}"
+        );
     }
     worker.stop().await?;
     coord.stop().await?;
