@@ -161,6 +161,13 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
             }
         }
     };
+    if let Some(endpoint) = &loaded.settings.tracing.otlp_endpoint {
+        r.add(
+            Status::Warn,
+            "tracing",
+            format!("otlp_endpoint {endpoint} is set but this build does not export traces yet"),
+        );
+    }
     let replicas = loaded.settings.coordinator.replicas;
     let url = loaded.settings.nats.url.clone();
     let shown_url = crate::config::mask_url(&url);
