@@ -86,7 +86,9 @@ build_alertmanager() {
   command -v prometheus-alertmanager >/dev/null 2>&1 || scripts/install-promtool.sh >/dev/null
   local dir; dir=$(fresh alertmanager)
   stage "$dir" /usr/bin/prometheus-alertmanager
-  mkdir -p "$dir/rootfs/alertmanager" "$dir/rootfs/etc/alertmanager"
+  mkdir -p "$dir/rootfs/alertmanager" "$dir/rootfs/etc/alertmanager" "$dir/rootfs/usr/share/prometheus"
+  # Debian's build reads its notification templates from here.
+  cp -a /usr/share/prometheus/alertmanager "$dir/rootfs/usr/share/prometheus/"
   docker build -q -t gigafactory/alertmanager:local -f deploy/docker/alertmanager.Dockerfile "$dir"
 }
 
