@@ -1,19 +1,20 @@
 //! The `gf` command line: every operator action, and `gf dev` which runs a whole local
 //! fleet in one process.
 
+pub mod config;
 pub mod dev;
+pub mod doctor;
 pub mod nats_bin;
 pub mod ops;
 pub mod ops_sched;
 pub mod output;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -28,17 +29,16 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// NATS server to use.
-    #[arg(
-        long,
-        global = true,
-        env = "GF_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Log format for long-running commands.
-    #[arg(long, global = true, env = "GF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Base configuration file [default: gigafactory.toml if present]. The overlay
+    /// gigafactory.<GF_ENV>.toml beside it is merged over it when GF_ENV is set.
+    #[arg(long, global = true, env = "GF_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NATS server to use [config nats.url, env GF_NATS_URL; default nats://127.0.0.1:4222].
+    #[arg(long, global = true)]
+    pub nats_url: Option<String>,
+    /// Log format for long-running commands [config log.format, env GF_LOG_FORMAT; default text].
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,28 +76,41 @@ pub enum Command {
     Budgets(ops_sched::BudgetsArgs),
     /// Cron schedules that submit jobs.
     Schedule(ops_sched::ScheduleArgs),
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check the configuration, NATS, JetStream, buckets, streams, auth and clock skew.
+    Doctor(doctor::DoctorArgs),
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print every key's effective value and where it came from (default, base file,
+    /// overlay, env, flag), secrets masked.
+    Show,
+}
+
+/// Coordinator flags; each overrides its config key (see `gf config show`).
 #[derive(Args, Debug, Clone)]
 pub struct CoordinatorArgs {
-    /// Address for the HTTP API and /health.
-    #[arg(long, env = "GF_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    pub http_addr: SocketAddr,
-    /// This replica's id (default: generated).
-    #[arg(long, env = "GF_COORDINATOR_ID")]
+    /// Address for the HTTP API and /health [coordinator.http_addr; default 127.0.0.1:8080].
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// This replica's id [coordinator.id; default: generated].
+    #[arg(long = "id", id = "coordinator_id", value_name = "ID")]
     pub id: Option<String>,
-    /// Default lease TTL for jobs that don't set one.
-    #[arg(long, env = "GF_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub lease_ttl: Duration,
-    /// How long a dispatched job may wait for a claim before it is dispatched again.
-    #[arg(long, env = "GF_CLAIM_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub claim_timeout: Duration,
-    /// How often expired leases are looked for.
-    #[arg(long, env = "GF_REAPER_PERIOD", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub reaper_period: Duration,
-    /// Replicas of buckets and streams (3 on a clustered NATS).
-    #[arg(long, env = "GF_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
+    /// Default lease TTL for jobs that don't set one [coordinator.lease_ttl; default 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// How long a dispatched job may wait for a claim [coordinator.claim_timeout; default 15s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub claim_timeout: Option<Duration>,
+    /// How often expired leases are looked for [coordinator.reaper_period; default 500ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub reaper_period: Option<Duration>,
+    /// Replicas of buckets and streams, 3 on a clustered NATS [coordinator.replicas; default 1].
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// Enable preemption: revoke a running job scoring at least this much below a job
     /// that cannot be placed (priority levels are worth 10 by default).
     #[arg(long, env = "GF_PREEMPTION_MARGIN")]
@@ -151,87 +164,136 @@ fn parse_weight(s: &str) -> Result<(String, f64), String> {
     ))
 }
 
+fn dur_value(d: Duration) -> toml::Value {
+    toml::Value::String(humantime::format_duration(d).to_string())
+}
+
+fn str_list(v: &[String]) -> toml::Value {
+    toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect())
+}
+
+type FlagLayer = Vec<(String, toml::Value, String)>;
+
 impl CoordinatorArgs {
-    pub fn config(&self, nats_url: &str) -> gf_coordinator::CoordinatorConfig {
-        let mut c = gf_coordinator::CoordinatorConfig {
-            nats_url: nats_url.into(),
-            http_addr: Some(self.http_addr),
-            lease_ttl: self.lease_ttl,
-            claim_timeout: self.claim_timeout,
-            reaper_period: self.reaper_period,
-            replicas: self.replicas,
-            preemption_margin: self.preemption_margin,
-            limits: self.limits.clone(),
-            refuse_over_budget: self.refuse_over_budget,
-            ..Default::default()
-        };
-        c.scoring.product_weight = self.product_weights.iter().cloned().collect();
-        if let Some(id) = &self.id {
-            c.id = id.clone();
+    /// Scheduling policy flags (not config-file keys yet) on top of the loaded config.
+    pub fn apply_policy(&self, c: &mut gf_coordinator::CoordinatorConfig) {
+        if self.preemption_margin.is_some() {
+            c.preemption_margin = self.preemption_margin;
         }
-        c
+        c.limits.extend(self.limits.iter().cloned());
+        c.scoring
+            .product_weight
+            .extend(self.product_weights.iter().cloned());
+        c.refuse_over_budget |= self.refuse_over_budget;
+    }
+
+    /// The flags given, as config keys.
+    pub fn flags(&self) -> FlagLayer {
+        let mut f = FlagLayer::new();
+        let mut push = |k: &str, v: toml::Value, flag: &str| f.push((k.into(), v, flag.into()));
+        if let Some(a) = self.http_addr {
+            push(
+                "coordinator.http_addr",
+                toml::Value::String(a.to_string()),
+                "--http-addr",
+            );
+        }
+        if let Some(id) = &self.id {
+            push("coordinator.id", toml::Value::String(id.clone()), "--id");
+        }
+        if let Some(d) = self.lease_ttl {
+            push("coordinator.lease_ttl", dur_value(d), "--lease-ttl");
+        }
+        if let Some(d) = self.claim_timeout {
+            push("coordinator.claim_timeout", dur_value(d), "--claim-timeout");
+        }
+        if let Some(d) = self.reaper_period {
+            push("coordinator.reaper_period", dur_value(d), "--reaper-period");
+        }
+        if let Some(r) = self.replicas {
+            push(
+                "coordinator.replicas",
+                toml::Value::Integer(r as i64),
+                "--replicas",
+            );
+        }
+        f
     }
 }
 
+/// Worker flags; each overrides its config key (see `gf config show`).
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Capability `key=value` (repeatable); overrides detected os, arch, cpus, memory_mb.
+    /// Capability `key=value` (repeatable); overrides detected os, arch, cpus, memory_mb
+    /// [worker.capabilities].
     #[arg(long = "cap", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub caps: Vec<(String, String)>,
-    /// Tag this worker carries (repeatable), e.g. `gpu`.
+    /// Tag this worker carries (repeatable), e.g. `gpu` [worker.tags].
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
-    /// Queues to serve (repeatable).
-    #[arg(long = "queue", value_name = "QUEUE", default_value = "default")]
+    /// Queues to serve (repeatable) [worker.queues; default default].
+    #[arg(long = "queue", value_name = "QUEUE")]
     pub queues: Vec<String>,
-    /// Jobs run at once.
-    #[arg(long, env = "GF_SLOTS", default_value_t = 4)]
-    pub slots: u32,
-    /// Worker id (default: host name plus a random suffix).
-    #[arg(long, env = "GF_WORKER_ID")]
+    /// Jobs run at once [worker.slots; default 4].
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Worker id [worker.id; default: host name plus a random suffix].
+    #[arg(long = "id", id = "worker_id", value_name = "ID")]
     pub id: Option<String>,
-    /// On shutdown, how long running jobs may finish before they are given back.
-    #[arg(long, env = "GF_DRAIN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_grace: Duration,
-    /// Directory for jobs' working directories and result files.
-    #[arg(long, env = "GF_SCRATCH_DIR")]
+    /// On shutdown, how long running jobs may finish [worker.drain_grace; default 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_grace: Option<Duration>,
+    /// Directory for jobs' working directories and result files [worker.scratch_dir].
+    #[arg(long)]
     pub scratch_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics on http://ADDR/metrics.
-    #[arg(long, env = "GF_WORKER_METRICS_ADDR")]
+    /// Serve Prometheus metrics on http://ADDR/metrics [worker.metrics_addr].
+    #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
-    pub fn config(&self, nats_url: &str) -> anyhow::Result<gf_worker::WorkerConfig> {
-        let id = match &self.id {
-            Some(s) => Some(gf_schemas::WorkerId::new(s.clone())?),
-            None => None,
-        };
-        for q in &self.queues {
-            if !gf_schemas::names::is_token(q) {
-                bail!("--queue `{q}`: use A-Z a-z 0-9 _ -");
-            }
+    /// The flags given, as config keys.
+    pub fn flags(&self) -> FlagLayer {
+        let mut f = FlagLayer::new();
+        let mut push = |k: &str, v: toml::Value, flag: &str| f.push((k.into(), v, flag.into()));
+        if !self.caps.is_empty() {
+            let t: toml::Table = self
+                .caps
+                .iter()
+                .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                .collect();
+            push("worker.capabilities", toml::Value::Table(t), "--cap");
         }
-        for t in &self.tags {
-            if !gf_schemas::names::is_token(t) {
-                bail!("--tag `{t}`: use A-Z a-z 0-9 _ -");
-            }
+        if !self.tags.is_empty() {
+            push("worker.tags", str_list(&self.tags), "--tag");
         }
-        if self.slots == 0 {
-            bail!("--slots must be at least 1");
+        if !self.queues.is_empty() {
+            push("worker.queues", str_list(&self.queues), "--queue");
         }
-        Ok(gf_worker::WorkerConfig {
-            nats_url: nats_url.into(),
-            id,
-            queues: self.queues.clone(),
-            capabilities: self.caps.iter().cloned().collect::<BTreeMap<_, _>>(),
-            tags: self.tags.iter().cloned().collect::<BTreeSet<_>>(),
-            slots: self.slots,
-            drain_grace: self.drain_grace,
-            scratch_dir: self.scratch_dir.clone(),
-            metrics_addr: self.metrics_addr,
-            ..Default::default()
-        })
+        if let Some(n) = self.slots {
+            push("worker.slots", toml::Value::Integer(n.into()), "--slots");
+        }
+        if let Some(id) = &self.id {
+            push("worker.id", toml::Value::String(id.clone()), "--id");
+        }
+        if let Some(d) = self.drain_grace {
+            push("worker.drain_grace", dur_value(d), "--drain-grace");
+        }
+        if let Some(p) = &self.scratch_dir {
+            push(
+                "worker.scratch_dir",
+                toml::Value::String(p.display().to_string()),
+                "--scratch-dir",
+            );
+        }
+        if let Some(a) = self.metrics_addr {
+            push(
+                "worker.metrics_addr",
+                toml::Value::String(a.to_string()),
+                "--metrics-addr",
+            );
+        }
+        f
     }
 }
 
@@ -248,17 +310,50 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-pub fn init_tracing(global: &Global) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GF_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+/// The loader for this invocation: the base file, the process environment, and the
+/// global flags plus `extra` as the flag layer.
+pub fn loader(global: &Global, extra: FlagLayer) -> config::Loader {
+    let mut l = config::Loader::new(global.config.clone(), config::process_env());
+    if let Some(u) = &global.nats_url {
+        l.flags.push((
+            "nats.url".into(),
+            toml::Value::String(u.clone()),
+            "--nats-url".into(),
+        ));
+    }
+    if let Some(f) = &global.log_format {
+        l.flags.push((
+            "log.format".into(),
+            toml::Value::String(f.clone()),
+            "--log-format".into(),
+        ));
+    }
+    l.flags.extend(extra);
+    l
+}
+
+/// Logs to stderr as text or JSON (`log.format`), filtered by `log.filter` (or
+/// `RUST_LOG` when the filter is left at its default).
+pub fn init_tracing(loaded: &config::Loaded) {
+    let settings = &loaded.settings.log;
+    let filter = match (loaded.sources.get("log.filter"), std::env::var("RUST_LOG")) {
+        (Some(config::Source::Default) | None, Ok(rust_log)) => rust_log,
+        _ => settings.filter.clone(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| "info,async_nats=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if global.log_format == "json" {
-        builder.json().init();
+    let _ = if settings.format == config::LogFormat::Json {
+        builder.json().try_init()
     } else {
-        builder.init();
+        builder.try_init()
+    };
+    // TODO(tracing): OpenTelemetry export over OTLP with W3C trace context in NATS
+    // headers is not built yet (issue #5); the keys exist so files written for it load.
+    if let Some(endpoint) = &loaded.settings.tracing.otlp_endpoint {
+        tracing::warn!(%endpoint, "tracing.otlp_endpoint is set but this build does not export traces yet");
     }
 }
 
@@ -286,15 +381,38 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = cli.global.nats_url.clone();
+    let extra = match &cli.command {
+        Command::Coordinator(a) => a.flags(),
+        Command::Worker(a) => a.flags(),
+        _ => Vec::new(),
+    };
+    let loader = loader(&cli.global, extra);
+    if let Command::Doctor(a) = cli.command {
+        return doctor::run(loader, a).await;
+    }
+    let loaded = loader.load()?;
+    if let Command::Config(ConfigCommand::Show) = cli.command {
+        for (what, file) in [("base", &loaded.base), ("overlay", &loaded.overlay)] {
+            let file = file
+                .as_ref()
+                .map_or("(none)".into(), |f| f.display().to_string());
+            println!("# {what}: {file}");
+        }
+        print!("{}", loaded.show());
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_tracing(&loaded);
+    let url = loaded.settings.nats.url.clone();
     match cli.command {
         Command::Dev(a) => dev::run(&url, a).await,
         Command::Coordinator(a) => {
-            gf_coordinator::run(a.config(&url), shutdown_on_signals()).await?;
+            let mut config = loaded.coordinator();
+            a.apply_policy(&mut config);
+            gf_coordinator::run(config, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker(a) => {
-            gf_worker::run(a.config(&url)?, shutdown_on_signals()).await?;
+        Command::Worker(_) => {
+            gf_worker::run(loaded.worker()?, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => ops::submit(&url, a).await,
@@ -315,6 +433,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Budgets(a) => ops_sched::budgets(&url, a).await,
         Command::Schedule(a) => ops_sched::schedule(&url, a).await,
+        Command::Config(_) | Command::Doctor(_) => unreachable!("handled above"),
     }
 }
 

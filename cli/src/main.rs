@@ -1,11 +1,10 @@
-//! `gf`: the Gigafactory operator CLI. Parses arguments, sets up logging and the
-//! shutdown signal, and hands over to the library.
+//! `gf`: the Gigafactory operator CLI. Parses arguments and hands over to the library,
+//! which loads the configuration, sets up logging and the shutdown signal.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = gf_cli::Cli::parse();
-    gf_cli::init_tracing(&cli.global);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(gf_cli::run(cli)) {
         Ok(code) => code,

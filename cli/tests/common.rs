@@ -1,6 +1,6 @@
 //! Shared fixtures for the fabric tests: a real NATS, a coordinator, workers, and a
 //! client that speaks the RPC plane.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 

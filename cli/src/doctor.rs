@@ -1,0 +1,476 @@
+//! `gf doctor`: checks a deployment from the operator's seat and prints one line per
+//! check (`pass`, `warn`, `fail` or `skip`), exiting non-zero when any check fails.
+//!
+//! Checks, in order: the configuration parses; the overlay `GF_ENV` names exists; NATS
+//! is reachable; its version is at least [`MIN_SERVER_VERSION`]; JetStream is on; every
+//! bucket and stream exists with the settings of
+//! [`gf_coordinator::store::bucket_configs`] / [`stream_configs`](gf_coordinator::store::stream_configs);
+//! auth settings; the local clock against the server's (a KV write's timestamp).
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use clap::Args;
+
+use crate::config::{ConfigError, Loaded, Loader};
+
+/// The oldest NATS server the design accepts (see DESIGN.md, state in JetStream).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 3);
+
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Warn when the local clock is off the server's by more than this; fail at 5 times.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub max_skew: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+    Skip,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        })
+    }
+}
+
+/// One check's outcome.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub status: Status,
+    pub name: String,
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<5} {:<22} {}", self.status, self.name, self.detail)
+    }
+}
+
+/// Collects checks and prints each as it is made.
+#[derive(Default)]
+struct Report {
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, status: Status, name: impl Into<String>, detail: impl Into<String>) {
+        let c = Check {
+            status,
+            name: name.into(),
+            detail: detail.into(),
+        };
+        println!("{c}");
+        self.checks.push(c);
+    }
+    fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+}
+
+pub async fn run(loader: Loader, args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let report = check(loader, args).await;
+    let (fails, warns) = report
+        .checks
+        .iter()
+        .fold((0, 0), |(f, w), c| match c.status {
+            Status::Fail => (f + 1, w),
+            Status::Warn => (f, w + 1),
+            _ => (f, w),
+        });
+    println!(
+        "{} checks: {fails} failed, {warns} warnings",
+        report.checks.len()
+    );
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Parses `v2.12.3`, `2.12.3-RC.1` and the like.
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let v = v.trim().trim_start_matches('v');
+    let core = v.split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+async fn check(loader: Loader, args: DoctorArgs) -> Report {
+    let mut r = Report::default();
+
+    // Configuration and overlay.
+    let loaded = match loader.load() {
+        Ok(l) => {
+            let base = l.base.as_ref().map_or_else(
+                || format!("no {} (defaults)", loader.base.display()),
+                |b| format!("parsed {}", b.display()),
+            );
+            r.add(Status::Pass, "config", base);
+            match (&l.overlay, loader.overlay_path()) {
+                (Some(o), Some((env, _))) => r.add(
+                    Status::Pass,
+                    "overlay",
+                    format!("GF_ENV={env}: merged {}", o.display()),
+                ),
+                _ => r.add(Status::Pass, "overlay", "none (GF_ENV is not set)"),
+            }
+            l
+        }
+        Err(e) => {
+            match &e {
+                ConfigError::OverlayMissing { env, file } => {
+                    r.add(
+                        Status::Pass,
+                        "config",
+                        format!("parsed {}", loader.base.display()),
+                    );
+                    r.add(
+                        Status::Fail,
+                        "overlay",
+                        format!("GF_ENV={env} but {} does not exist", file.display()),
+                    );
+                }
+                other => r.add(Status::Fail, "config", other.to_string()),
+            }
+            // Go on with what the environment and flags say, so NATS is still checked.
+            let mut fallback = loader.clone();
+            fallback.base = loader.base.with_file_name(".gf-doctor-no-such-file.toml");
+            fallback.base_required = false;
+            fallback.env.remove("GF_ENV");
+            match fallback.load() {
+                Ok(l) => l,
+                Err(_) => {
+                    fallback.env.clear();
+                    fallback.flags.clear();
+                    fallback.load().expect("defaults load")
+                }
+            }
+        }
+    };
+    if let Some(endpoint) = &loaded.settings.tracing.otlp_endpoint {
+        r.add(
+            Status::Warn,
+            "tracing",
+            format!("otlp_endpoint {endpoint} is set but this build does not export traces yet"),
+        );
+    }
+    let replicas = loaded.settings.coordinator.replicas;
+    let url = loaded.settings.nats.url.clone();
+    let shown_url = crate::config::mask_url(&url);
+
+    // NATS.
+    let client = match async_nats::ConnectOptions::new()
+        .name("gf doctor")
+        .connection_timeout(Duration::from_secs(3))
+        .connect(&url)
+        .await
+    {
+        Ok(c) => match tokio::time::timeout(Duration::from_secs(5), c.flush()).await {
+            Ok(Ok(())) => Some(c),
+            Ok(Err(e)) => {
+                r.add(
+                    Status::Fail,
+                    "nats",
+                    format!("cannot reach {shown_url}: {e}"),
+                );
+                None
+            }
+            Err(_) => {
+                r.add(
+                    Status::Fail,
+                    "nats",
+                    format!("cannot reach {shown_url}: timed out after 5s"),
+                );
+                None
+            }
+        },
+        Err(e) => {
+            r.add(
+                Status::Fail,
+                "nats",
+                format!("cannot reach {shown_url}: {e}"),
+            );
+            None
+        }
+    };
+    let Some(client) = client else {
+        for name in [
+            "nats version",
+            "jetstream",
+            "buckets",
+            "streams",
+            "clock skew",
+        ] {
+            r.add(Status::Skip, name, "NATS is not reachable");
+        }
+        auth_checks(&mut r, &loaded, None);
+        return r;
+    };
+    let info = client.server_info();
+    r.add(
+        Status::Pass,
+        "nats",
+        format!("reachable at {shown_url} (server {})", info.server_name),
+    );
+    match parse_version(&info.version) {
+        Some(v) if v >= MIN_SERVER_VERSION => r.add(
+            Status::Pass,
+            "nats version",
+            format!("{} (>= {})", info.version, fmt_version(MIN_SERVER_VERSION)),
+        ),
+        _ => r.add(
+            Status::Fail,
+            "nats version",
+            format!(
+                "{} is older than {} (upgrade: earlier servers can lose acknowledged writes)",
+                info.version,
+                fmt_version(MIN_SERVER_VERSION)
+            ),
+        ),
+    }
+
+    let js = jetstream::new(client.clone());
+    let js_ok = match js.query_account().await {
+        Ok(acct) => {
+            r.add(
+                Status::Pass,
+                "jetstream",
+                format!("enabled ({} streams in this account)", acct.streams),
+            );
+            true
+        }
+        Err(e) => {
+            r.add(
+                Status::Fail,
+                "jetstream",
+                format!("not available ({e}): start nats-server with -js or a jetstream block"),
+            );
+            false
+        }
+    };
+    if js_ok {
+        check_storage(&mut r, &js, replicas).await;
+        check_clock(&mut r, &js, args.max_skew).await;
+    } else {
+        r.add(Status::Skip, "buckets", "JetStream is off");
+        r.add(Status::Skip, "streams", "JetStream is off");
+        r.add(Status::Skip, "clock skew", "JetStream is off");
+    }
+    auth_checks(&mut r, &loaded, Some(&info));
+    r
+}
+
+fn fmt_version(v: (u64, u64, u64)) -> String {
+    format!("{}.{}.{}", v.0, v.1, v.2)
+}
+
+/// Settings of a stream that `gf doctor` compares, by name.
+fn stream_settings(c: &stream::Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("subjects", format!("{:?}", c.subjects)),
+        ("retention", format!("{:?}", c.retention)),
+        ("storage", format!("{:?}", c.storage)),
+        ("replicas", c.num_replicas.to_string()),
+        ("max_age", format!("{:?}", c.max_age)),
+        ("max_bytes", limit(c.max_bytes)),
+    ]
+}
+
+/// A size limit: 0 in a config and -1 from the server both mean none.
+fn limit(n: i64) -> String {
+    if n <= 0 {
+        "unlimited".into()
+    } else {
+        n.to_string()
+    }
+}
+
+fn differences(want: &[(&'static str, String)], have: &[(&'static str, String)]) -> Vec<String> {
+    want.iter()
+        .zip(have)
+        .filter(|(w, h)| w.1 != h.1)
+        .map(|(w, h)| format!("{} is {} (expected {})", w.0, h.1, w.1))
+        .collect()
+}
+
+async fn check_storage(r: &mut Report, js: &jetstream::Context, replicas: usize) {
+    for want in gf_coordinator::store::bucket_configs(replicas) {
+        let name = format!("bucket {}", want.bucket);
+        let mut stream = match js.get_stream(format!("KV_{}", want.bucket)).await {
+            Ok(s) => s,
+            Err(_) => {
+                r.add(
+                    Status::Fail,
+                    name,
+                    "missing (a coordinator creates it at start)",
+                );
+                continue;
+            }
+        };
+        let have = match stream.info().await {
+            Ok(i) => i.config.clone(),
+            Err(e) => {
+                r.add(Status::Fail, name, format!("cannot read its settings: {e}"));
+                continue;
+            }
+        };
+        let w = [
+            ("history", want.history.to_string()),
+            ("max_age", format!("{:?}", want.max_age)),
+            ("max_value_size", limit(want.max_value_size.into())),
+            ("storage", format!("{:?}", want.storage)),
+            ("replicas", want.num_replicas.to_string()),
+        ];
+        let h = [
+            ("history", have.max_messages_per_subject.to_string()),
+            ("max_age", format!("{:?}", have.max_age)),
+            ("max_value_size", limit(have.max_message_size.into())),
+            ("storage", format!("{:?}", have.storage)),
+            ("replicas", have.num_replicas.to_string()),
+        ];
+        report_diff(r, name, &differences(&w, &h));
+    }
+    for want in gf_coordinator::store::stream_configs(replicas) {
+        let name = format!("stream {}", want.name);
+        let have = match js.get_stream(&want.name).await {
+            Ok(mut s) => match s.info().await {
+                Ok(i) => i.config.clone(),
+                Err(e) => {
+                    r.add(Status::Fail, name, format!("cannot read its settings: {e}"));
+                    continue;
+                }
+            },
+            Err(_) => {
+                r.add(
+                    Status::Fail,
+                    name,
+                    "missing (a coordinator creates it at start)",
+                );
+                continue;
+            }
+        };
+        report_diff(
+            r,
+            name,
+            &differences(&stream_settings(&want), &stream_settings(&have)),
+        );
+    }
+}
+
+fn report_diff(r: &mut Report, name: String, diffs: &[String]) {
+    if diffs.is_empty() {
+        r.add(Status::Pass, name, "present with the expected settings");
+    } else {
+        r.add(Status::Fail, name, diffs.join("; "));
+    }
+}
+
+/// Writes a key in the leader bucket and compares the server's timestamp on it with
+/// the local clock (as [`gf_coordinator::clock::ServerClock`] does for leases).
+async fn check_clock(r: &mut Report, js: &jetstream::Context, max_skew: Duration) {
+    let bucket = match js.get_key_value(gf_schemas::names::BUCKET_LEADER).await {
+        Ok(b) => b,
+        Err(_) => {
+            r.add(
+                Status::Skip,
+                "clock skew",
+                format!("bucket {} is missing", gf_schemas::names::BUCKET_LEADER),
+            );
+            return;
+        }
+    };
+    let clock = gf_coordinator::clock::ServerClock::anchored(gf_schemas::Timestamp::now_local());
+    let key = format!("clock.doctor-{}", uuid::Uuid::now_v7().simple());
+    let result = clock.sync(&bucket, &key).await;
+    let _ = bucket.purge(&key).await;
+    match result {
+        Ok(skew) if skew <= max_skew => r.add(
+            Status::Pass,
+            "clock skew",
+            format!("{skew:?} from the server's clock"),
+        ),
+        Ok(skew) if skew <= max_skew * 5 => r.add(
+            Status::Warn,
+            "clock skew",
+            format!(
+                "{skew:?} from the server's clock (leases use server time; logs will disagree)"
+            ),
+        ),
+        Ok(skew) => r.add(
+            Status::Fail,
+            "clock skew",
+            format!("{skew:?} from the server's clock: fix NTP on this host"),
+        ),
+        Err(e) => r.add(
+            Status::Fail,
+            "clock skew",
+            format!("cannot write a probe key: {e}"),
+        ),
+    }
+}
+
+fn auth_checks(r: &mut Report, loaded: &Loaded, info: Option<&async_nats::ServerInfo>) {
+    let url_has_creds = loaded
+        .settings
+        .nats
+        .url
+        .split("://")
+        .nth(1)
+        .is_some_and(|rest| rest.contains('@'));
+    match info {
+        Some(i) if i.auth_required => r.add(
+            Status::Pass,
+            "nats auth",
+            "the server requires authentication",
+        ),
+        Some(_) if url_has_creds => r.add(
+            Status::Warn,
+            "nats auth",
+            "credentials are configured but the server does not require them",
+        ),
+        Some(_) => r.add(
+            Status::Warn,
+            "nats auth",
+            "the server accepts anyone: whoever reaches it can submit, claim and complete jobs",
+        ),
+        None => r.add(Status::Skip, "nats auth", "NATS is not reachable"),
+    }
+    // TODO(auth): CoordinatorConfig has no API auth settings yet (they are being added
+    // on another branch). Once they exist, pass when the HTTP API requires a token and
+    // warn when it is off.
+    r.add(
+        Status::Warn,
+        "api auth",
+        "off: the HTTP API accepts every request (this build has no API auth settings)",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Server versions compare numerically, release candidates by their core.
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("2.12.3"), Some((2, 12, 3)));
+        assert_eq!(parse_version("v2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("2.12.3-RC.2"), Some((2, 12, 3)));
+        assert!(parse_version("2.9.25").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_version("2.12.10").unwrap() > MIN_SERVER_VERSION);
+        assert_eq!(parse_version("nonsense"), None);
+    }
+}
