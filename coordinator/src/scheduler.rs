@@ -268,10 +268,16 @@ async fn refresh(service: &Service, view: &mut View, id: &JobId) {
     }
 }
 
+/// Writes allowed in flight at once when applying a plan. Each decision touches a
+/// different job, so the writes are independent; results are applied in order.
+const PLAN_WRITES_IN_FLIGHT: usize = 64;
+
 async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
+    use futures::StreamExt as _;
     let now = service.clock.now();
     let decisions = plan(view, &policy(service), starts, now);
     let mut acks = Vec::new();
+    let mut prepared = Vec::new();
     for d in decisions {
         let id = d.job();
         if let Decision::Preempt {
@@ -302,11 +308,20 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
             Decision::FinishParent(_, failed) => fsm::finish_parent(&mut rec, *failed),
             _ => false,
         };
-        if !applied {
-            continue;
+        if applied {
+            rec.updated_at = now;
+            prepared.push((d, rec, rev));
         }
-        rec.updated_at = now;
-        match service.store.update_job(&rec, rev).await {
+    }
+    let store = &service.store;
+    let mut results = futures::stream::iter(prepared.into_iter().map(|(d, rec, rev)| async move {
+        let written = store.update_job(&rec, rev).await;
+        (d, rec, written)
+    }))
+    .buffered(PLAN_WRITES_IN_FLIGHT);
+    while let Some((d, rec, written)) = results.next().await {
+        let id = d.job();
+        match written {
             Ok(new_rev) => {
                 match &d {
                     Decision::Dispatch(..) => {
@@ -355,10 +370,8 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
                 view.set_job(rec, new_rev);
             }
             Err(StoreError::Conflict(_)) => refresh(service, view, &id).await,
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "scheduler write failed");
-                break;
-            }
+            // The view catches up from the watch; the job is decided again next pass.
+            Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
         }
     }
     for ack in acks {
