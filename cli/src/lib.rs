@@ -4,6 +4,7 @@
 pub mod dev;
 pub mod nats_bin;
 pub mod ops;
+pub mod ops_admin;
 pub mod output;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,16 @@ pub enum Command {
     Cancel(ops::CancelArgs),
     /// List workers with their capabilities, slots and last heartbeat.
     Workers(ops::WorkersArgs),
+    /// Drain a worker: it finishes what it runs and claims nothing new.
+    Drain(ops_admin::DrainArgs),
+    /// Undrain a worker: it claims jobs again.
+    Undrain(ops_admin::DrainArgs),
+    /// Print recent events (state changes and errors); `-f` follows new ones.
+    Events(ops_admin::EventsArgs),
+    /// Counters: jobs by state, queue depth, workers, recent throughput, model usage.
+    Stats(ops_admin::StatsArgs),
+    /// Make a random HTTP API token and print the hash line for `--api-token`.
+    ApiToken(ops_admin::ApiTokenArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,10 +94,31 @@ pub struct CoordinatorArgs {
     /// Replicas of buckets and streams (3 on a clustered NATS).
     #[arg(long, env = "GF_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// HTTP API token `NAME:ROLE:SHA256HEX` (repeatable; role `viewer` or `operator`;
+    /// only the token's hash is given: make one with `gf api-token`).
+    #[arg(
+        long = "api-token",
+        env = "GF_API_TOKENS",
+        value_delimiter = ',',
+        value_name = "NAME:ROLE:SHA256"
+    )]
+    pub api_tokens: Vec<String>,
+    /// Serve the HTTP API and dashboard without authentication (local use only).
+    #[arg(long, env = "GF_NO_AUTH")]
+    pub no_auth: bool,
 }
 
 impl CoordinatorArgs {
-    pub fn config(&self, nats_url: &str) -> gf_coordinator::CoordinatorConfig {
+    pub fn config(&self, nats_url: &str) -> anyhow::Result<gf_coordinator::CoordinatorConfig> {
+        let tokens = self
+            .api_tokens
+            .iter()
+            .map(|t| gf_coordinator::config::ApiToken::parse(t).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("--api-token / GF_API_TOKENS")?;
+        if tokens.is_empty() && !self.no_auth {
+            bail!("the HTTP API needs tokens: pass --api-token NAME:ROLE:SHA256 (make one with `gf api-token`), or --no-auth to serve it to anyone");
+        }
         let mut c = gf_coordinator::CoordinatorConfig {
             nats_url: nats_url.into(),
             http_addr: Some(self.http_addr),
@@ -94,12 +126,16 @@ impl CoordinatorArgs {
             claim_timeout: self.claim_timeout,
             reaper_period: self.reaper_period,
             replicas: self.replicas,
+            auth: gf_coordinator::config::AuthConfig {
+                enabled: !self.no_auth,
+                tokens,
+            },
             ..Default::default()
         };
         if let Some(id) = &self.id {
             c.id = id.clone();
         }
-        c
+        Ok(c)
     }
 }
 
@@ -216,7 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(a) => dev::run(&url, a).await,
         Command::Coordinator(a) => {
-            gf_coordinator::run(a.config(&url), shutdown_on_signals()).await?;
+            gf_coordinator::run(a.config(&url)?, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(a) => {
@@ -229,6 +265,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => ops::logs(&url, a).await,
         Command::Cancel(a) => ops::cancel(&url, a).await,
         Command::Workers(a) => ops::workers(&url, a).await,
+        Command::Drain(a) => ops_admin::drain(&url, a, true).await,
+        Command::Undrain(a) => ops_admin::drain(&url, a, false).await,
+        Command::Events(a) => ops_admin::events(&url, a).await,
+        Command::Stats(a) => ops_admin::stats(&url, a).await,
+        Command::ApiToken(a) => ops_admin::api_token(a),
     }
 }
 

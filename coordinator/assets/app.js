@@ -478,6 +478,17 @@ function route() {
 }
 window.addEventListener("hashchange", route);
 
+// Requeue and reject come with later work: ask once whether the routes exist (on an
+// id no job has, so nothing is changed) and hide the buttons while they do not.
+async function probeActions() {
+  if (app.role !== "operator") return;
+  for (const k of ["requeue", "reject"]) {
+    try { await api("POST", `/api/jobs/00000000-0000-0000-0000-000000000000/${k}`); } catch (e) {
+      if (e.status === 405 || (e.status === 404 && e.message === "no such route")) app.missing.add(k);
+    }
+  }
+}
+
 async function boot() {
   try {
     const me = await api("GET", "/api/whoami");
@@ -488,6 +499,7 @@ async function boot() {
     if (e.status === 401) return;   // the token dialog is open; boot again after it
     toast(`cannot reach the coordinator: ${e.message}`, true);
   }
+  await probeActions();
   stateFilters();
   route();
   loadStats().catch(() => {});
