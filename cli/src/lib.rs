@@ -6,6 +6,7 @@ pub mod dev;
 pub mod doctor;
 pub mod nats_bin;
 pub mod ops;
+pub mod ops_admin;
 pub mod ops_sched;
 pub mod output;
 
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,16 @@ pub enum Command {
     Config(ConfigCommand),
     /// Check the configuration, NATS, JetStream, buckets, streams, auth and clock skew.
     Doctor(doctor::DoctorArgs),
+    /// Drain a worker: it finishes what it runs and claims nothing new.
+    Drain(ops_admin::DrainArgs),
+    /// Undrain a worker: it claims jobs again.
+    Undrain(ops_admin::DrainArgs),
+    /// Print recent events (state changes and errors); `-f` follows new ones.
+    Events(ops_admin::EventsArgs),
+    /// Counters: jobs by state, queue depth, workers, recent throughput, model usage.
+    Stats(ops_admin::StatsArgs),
+    /// Make a random HTTP API token and print the hash line for `--api-token`.
+    ApiToken(ops_admin::ApiTokenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +136,18 @@ pub struct CoordinatorArgs {
     /// Refuse submissions for products over budget (default: they wait).
     #[arg(long, env = "GF_REFUSE_OVER_BUDGET")]
     pub refuse_over_budget: bool,
+    /// HTTP API token `NAME:ROLE:SHA256HEX` (repeatable; role `viewer` or `operator`;
+    /// only the token's hash is given: make one with `gf api-token`).
+    #[arg(
+        long = "api-token",
+        env = "GF_API_TOKENS",
+        value_delimiter = ',',
+        value_name = "NAME:ROLE:SHA256"
+    )]
+    pub api_tokens: Vec<String>,
+    /// Serve the HTTP API and dashboard without authentication (local use only).
+    #[arg(long, env = "GF_NO_AUTH")]
+    pub no_auth: bool,
 }
 
 pub fn parse_limit(s: &str) -> Result<gf_coordinator::config::LimitRule, String> {
@@ -175,8 +198,22 @@ fn str_list(v: &[String]) -> toml::Value {
 type FlagLayer = Vec<(String, toml::Value, String)>;
 
 impl CoordinatorArgs {
-    /// Scheduling policy flags (not config-file keys yet) on top of the loaded config.
-    pub fn apply_policy(&self, c: &mut gf_coordinator::CoordinatorConfig) {
+    /// Flags that are not config-file keys yet (scheduling policy, API tokens), on top
+    /// of the loaded config. Refuses to serve the API with no tokens unless `--no-auth`.
+    pub fn apply_policy(&self, c: &mut gf_coordinator::CoordinatorConfig) -> anyhow::Result<()> {
+        let tokens = self
+            .api_tokens
+            .iter()
+            .map(|t| gf_coordinator::config::ApiToken::parse(t).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("--api-token / GF_API_TOKENS")?;
+        if tokens.is_empty() && !self.no_auth {
+            bail!("the HTTP API needs tokens: pass --api-token NAME:ROLE:SHA256 (make one with `gf api-token`), or --no-auth to serve it to anyone");
+        }
+        c.auth = gf_coordinator::config::AuthConfig {
+            enabled: !self.no_auth,
+            tokens,
+        };
         if self.preemption_margin.is_some() {
             c.preemption_margin = self.preemption_margin;
         }
@@ -185,6 +222,7 @@ impl CoordinatorArgs {
             .product_weight
             .extend(self.product_weights.iter().cloned());
         c.refuse_over_budget |= self.refuse_over_budget;
+        Ok(())
     }
 
     /// The flags given, as config keys.
@@ -407,7 +445,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(a) => dev::run(&url, a).await,
         Command::Coordinator(a) => {
             let mut config = loaded.coordinator();
-            a.apply_policy(&mut config);
+            a.apply_policy(&mut config)?;
             gf_coordinator::run(config, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -434,6 +472,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Budgets(a) => ops_sched::budgets(&url, a).await,
         Command::Schedule(a) => ops_sched::schedule(&url, a).await,
         Command::Config(_) | Command::Doctor(_) => unreachable!("handled above"),
+        Command::Drain(a) => ops_admin::drain(&url, a, true).await,
+        Command::Undrain(a) => ops_admin::drain(&url, a, false).await,
+        Command::Events(a) => ops_admin::events(&url, a).await,
+        Command::Stats(a) => ops_admin::stats(&url, a).await,
+        Command::ApiToken(a) => ops_admin::api_token(a),
     }
 }
 

@@ -45,6 +45,9 @@ pub struct CoordinatorConfig {
     pub limits: Vec<LimitRule>,
     /// Refuse submissions for a product over its budget (otherwise they wait).
     pub refuse_over_budget: bool,
+    /// Who may use the HTTP API. Default (in code): disabled, for embedding and tests;
+    /// `gf coordinator` refuses to start without tokens unless `--no-auth` is given.
+    pub auth: AuthConfig,
 }
 
 /// A limit on jobs sharing a label value, e.g. `repo` with `max_running = 3`: at most
@@ -54,6 +57,78 @@ pub struct LimitRule {
     pub label: String,
     pub max_running: Option<u32>,
     pub max_starts_per_minute: Option<u32>,
+}
+
+/// HTTP API authentication: bearer tokens with roles. Only the tokens' SHA-256 hashes
+/// are kept, so the config file is not a secret store.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// `false` serves every route to anyone: for local development only.
+    pub enabled: bool,
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Who holds it (shown in logs, never the token).
+    pub name: String,
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the token as sent in `Authorization: Bearer <token>`.
+    pub sha256_hex: String,
+}
+
+/// What a token may do. `Operator` includes everything `Viewer` may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads: jobs, workers, events, stats, logs.
+    Viewer,
+    /// Also acts: submit, cancel, drain.
+    Operator,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            _ => Err(format!("unknown role `{s}` (viewer or operator)")),
+        }
+    }
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl ApiToken {
+    /// Parses `NAME:ROLE:SHA256HEX` (the form `--api-token` and `GF_API_TOKENS` take).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.splitn(3, ':');
+        let (Some(name), Some(role), Some(hash)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("`{s}` is not NAME:ROLE:SHA256HEX"));
+        };
+        let hash = hash.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "token `{name}`: the hash must be 64 hex digits (sha256 of the token)"
+            ));
+        }
+        if name.is_empty() {
+            return Err("a token needs a name".into());
+        }
+        Ok(Self {
+            name: name.into(),
+            role: role.parse()?,
+            sha256_hex: hash,
+        })
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -82,6 +157,7 @@ impl Default for CoordinatorConfig {
             preemption_margin: None,
             limits: Vec::new(),
             refuse_over_budget: false,
+            auth: AuthConfig::default(),
         }
     }
 }

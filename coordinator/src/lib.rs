@@ -21,6 +21,7 @@ pub mod rpc;
 pub mod scheduler;
 pub mod score;
 pub mod service;
+pub mod stats;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub use service::Service;
 /// A started coordinator.
 pub struct Coordinator {
     pub http_addr: Option<SocketAddr>,
+    /// What the HTTP router is built from, so tests can drive `http::router` directly.
+    pub http_state: Option<http::AppState>,
     pub service: Arc<Service>,
     pub leader: Arc<scheduler::LeaderStatus>,
     shutdown: CancellationToken,
@@ -46,6 +49,7 @@ pub struct Coordinator {
     http: Option<JoinHandle<anyhow::Result<()>>>,
     scheduler: JoinHandle<()>,
     events: JoinHandle<()>,
+    stats: JoinHandle<()>,
 }
 
 /// Connects to NATS, creates or checks buckets and streams, and starts the RPC plane,
@@ -93,7 +97,8 @@ pub async fn start(
         reconnect_rx,
         shutdown.clone(),
     ));
-    let (http_addr, http) = match config.http_addr {
+    let (stats, stats_task) = stats::start(service.store.jobs.clone(), shutdown.clone());
+    let (http_addr, http, http_state) = match config.http_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} (set --http-addr or GF_HTTP_ADDR)")
@@ -104,21 +109,34 @@ pub async fn start(
                 leader: leader.clone(),
                 started: Instant::now(),
                 metrics: gf_telemetry::install("coordinator"),
+                stats,
+                shutdown: shutdown.clone(),
+                auth: Arc::new(http::Auth::new(&config.auth)),
             };
+            if !config.auth.enabled {
+                tracing::warn!(
+                    "HTTP API authentication is disabled: anyone who can reach {bound} may act"
+                );
+            }
             let token = shutdown.clone();
+            let router = http::router(state.clone());
             let task = tokio::spawn(async move {
-                axum::serve(listener, http::router(state))
+                axum::serve(listener, router)
                     .with_graceful_shutdown(token.cancelled_owned())
                     .await
                     .map_err(anyhow::Error::from)
             });
-            (Some(bound), Some(task))
+            (Some(bound), Some(task), Some(state))
         }
-        None => (None, None),
+        None => {
+            drop(stats);
+            (None, None, None)
+        }
     };
     tracing::info!(id = %config.id, http = ?http_addr, nats = %config.nats_url, "coordinator started");
     Ok(Coordinator {
         http_addr,
+        http_state,
         service,
         leader,
         shutdown,
@@ -126,6 +144,7 @@ pub async fn start(
         http,
         scheduler,
         events: events_task,
+        stats: stats_task,
     })
 }
 
@@ -134,12 +153,16 @@ impl Coordinator {
     /// scheduler steps down, then the audit trail is flushed.
     pub async fn join(self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
+        // The router's state holds the service (and so an event sink handle): let it go
+        // now, or the event publisher below would wait for it forever.
+        drop(self.http_state);
         let rpc = self.rpc.await;
         let http = match self.http {
             Some(h) => Some(h.await),
             None => None,
         };
         self.scheduler.await.ok();
+        self.stats.await.ok();
         let client = self.service.client.clone();
         // The service holds the last event sink handle; dropping it ends the publisher.
         drop(self.service);

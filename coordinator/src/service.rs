@@ -300,6 +300,9 @@ impl Service {
     }
 
     pub async fn budget(&self, product: &str) -> Result<Option<gf_schemas::Budget>, RpcError> {
+        if !names::is_token(product) {
+            return Ok(None);
+        }
         let entry = self
             .store
             .budgets
@@ -433,6 +436,12 @@ impl Service {
     }
 
     pub async fn schedule_remove(&self, name: &str) -> Result<(), RpcError> {
+        if !names::is_token(name) {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("no schedule {name}"),
+            ));
+        }
         if self
             .store
             .schedules

@@ -92,6 +92,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("release_request", s::<rpc::ReleaseRequest>()),
         ("release_reply", s::<Reply<()>>()),
         ("control_message", s::<rpc::ControlMessage>()),
+        ("control_ack", s::<Reply<rpc::ControlAck>>()),
         ("dispatch_notice", s::<rpc::DispatchNotice>()),
         ("event", s::<Event>()),
         ("log_line", s::<LogLine>()),

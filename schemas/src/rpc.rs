@@ -228,6 +228,18 @@ pub struct Revocation {
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum ControlMessage {
     Revoke(Revocation),
+    /// `drain: true`: finish running jobs but claim nothing new; `false`: claim again.
+    /// Sent as a request: the worker answers with a [`ControlAck`].
+    Drain {
+        drain: bool,
+    },
+}
+
+/// A worker's answer to a control message sent as a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ControlAck {
+    /// The worker's state after applying the message.
+    pub state: WorkerState,
 }
 
 /// A hint that a job may be claimed at `epoch`. The KV record is the truth: a notice
@@ -273,6 +285,10 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             serde_json::json!({"type": "revoke", "job_id": id.to_string(), "epoch": 3, "reason": "cancelled"})
+        );
+        assert_eq!(
+            serde_json::to_value(ControlMessage::Drain { drain: true }).unwrap(),
+            serde_json::json!({"type": "drain", "drain": true})
         );
     }
 }

@@ -22,8 +22,9 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use gf_schemas::names::{self, rpc, Routing};
 use gf_schemas::rpc::{
-    ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, ControlMessage, DispatchNotice,
-    HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest, ReleaseRequest,
+    ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, ControlAck, ControlMessage,
+    DispatchNotice, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest,
+    ReleaseRequest,
 };
 use gf_schemas::{Capabilities, ErrorKind, JobId, RunningJob, WorkerId, WorkerState};
 use sha2::{Digest, Sha256};
@@ -86,6 +87,9 @@ struct Shared {
     give_back: CancellationToken,
     scratch: PathBuf,
     register: RegisterRequest,
+    /// Set by an operator's drain (`ControlMessage::Drain`): claim nothing new until
+    /// undrained. Unlike shutdown, it can be undone and the worker keeps running.
+    drained: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -97,6 +101,9 @@ impl Shared {
                 epoch: e.epoch,
             })
             .collect()
+    }
+    fn is_drained(&self) -> bool {
+        *self.drained.borrow()
     }
     fn free_slots(&self) -> u32 {
         self.slots
@@ -177,6 +184,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         give_back: CancellationToken::new(),
         scratch,
         register,
+        drained: tokio::sync::watch::Sender::new(false),
     });
     let control = client.subscribe(names::worker_control(&id)).await?;
     let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
@@ -351,7 +359,15 @@ async fn fetch_loop(
     shutdown: &CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut drained = shared.drained.subscribe();
     while !shutdown.is_cancelled() {
+        if *drained.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = drained.changed() => {}
+            }
+            continue;
+        }
         let free = shared.free_slots();
         if free == 0 {
             tokio::select! {
@@ -416,7 +432,8 @@ async fn on_notice(
             return;
         }
     };
-    if shutdown.is_cancelled() {
+    if shutdown.is_cancelled() || shared.is_drained() {
+        // Give the notice back at once so an active worker can claim it.
         let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
         return;
     }
@@ -575,7 +592,7 @@ async fn heartbeat_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let state = if draining.is_cancelled() {
+        let state = if draining.is_cancelled() || shared.is_drained() {
             WorkerState::Draining
         } else {
             WorkerState::Active
@@ -596,6 +613,23 @@ async fn control_loop(
         };
         match serde_json::from_slice::<ControlMessage>(&msg.payload) {
             Ok(ControlMessage::Revoke(r)) => shared.revoke(&r.job_id, r.epoch),
+            Ok(ControlMessage::Drain { drain }) => {
+                shared.drained.send_replace(drain);
+                let state = if drain {
+                    WorkerState::Draining
+                } else {
+                    WorkerState::Active
+                };
+                tracing::info!(?state, "operator drain request");
+                if let Some(reply) = msg.reply {
+                    let ack = gf_schemas::Reply::Ok(ControlAck { state });
+                    let body = serde_json::to_vec(&ack).expect("serializes");
+                    let _ = shared.rpc.nats().publish(reply, body.into()).await;
+                }
+                // Report the new state now rather than at the next tick, so the
+                // record (and the scheduler) see it at once.
+                heartbeat(&shared, state).await;
+            }
             Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
         }
     }

@@ -1,0 +1,515 @@
+// Gigafactory dashboard: plain JavaScript, no build step, no external files.
+// Live data: the event stream over SSE (read with fetch so the token can be sent as a
+// header), stats every 2 s, workers and the jobs page refreshed periodically and when
+// events arrive. Only one page of jobs is ever rendered.
+"use strict";
+
+const $ = (s, el = document) => el.querySelector(s);
+const STATES = ["pending", "blocked", "dispatched", "running", "waiting", "succeeded", "dead", "cancelled", "rejected"];
+const TERMINAL = new Set(["succeeded", "dead", "cancelled", "rejected"]);
+const PAGE = 50;
+
+const app = {
+  token: localStorage.getItem("gf_token") || "",
+  role: "operator",
+  stateFilter: "",
+  cursors: [null],        // cursor of each page visited; last = current
+  nextCursor: null,
+  missing: new Set(),     // optional endpoints that answered 404 (requeue, reject, …)
+  lastProcessed: null,
+  eventsAbort: null,
+  logAbort: null,
+  jobTimer: null,
+};
+
+// ---------- helpers ----------
+function esc(s) {
+  return String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+function h(html) { const t = document.createElement("template"); t.innerHTML = html.trim(); return t.content.firstChild; }
+function short(id) { return String(id || "").slice(-8); }
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  return s < 60 ? `${s.toFixed(0)}s ago` : s < 3600 ? `${(s / 60).toFixed(0)}m ago` : s < 86400 ? `${(s / 3600).toFixed(1)}h ago` : `${(s / 86400).toFixed(1)}d ago`;
+}
+function dur(ms) {
+  if (ms == null) return "–";
+  if (ms < 1000) return `${ms} ms`;
+  const s = ms / 1000;
+  return s < 60 ? `${s.toFixed(1)} s` : s < 3600 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`;
+}
+function uptime(sec) {
+  const d = Math.floor(sec / 86400), h_ = Math.floor(sec % 86400 / 3600), m = Math.floor(sec % 3600 / 60), s = sec % 60;
+  return d ? `${d}d ${h_}h` : h_ ? `${h_}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
+}
+function fmt(n) { return n == null ? "–" : Number(n).toLocaleString(); }
+function time(iso) { return iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : ""; }
+function badge(state) { return `<span class="badge ${esc(state)}" data-state="${esc(state)}">${esc(state)}</span>`; }
+function toast(msg, err) {
+  const t = $("#toast"); t.textContent = msg; t.className = "toast" + (err ? " err" : ""); t.hidden = false;
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => { t.hidden = true; }, 3500);
+}
+
+class HttpError extends Error {
+  constructor(status, kind, message) { super(message); this.status = status; this.kind = kind; }
+}
+
+function headers(extra = {}) {
+  const hd = { ...extra };
+  if (app.token) hd.Authorization = `Bearer ${app.token}`;
+  return hd;
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body) opts.body = JSON.stringify(body);
+  const r = await fetch(path, opts);
+  let data = null;
+  try { data = await r.json(); } catch (_) { /* empty body */ }
+  if (!r.ok) {
+    const e = data && data.error ? data.error : { kind: "http", message: r.statusText };
+    if (r.status === 401) askToken();
+    throw new HttpError(r.status, e.kind, e.message);
+  }
+  return data;
+}
+
+// An optional endpoint (added by later work): answers null when it does not exist yet.
+async function optional(path) {
+  if (app.missing.has(path.split("?")[0].replace(/[0-9a-f-]{36}/, "{id}"))) return null;
+  try { return await api("GET", path); } catch (e) {
+    if (e.status === 404 && e.kind !== "not_found_job") {
+      if (e.message === "no such route") app.missing.add(path.split("?")[0].replace(/[0-9a-f-]{36}/, "{id}"));
+      return null;
+    }
+    throw e;
+  }
+}
+
+// ---------- SSE over fetch (headers + Last-Event-ID + reconnect) ----------
+async function sse(url, { onEvent, onState, signal, lastId = null }) {
+  let backoff = 500;
+  while (!signal.aborted) {
+    try {
+      const hd = headers({ Accept: "text/event-stream" });
+      if (lastId) hd["Last-Event-ID"] = lastId;
+      const r = await fetch(url, { headers: hd, signal });
+      if (r.status === 401) { askToken(); throw new Error("unauthorized"); }
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      onState && onState(true);
+      backoff = 500;
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i); buf = buf.slice(i + 2);
+          const ev = { event: "message", id: null, data: "" };
+          for (const line of block.split("\n")) {
+            if (line.startsWith(":")) continue;
+            const c = line.indexOf(":");
+            const k = c < 0 ? line : line.slice(0, c);
+            const v = c < 0 ? "" : line.slice(c + 1).replace(/^ /, "");
+            if (k === "event") ev.event = v; else if (k === "id") ev.id = v; else if (k === "data") ev.data += (ev.data ? "\n" : "") + v;
+          }
+          if (!ev.data && ev.event === "message") continue;
+          if (ev.id) lastId = ev.id;
+          if (onEvent(ev) === false) return;   // the consumer is done (e.g. `end`)
+        }
+      }
+    } catch (e) {
+      if (signal.aborted) return;
+    }
+    onState && onState(false);
+    await new Promise(res => setTimeout(res, backoff));
+    backoff = Math.min(backoff * 2, 5000);
+  }
+}
+
+// ---------- auth ----------
+function askToken() {
+  const d = $("#token-dialog");
+  if (!d.open) { $("#token-error").textContent = app.token ? "That token was refused." : ""; d.showModal(); $("#token-input").focus(); }
+}
+$("#token-form").addEventListener("submit", () => {
+  app.token = $("#token-input").value.trim();
+  localStorage.setItem("gf_token", app.token);
+  $("#token-input").value = "";
+  boot();
+});
+$("#token-btn").addEventListener("click", () => { $("#token-error").textContent = ""; $("#token-dialog").showModal(); });
+
+// ---------- charts (inline SVG) ----------
+function chart(el, series, opts) {
+  const W = el.clientWidth || 500, H = el.clientHeight || 130, P = { l: 34, r: 6, t: 8, b: 16 };
+  const n = series[0].values.length;
+  const max = Math.max(1, ...series.flatMap(s => s.values.filter(v => v != null)));
+  const x = i => P.l + (W - P.l - P.r) * (n <= 1 ? 0 : i / (n - 1));
+  const y = v => H - P.b - (H - P.t - P.b) * (v / max);
+  let svg = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">`;
+  for (const f of [0, .5, 1]) {
+    const yy = y(max * f);
+    svg += `<line class="axis" x1="${P.l}" x2="${W - P.r}" y1="${yy}" y2="${yy}" stroke-dasharray="${f ? "2 3" : ""}"/>`;
+    svg += `<text x="${P.l - 4}" y="${yy + 3}" text-anchor="end">${esc(opts.fmt(max * f))}</text>`;
+  }
+  svg += `<text x="${P.l}" y="${H - 3}">-15m</text><text x="${W - P.r}" y="${H - 3}" text-anchor="end">now</text>`;
+  if (opts.bars) {
+    const bw = Math.max(1, (W - P.l - P.r) / n - 1);
+    for (let i = 0; i < n; i++) {
+      let base = 0;
+      for (const s of series) {
+        const v = s.values[i] || 0;
+        if (!v) continue;
+        const top = y(base + v), bottom = y(base);
+        svg += `<rect x="${(P.l + (W - P.l - P.r) * i / n).toFixed(1)}" y="${top.toFixed(1)}" width="${bw.toFixed(1)}" height="${(bottom - top).toFixed(1)}" fill="${s.color}"><title>${esc(s.name)}: ${v}</title></rect>`;
+        base += v;
+      }
+    }
+  } else {
+    for (const s of series) {
+      let d = "", pen = false;
+      s.values.forEach((v, i) => { if (v == null) { pen = false; return; } d += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`; pen = true; });
+      svg += `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.6"/>`;
+      s.values.forEach((v, i) => { if (v != null) svg += `<circle cx="${x(i).toFixed(1)}" cy="${y(v).toFixed(1)}" r="1.8" fill="${s.color}"><title>${esc(s.name)}: ${esc(opts.fmt(v))}</title></circle>`; });
+    }
+  }
+  svg += `</svg>`;
+  el.innerHTML = svg + `<div class="legend">${series.map(s => `<span><i style="background:${s.color}"></i>${esc(s.name)}</span>`).join("")}</div>`;
+}
+
+const css = v => getComputedStyle(document.documentElement).getPropertyValue(v).trim();
+
+// ---------- overview ----------
+function setCounter(id, value) {
+  const el = $(id);
+  const text = String(value);
+  if (el.textContent !== text) { el.textContent = text; el.classList.remove("bump"); void el.offsetWidth; el.classList.add("bump"); }
+}
+
+async function loadStats() {
+  const s = await api("GET", "/api/stats");
+  const j = s.jobs;
+  setCounter("#counter-processed", fmt(j.processed));
+  $("#sub-processed").textContent = `${fmt(j.by_state.succeeded)} succeeded · ${fmt(j.total)} total`;
+  setCounter("#counter-running", fmt(j.running));
+  $("#sub-running").textContent = `${fmt(s.workers.slots - s.workers.free_slots)}/${fmt(s.workers.slots)} slots busy`;
+  const depth = Object.entries(j.queue_depth);
+  setCounter("#counter-queued", fmt(depth.reduce((a, [, n]) => a + n, 0)));
+  $("#queue-depth").innerHTML = depth.length ? depth.map(([q, n]) => `<span class="chip" data-queue="${esc(q)}">${esc(q)} ${n}</span>`).join(" ") : "no backlog";
+  setCounter("#counter-workers", fmt(s.workers.online));
+  $("#sub-workers").textContent = s.workers.draining ? `${s.workers.draining} draining` : "all active";
+  setCounter("#counter-dead", fmt(j.by_state.dead));
+  $("#sub-dead").textContent = `${fmt(j.by_state.cancelled)} cancelled · ${fmt(j.by_state.blocked)} blocked`;
+  $("#counter-uptime").textContent = uptime(s.uptime_secs);
+  $("#sub-uptime").textContent = s.coordinator;
+  $("#coord").textContent = s.coordinator;
+  const l = $("#leader"); l.textContent = s.is_leader ? "scheduler leader" : "standby"; l.className = "pill" + (s.is_leader ? " leader" : "");
+  for (const st of STATES) { const n = $(`#state-filters [data-state="${st}"] .n`); if (n) n.textContent = fmt(j.by_state[st]); }
+  const pts = j.series;
+  chart($("#chart-throughput"), [
+    { name: "succeeded", color: css("--ok"), values: pts.map(p => p.succeeded) },
+    { name: "dead", color: css("--err"), values: pts.map(p => p.dead) },
+    { name: "cancelled", color: css("--muted"), values: pts.map(p => p.cancelled) },
+  ], { bars: true, fmt: v => Math.round(v) });
+  chart($("#chart-latency"), [
+    { name: "avg", color: css("--accent"), values: pts.map(p => p.latency_ms_avg) },
+    { name: "max", color: css("--wait"), values: pts.map(p => p.latency_ms_max) },
+    { name: "run avg", color: css("--ok"), values: pts.map(p => p.run_ms_avg) },
+  ], { fmt: v => dur(Math.round(v)) });
+  const mt = $("#models-table tbody");
+  mt.innerHTML = j.models.length ? j.models.map(m => `<tr><td>${esc(m.provider)}</td><td class="mono">${esc(m.model)}</td><td class="num">${fmt(m.jobs)}</td><td class="num">${fmt(m.calls)}</td><td class="num">${fmt(m.input_tokens)}</td><td class="num">${fmt(m.output_tokens)}</td><td class="num">${m.tokens_per_sec == null ? "–" : m.tokens_per_sec.toFixed(1)}</td><td class="num">${m.ms_per_call == null ? "–" : fmt(m.ms_per_call)}</td><td class="num">${m.cost.toFixed(4)}</td></tr>`).join("")
+    : `<tr><td colspan="9" class="empty">no job has reported model usage yet</td></tr>`;
+}
+
+function stateFilters() {
+  const el = $("#state-filters");
+  el.innerHTML = [["", "all"], ...STATES.map(s => [s, s])].map(([v, label]) =>
+    `<button type="button" class="ghost${app.stateFilter === v ? " on" : ""}" data-state="${v}">${label}${v ? '<span class="n"></span>' : ""}</button>`).join("");
+  el.querySelectorAll("button").forEach(b => b.addEventListener("click", () => {
+    app.stateFilter = b.dataset.state; app.cursors = [null]; stateFilters(); loadJobs(); loadStats().catch(() => {});
+  }));
+}
+
+function actionButtons(job) {
+  if (app.role !== "operator") return "";
+  const id = esc(job.id);
+  let out = "";
+  if (!TERMINAL.has(job.state)) out += `<button type="button" class="small danger act-cancel" data-id="${id}">Cancel</button> `;
+  if (["dead", "cancelled", "rejected"].includes(job.state) && !app.missing.has("requeue"))
+    out += `<button type="button" class="small act-requeue" data-id="${id}">Requeue</button> `;
+  if (["pending", "blocked"].includes(job.state) && !app.missing.has("reject"))
+    out += `<button type="button" class="small act-reject" data-id="${id}">Reject</button>`;
+  return out;
+}
+
+async function jobAction(kind, id) {
+  if (kind === "cancel" && !confirm(`Cancel job ${id}?`)) return;
+  try {
+    const r = await api("POST", `/api/jobs/${id}/${kind}`, kind === "cancel" ? { reason: "cancelled from the dashboard" } : undefined);
+    toast(`${kind}: ${short(id)} → ${r && r.state ? r.state : "ok"}`);
+  } catch (e) {
+    if (e.status === 404 && e.message === "no such route") {
+      app.missing.add(kind); toast(`${kind} is not available on this coordinator`, true);
+    } else toast(`${kind} failed: ${e.message}`, true);
+  }
+  refreshSoon();
+}
+
+document.addEventListener("click", e => {
+  const b = e.target.closest("button[data-id]");
+  if (!b) return;
+  for (const k of ["cancel", "requeue", "reject"]) if (b.classList.contains(`act-${k}`)) jobAction(k, b.dataset.id);
+  if (b.classList.contains("act-drain")) drain(b.dataset.id, b.dataset.drain === "1");
+});
+
+async function loadJobs() {
+  const q = new URLSearchParams({ limit: PAGE });
+  if (app.stateFilter) q.set("state", app.stateFilter);
+  const queue = $("#queue-filter").value.trim(); if (queue) q.set("queue", queue);
+  const product = $("#product-filter").value.trim(); if (product) q.set("product", product);
+  const cur = app.cursors[app.cursors.length - 1]; if (cur) q.set("cursor", cur);
+  let page;
+  try { page = await api("GET", `/api/jobs?${q}`); } catch (e) { if (e.status === 400) { toast(e.message, true); return; } throw e; }
+  app.nextCursor = page.next_cursor || null;
+  const from = (app.cursors.length - 1) * PAGE;
+  $("#jobs-total").textContent = page.total ? `${from + 1}–${from + page.jobs.length} of ${fmt(page.total)}` : "";
+  $("#jobs-prev").disabled = app.cursors.length <= 1;
+  $("#jobs-next").disabled = !app.nextCursor;
+  const tb = $("#jobs-table tbody");
+  tb.innerHTML = page.jobs.length ? page.jobs.map(j => `<tr data-id="${esc(j.id)}" data-state="${esc(j.state)}">
+      <td class="mono"><a href="#/job/${esc(j.id)}" title="${esc(j.id)}">${esc(short(j.id))}</a></td>
+      <td>${badge(j.state)}</td><td>${esc(j.spec.queue)}</td>
+      <td class="cmd" title="${esc(j.spec.command.join(" "))}${j.reason ? "\n" + esc(j.reason) : ""}">${esc(j.spec.command.join(" "))}</td>
+      <td class="num">${j.attempts}/${j.spec.max_attempts}</td><td class="num">${j.epoch}</td>
+      <td class="mono">${esc(j.lease ? j.lease.worker : (j.history && j.history.length ? j.history[j.history.length - 1].worker : ""))}</td>
+      <td title="${esc(j.submitted_at)}">${ago(j.submitted_at)}</td><td title="${esc(j.updated_at)}">${ago(j.updated_at)}</td>
+      <td>${actionButtons(j)}</td></tr>`).join("")
+    : `<tr><td colspan="10" class="empty">no jobs${app.stateFilter ? " in state " + esc(app.stateFilter) : ""}</td></tr>`;
+}
+$("#jobs-next").addEventListener("click", () => { if (app.nextCursor) { app.cursors.push(app.nextCursor); loadJobs(); } });
+$("#jobs-prev").addEventListener("click", () => { if (app.cursors.length > 1) { app.cursors.pop(); loadJobs(); } });
+for (const id of ["#queue-filter", "#product-filter"]) $(id).addEventListener("change", () => { app.cursors = [null]; loadJobs(); });
+
+async function loadWorkers() {
+  const ws = await api("GET", `/api/workers${$("#workers-all").checked ? "?all=true" : ""}`);
+  $("#workers-sub").textContent = `${ws.filter(w => w.online).length} online`;
+  const tb = $("#workers-table tbody");
+  tb.innerHTML = ws.length ? ws.map(w => {
+    const caps = Object.entries(w.capabilities.values || {}).map(([k, v]) => `<span class="chip">${esc(k)}=${esc(v)}</span>`).join("")
+      + (w.capabilities.tags || []).map(t => `<span class="chip tag">${esc(t)}</span>`).join("");
+    const used = w.slots - w.free_slots;
+    const state = w.online || w.state === "gone" ? w.state : "gone";
+    const btn = app.role !== "operator" || state === "gone" ? "" : w.state === "draining"
+      ? `<button type="button" class="small act-drain" data-id="${esc(w.id)}" data-drain="0">Undrain</button>`
+      : `<button type="button" class="small act-drain" data-id="${esc(w.id)}" data-drain="1">Drain</button>`;
+    return `<tr data-worker="${esc(w.id)}"><td class="mono">${esc(w.id)}</td><td>${badge(state)}</td><td><div class="caps">${caps}</div></td>
+      <td>${esc((w.capabilities.queues || []).join(", "))}</td>
+      <td><div class="bar" title="${used}/${w.slots}" style="width:70px;display:inline-block;vertical-align:middle"><span style="width:${w.slots ? 100 * used / w.slots : 0}%"></span></div> ${used}/${w.slots}</td>
+      <td class="mono">${(w.running || []).map(r => `<a href="#/job/${esc(r.job_id)}">${esc(short(r.job_id))}</a>`).join(" ")}</td>
+      <td>${dur(w.heartbeat_age_ms)} ago</td><td class="muted">${esc(w.version)}</td><td>${btn}</td></tr>`;
+  }).join("") : `<tr><td colspan="9" class="empty">no workers</td></tr>`;
+}
+$("#workers-all").addEventListener("change", () => loadWorkers());
+
+async function drain(id, on) {
+  try {
+    const r = await api("POST", `/api/workers/${encodeURIComponent(id)}/${on ? "drain" : "undrain"}`);
+    toast(`${id} is ${r.state}`);
+  } catch (e) { toast(`${on ? "drain" : "undrain"} failed: ${e.message}`, true); }
+  loadWorkers().catch(() => {});
+}
+
+async function loadBudgets() {
+  const el = $("#budgets");
+  let b;
+  try { b = await optional("/api/budgets"); } catch (e) { el.innerHTML = `<p class="error-text">${esc(e.message)}</p>`; return; }
+  if (b == null) { el.innerHTML = `<p class="muted">Budgets are not available on this coordinator yet.</p>`; return; }
+  const list = Array.isArray(b) ? b : (b.budgets || []);
+  if (!list.length) { el.innerHTML = `<p class="muted">No budgets configured.</p>`; return; }
+  el.innerHTML = `<table class="data"><thead><tr><th>Product</th><th>Spent / limit</th><th></th><th>Period</th><th></th></tr></thead><tbody>${list.map(x => {
+    const pct = x.limit ? Math.min(100, 100 * x.spent / x.limit) : 0;
+    return `<tr><td>${esc(x.product)}</td><td class="num">${Number(x.spent || 0).toFixed(2)} / ${Number(x.limit || 0).toFixed(2)}</td>
+      <td style="width:40%"><div class="bar${pct >= 100 ? " over" : ""}"><span style="width:${pct}%"></span></div></td><td>${esc(x.period || "")}</td><td>${x.paused ? badge("blocked").replace(">blocked<", ">paused<") : ""}</td></tr>`;
+  }).join("")}</tbody></table>`;
+}
+
+// ---------- events ----------
+function eventItem(e, fresh) {
+  const ctx = [e.job_id ? `job ${short(e.job_id)}` : "", e.worker_id ? `worker ${e.worker_id}` : "", e.state ? `→ ${e.state}` : "", e.epoch != null ? `epoch ${e.epoch}` : "", e.message || ""].filter(Boolean).join(" · ");
+  const li = h(`<li class="${esc(e.level)}${fresh ? " fresh" : ""}" data-kind="${esc(e.kind)}" data-level="${esc(e.level)}" data-job="${esc(e.job_id || "")}">
+    <span class="t" title="${esc(e.time)}">${esc(time(e.time))}</span><span class="k">${esc(e.kind.replace(/_/g, " "))}</span>
+    <span class="ctx" title="${esc(ctx)} (${esc(e.source)})">${e.job_id ? `<a href="#/job/${esc(e.job_id)}">${esc(short(e.job_id))}</a> · ` : ""}${esc(ctx.replace(/^job [^ ]+( · )?/, ""))}</span></li>`);
+  if ($("#errors-only").checked && e.level === "info") li.hidden = true;
+  return li;
+}
+
+async function startEvents() {
+  if (app.eventsAbort) app.eventsAbort.abort();
+  const ctrl = new AbortController(); app.eventsAbort = ctrl;
+  const list = $("#events");
+  let last = null;
+  try {
+    const page = await api("GET", "/api/events?limit=150");
+    list.innerHTML = "";
+    for (const e of page.events) list.appendChild(eventItem(e, false));
+    if (page.events.length) last = String(page.events[0].seq);
+  } catch (e) { /* the stream below still starts */ }
+  sse("/api/events/stream", {
+    signal: ctrl.signal, lastId: last,
+    onState: ok => { const l = $("#live"); l.textContent = ok ? "● live" : "● reconnecting"; l.className = "live " + (ok ? "on" : "off"); },
+    onEvent: ev => {
+      let e; try { e = JSON.parse(ev.data); } catch (_) { return; }
+      list.insertBefore(eventItem(e, true), list.firstChild);
+      while (list.children.length > 300) list.lastChild.remove();
+      refreshSoon();
+      if (app.currentJob && e.job_id === app.currentJob) loadJob(app.currentJob, false);
+    },
+  });
+}
+$("#errors-only").addEventListener("change", () => {
+  for (const li of $("#events").children) li.hidden = $("#errors-only").checked && li.dataset.level === "info";
+});
+
+// Coalesces refreshes triggered by bursts of events.
+function refreshSoon() {
+  if (app.refreshTimer) return;
+  app.refreshTimer = setTimeout(() => {
+    app.refreshTimer = null;
+    if (!$("#overview").hidden) { loadJobs().catch(() => {}); loadStats().catch(() => {}); }
+  }, 300);
+}
+
+// ---------- job page ----------
+async function loadJob(id, withLog) {
+  let j;
+  try { j = await api("GET", `/api/jobs/${id}`); } catch (e) {
+    $("#job-title").textContent = `Job ${id}`; $("#job-facts").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; return;
+  }
+  $("#job-title").innerHTML = `Job <span class="mono">${esc(j.id)}</span>`;
+  const st = $("#job-state"); st.className = `badge ${j.state}`; st.textContent = j.state; st.dataset.state = j.state;
+  $("#job-reason").textContent = j.reason || "";
+  $("#job-actions").innerHTML = actionButtons(j);
+  const lease = j.lease;
+  const facts = [["queue", j.spec.queue], ["product", j.spec.product], ["priority", j.spec.priority], ["epoch", j.epoch],
+    ["attempts", `${j.attempts} of ${j.spec.max_attempts}`], ["lease holder", lease ? lease.worker : "–"],
+    ["lease expires", lease ? `${time(lease.expires_at)} (ttl ${dur(lease.ttl_ms)})` : "–"], ["retry at", j.retry_at ? time(j.retry_at) : "–"],
+    ["submitted", new Date(j.submitted_at).toLocaleString()], ["updated", new Date(j.updated_at).toLocaleString()],
+    ["requires", Object.entries(j.spec.requires || {}).map(([k, v]) => `${k}=${v}`).concat(j.spec.tags || []).join(" ") || "–"],
+    ["usage", j.usage ? `${j.usage.provider || "?"}/${j.usage.model || "?"} · ${fmt(j.usage.calls)} calls · ${fmt(j.usage.input_tokens + j.usage.output_tokens)} tok · ${j.usage.cost}` : "–"]];
+  $("#job-facts").innerHTML = facts.map(([k, v]) => `<div><dt>${esc(k)}</dt><dd title="${esc(v)}">${esc(v)}</dd></div>`).join("");
+  const tl = [`<li><div>submitted</div><div class="when">${esc(new Date(j.submitted_at).toLocaleString())}</div></li>`];
+  for (const a of j.history || []) {
+    const o = a.outcome;
+    const res = o ? (o.status === "succeeded" ? `succeeded (exit ${o.exit_code})` : o.status === "failed" ? `failed: ${o.error}` : `timed out after ${o.after_secs}s`) : (a.ended_because || (a.ended_at ? "ended" : "running"));
+    const cls = o && o.status === "succeeded" ? "good" : (o || a.ended_because) ? "bad" : "";
+    tl.push(`<li class="${cls}"><div>attempt at epoch ${a.epoch} on <span class="mono">${esc(a.worker)}</span> — ${esc(res)}</div>
+      <div class="when">${esc(new Date(a.started_at).toLocaleString())}${a.ended_at ? " → " + esc(time(a.ended_at)) + " (" + dur(Date.parse(a.ended_at) - Date.parse(a.started_at)) + ")" : ""}</div></li>`);
+  }
+  tl.push(`<li class="${j.state === "succeeded" ? "good" : ["dead", "cancelled"].includes(j.state) ? "bad" : ""}"><div>now ${badge(j.state)} ${esc(j.reason || "")}</div><div class="when">${esc(new Date(j.updated_at).toLocaleString())}</div></li>`);
+  $("#job-timeline").innerHTML = tl.join("");
+  $("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
+  if (withLog) {
+    optional(`/api/jobs/${id}/explain`).then(x => { $("#job-explain").innerHTML = x == null ? `<p class="muted">No score breakdown on this coordinator yet.</p>` : renderExplain(x); }).catch(e => { $("#job-explain").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
+    optional(`/api/jobs/${id}/dag`).then(x => { $("#job-dag").innerHTML = x == null ? `<p class="muted">No DAG on this coordinator yet.</p>` : renderDag(x); }).catch(e => { $("#job-dag").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
+    startLog(id);
+  }
+}
+
+function renderExplain(x) {
+  const parts = x.breakdown || x.components || x;
+  if (typeof parts !== "object") return `<pre class="code">${esc(JSON.stringify(x, null, 2))}</pre>`;
+  const rows = Object.entries(parts).filter(([, v]) => typeof v === "number");
+  if (!rows.length) return `<pre class="code">${esc(JSON.stringify(x, null, 2))}</pre>`;
+  const max = Math.max(...rows.map(([, v]) => Math.abs(v)), 1e-9);
+  return `<table class="data"><tbody>${rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="num">${v.toFixed(3)}</td><td style="width:50%"><div class="bar"><span style="width:${100 * Math.abs(v) / max}%"></span></div></td></tr>`).join("")}</tbody></table>`;
+}
+
+function renderDag(x) {
+  const nodes = x.nodes || [];
+  if (!nodes.length) return `<pre class="code">${esc(JSON.stringify(x, null, 2))}</pre>`;
+  return `<ul class="events">${nodes.map(n => `<li><span class="t">${badge(n.state || "")}</span><span><a href="#/job/${esc(n.id)}">${esc(short(n.id))}</a> ${esc((n.deps || n.depends_on || []).map(short).join(", "))}</span></li>`).join("")}</ul>`;
+}
+
+function startLog(id) {
+  if (app.logAbort) app.logAbort.abort();
+  const ctrl = new AbortController(); app.logAbort = ctrl;
+  const pre = $("#log"); pre.textContent = "";
+  let epoch = null, count = 0;
+  $("#log-status").textContent = "connecting…";
+  sse(`/api/jobs/${id}/logs/stream`, {
+    signal: ctrl.signal,
+    onState: ok => { $("#log-status").textContent = ok ? `live · ${count} lines` : "reconnecting…"; },
+    onEvent: ev => {
+      if (ev.event === "end") { $("#log-status").textContent = `${count} lines · job ${ev.data}`; return false; }
+      let l; try { l = JSON.parse(ev.data); } catch (_) { return; }
+      if (epoch !== null && l.epoch !== epoch) pre.appendChild(h(`<span class="sep">── attempt at epoch ${l.epoch} ──\n</span>`));
+      epoch = l.epoch; count++;
+      const span = document.createElement("span");
+      if (l.stream === "stderr") span.className = "stderr";
+      span.textContent = l.line + "\n";
+      pre.appendChild(span);
+      $("#log-status").textContent = `live · ${count} lines`;
+      if ($("#log-follow").checked) pre.scrollTop = pre.scrollHeight;
+    },
+  });
+}
+
+// ---------- routing and boot ----------
+function route() {
+  const m = location.hash.match(/^#\/job\/([0-9a-fA-F-]{36})/);
+  if (m) {
+    $("#overview").hidden = true; $("#jobpage").hidden = false;
+    app.currentJob = m[1];
+    $("#job-explain").innerHTML = $("#job-dag").innerHTML = `<p class="muted">loading…</p>`;
+    loadJob(m[1], true);
+    clearInterval(app.jobTimer); app.jobTimer = setInterval(() => loadJob(app.currentJob, false), 3000);
+  } else {
+    $("#overview").hidden = false; $("#jobpage").hidden = true;
+    app.currentJob = null; clearInterval(app.jobTimer);
+    if (app.logAbort) { app.logAbort.abort(); app.logAbort = null; }
+    loadJobs().catch(() => {}); loadWorkers().catch(() => {});
+  }
+  window.scrollTo(0, 0);
+}
+window.addEventListener("hashchange", route);
+
+// Requeue and reject come with later work: ask once whether the routes exist (on an
+// id no job has, so nothing is changed) and hide the buttons while they do not.
+async function probeActions() {
+  if (app.role !== "operator") return;
+  for (const k of ["requeue", "reject"]) {
+    try { await api("POST", `/api/jobs/00000000-0000-0000-0000-000000000000/${k}`); } catch (e) {
+      if (e.status === 405 || (e.status === 404 && e.message === "no such route")) app.missing.add(k);
+    }
+  }
+}
+
+async function boot() {
+  try {
+    const me = await api("GET", "/api/whoami");
+    app.role = me.role;
+    $("#who").textContent = me.auth_enabled ? `${me.name} (${me.role})` : "auth off";
+    $("#token-btn").hidden = !me.auth_enabled;
+  } catch (e) {
+    if (e.status === 401) return;   // the token dialog is open; boot again after it
+    toast(`cannot reach the coordinator: ${e.message}`, true);
+  }
+  await probeActions();
+  stateFilters();
+  route();
+  loadStats().catch(() => {});
+  loadBudgets();
+  startEvents();
+  clearInterval(app.timers);
+  app.timers = setInterval(() => {
+    if (document.hidden) return;
+    loadStats().catch(() => {});
+    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); }
+  }, 2000);
+}
+boot();

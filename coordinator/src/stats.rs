@@ -1,0 +1,500 @@
+//! Live counters for the operator surface: jobs by state, queue depth per queue, jobs
+//! processed, throughput and latency over the last minutes, and model usage per
+//! provider and model.
+//!
+//! One task per coordinator watches the `gf_jobs` bucket (replaying every current
+//! record first) and feeds an [`Aggregator`], which it alone owns; readers get cheap
+//! snapshots through a `watch` channel. The aggregator is a pure value fed records, so
+//! it is unit-tested on fixed timestamps, and `gf stats` reuses it on a bucket read.
+//!
+//! Throughput buckets are keyed by the time a job *finished* (its record's
+//! `updated_at`, server-anchored), not by when this coordinator saw it: a coordinator
+//! that starts (or restarts) rebuilds the last minutes' figures from the replay, and a
+//! job is counted once however often the watch replays it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use gf_schemas::{JobId, JobRecord, JobState, Timestamp};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Width of one throughput/latency bucket.
+pub const BUCKET_SECS: i64 = 10;
+/// How far back the series go.
+pub const WINDOW_SECS: i64 = 15 * 60;
+
+/// What one job contributes to the counters; kept so an update can first take the
+/// previous contribution away.
+#[derive(Clone, Debug)]
+struct Summary {
+    state: JobState,
+    queue: String,
+    usage: Option<(ModelKey, UsageSums)>,
+}
+
+type ModelKey = (String, String);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct UsageSums {
+    jobs: u64,
+    calls: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: f64,
+    run_ms: u64,
+}
+
+impl UsageSums {
+    fn add(&mut self, o: &UsageSums, sign: i8) {
+        let f = |a: &mut u64, b: u64| {
+            *a = if sign > 0 {
+                a.saturating_add(b)
+            } else {
+                a.saturating_sub(b)
+            }
+        };
+        f(&mut self.jobs, o.jobs);
+        f(&mut self.calls, o.calls);
+        f(&mut self.input_tokens, o.input_tokens);
+        f(&mut self.output_tokens, o.output_tokens);
+        f(&mut self.run_ms, o.run_ms);
+        self.cost += f64::from(sign) * o.cost;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    succeeded: u64,
+    dead: u64,
+    cancelled: u64,
+    latency_ms_sum: u64,
+    latency_ms_max: u64,
+    run_ms_sum: u64,
+}
+
+/// Counters over every job record it has been fed.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    jobs: HashMap<JobId, Summary>,
+    by_state: BTreeMap<JobState, u64>,
+    /// Pending, blocked and dispatched jobs per queue: the backlog.
+    depth: BTreeMap<String, u64>,
+    buckets: BTreeMap<i64, Bucket>,
+    models: BTreeMap<ModelKey, UsageSums>,
+}
+
+/// One point of the throughput/latency series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SeriesPoint {
+    /// Start of the bucket, unix seconds.
+    pub start: i64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+    /// Mean submit-to-success time of the jobs that succeeded in this bucket.
+    pub latency_ms_avg: Option<u64>,
+    pub latency_ms_max: Option<u64>,
+    /// Mean run time of the successful attempt.
+    pub run_ms_avg: Option<u64>,
+}
+
+/// Model usage summed over jobs that reported it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelUsage {
+    pub provider: String,
+    pub model: String,
+    pub jobs: u64,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost: f64,
+    /// Output tokens per second of run time.
+    pub tokens_per_sec: Option<f64>,
+    /// Mean run time per call.
+    pub ms_per_call: Option<u64>,
+}
+
+/// A point-in-time view of the counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobStats {
+    /// `false` until the first full replay of `gf_jobs` is done: counts may be low.
+    pub synced: bool,
+    pub total: u64,
+    /// Jobs in each state (every state is present).
+    pub by_state: BTreeMap<String, u64>,
+    /// Jobs in a terminal state (succeeded, dead, cancelled).
+    pub processed: u64,
+    pub running: u64,
+    /// Pending, blocked and dispatched jobs per queue.
+    pub queue_depth: BTreeMap<String, u64>,
+    pub bucket_secs: i64,
+    /// Oldest first, one point per bucket over the last `WINDOW_SECS`.
+    pub series: Vec<SeriesPoint>,
+    pub models: Vec<ModelUsage>,
+}
+
+fn is_backlog(s: JobState) -> bool {
+    matches!(
+        s,
+        JobState::Pending | JobState::Blocked | JobState::Dispatched
+    )
+}
+
+fn bucket_of(t: Timestamp) -> i64 {
+    (t.unix_millis() / 1000).div_euclid(BUCKET_SECS) * BUCKET_SECS
+}
+
+fn run_ms(rec: &JobRecord) -> u64 {
+    rec.history
+        .iter()
+        .filter_map(|a| a.ended_at.map(|e| e.since(a.started_at).as_millis() as u64))
+        .sum()
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes in the current record of a job (first sight or an update). `now` bounds
+    /// the window: finishes older than it are not kept in the series.
+    pub fn ingest(&mut self, rec: &JobRecord, now: Timestamp) {
+        let usage = rec.usage.as_ref().map(|u| {
+            let key = (
+                u.provider.clone().unwrap_or_else(|| "unknown".into()),
+                u.model.clone().unwrap_or_else(|| "unknown".into()),
+            );
+            let sums = UsageSums {
+                jobs: 1,
+                calls: u.calls,
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cost: u.cost,
+                run_ms: run_ms(rec),
+            };
+            (key, sums)
+        });
+        let new = Summary {
+            state: rec.state,
+            queue: rec.spec.queue.clone(),
+            usage,
+        };
+        let old = self.jobs.insert(rec.id, new.clone());
+        let was_terminal = old.as_ref().is_some_and(|o| o.state.is_terminal());
+        if let Some(old) = old {
+            self.count(&old, -1);
+        }
+        self.count(&new, 1);
+        if rec.state.is_terminal() && !was_terminal {
+            self.finished(rec, now);
+        }
+    }
+
+    /// A deleted (purged) job leaves the counters; its finish stays in the series.
+    pub fn remove(&mut self, id: &JobId) {
+        if let Some(old) = self.jobs.remove(id) {
+            self.count(&old, -1);
+        }
+    }
+
+    fn count(&mut self, s: &Summary, sign: i8) {
+        let bump = |v: &mut u64| {
+            *v = if sign > 0 {
+                *v + 1
+            } else {
+                v.saturating_sub(1)
+            }
+        };
+        bump(self.by_state.entry(s.state).or_default());
+        if is_backlog(s.state) {
+            let d = self.depth.entry(s.queue.clone()).or_default();
+            bump(d);
+            if *d == 0 {
+                self.depth.remove(&s.queue);
+            }
+        }
+        if let Some((key, sums)) = &s.usage {
+            self.models.entry(key.clone()).or_default().add(sums, sign);
+        }
+    }
+
+    fn finished(&mut self, rec: &JobRecord, now: Timestamp) {
+        let start = bucket_of(rec.updated_at);
+        let oldest = bucket_of(now) - WINDOW_SECS + BUCKET_SECS;
+        if start < oldest {
+            return;
+        }
+        let b = self.buckets.entry(start).or_default();
+        match rec.state {
+            JobState::Succeeded => {
+                b.succeeded += 1;
+                let lat = rec.updated_at.since(rec.submitted_at).as_millis() as u64;
+                b.latency_ms_sum += lat;
+                b.latency_ms_max = b.latency_ms_max.max(lat);
+                let last_run = rec
+                    .history
+                    .last()
+                    .and_then(|a| a.ended_at.map(|e| e.since(a.started_at)))
+                    .unwrap_or_default();
+                b.run_ms_sum += last_run.as_millis() as u64;
+            }
+            JobState::Dead => b.dead += 1,
+            _ => b.cancelled += 1,
+        }
+        // Forget buckets that left the window.
+        self.buckets = self.buckets.split_off(&oldest);
+    }
+
+    pub fn snapshot(&self, synced: bool, now: Timestamp) -> JobStats {
+        let by_state: BTreeMap<String, u64> = JobState::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str().to_string(),
+                    self.by_state.get(s).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let processed = JobState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| self.by_state.get(s).copied().unwrap_or(0))
+            .sum();
+        let last = bucket_of(now);
+        let series = (0..WINDOW_SECS / BUCKET_SECS)
+            .rev()
+            .map(|i| {
+                let start = last - i * BUCKET_SECS;
+                let b = self.buckets.get(&start).copied().unwrap_or_default();
+                let avg = |sum: u64| (b.succeeded > 0).then(|| sum / b.succeeded);
+                SeriesPoint {
+                    start,
+                    succeeded: b.succeeded,
+                    dead: b.dead,
+                    cancelled: b.cancelled,
+                    latency_ms_avg: avg(b.latency_ms_sum),
+                    latency_ms_max: (b.succeeded > 0).then_some(b.latency_ms_max),
+                    run_ms_avg: avg(b.run_ms_sum),
+                }
+            })
+            .collect();
+        let models = self
+            .models
+            .iter()
+            .filter(|(_, u)| u.jobs > 0)
+            .map(|((provider, model), u)| ModelUsage {
+                provider: provider.clone(),
+                model: model.clone(),
+                jobs: u.jobs,
+                calls: u.calls,
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cost: u.cost,
+                tokens_per_sec: (u.run_ms > 0)
+                    .then(|| u.output_tokens as f64 * 1000.0 / u.run_ms as f64),
+                ms_per_call: (u.calls > 0).then(|| u.run_ms / u.calls),
+            })
+            .collect();
+        JobStats {
+            synced,
+            total: self.jobs.len() as u64,
+            by_state,
+            processed,
+            running: self.by_state.get(&JobState::Running).copied().unwrap_or(0),
+            queue_depth: self.depth.clone(),
+            bucket_secs: BUCKET_SECS,
+            series,
+            models,
+        }
+    }
+}
+
+/// Readers' end: the latest snapshot, refreshed at most twice a second.
+#[derive(Clone)]
+pub struct StatsHandle {
+    rx: watch::Receiver<Arc<JobStats>>,
+}
+
+impl StatsHandle {
+    pub fn current(&self) -> Arc<JobStats> {
+        self.rx.borrow().clone()
+    }
+}
+
+/// Starts the task that watches `gf_jobs`; it ends when `shutdown` fires.
+pub fn start(
+    jobs: kv::Store,
+    shutdown: CancellationToken,
+) -> (StatsHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(
+        Aggregator::new().snapshot(false, Timestamp::now_local()),
+    ));
+    let task = tokio::spawn(run(jobs, tx, shutdown));
+    (StatsHandle { rx }, task)
+}
+
+async fn run(jobs: kv::Store, tx: watch::Sender<Arc<JobStats>>, shutdown: CancellationToken) {
+    let mut agg = Aggregator::new();
+    let mut synced = false;
+    let mut publish = tokio::time::interval(Duration::from_millis(500));
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // (Re)creating the watch replays every current record; the aggregator counts a
+        // finish once, so a replay after a reconnect does not double the series.
+        let mut stream = jobs.stream.clone();
+        let empty = matches!(stream.info().await, Ok(i) if i.state.messages == 0);
+        synced |= empty;
+        let watch = match jobs.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "stats: cannot watch the jobs bucket; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut watch = watch.fuse();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = publish.tick() => {
+                    tx.send_replace(Arc::new(agg.snapshot(synced, Timestamp::now_local())));
+                }
+                entry = watch.next() => {
+                    let entry = match entry {
+                        Some(Ok(e)) => e,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "stats: jobs watch failed; re-creating");
+                            break;
+                        }
+                        None => break,
+                    };
+                    if entry.operation == kv::Operation::Put {
+                        if let Ok(rec) = serde_json::from_slice::<JobRecord>(&entry.value) {
+                            agg.ingest(&rec, Timestamp::now_local());
+                        }
+                    } else if let Ok(id) = entry.key.parse::<JobId>() {
+                        agg.remove(&id);
+                    }
+                    if entry.delta == 0 {
+                        synced = true;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gf_schemas::{Attempt, AttemptOutcome, JobSpec, Usage, WorkerId};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_unix_millis(secs * 1000)
+    }
+
+    fn job(queue: &str, state: JobState, submitted: i64, updated: i64) -> JobRecord {
+        let mut spec = JobSpec::command(["true"]);
+        spec.queue = queue.into();
+        let mut r = JobRecord::new(JobId::new(), spec, t(submitted));
+        r.state = state;
+        r.updated_at = t(updated);
+        r
+    }
+
+    /// Counts follow a job through its states; queue depth counts only the backlog.
+    #[test]
+    fn counts_follow_updates() {
+        let now = t(10_000);
+        let mut a = Aggregator::new();
+        let mut j = job("q1", JobState::Pending, 9_990, 9_990);
+        a.ingest(&j, now);
+        a.ingest(&job("q2", JobState::Blocked, 9_990, 9_990), now);
+        let s = a.snapshot(true, now);
+        assert_eq!(s.total, 2);
+        assert_eq!(s.queue_depth.get("q1"), Some(&1));
+        assert_eq!(s.queue_depth.get("q2"), Some(&1));
+        j.state = JobState::Running;
+        a.ingest(&j, now);
+        let s = a.snapshot(true, now);
+        assert_eq!((s.running, s.by_state["pending"]), (1, 0));
+        assert_eq!(s.queue_depth.get("q1"), None, "running is not backlog");
+        j.state = JobState::Succeeded;
+        j.updated_at = t(9_995);
+        a.ingest(&j, now);
+        // A replay of the same terminal record (watch re-created) counts nothing more.
+        a.ingest(&j, now);
+        let s = a.snapshot(true, now);
+        assert_eq!((s.running, s.processed, s.total), (0, 1, 2));
+        let done: u64 = s.series.iter().map(|p| p.succeeded).sum();
+        assert_eq!(done, 1);
+        let p = s.series.iter().find(|p| p.succeeded == 1).unwrap();
+        assert_eq!(p.start, 9_990);
+        assert_eq!(p.latency_ms_avg, Some(5_000));
+    }
+
+    /// Finishes older than the window count as processed but not in the series; the
+    /// series always has one point per bucket, oldest first.
+    #[test]
+    fn series_window() {
+        let now = t(100_000);
+        let mut a = Aggregator::new();
+        a.ingest(&job("q", JobState::Dead, 1_000, 2_000), now);
+        a.ingest(&job("q", JobState::Cancelled, 99_990, 99_995), now);
+        let s = a.snapshot(true, now);
+        assert_eq!(s.processed, 2);
+        assert_eq!(s.series.len() as i64, WINDOW_SECS / BUCKET_SECS);
+        assert!(s.series.windows(2).all(|w| w[0].start < w[1].start));
+        assert_eq!(s.series.last().unwrap().start, 100_000);
+        let dead: u64 = s.series.iter().map(|p| p.dead).sum();
+        let cancelled: u64 = s.series.iter().map(|p| p.cancelled).sum();
+        assert_eq!((dead, cancelled), (0, 1));
+    }
+
+    /// Usage is summed per provider and model, and an updated record replaces (not
+    /// adds to) the job's earlier contribution.
+    #[test]
+    fn model_usage() {
+        let now = t(10_000);
+        let mut a = Aggregator::new();
+        let mut j = job("q", JobState::Running, 9_000, 9_000);
+        j.usage = Some(Usage {
+            provider: Some("acme".into()),
+            model: Some("m1".into()),
+            input_tokens: 100,
+            output_tokens: 50,
+            calls: 2,
+            cost: 0.5,
+        });
+        a.ingest(&j, now);
+        j.state = JobState::Succeeded;
+        j.history.push(Attempt {
+            epoch: 1,
+            worker: WorkerId::new("w").unwrap(),
+            started_at: t(9_000),
+            ended_at: Some(t(9_010)),
+            outcome: Some(AttemptOutcome::Succeeded { exit_code: 0 }),
+            ended_because: None,
+        });
+        a.ingest(&j, now);
+        let s = a.snapshot(true, now);
+        assert_eq!(s.models.len(), 1);
+        let m = &s.models[0];
+        assert_eq!((m.jobs, m.calls, m.output_tokens), (1, 2, 50));
+        assert_eq!(m.tokens_per_sec, Some(5.0));
+        assert_eq!(m.ms_per_call, Some(5_000));
+        assert!((m.cost - 0.5).abs() < 1e-9);
+    }
+}

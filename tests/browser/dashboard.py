@@ -1,0 +1,118 @@
+"""Drives the dashboard in real headless Chromium (Debian's `chromium`, through
+Playwright with `executable_path`; no browser download).
+
+Usage: dashboard.py BASE_URL OPERATOR_TOKEN SCREENSHOT_DIR
+
+Run by cli/tests/browser.rs against a real NATS, coordinator (auth on) and worker.
+Each scenario waits on what a person would see, with deadlines; any failure exits
+non-zero with the reason, and screenshots are saved for a person to look at.
+"""
+
+import os
+import re
+import shutil
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+BASE, TOKEN, SHOTS = sys.argv[1], sys.argv[2], sys.argv[3]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+os.makedirs(SHOTS, exist_ok=True)
+chromium = os.environ.get("GF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if not chromium:
+    sys.exit("no chromium found: run scripts/install-browser-deps.sh")
+
+
+def submit(page, spec):
+    r = page.request.post(f"{BASE}/api/jobs", data=spec, headers=AUTH)
+    assert r.status == 201, f"submit: {r.status} {r.text()}"
+    return r.json()["job_id"]
+
+
+def step(name):
+    print(f"-- {name}", flush=True)
+
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1560, "height": 1180}, color_scheme="dark")
+    page.on("dialog", lambda d: d.accept())  # the cancel button asks for confirmation
+    js_errors = []
+    page.on("pageerror", lambda e: js_errors.append(str(e)))
+
+    step("auth is on: the dashboard asks for a token, then goes live")
+    page.goto(f"{BASE}/")
+    expect(page.locator("#token-dialog")).to_be_visible(timeout=10_000)
+    page.fill("#token-input", TOKEN)
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#live")).to_have_text(re.compile("live"), timeout=15_000)
+    expect(page.locator("#who")).to_contain_text("operator")
+
+    step("a submitted job appears and the processed counter changes")
+    counter = page.locator("#counter-processed")
+    expect(counter).to_have_text(re.compile(r"^\d"), timeout=10_000)
+    before = counter.inner_text()
+    quick = submit(page, {"command": ["sh", "-c", "echo quick"]})
+    row = page.locator(f'#jobs-table tr[data-id="{quick}"]')
+    expect(row).to_be_visible(timeout=10_000)
+    expect(row).to_have_attribute("data-state", "succeeded", timeout=20_000)
+    expect(counter).not_to_have_text(before, timeout=10_000)
+    after = counter.inner_text()
+    assert int(after.replace(",", "")) > int(before.replace(",", "")), (before, after)
+
+    step("a job's page shows its log lines as they are written")
+    slow = submit(page, {"command": ["sh", "-c", "for i in $(seq 1 40); do echo line-$i; sleep 0.15; done"]})
+    page.goto(f"{BASE}/#/job/{slow}")
+    log = page.locator("#log")
+    expect(log).to_contain_text("line-2", timeout=15_000)
+    # Still running when the first lines were on screen: later lines arrive live.
+    expect(page.locator("#job-state")).to_have_text("running", timeout=5_000)
+    first = log.inner_text()
+    assert "line-40" not in first, "the whole log was there at once: not live"
+    expect(log).to_contain_text("line-25", timeout=15_000)
+    page.screenshot(path=f"{SHOTS}/job-page-live-log.png", full_page=True)
+    expect(log).to_contain_text("line-40", timeout=15_000)
+    expect(page.locator("#job-state")).to_have_text("succeeded", timeout=15_000)
+    lines = [l for l in log.inner_text().splitlines() if l.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 41)], lines
+
+    step("the cancel button cancels a running job")
+    page.goto(f"{BASE}/#/")
+    sleeper = submit(page, {"command": ["sleep", "60"]})
+    row = page.locator(f'#jobs-table tr[data-id="{sleeper}"]')
+    expect(row).to_have_attribute("data-state", "running", timeout=20_000)
+    row.locator("button.act-cancel").click()
+    expect(row).to_have_attribute("data-state", "cancelled", timeout=10_000)
+    expect(row.locator(".badge")).to_have_text("cancelled")
+
+    step("the requeue button sends the cancelled job round again")
+    row.locator("button.act-requeue").click()
+    expect(row).to_have_attribute("data-state", "running", timeout=15_000)
+    row.locator("button.act-cancel").click()
+    expect(row).to_have_attribute("data-state", "cancelled", timeout=10_000)
+
+    step("a job needing a capability nobody has shows up as an error event")
+    nowhere = submit(page, {"command": ["true"], "requires": {"gpu": "h100"}})
+    err = page.locator(f'#events li.error[data-kind="job_unplaceable"][data-job="{nowhere}"]')
+    expect(err).to_be_visible(timeout=15_000)
+    expect(err).to_contain_text("unplaceable")
+    blocked = page.locator(f'#jobs-table tr[data-id="{nowhere}"]')
+    expect(blocked).to_have_attribute("data-state", "blocked", timeout=10_000)
+
+    step("the reject button ends a blocked job")
+    blocked.locator("button.act-reject").click()
+    expect(blocked).to_have_attribute("data-state", "rejected", timeout=10_000)
+
+    step("workers table and drain button")
+    wrow = page.locator("#workers-table tbody tr").first
+    expect(wrow.locator(".badge")).to_have_text("active", timeout=10_000)
+    wrow.locator("button.act-drain").click()
+    expect(wrow.locator(".badge")).to_have_text("draining", timeout=10_000)
+    wrow.locator("button.act-drain").click()
+    expect(wrow.locator(".badge")).to_have_text("active", timeout=10_000)
+
+    page.wait_for_timeout(2_500)  # let the 2 s stats refresh draw the charts for the picture
+    page.screenshot(path=f"{SHOTS}/overview.png", full_page=True)
+    assert not js_errors, f"JavaScript errors: {js_errors}"
+    browser.close()
+print("dashboard: all scenarios passed")
