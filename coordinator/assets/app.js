@@ -324,17 +324,33 @@ async function drain(id, on) {
   loadWorkers().catch(() => {});
 }
 
+/// Spend over the period as an inline SVG line, with the limit as a dashed line.
+function burnDown(b) {
+  const pts = (b.history || []).filter(p => !b.period_start || p.time >= b.period_start);
+  if (pts.length < 2) return `<span class="muted">${pts.length} report${pts.length === 1 ? "" : "s"}</span>`;
+  const W = 220, H = 36;
+  const t0 = Date.parse(pts[0].time), t1 = Math.max(Date.parse(pts[pts.length - 1].time), t0 + 1);
+  const top = Math.max(b.limit_cost || 0, ...pts.map(p => p.cost), 1e-9);
+  const x = t => (W * (Date.parse(t) - t0) / (t1 - t0)).toFixed(1), y = v => (H - 2 - (H - 4) * v / top).toFixed(1);
+  const line = pts.map(p => `${x(p.time)},${y(p.cost)}`).join(" ");
+  const limit = b.limit_cost ? `<line x1="0" x2="${W}" y1="${y(b.limit_cost)}" y2="${y(b.limit_cost)}" stroke="var(--err)" stroke-dasharray="3 3"/>` : "";
+  return `<svg class="burn" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="spend over time">${limit}<polyline fill="none" stroke="var(--ok)" stroke-width="1.5" points="${line}"/></svg>`;
+}
+
 async function loadBudgets() {
   const el = $("#budgets");
   let b;
   try { b = await optional("/api/budgets"); } catch (e) { el.innerHTML = `<p class="error-text">${esc(e.message)}</p>`; return; }
   if (b == null) { el.innerHTML = `<p class="muted">Budgets are not available on this coordinator yet.</p>`; return; }
-  const list = Array.isArray(b) ? b : (b.budgets || []);
-  if (!list.length) { el.innerHTML = `<p class="muted">No budgets configured.</p>`; return; }
-  el.innerHTML = `<table class="data"><thead><tr><th>Product</th><th>Spent / limit</th><th></th><th>Period</th><th></th></tr></thead><tbody>${list.map(x => {
-    const pct = x.limit ? Math.min(100, 100 * x.spent / x.limit) : 0;
-    return `<tr><td>${esc(x.product)}</td><td class="num">${Number(x.spent || 0).toFixed(2)} / ${Number(x.limit || 0).toFixed(2)}</td>
-      <td style="width:40%"><div class="bar${pct >= 100 ? " over" : ""}"><span style="width:${pct}%"></span></div></td><td>${esc(x.period || "")}</td><td>${x.paused ? badge("blocked").replace(">blocked<", ">paused<") : ""}</td></tr>`;
+  const list = Array.isArray(b) ? b : [];
+  if (!list.length) { el.innerHTML = `<p class="muted">No budgets yet: a product gets one when it first reports usage, or with <code>gf budgets set</code>.</p>`; return; }
+  el.innerHTML = `<table class="data"><thead><tr><th>Product</th><th class="num">Spent / limit</th><th></th><th class="num">Tokens</th><th>Period</th><th>Burn-down</th><th></th></tr></thead><tbody>${list.map(x => {
+    const pct = x.limit_cost ? Math.min(100, 100 * x.spent_cost / x.limit_cost) : 0;
+    const period = x.period_secs ? `${Math.round(x.period_secs / 3600)} h` : "none";
+    return `<tr data-product="${esc(x.product)}"><td>${esc(x.product)}</td><td class="num">${Number(x.spent_cost || 0).toFixed(2)} / ${x.limit_cost != null ? Number(x.limit_cost).toFixed(2) : "∞"}</td>
+      <td style="width:20%"><div class="bar${pct >= 100 ? " over" : ""}"><span style="width:${pct}%"></span></div></td>
+      <td class="num">${esc(x.spent_tokens || 0)}${x.limit_tokens ? " / " + esc(x.limit_tokens) : ""}</td><td>${esc(period)}</td>
+      <td>${burnDown(x)}</td><td>${x.paused ? badge("blocked").replace(">blocked<", ">paused<") : ""}</td></tr>`;
   }).join("")}</tbody></table>`;
 }
 
@@ -421,18 +437,29 @@ async function loadJob(id, withLog) {
 }
 
 function renderExplain(x) {
-  const parts = x.breakdown || x.components || x;
-  if (typeof parts !== "object") return `<pre class="code">${esc(JSON.stringify(x, null, 2))}</pre>`;
-  const rows = Object.entries(parts).filter(([, v]) => typeof v === "number");
-  if (!rows.length) return `<pre class="code">${esc(JSON.stringify(x, null, 2))}</pre>`;
-  const max = Math.max(...rows.map(([, v]) => Math.abs(v)), 1e-9);
-  return `<table class="data"><tbody>${rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="num">${v.toFixed(3)}</td><td style="width:50%"><div class="bar"><span style="width:${100 * Math.abs(v) / max}%"></span></div></td></tr>`).join("")}</tbody></table>`;
+  const terms = Object.entries((x.score && x.score.terms) || {});
+  const max = Math.max(...terms.map(([, v]) => Math.abs(v)), 1e-9);
+  const waiting = (x.waiting_for || []).map(w => `<li>${esc(w)}</li>`).join("");
+  const workers = (x.workers || []).map(w => `<tr><td>${esc(w.worker)}</td>
+    <td>${w.missing ? `<span class="error-text">lacks ${esc(w.missing)}</span>` : badge("active").replace(">active<", ">fits<")}</td>
+    <td class="num">${esc(w.free_slots)}</td><td class="num">${w.score ? esc(w.score.total) : ""}</td>
+    <td class="num">${w.score ? esc((w.score.terms || {}).affinity || 0) : ""}</td></tr>`).join("");
+  return `<p>${esc(x.summary || "")}</p>${waiting ? `<ul class="plain">${waiting}</ul>` : ""}
+    <table class="data"><thead><tr><th>Term</th><th class="num">Value</th><th></th></tr></thead><tbody>
+    ${terms.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="num">${v}</td><td style="width:50%"><div class="bar${v < 0 ? " over" : ""}"><span style="width:${100 * Math.abs(v) / max}%"></span></div></td></tr>`).join("")}
+    <tr><td><b>total</b></td><td class="num"><b>${esc(x.score ? x.score.total : "")}</b></td><td></td></tr></tbody></table>
+    ${workers ? `<table class="data"><thead><tr><th>Worker</th><th>Fit</th><th class="num">Free</th><th class="num">Score</th><th class="num">Affinity</th></tr></thead><tbody>${workers}</tbody></table>` : `<p class="muted">no live workers</p>`}`;
 }
 
 function renderDag(x) {
   const nodes = x.nodes || [];
-  if (!nodes.length) return `<pre class="code">${esc(JSON.stringify(x, null, 2))}</pre>`;
-  return `<ul class="events">${nodes.map(n => `<li><span class="t">${badge(n.state || "")}</span><span><a href="#/job/${esc(n.id)}">${esc(short(n.id))}</a> ${esc((n.deps || n.depends_on || []).map(short).join(", "))}</span></li>`).join("")}</ul>`;
+  if (nodes.length <= 1 && !(nodes[0] && (nodes[0].children.length || nodes[0].depends_on.length)))
+    return `<p class="muted">No dependencies or children.</p>`;
+  return `<table class="data"><thead><tr><th>Job</th><th>State</th><th>Depends on</th><th>Children</th><th>Command</th></tr></thead><tbody>${nodes.map(n => `<tr${n.job_id === x.root ? ' class="sel"' : ""}>
+    <td><a href="#/job/${esc(n.job_id)}">${esc(short(n.job_id))}</a></td><td>${badge(n.state)}</td>
+    <td>${(n.depends_on || []).map(d => `<a href="#/job/${esc(d)}">${esc(short(d))}</a>`).join(" ")}</td>
+    <td>${(n.children || []).map(d => `<a href="#/job/${esc(d)}">${esc(short(d))}</a>`).join(" ")}</td>
+    <td class="mono">${esc((n.command || "").slice(0, 60))}</td></tr>`).join("")}</tbody></table>`;
 }
 
 function startLog(id) {
@@ -509,7 +536,7 @@ async function boot() {
   app.timers = setInterval(() => {
     if (document.hidden) return;
     loadStats().catch(() => {});
-    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); }
+    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); loadBudgets(); }
   }, 2000);
 }
 boot();

@@ -103,6 +103,21 @@ with sync_playwright() as p:
     blocked.locator("button.act-reject").click()
     expect(blocked).to_have_attribute("data-state", "rejected", timeout=10_000)
 
+    step("budgets show spend against the limit with a burn-down")
+    for cost in (0.5, 0.25):
+        usage = f'{{"usage":{{"provider":"acme-ai","model":"m1","input_tokens":100,"output_tokens":10,"calls":1,"cost":{cost}}}}}'
+        submit(page, {"command": ["sh", "-c", f"echo '{usage}' > \"$GF_RESULT_FILE\""], "product": "acme"})
+    r = page.request.put(f"{BASE}/api/budgets/acme", data={"limit_cost": 2.0}, headers=AUTH)
+    assert r.status == 200, f"budget: {r.status} {r.text()}"
+    expect(page.locator('#budgets tr[data-product="acme"] svg.burn')).to_be_visible(timeout=20_000)
+    expect(page.locator('#budgets tr[data-product="acme"]')).to_contain_text("0.75 / 2.00")
+
+    step("a job page shows the score breakdown and the DAG")
+    page.goto(f"{BASE}/#/job/{quick}")
+    expect(page.locator("#job-explain")).to_contain_text("priority", timeout=10_000)
+    expect(page.locator("#job-dag")).to_contain_text("No dependencies", timeout=10_000)
+    page.goto(f"{BASE}/#/")
+
     step("workers table and drain button")
     wrow = page.locator("#workers-table tbody tr").first
     expect(wrow.locator(".badge")).to_have_text("active", timeout=10_000)
