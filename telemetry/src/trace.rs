@@ -178,6 +178,7 @@ impl OtelGuard {
         service: &str,
     ) -> Result<Self, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        http_authority(endpoint)?;
         let endpoint = traces_url(endpoint);
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -235,6 +236,34 @@ pub fn resource(service: &str) -> Resource {
         .build()
 }
 
+/// `host:port` of a plain-HTTP endpoint; this build has no TLS, so `https` is refused.
+pub fn http_authority(endpoint: &str) -> Result<String, String> {
+    let rest = match endpoint.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{endpoint}`: only plain http is supported (scheme `{scheme}`); \
+                 terminate TLS in a local collector"
+            ))
+        }
+        None => return Err(format!("`{endpoint}` is not a URL like http://host:4318")),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("`{endpoint}` has no host"));
+    }
+    // The host part of `user@host:port` never matters here; default the OTLP/HTTP port.
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        Ok(authority.to_string())
+    } else {
+        Ok(format!("{authority}:80"))
+    }
+}
+
 /// `http://host:4318` → `http://host:4318/v1/traces`.
 pub fn traces_url(endpoint: &str) -> String {
     let base = endpoint.trim_end_matches('/');
@@ -250,6 +279,16 @@ mod tests {
     use super::*;
     use opentelemetry_sdk::trace::InMemorySpanExporter;
     use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn endpoints_must_be_plain_http() {
+        assert_eq!(http_authority("http://c:4318").unwrap(), "c:4318");
+        assert_eq!(http_authority("http://c/x").unwrap(), "c:80");
+        assert!(http_authority("https://c:4318")
+            .unwrap_err()
+            .contains("plain http"));
+        assert!(http_authority("c:4318").is_err());
+    }
 
     #[test]
     fn traces_url_appends_the_signal_path_once() {
@@ -299,6 +338,47 @@ mod tests {
             spans.iter().all(|s| s.span_context.trace_id() == trace),
             "{names:?}"
         );
+    }
+
+    /// With an endpoint, spans leave over OTLP/HTTP: a POST of protobuf to
+    /// `/v1/traces` reaches a local listener when the guard is dropped (flush).
+    #[test]
+    fn otlp_pipeline_posts_spans_to_the_endpoint() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("a connection");
+            conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            String::from_utf8_lossy(&head).to_string()
+        });
+        let headers = BTreeMap::from([("x-api-key".to_string(), "k1".to_string())]);
+        let guard = OtelGuard::otlp(&format!("http://127.0.0.1:{port}"), &headers, "gf-test")
+            .expect("pipeline");
+        let subscriber = tracing_subscriber::registry().with(guard.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = rpc_client_span("gf.rpc.submit");
+            drop(span.enter());
+        });
+        drop(guard);
+        let request = server.join().expect("listener thread");
+        let lower = request.to_ascii_lowercase();
+        assert!(request.starts_with("POST /v1/traces "), "{request}");
+        assert!(
+            lower.contains("content-type: application/x-protobuf"),
+            "{request}"
+        );
+        assert!(lower.contains("x-api-key: k1"), "{request}");
     }
 
     #[test]
