@@ -161,13 +161,8 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
             }
         }
     };
-    if let Some(endpoint) = &loaded.settings.tracing.otlp_endpoint {
-        r.add(
-            Status::Warn,
-            "tracing",
-            format!("otlp_endpoint {endpoint} is set but this build does not export traces yet"),
-        );
-    }
+    let (status, detail) = tracing_check(loaded.settings.tracing.otlp_endpoint.as_deref()).await;
+    r.add(status, "tracing", detail);
     let replicas = loaded.settings.coordinator.replicas;
     let url = loaded.settings.nats.url.clone();
     let shown_url = crate::config::mask_url(&url);
@@ -459,9 +454,58 @@ fn auth_checks(r: &mut Report, loaded: &Loaded, info: Option<&async_nats::Server
     );
 }
 
+/// The OTLP endpoint parses as plain HTTP and something listens there.
+async fn tracing_check(endpoint: Option<&str>) -> (Status, String) {
+    let Some(endpoint) = endpoint else {
+        return (
+            Status::Pass,
+            "off (tracing.otlp_endpoint is not set)".into(),
+        );
+    };
+    let url = gf_telemetry::trace::traces_url(endpoint);
+    let addr = match gf_telemetry::trace::http_authority(endpoint) {
+        Ok(a) => a,
+        Err(e) => return (Status::Fail, format!("tracing.otlp_endpoint: {e}")),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(addr.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => (
+            Status::Pass,
+            format!("exporting spans over OTLP/HTTP to {url}"),
+        ),
+        Ok(Err(e)) => (
+            Status::Warn,
+            format!("collector at {addr} is not reachable ({e}); spans will be dropped"),
+        ),
+        Err(_) => (
+            Status::Warn,
+            format!("collector at {addr} did not answer within 3s; spans will be dropped"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tracing_check_lines() {
+        assert_eq!(tracing_check(None).await.0, Status::Pass);
+        let (s, d) = tracing_check(Some("https://collector:4318")).await;
+        assert_eq!(s, Status::Fail, "{d}");
+        assert!(d.contains("plain http"), "{d}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (s, d) = tracing_check(Some(&format!("http://127.0.0.1:{port}"))).await;
+        assert_eq!(s, Status::Pass, "{d}");
+        drop(listener);
+        let (s, d) = tracing_check(Some(&format!("http://127.0.0.1:{port}"))).await;
+        assert_eq!(s, Status::Warn, "{d}");
+    }
 
     /// Server versions compare numerically, release candidates by their core.
     #[test]

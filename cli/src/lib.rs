@@ -371,8 +371,16 @@ pub fn loader(global: &Global, extra: FlagLayer) -> config::Loader {
 }
 
 /// Logs to stderr as text or JSON (`log.format`), filtered by `log.filter` (or
-/// `RUST_LOG` when the filter is left at its default).
-pub fn init_tracing(loaded: &config::Loaded) {
+/// `RUST_LOG` when the filter is left at its default), and, when
+/// `tracing.otlp_endpoint` is set, exports spans over OTLP/HTTP as `service`. Keep the
+/// returned guard alive: dropping it flushes the spans still buffered.
+pub fn init_tracing(
+    loaded: &config::Loaded,
+    service: &str,
+) -> Option<gf_telemetry::trace::OtelGuard> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let settings = &loaded.settings.log;
     let filter = match (loaded.sources.get("log.filter"), std::env::var("RUST_LOG")) {
         (Some(config::Source::Default) | None, Ok(rust_log)) => rust_log,
@@ -380,19 +388,34 @@ pub fn init_tracing(loaded: &config::Loaded) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| "info,async_nats=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if settings.format == config::LogFormat::Json {
-        builder.json().try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if settings.format == config::LogFormat::Json {
+        fmt.json().boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
-    // TODO(tracing): OpenTelemetry export over OTLP with W3C trace context in NATS
-    // headers is not built yet (issue #5); the keys exist so files written for it load.
-    if let Some(endpoint) = &loaded.settings.tracing.otlp_endpoint {
-        tracing::warn!(%endpoint, "tracing.otlp_endpoint is set but this build does not export traces yet");
+    let tracing = &loaded.settings.tracing;
+    let (guard, otel_error) = match &tracing.otlp_endpoint {
+        Some(endpoint) => {
+            match gf_telemetry::trace::OtelGuard::otlp(endpoint, &tracing.otlp_headers, service) {
+                Ok(g) => (Some(g), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
+        None => (None, None),
+    };
+    let otel = guard.as_ref().map(|g| g.layer());
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .with(filter)
+        .try_init();
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "cannot export traces; continuing without");
+    } else if let Some(endpoint) = &tracing.otlp_endpoint {
+        tracing::debug!(endpoint = %gf_telemetry::trace::traces_url(endpoint), service, "exporting traces over OTLP");
     }
+    guard
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.
@@ -439,7 +462,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{}", loaded.show());
         return Ok(ExitCode::SUCCESS);
     }
-    init_tracing(&loaded);
+    let service = match &cli.command {
+        Command::Coordinator(_) => "gf-coordinator",
+        Command::Worker(_) => "gf-worker",
+        Command::Dev(_) => "gf-dev",
+        _ => "gf",
+    };
+    let _otel = init_tracing(&loaded, service);
     let url = loaded.settings.nats.url.clone();
     match cli.command {
         Command::Dev(a) => dev::run(&url, a).await,

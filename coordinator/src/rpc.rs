@@ -12,6 +12,7 @@ use gf_schemas::{ErrorKind, Reply, RpcError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::service::{decode, Service};
 use crate::store::encode;
@@ -41,7 +42,10 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
         tracker.spawn(async move {
             let subject = msg.subject.to_string();
             let started = std::time::Instant::now();
-            let body = handle(&service, &subject, &msg.payload).await;
+            let span = gf_telemetry::trace::rpc_server_span(&subject, msg.headers.as_ref());
+            let body = handle(&service, &subject, &msg.payload)
+                .instrument(span)
+                .await;
             crate::metrics::rpc(operation(&subject), started.elapsed(), result_kind(&body));
             if let Err(e) = service.client.publish(reply_to, body).await {
                 tracing::warn!(%subject, error = %e, "could not send RPC reply");

@@ -16,6 +16,7 @@ use gf_schemas::rpc::DispatchNotice;
 use gf_schemas::{EventKind, JobId, JobState, Level, Timestamp, WorkerRecord, WorkerState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::StoreError;
 use crate::fsm;
@@ -331,7 +332,19 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
                             dispatched_at: now,
                         };
                         let subject = service.routing.route_of(&rec.spec).subject();
-                        match service.store.js.publish(subject, encode(&notice)).await {
+                        let span = gf_telemetry::trace::publish_span(
+                            &subject,
+                            &id.to_string(),
+                            rec.trace_parent.as_deref(),
+                        );
+                        let mut headers = async_nats::HeaderMap::new();
+                        gf_telemetry::trace::inject_span(&span, &mut headers);
+                        let publish = service.store.js.publish_with_headers(
+                            subject,
+                            headers,
+                            encode(&notice),
+                        );
+                        match publish.instrument(span).await {
                             Ok(ack) => acks.push(ack),
                             // The claim timeout sends it back to pending.
                             Err(e) => tracing::warn!(job = %id, error = %e, "notice not published"),

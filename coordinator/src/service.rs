@@ -137,7 +137,8 @@ impl Service {
                 Err(e) => return Err(StoreError::Transport(e.to_string()).into()),
             }
         }
-        let rec = JobRecord::new(id, spec, self.clock.now());
+        let mut rec = JobRecord::new(id, spec, self.clock.now());
+        rec.trace_parent = gf_telemetry::trace::current_traceparent();
         match self.store.create_job(&rec).await {
             Ok(_) => {}
             // A concurrent repeat finished the same half-written submission.

@@ -462,6 +462,10 @@ pub struct JobRecord {
     /// The score breakdown of the last dispatch decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<Score>,
+    /// W3C `traceparent` of the submission, so dispatch and the worker's run join the
+    /// submitter's trace. Absent when tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
     pub submitted_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -483,6 +487,7 @@ impl JobRecord {
             history: Vec::new(),
             children: Vec::new(),
             score: None,
+            trace_parent: None,
             submitted_at: now,
             updated_at: now,
         }

@@ -6,6 +6,8 @@
 //! Labels are bounded sets only (queue, product, route, outcome, operation, reason,
 //! provider, model) — never a job or worker id.
 
+pub mod trace;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

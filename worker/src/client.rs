@@ -9,6 +9,7 @@ use std::time::Duration;
 use gf_schemas::{ErrorKind, Reply, RpcError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -82,7 +83,23 @@ impl RpcClient {
         subject: &'static str,
         body: bytes::Bytes,
     ) -> Result<Resp, CallError> {
-        let request = self.client.request(subject, body);
+        let span = gf_telemetry::trace::rpc_client_span(subject);
+        let result = self.send(subject, body).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        subject: &'static str,
+        body: bytes::Bytes,
+    ) -> Result<Resp, CallError> {
+        // The request carries this span's context (W3C `traceparent`) to the server.
+        let mut headers = async_nats::HeaderMap::new();
+        gf_telemetry::trace::inject(&mut headers);
+        let request = self.client.request_with_headers(subject, headers, body);
         let msg = match tokio::time::timeout(self.timeout, request).await {
             Err(_) => {
                 return Err(CallError::Timeout {

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use client::{CallError, RpcClient};
 
@@ -408,7 +409,10 @@ async fn fetch_loop(
             };
             let Some(msg) = msg else { break };
             match msg {
-                Ok(m) => on_notice(shared, jobs, m, shutdown).await,
+                Ok(m) => {
+                    let span = gf_telemetry::trace::consume_span(&m.subject, m.headers.as_ref());
+                    on_notice(shared, jobs, m, shutdown).instrument(span).await
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "pull ended");
                     break;
@@ -511,7 +515,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         shared.running.lock().expect("running").remove(&job_id);
         metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).decrement(1.0);
         shared.slot_freed.notify_one();
-    });
+    }.instrument(tracing::info_span!("run", otel.name = "run", gf.job_id = %job_id, gf.epoch = epoch)));
 }
 
 /// Sends a completion until it is answered. Retrying is safe: the coordinator answers a
