@@ -307,6 +307,10 @@ pub struct Findings {
     /// process finished anyway): an epoch-checking sink would refuse them.
     pub fenced_effects: u64,
     pub events: usize,
+    /// `job_claimed` events, and how many of them repeat a (job, epoch) already
+    /// claimed by the same worker (a claim retried after a lost reply or redelivery).
+    pub claim_events: u64,
+    pub claim_events_repeated: u64,
     pub kv_revisions_seen: u64,
     /// Longest time from a worker fault to the re-lease of a job it held, in ms.
     pub max_recovery_ms: Option<u64>,
@@ -435,13 +439,18 @@ pub fn check(ev: &Evidence<'_>) -> (Vec<Violation>, Findings) {
     // 3. The audit trail agrees: at most one success event per job, one claim event
     //    per (job, epoch).
     let mut success_events: HashMap<JobId, u32> = HashMap::new();
-    let mut claim_events: HashMap<(JobId, u64), u32> = HashMap::new();
+    let mut claim_events: HashMap<(JobId, u64), BTreeSet<String>> = HashMap::new();
     for e in ev.events {
         let Some(job) = e.job_id else { continue };
         match e.kind {
             EventKind::JobSucceeded => *success_events.entry(job).or_default() += 1,
             EventKind::JobClaimed => {
-                *claim_events.entry((job, e.epoch.unwrap_or(0))).or_default() += 1
+                let worker = e.worker_id.as_ref().map(|w| w.as_str().to_string());
+                claim_events
+                    .entry((job, e.epoch.unwrap_or(0)))
+                    .or_default()
+                    .insert(worker.unwrap_or_default());
+                f.claim_events += 1;
             }
             _ => {}
         }
@@ -458,18 +467,21 @@ pub fn check(ev: &Evidence<'_>) -> (Vec<Violation>, Findings) {
             jobs: twice,
         });
     }
-    let claimed_twice: Vec<JobId> = claim_events
+    // A holder repeating its claim (a lost reply, a redelivered notice) gets the same
+    // lease back and a second event; two different workers at one epoch is a split.
+    let split_claims: Vec<JobId> = claim_events
         .iter()
-        .filter(|(_, n)| **n > 1)
+        .filter(|(_, w)| w.len() > 1)
         .map(|((j, _), _)| *j)
         .collect();
-    if !claimed_twice.is_empty() {
+    if !split_claims.is_empty() {
         v.push(Violation {
-            invariant: "one claim per job and epoch",
-            detail: "more than one job_claimed event for the same epoch".into(),
-            jobs: claimed_twice,
+            invariant: "one holder per job and epoch",
+            detail: "job_claimed events from two workers for the same epoch".into(),
+            jobs: split_claims,
         });
     }
+    f.claim_events_repeated = f.claim_events.saturating_sub(claim_events.len() as u64);
 
     // 4. Side effect once per accepted successful attempt.
     let mut effect_missing_or_twice = Vec::new();

@@ -39,12 +39,18 @@ where
 }
 
 /// Connects with retries, following reconnects for as long as the run lasts.
+/// `url` may list several servers, comma-separated.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad NATS url {url}"))?;
     async_nats::ConnectOptions::new()
         .name("gf-chaos")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
-        .connect(url)
+        .connect(addrs)
         .await
         .with_context(|| format!("cannot connect to {url}"))
 }
@@ -323,6 +329,23 @@ impl Harness {
             }
         }
         let passed = violations.is_empty() && self.failures.is_empty();
+        // Fail loudly: the evidence for the first violating jobs.
+        let mut shown = BTreeSet::new();
+        for v in &violations {
+            for id in v.jobs.iter().take(3) {
+                if !shown.insert(*id) {
+                    continue;
+                }
+                if let Some(r) = records.iter().find(|r| r.id == *id) {
+                    eprintln!("chaos: evidence for {id} ({}): record {}", v.invariant, serde_json::to_string(r).unwrap_or_default());
+                }
+                let fx: Vec<_> = effects.iter().filter(|((j, _), _)| j == id).collect();
+                eprintln!("chaos: evidence for {id}: effects (epoch -> count) {fx:?}");
+                for e in events.iter().filter(|e| e.job_id == Some(*id)) {
+                    eprintln!("chaos: evidence for {id}: event {}", serde_json::to_string(e).unwrap_or_default());
+                }
+            }
+        }
         if !passed {
             for p in self.cluster.parts() {
                 eprintln!("--- {p} log tail ---\n{}", self.cluster.log_tail(p));

@@ -366,7 +366,10 @@ impl Cluster for ProcessCluster {
             "--replicas".into(),
             self.spec.nats_nodes.to_string(),
         ];
-        let mut p = self.gf_proc(id.clone(), args, self.nats_url());
+        // One server URL per process, spread over the nodes: `gf` takes a single URL,
+        // and the client learns the other nodes from the server and fails over to them.
+        let url = self.node_url(i % self.nats.len());
+        let mut p = self.gf_proc(id.clone(), args, url);
         p.spawn()?;
         self.coordinators.push((p, id.clone()));
         Ok((Part::Coordinator(i), id))
@@ -382,7 +385,7 @@ impl Cluster for ProcessCluster {
         };
         let url = match &proxy {
             Some(p) => p.url(),
-            None => self.nats_url(),
+            None => self.node_url(i % self.nats.len()),
         };
         let scratch = self.dir.path().join(format!("scratch-{}", spec.id));
         let args = vec![

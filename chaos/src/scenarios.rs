@@ -534,7 +534,7 @@ async fn race_50(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let mut workers = Vec::new();
     for i in 0..workers_n {
         let cfg = gf_worker::WorkerConfig {
-            nats_url: h.cluster.nats_url(),
+            nats_url: h.cluster.node_url(0),
             id: Some(WorkerId::new(format!("race{i}"))?),
             slots: 1,
             drain_grace: Duration::from_secs(2),
