@@ -143,7 +143,10 @@ impl Audit {
 
     pub fn fault(&self, part: Part, name: Option<String>, fault: Fault) -> Timestamp {
         let time = Timestamp::now_local();
-        eprintln!("chaos: {time} fault {fault:?} -> {part} ({})", name.as_deref().unwrap_or("-"));
+        eprintln!(
+            "chaos: {time} fault {fault:?} -> {part} ({})",
+            name.as_deref().unwrap_or("-")
+        );
         self.faults.lock().expect("audit").push(FaultEntry {
             time,
             part,
@@ -362,7 +365,10 @@ pub fn check(ev: &Evidence<'_>) -> (Vec<Violation>, Findings) {
     if !unfinished.is_empty() {
         v.push(Violation {
             invariant: "no accepted job lost",
-            detail: format!("{} accepted jobs are not terminal at the end", unfinished.len()),
+            detail: format!(
+                "{} accepted jobs are not terminal at the end",
+                unfinished.len()
+            ),
             jobs: unfinished,
         });
     }
@@ -392,7 +398,8 @@ pub fn check(ev: &Evidence<'_>) -> (Vec<Violation>, Findings) {
     let mut success_not_last = Vec::new();
     for r in ev.records {
         f.attempts += r.history.len() as u64;
-        f.attempts_without_outcome += r.history.iter().filter(|a| a.outcome.is_none()).count() as u64;
+        f.attempts_without_outcome +=
+            r.history.iter().filter(|a| a.outcome.is_none()).count() as u64;
         if r.state == JobState::Succeeded {
             f.succeeded += 1;
         }
@@ -594,7 +601,10 @@ pub fn check(ev: &Evidence<'_>) -> (Vec<Violation>, Findings) {
     if !slow.is_empty() {
         v.push(Violation {
             invariant: "recovery within lease TTL + reaper period + 2 s",
-            detail: format!("re-leased later than {:?} after the fault", ev.recovery_bound),
+            detail: format!(
+                "re-leased later than {:?} after the fault",
+                ev.recovery_bound
+            ),
             jobs: slow,
         });
     }

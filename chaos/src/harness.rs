@@ -103,7 +103,8 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let spec2 = spec.clone();
-        let cluster = tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??;
+        let cluster =
+            tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??;
         let nats = connect(&cluster.nats_url()).await?;
         let js = jetstream::new(nats.clone());
         let effects = cluster.dir().join("effects");
@@ -136,8 +137,12 @@ impl Harness {
         for s in specs {
             parts.push(self.cluster.add_worker(s)?);
         }
-        self.wait_workers_active(&ids, Timestamp::from_unix_millis(0), Duration::from_secs(30))
-            .await?;
+        self.wait_workers_active(
+            &ids,
+            Timestamp::from_unix_millis(0),
+            Duration::from_secs(30),
+        )
+        .await?;
         Ok(parts)
     }
 
@@ -210,7 +215,10 @@ impl Harness {
                 s
             })
             .collect();
-        let effect_flags: Vec<bool> = specs.iter().map(|s| s.env.contains_key("EFFECTS")).collect();
+        let effect_flags: Vec<bool> = specs
+            .iter()
+            .map(|s| s.env.contains_key("EFFECTS"))
+            .collect();
         let rpc = self.rpc.clone();
         let audit = self.audit.clone();
         let results: Vec<anyhow::Result<JobId>> = futures::stream::iter(specs)
@@ -274,7 +282,9 @@ impl Harness {
                 .any(|id| {
                     self.audit.latest(id).is_some_and(|r| {
                         r.state == gf_schemas::JobState::Running
-                            && r.lease.as_ref().is_some_and(|l| l.worker.as_str() == worker)
+                            && r.lease
+                                .as_ref()
+                                .is_some_and(|l| l.worker.as_str() == worker)
                     })
                 })
                 .then_some(())
@@ -337,12 +347,19 @@ impl Harness {
                     continue;
                 }
                 if let Some(r) = records.iter().find(|r| r.id == *id) {
-                    eprintln!("chaos: evidence for {id} ({}): record {}", v.invariant, serde_json::to_string(r).unwrap_or_default());
+                    eprintln!(
+                        "chaos: evidence for {id} ({}): record {}",
+                        v.invariant,
+                        serde_json::to_string(r).unwrap_or_default()
+                    );
                 }
                 let fx: Vec<_> = effects.iter().filter(|((j, _), _)| j == id).collect();
                 eprintln!("chaos: evidence for {id}: effects (epoch -> count) {fx:?}");
                 for e in events.iter().filter(|e| e.job_id == Some(*id)) {
-                    eprintln!("chaos: evidence for {id}: event {}", serde_json::to_string(e).unwrap_or_default());
+                    eprintln!(
+                        "chaos: evidence for {id}: event {}",
+                        serde_json::to_string(e).unwrap_or_default()
+                    );
                 }
             }
         }

@@ -137,7 +137,11 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         let r = raw_ceiling(args.raw_jobs, durable).await?;
         println!(
             "raw JetStream ceiling{}: {:.0} jobs/s ({:.0} round trips/s) over {} jobs",
-            if durable { " (sync_interval: always)" } else { "" },
+            if durable {
+                " (sync_interval: always)"
+            } else {
+                ""
+            },
             r.jobs_per_sec,
             r.round_trips_per_sec,
             r.jobs
@@ -148,17 +152,36 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
     for &w in &args.workers {
         let r = fleet_run(gf, &args, w, false, None, &format!("scale-out {w}w")).await?;
         print_run(&r);
-        if best.as_ref().is_none_or(|b| r.jobs_per_sec > b.jobs_per_sec) {
+        if best
+            .as_ref()
+            .is_none_or(|b| r.jobs_per_sec > b.jobs_per_sec)
+        {
             best = Some(r.clone());
         }
         report.runs.push(r);
     }
     let best = best.context("no worker counts given")?;
     let half = best.jobs_per_sec / 2.0;
-    let r = fleet_run(gf, &args, best.workers, false, Some(half), "half of max rate").await?;
+    let r = fleet_run(
+        gf,
+        &args,
+        best.workers,
+        false,
+        Some(half),
+        "half of max rate",
+    )
+    .await?;
     print_run(&r);
     report.runs.push(r);
-    let r = fleet_run(gf, &args, best.workers, true, None, "durable (sync_interval: always)").await?;
+    let r = fleet_run(
+        gf,
+        &args,
+        best.workers,
+        true,
+        None,
+        "durable (sync_interval: always)",
+    )
+    .await?;
     print_run(&r);
     report.runs.push(r);
     if args.pending > 0 {
@@ -189,7 +212,12 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
 fn print_run(r: &Run) {
     let p = |x: &Option<Percentiles>| {
         x.as_ref()
-            .map(|p| format!("p50 {:.1} / p90 {:.1} / p99 {:.1} ms", p.p50_ms, p.p90_ms, p.p99_ms))
+            .map(|p| {
+                format!(
+                    "p50 {:.1} / p90 {:.1} / p99 {:.1} ms",
+                    p.p50_ms, p.p90_ms, p.p99_ms
+                )
+            })
             .unwrap_or_else(|| "-".into())
     };
     println!(
@@ -221,14 +249,23 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| t.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb / 1024 / 1024)
         .unwrap_or(0);
-    format!("{cores} cores ({cpu}), {mem} GiB RAM, {}", std::env::consts::OS)
+    format!(
+        "{cores} cores ({cpu}), {mem} GiB RAM, {}",
+        std::env::consts::OS
+    )
 }
 
 fn nats_version() -> String {
@@ -358,20 +395,19 @@ async fn fleet_run(
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let inflight = if rate.is_some() { 4096 } else { args.inflight };
     let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
-        .then(|i| {
+        .map(|i| {
             let rpc = rpc.clone();
             let body = body.clone();
             async move {
+                // At a fixed rate, each submission waits for its slot in the schedule.
                 if let Some(iv) = interval {
                     let due = started + iv * i as u32;
                     tokio::time::sleep_until(due.into()).await;
                 }
-                async move {
-                    rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
-                        .await
-                        .map(|r| r.job_id)
-                        .map_err(anyhow::Error::from)
-                }
+                rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
+                    .await
+                    .map(|r| r.job_id)
+                    .map_err(anyhow::Error::from)
             }
         })
         .buffer_unordered(inflight)
@@ -553,7 +589,9 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
                     let Ok(m) = m else { return };
                     let text = String::from_utf8_lossy(&m.payload).to_string();
                     let mut it = text.split(' ');
-                    let (Some(key), Some(rev)) = (it.next(), it.next().and_then(|r| r.parse().ok())) else {
+                    let (Some(key), Some(rev)) =
+                        (it.next(), it.next().and_then(|r| r.parse().ok()))
+                    else {
                         return;
                     };
                     if kv.update(key, p, rev).await.is_ok() {
@@ -573,7 +611,9 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
             async move {
                 let key = format!("job{i}");
                 let rev = kv.create(&key, p).await?;
-                js.publish("raw.work", format!("{key} {rev}").into()).await?.await?;
+                js.publish("raw.work", format!("{key} {rev}").into())
+                    .await?
+                    .await?;
                 anyhow::Ok(())
             }
         })

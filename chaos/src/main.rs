@@ -12,7 +12,10 @@ use chaos::scenarios::{self, Scale};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "chaos", about = "Gigafactory chaos and load suites (real nats-server, real processes).")]
+#[command(
+    name = "chaos",
+    about = "Gigafactory chaos and load suites (real nats-server, real processes)."
+)]
 struct Cli {
     /// Use this `gf` binary for coordinators and workers (default: this binary's
     /// built-in `gf`, compiled from the same sources).
@@ -135,7 +138,10 @@ async fn run_many(
             }
         }
     }
-    println!("\n{:<20} {:>6} {:>7} {:>9} {:>8} {:>7} {:>9}", "scenario", "result", "jobs", "attempts", "fenced", "secs", "recovery");
+    println!(
+        "\n{:<20} {:>6} {:>7} {:>9} {:>8} {:>7} {:>9}",
+        "scenario", "result", "jobs", "attempts", "fenced", "secs", "recovery"
+    );
     for r in &reports {
         println!(
             "{:<20} {:>6} {:>7} {:>9} {:>8} {:>7.1} {:>9}",

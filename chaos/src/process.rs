@@ -188,7 +188,11 @@ impl ProcessCluster {
         if n != 1 && n != 3 {
             bail!("NATS nodes must be 1 or 3, not {n}");
         }
-        self.cluster_ports = if n > 1 { pick_cluster_ports(n) } else { Vec::new() };
+        self.cluster_ports = if n > 1 {
+            pick_cluster_ports(n)
+        } else {
+            Vec::new()
+        };
         for i in 0..n {
             let dir = self.dir.path().join(format!("nats-{i}"));
             std::fs::create_dir_all(dir.join("ports"))?;
@@ -402,7 +406,11 @@ impl Cluster for ProcessCluster {
         let mut p = self.gf_proc(format!("worker-{}", spec.id), args, url);
         if let Some(offset) = &spec.clock_offset {
             // libfaketime shifts the wall clock the worker (and its jobs) see.
-            let mut args = vec!["-f".to_string(), offset.clone(), p.program.display().to_string()];
+            let mut args = vec![
+                "-f".to_string(),
+                offset.clone(),
+                p.program.display().to_string(),
+            ];
             args.append(&mut p.args);
             p.args = args;
             p.program = PathBuf::from("faketime");
@@ -444,14 +452,23 @@ impl Cluster for ProcessCluster {
                     return Ok(());
                 }
                 Fault::Heal => {
-                    w.proxy.as_ref().context("worker not behind a proxy")?.heal();
+                    w.proxy
+                        .as_ref()
+                        .context("worker not behind a proxy")?
+                        .heal();
                     return Ok(());
                 }
                 _ => {}
             }
         }
         let proc = match part {
-            Part::Coordinator(i) => &mut self.coordinators.get_mut(i).context("no such coordinator")?.0,
+            Part::Coordinator(i) => {
+                &mut self
+                    .coordinators
+                    .get_mut(i)
+                    .context("no such coordinator")?
+                    .0
+            }
             Part::Worker(i) => &mut self.workers.get_mut(i).context("no such worker")?.proc,
             Part::Nats(_) => unreachable!(),
         };

@@ -30,7 +30,10 @@ fn quick_suite_passes() -> anyhow::Result<()> {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)?;
     println!("{out}");
-    assert!(status.success(), "chaos suite --quick failed ({status}):\n{out}");
+    assert!(
+        status.success(),
+        "chaos suite --quick failed ({status}):\n{out}"
+    );
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
     let reports = json["reports"].as_array().expect("reports");
     assert_eq!(reports.len(), chaos::scenarios::QUICK.len());
