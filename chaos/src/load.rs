@@ -358,11 +358,7 @@ async fn fleet_run(
     let client = connect(&cluster.nats_url()).await?;
     let js = jetstream::new(client.clone());
     let (coord, _) = cluster.add_coordinator()?;
-    crate::harness::eventually(Duration::from_secs(30), "the coordinator", || async {
-        js.get_stream(names::STREAM_DISPATCH).await.ok()?;
-        js.get_key_value(names::BUCKET_JOBS).await.ok()
-    })
-    .await?;
+    wait_store(&js).await?;
     for i in 0..workers {
         cluster.add_worker(WorkerSpec::new(format!("load{i}"), args.slots))?;
     }
@@ -477,6 +473,25 @@ async fn fleet_run(
     })
 }
 
+/// Waits until the coordinator has created every bucket and stream.
+async fn wait_store(js: &jetstream::Context) -> anyhow::Result<()> {
+    crate::harness::eventually(Duration::from_secs(60), "the buckets and streams", || async {
+        for b in [
+            names::BUCKET_JOBS,
+            names::BUCKET_WORKERS,
+            names::BUCKET_IDEM,
+            names::BUCKET_LEADER,
+        ] {
+            js.get_key_value(b).await.ok()?;
+        }
+        for s in [names::STREAM_DISPATCH, names::STREAM_EVENTS, names::STREAM_LOGS] {
+            js.get_stream(s).await.ok()?;
+        }
+        Some(())
+    })
+    .await
+}
+
 async fn wait_active(js: &jetstream::Context, n: usize) -> anyhow::Result<()> {
     let bucket = js.get_key_value(names::BUCKET_WORKERS).await?;
     crate::harness::eventually(Duration::from_secs(60), &format!("{n} workers"), || async {
@@ -503,10 +518,7 @@ async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
     let client = connect(&cluster.nats_url()).await?;
     let js = jetstream::new(client.clone());
     let (coord, _) = cluster.add_coordinator()?;
-    crate::harness::eventually(Duration::from_secs(30), "the coordinator", || async {
-        js.get_key_value(names::BUCKET_JOBS).await.ok()
-    })
-    .await?;
+    wait_store(&js).await?;
     let pid = cluster.pid(coord).context("coordinator pid")?;
     let before = rss_mib(pid).unwrap_or(0.0);
     let rpc = RpcClient::new(client.clone(), Duration::from_secs(30));
