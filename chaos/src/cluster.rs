@@ -132,6 +132,10 @@ impl WorkerSpec {
 pub trait Cluster: Send {
     /// Client URL(s) of NATS, comma-separated when clustered.
     fn nats_url(&self) -> String;
+    /// Client URL of one NATS node.
+    fn node_url(&self, i: usize) -> String;
+    /// A directory shared with the workers' jobs (the side-effect file lives here).
+    fn work_dir(&self) -> &std::path::Path;
     fn spec(&self) -> &ClusterSpec;
     /// Starts one more coordinator; returns its part and its id.
     fn add_coordinator(&mut self) -> anyhow::Result<(Part, String)>;

@@ -72,7 +72,7 @@ pub struct Report {
 
 pub struct Harness {
     pub name: String,
-    pub cluster: ProcessCluster,
+    pub cluster: Box<dyn Cluster>,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub rpc: RpcClient,
@@ -103,11 +103,12 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let spec2 = spec.clone();
-        let cluster =
-            tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??;
+        // The process backend; a docker-compose one would be chosen here.
+        let cluster: Box<dyn Cluster> =
+            Box::new(tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??);
         let nats = connect(&cluster.nats_url()).await?;
         let js = jetstream::new(nats.clone());
-        let effects = cluster.dir().join("effects");
+        let effects = cluster.work_dir().join("effects");
         let mut h = Self {
             name: name.into(),
             cluster,

@@ -475,20 +475,28 @@ async fn fleet_run(
 
 /// Waits until the coordinator has created every bucket and stream.
 async fn wait_store(js: &jetstream::Context) -> anyhow::Result<()> {
-    crate::harness::eventually(Duration::from_secs(60), "the buckets and streams", || async {
-        for b in [
-            names::BUCKET_JOBS,
-            names::BUCKET_WORKERS,
-            names::BUCKET_IDEM,
-            names::BUCKET_LEADER,
-        ] {
-            js.get_key_value(b).await.ok()?;
-        }
-        for s in [names::STREAM_DISPATCH, names::STREAM_EVENTS, names::STREAM_LOGS] {
-            js.get_stream(s).await.ok()?;
-        }
-        Some(())
-    })
+    crate::harness::eventually(
+        Duration::from_secs(60),
+        "the buckets and streams",
+        || async {
+            for b in [
+                names::BUCKET_JOBS,
+                names::BUCKET_WORKERS,
+                names::BUCKET_IDEM,
+                names::BUCKET_LEADER,
+            ] {
+                js.get_key_value(b).await.ok()?;
+            }
+            for s in [
+                names::STREAM_DISPATCH,
+                names::STREAM_EVENTS,
+                names::STREAM_LOGS,
+            ] {
+                js.get_stream(s).await.ok()?;
+            }
+            Some(())
+        },
+    )
     .await
 }
 

@@ -294,14 +294,6 @@ impl ProcessCluster {
         )
     }
 
-    /// Client URL of one node.
-    pub fn node_url(&self, i: usize) -> String {
-        format!(
-            "nats://127.0.0.1:{}",
-            self.nats[i].client_port.unwrap_or_default()
-        )
-    }
-
     /// Monitoring endpoint (`/varz`, …) of one node.
     pub fn monitor_url(&self, i: usize) -> Option<String> {
         let p = self.nats.get(i)?.monitor_port?;
@@ -316,10 +308,6 @@ impl ProcessCluster {
             Part::Worker(i) => &self.workers.get(i)?.proc,
         };
         proc.child.as_ref().map(|c| c.id())
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     fn gf_proc(&self, name: String, args: Vec<String>, nats_url: String) -> Proc {
@@ -345,6 +333,17 @@ impl Cluster for ProcessCluster {
             .map(|i| self.node_url(i))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    fn node_url(&self, i: usize) -> String {
+        format!(
+            "nats://127.0.0.1:{}",
+            self.nats[i].client_port.unwrap_or_default()
+        )
+    }
+
+    fn work_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn spec(&self) -> &ClusterSpec {

@@ -21,7 +21,7 @@ use gf_schemas::{
 use gf_worker::RpcClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, ClusterSpec, Fault, Part, WorkerSpec};
+use crate::cluster::{ClusterSpec, Fault, Part, WorkerSpec};
 use crate::harness::{connect, eventually, Harness, Report};
 use crate::process::GfCommand;
 
@@ -622,7 +622,7 @@ async fn race_50(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
             id: Some(WorkerId::new(format!("race{i}"))?),
             slots: 1,
             drain_grace: Duration::from_secs(2),
-            scratch_dir: Some(h.cluster.dir().join(format!("scratch-race{i}"))),
+            scratch_dir: Some(h.cluster.work_dir().join(format!("scratch-race{i}"))),
             ..Default::default()
         };
         workers.push(gf_worker::start(cfg, stop.clone()).await?);
