@@ -88,6 +88,14 @@ pub struct Run {
     pub submit_per_sec: f64,
     pub submit_to_done: Option<Percentiles>,
     pub submit_to_claim: Option<Percentiles>,
+    /// Where the time goes, per job: submit → first dispatch notice (the scheduler),
+    /// dispatch → claim (notice delivery, pull, claim RPC), claim → done (process
+    /// spawn, run, completion RPC). Dispatch times from the `job_dispatched` events.
+    pub submit_to_dispatch: Option<Percentiles>,
+    pub dispatch_to_claim: Option<Percentiles>,
+    pub claim_to_done: Option<Percentiles>,
+    /// Worker slots x seconds / jobs: how long one slot takes per job, all in.
+    pub slot_ms_per_job: f64,
     /// Stream writes per job, by stream (KV buckets are streams `KV_<bucket>`).
     pub writes_per_job: HashMap<String, f64>,
     /// NATS server messages in / out per job (all traffic, from `/varz`).
@@ -233,6 +241,13 @@ fn print_run(r: &Run) {
         p(&r.submit_to_claim),
         r.server_msgs_in_per_job.unwrap_or(f64::NAN),
         r.server_msgs_out_per_job.unwrap_or(f64::NAN),
+    );
+    println!(
+        "    per job: submit→dispatch {}; dispatch→claim {}; claim→done {}; one slot spends {:.1} ms per job",
+        p(&r.submit_to_dispatch),
+        p(&r.dispatch_to_claim),
+        p(&r.claim_to_done),
+        r.slot_ms_per_job
     );
     let mut w: Vec<_> = r.writes_per_job.iter().collect();
     w.sort_by(|a, b| a.0.cmp(b.0));
@@ -418,6 +433,17 @@ async fn fleet_run(
     let varz_after = varz(&cluster.monitor_url(0)).await;
     let seqs_after = stream_seqs(&js).await;
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
+    let events = crate::audit::read_events(&js).await.unwrap_or_default();
+    let mut dispatched: HashMap<JobId, gf_schemas::Timestamp> = HashMap::new();
+    for e in &events {
+        if e.kind == gf_schemas::EventKind::JobDispatched {
+            if let Some(j) = e.job_id {
+                dispatched.entry(j).or_insert(e.time);
+            }
+        }
+    }
+    let (mut to_dispatch, mut d_to_claim, mut claim_to_done) = (Vec::new(), Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut to_done = Vec::new();
     let mut to_claim = Vec::new();
     let mut succeeded = 0;
@@ -427,7 +453,14 @@ async fn fleet_run(
             succeeded += 1;
         }
         if let Some(a) = r.history.first() {
-            to_claim.push(a.started_at.since(r.submitted_at).as_secs_f64() * 1000.0);
+            to_claim.push(ms(a.started_at.since(r.submitted_at)));
+            if let Some(d) = dispatched.get(id) {
+                to_dispatch.push(ms(d.since(r.submitted_at)));
+                d_to_claim.push(ms(a.started_at.since(*d)));
+            }
+            if let Some(end) = a.ended_at {
+                claim_to_done.push(ms(end.since(a.started_at)));
+            }
         }
         if let Some(end) = r.history.last().and_then(|a| a.ended_at) {
             if r.state == JobState::Succeeded {
@@ -466,6 +499,11 @@ async fn fleet_run(
         submit_per_sec: n as f64 / submitted.as_secs_f64(),
         submit_to_done: percentiles(to_done),
         submit_to_claim: percentiles(to_claim),
+        submit_to_dispatch: percentiles(to_dispatch),
+        dispatch_to_claim: percentiles(d_to_claim),
+        claim_to_done: percentiles(claim_to_done),
+        slot_ms_per_job: 1000.0 * (workers as f64 * args.slots as f64) * seconds
+            / succeeded.max(1) as f64,
         writes_per_job,
         server_msgs_in_per_job: msgs_in,
         server_msgs_out_per_job: msgs_out,
