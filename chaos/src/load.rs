@@ -103,6 +103,9 @@ pub struct Run {
     pub server_msgs_out_per_job: Option<f64>,
     /// Coordinator resident memory at the end, MiB.
     pub coordinator_rss_mib: Option<f64>,
+    /// CPU milliseconds per job spent by each kind of process (workers include the
+    /// job processes they reaped); with 2 cores, 2000 / the total bounds jobs/s.
+    pub cpu_ms_per_job: HashMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,6 +116,8 @@ pub struct Raw {
     pub jobs_per_sec: f64,
     /// Four JetStream round trips per job.
     pub round_trips_per_sec: f64,
+    /// CPU ms per job of nats-server and of the client.
+    pub cpu_ms_per_job: HashMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -154,6 +159,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
             r.round_trips_per_sec,
             r.jobs
         );
+        println!("    CPU ms per job: {:?}", r.cpu_ms_per_job);
         report.raw.push(r);
     }
     let mut best: Option<Run> = None;
@@ -169,6 +175,9 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         report.runs.push(r);
     }
     let best = best.context("no worker counts given")?;
+    let r = fabric_run(gf, &args).await?;
+    print_run(&r);
+    report.runs.push(r);
     let half = best.jobs_per_sec / 2.0;
     let r = fleet_run(
         gf,
@@ -249,6 +258,17 @@ fn print_run(r: &Run) {
         p(&r.claim_to_done),
         r.slot_ms_per_job
     );
+    let mut cpu: Vec<_> = r
+        .cpu_ms_per_job
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    cpu.sort();
+    println!(
+        "    CPU ms per job: {} (total {:.2})",
+        cpu.join(", "),
+        r.cpu_ms_per_job.values().sum::<f64>()
+    );
     let mut w: Vec<_> = r.writes_per_job.iter().collect();
     w.sort_by(|a, b| a.0.cmp(b.0));
     println!("    stream writes per job: {w:?}");
@@ -302,6 +322,41 @@ fn rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+/// CPU time of a process (and its reaped children), ms.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17 of the line: 11-14 of `rest`.
+    let ticks: f64 = f
+        .get(11..15)?
+        .iter()
+        .filter_map(|x| x.parse::<f64>().ok())
+        .sum();
+    let hz = 100.0; // USER_HZ on Linux.
+    Some(ticks * 1000.0 / hz)
+}
+
+/// CPU ms so far by kind of part: nats, coordinator, workers; and this process.
+fn cpu_by_kind(c: &ProcessCluster) -> HashMap<String, f64> {
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for p in c.parts() {
+        let kind = match p {
+            crate::cluster::Part::Nats(_) => "nats-server",
+            crate::cluster::Part::Coordinator(_) => "coordinator",
+            crate::cluster::Part::Worker(_) => "workers (with jobs)",
+        };
+        if let Some(ms) = c.pid(p).and_then(cpu_ms) {
+            *out.entry(kind.into()).or_default() += ms;
+        }
+    }
+    if let Some(ms) = cpu_ms(std::process::id()) {
+        out.insert("load generator (chaos)".into(), ms);
+    }
+    out
 }
 
 /// Last sequence of each Gigafactory stream (KV buckets are `KV_<bucket>` streams).
@@ -387,6 +442,7 @@ async fn fleet_run(
     client.flush().await?;
     let seqs_before = stream_seqs(&js).await;
     let varz_before = varz(&cluster.monitor_url(0)).await;
+    let cpu_before = cpu_by_kind(&cluster);
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     let d2 = done.clone();
@@ -431,6 +487,14 @@ async fn fleet_run(
     // Let the last completion's writes land, then read the records.
     let records = crate::audit::read_jobs(&js).await?;
     let varz_after = varz(&cluster.monitor_url(0)).await;
+    let cpu_after = cpu_by_kind(&cluster);
+    let cpu_ms_per_job = cpu_after
+        .iter()
+        .map(|(k, after)| {
+            let before = cpu_before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), (after - before) / n as f64)
+        })
+        .collect();
     let seqs_after = stream_seqs(&js).await;
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
     let events = crate::audit::read_events(&js).await.unwrap_or_default();
@@ -508,6 +572,7 @@ async fn fleet_run(
         server_msgs_in_per_job: msgs_in,
         server_msgs_out_per_job: msgs_out,
         coordinator_rss_mib: rss,
+        cpu_ms_per_job,
     })
 }
 
@@ -633,6 +698,7 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
         })
         .await?;
     let payload: bytes::Bytes = vec![b'x'; 400].into();
+    let cpu_before = cpu_by_kind(&cluster);
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     let (kv2, d2, p2) = (kv.clone(), done.clone(), payload.clone());
@@ -684,6 +750,7 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
         .context("raw consumer did not finish")???;
     let seconds = started.elapsed().as_secs_f64();
     let ok = done.load(Ordering::Relaxed);
+    let cpu_after = cpu_by_kind(&cluster);
     drop(cluster);
     Ok(Raw {
         durable,
@@ -691,5 +758,186 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
         seconds,
         jobs_per_sec: ok as f64 / seconds,
         round_trips_per_sec: 4.0 * ok as f64 / seconds,
+        cpu_ms_per_job: cpu_after
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - cpu_before.get(k).copied().unwrap_or(0.0)) / ok.max(1) as f64,
+                )
+            })
+            .collect(),
+    })
+}
+
+/// The fabric alone: the real coordinator, RPC plane and dispatch stream, with the
+/// worker side played in-process by the suite (claim, then complete at once, many in
+/// parallel, no job process). Shows what the coordinator + NATS sustain.
+async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
+    use gf_schemas::names::Routing;
+    use gf_schemas::rpc::{ClaimReply, ClaimRequest, DispatchNotice};
+    let spec = ClusterSpec {
+        timings: load_timings(),
+        ..Default::default()
+    };
+    let gf2 = gf.clone();
+    let mut cluster =
+        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
+    let client = connect(&cluster.nats_url()).await?;
+    let js = jetstream::new(client.clone());
+    let (coord, _) = cluster.add_coordinator()?;
+    wait_store(&js).await?;
+    let fake = Arc::new(
+        crate::scenarios::FakeWorker::register(client.clone(), "fabric", gf_schemas::DEFAULT_QUEUE)
+            .await?,
+    );
+    wait_active(&js, 1).await?;
+    let filters = Routing::default().worker_filters(
+        &[gf_schemas::DEFAULT_QUEUE.to_string()],
+        &Default::default(),
+    );
+    let consumer = js
+        .get_stream(names::STREAM_DISPATCH)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("chaos_fabric".into()),
+            filter_subjects: filters,
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::New,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let n = args.jobs;
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    let (d2, f2, a2) = (done.clone(), fake.clone(), all_done.clone());
+    let mut msgs = consumer.messages().await?;
+    let handler = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(Ok(m)) = msgs.next().await {
+            let (d, f, a) = (d2.clone(), f2.clone(), a2.clone());
+            tasks.spawn(async move {
+                let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
+                    return;
+                };
+                let claim = f
+                    .rpc
+                    .call::<_, ClaimReply>(
+                        rpc::CLAIM,
+                        &ClaimRequest {
+                            job_id: notice.job_id,
+                            epoch: notice.epoch,
+                            worker_id: f.id.clone(),
+                        },
+                    )
+                    .await;
+                let _ = m.ack().await;
+                if let Ok(c) = claim {
+                    if f.complete(notice.job_id, c.lease.epoch).await.is_ok()
+                        && d.fetch_add(1, Ordering::Relaxed) + 1 == n
+                    {
+                        a.notify_one();
+                    }
+                }
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+    });
+    let seqs_before = stream_seqs(&js).await;
+    let varz_before = varz(&cluster.monitor_url(0)).await;
+    let cpu_before = cpu_by_kind(&cluster);
+    let started = Instant::now();
+    let rpc_c = RpcClient::new(client.clone(), Duration::from_secs(30));
+    let body: bytes::Bytes = serde_json::to_vec(&JobSpec::command(["true"]))?.into();
+    let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let rpc = rpc_c.clone();
+            let body = body.clone();
+            async move {
+                rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
+                    .await
+                    .map(|r| r.job_id)
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(args.inflight)
+        .collect()
+        .await;
+    let submitted = started.elapsed();
+    let ids: Vec<JobId> = ids.into_iter().collect::<anyhow::Result<_>>()?;
+    let finished = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    handler.abort();
+    if finished.is_err() {
+        eprintln!(
+            "chaos load: fabric run: only {} of {n} done",
+            done.load(Ordering::Relaxed)
+        );
+    }
+    let cpu_after = cpu_by_kind(&cluster);
+    let varz_after = varz(&cluster.monitor_url(0)).await;
+    let seqs_after = stream_seqs(&js).await;
+    let records = crate::audit::read_jobs(&js).await?;
+    let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut to_done, mut to_claim, mut succeeded) = (Vec::new(), Vec::new(), 0);
+    for id in &ids {
+        let Some(r) = by_id.get(id) else { continue };
+        if r.state == JobState::Succeeded {
+            succeeded += 1;
+            if let Some(a) = r.history.first() {
+                to_claim.push(ms(a.started_at.since(r.submitted_at)));
+                if let Some(e) = a.ended_at {
+                    to_done.push(ms(e.since(r.submitted_at)));
+                }
+            }
+        }
+    }
+    let _ = fake;
+    Ok(Run {
+        label: "fabric only (in-process fake worker)".into(),
+        workers: 1,
+        slots: 64,
+        durable: false,
+        rate: None,
+        jobs: n,
+        succeeded,
+        seconds,
+        jobs_per_sec: succeeded as f64 / seconds,
+        submit_per_sec: n as f64 / submitted.as_secs_f64(),
+        submit_to_done: percentiles(to_done),
+        submit_to_claim: percentiles(to_claim),
+        submit_to_dispatch: None,
+        dispatch_to_claim: None,
+        claim_to_done: None,
+        slot_ms_per_job: 0.0,
+        writes_per_job: seqs_after
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - seqs_before.get(k).copied().unwrap_or(0)) as f64 / n as f64,
+                )
+            })
+            .collect(),
+        server_msgs_in_per_job: match (varz_before, varz_after) {
+            (Some((i0, _)), Some((i1, _))) => Some((i1 - i0) as f64 / n as f64),
+            _ => None,
+        },
+        server_msgs_out_per_job: match (varz_before, varz_after) {
+            (Some((_, o0)), Some((_, o1))) => Some((o1 - o0) as f64 / n as f64),
+            _ => None,
+        },
+        coordinator_rss_mib: cluster.pid(coord).and_then(rss_mib),
+        cpu_ms_per_job: cpu_after
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - cpu_before.get(k).copied().unwrap_or(0.0)) / n as f64,
+                )
+            })
+            .collect(),
     })
 }

@@ -666,15 +666,20 @@ async fn race_50(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     h.finish(true).await
 }
 
-/// A worker the suite plays itself, to time completions against lease expiry.
-struct FakeWorker {
-    id: WorkerId,
-    rpc: RpcClient,
+/// A worker the suite plays itself over the RPC plane (no job process): to time
+/// completions against lease expiry, and to load the fabric without process spawns.
+pub(crate) struct FakeWorker {
+    pub(crate) id: WorkerId,
+    pub(crate) rpc: RpcClient,
     stop: CancellationToken,
 }
 
 impl FakeWorker {
-    async fn register(nats: async_nats::Client, id: &str, queue: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn register(
+        nats: async_nats::Client,
+        id: &str,
+        queue: &str,
+    ) -> anyhow::Result<Self> {
         let id = WorkerId::new(id)?;
         let rpc = RpcClient::new(nats, Duration::from_secs(5));
         let caps = Capabilities {
@@ -720,7 +725,7 @@ impl FakeWorker {
     }
 
     /// Sends a completion until it gets a definitive answer.
-    async fn complete(&self, job: JobId, epoch: u64) -> Result<JobState, ErrorKind> {
+    pub(crate) async fn complete(&self, job: JobId, epoch: u64) -> Result<JobState, ErrorKind> {
         let req = CompleteRequest {
             job_id: job,
             epoch,
