@@ -157,7 +157,15 @@ impl ProcessCluster {
     /// Starts the NATS node(s) and waits until each accepts connections. Coordinators
     /// and workers are added with [`Cluster::add_coordinator`] / [`Cluster::add_worker`].
     pub fn start(spec: ClusterSpec, gf: GfCommand) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("gf-chaos-").tempdir()?;
+        // CHAOS_KEEP=1 keeps the logs and NATS stores for a post-mortem.
+        let keep = std::env::var_os("CHAOS_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("gf-chaos-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!("chaos: keeping {}", dir.path().display());
+        }
         let mut c = Self {
             spec,
             gf,
