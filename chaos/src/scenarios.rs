@@ -791,6 +791,7 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
     let stop = CancellationToken::new();
     let mut msgs = consumer.messages().await?;
     let deadline = Instant::now() + budget(n);
+    let timed = std::sync::Mutex::new(std::collections::HashSet::<JobId>::new());
     let (ans, fk, st) = (answers.clone(), fake.clone(), stop.clone());
     let handler = tokio::spawn(async move {
         loop {
@@ -816,7 +817,9 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
                 .await;
             let Ok(claim) = claim else { continue };
             let i = index.get(&notice.job_id).copied().unwrap_or(0);
-            let first = !ans.lock().expect("answers").contains_key(&notice.job_id);
+            // Only each job's first claim is timed against its lease; later ones
+            // (after a lost race) complete at once.
+            let first = timed.lock().expect("timed").insert(notice.job_id);
             let (ans, fk) = (ans.clone(), fk.clone());
             tokio::spawn(async move {
                 if first {
@@ -841,6 +844,19 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
     let r = h
         .wait_terminal(&ids, deadline.saturating_duration_since(Instant::now()))
         .await;
+    // A first completion that lost the race may still be on its way when the re-run
+    // finished the job: wait for every first completion's answer.
+    let r = match r {
+        Ok(()) => {
+            eventually(
+                Duration::from_secs(30),
+                "every timed completion's answer",
+                || async { (answers.lock().expect("answers").len() >= ids.len()).then_some(()) },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     stop.cancel();
     let _ = handler.await;
     r?;
