@@ -412,15 +412,12 @@ impl Cluster for ProcessCluster {
         ];
         let mut p = self.gf_proc(format!("worker-{}", spec.id), args, url);
         if let Some(offset) = &spec.clock_offset {
-            // libfaketime shifts the wall clock the worker (and its jobs) see.
-            let mut args = vec![
-                "-f".to_string(),
-                offset.clone(),
-                p.program.display().to_string(),
-            ];
-            args.append(&mut p.args);
-            p.args = args;
-            p.program = PathBuf::from("faketime");
+            // libfaketime, preloaded into the worker itself (not the `faketime`
+            // wrapper, whose child would outlive a kill -9 of the wrapper), shifts the
+            // wall clock the worker and its jobs see.
+            let lib = libfaketime().context("libfaketime not found (apt-get install faketime)")?;
+            p.env.push(("LD_PRELOAD".into(), lib.display().to_string()));
+            p.env.push(("FAKETIME".into(), offset.clone()));
             p.env
                 .push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
         }
@@ -541,6 +538,21 @@ impl Drop for ProcessCluster {
             n.proc.kill();
         }
     }
+}
+
+/// The multi-threaded libfaketime (`$CHAOS_LIBFAKETIME`, or Debian's path).
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHAOS_LIBFAKETIME") {
+        return Some(PathBuf::from(p));
+    }
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Worker ids by part, for reports.
