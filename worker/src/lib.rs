@@ -441,6 +441,19 @@ async fn on_notice(
         let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
         return;
     }
+    // A notice redelivered for a job this worker already runs (its ack was lost, e.g.
+    // across a NATS restart) is spent: a repeated claim by the holder is answered
+    // with the same lease, and running the job again would repeat its effect.
+    if shared
+        .running
+        .lock()
+        .expect("running")
+        .contains_key(&notice.job_id)
+    {
+        tracing::debug!(job = %notice.job_id, epoch = notice.epoch, "notice for a job already running here");
+        let _ = msg.ack().await;
+        return;
+    }
     let req = ClaimRequest {
         job_id: notice.job_id,
         epoch: notice.epoch,

@@ -1,0 +1,943 @@
+//! The load suite: no-op jobs (`true`) through the whole fleet.
+//!
+//! Measured, per configuration: throughput (jobs/s, first submit to last completion),
+//! submit→done and submit→claim latency percentiles (from the job records' server-side
+//! timestamps), and the JetStream traffic per job (stream writes per bucket/stream, and
+//! messages in/out of the NATS server from its monitoring endpoint). Also the raw
+//! JetStream ceiling on the same machine: per job, a KV create, a pipelined publish,
+//! a fetch + ack and a KV compare-and-set, with async-nats and no Gigafactory code.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::StreamExt;
+use gf_schemas::names::{self, rpc};
+use gf_schemas::rpc::SubmitReply;
+use gf_schemas::{JobId, JobSpec, JobState};
+use gf_worker::RpcClient;
+use serde::Serialize;
+
+use crate::cluster::{Cluster, ClusterSpec, Timings, WorkerSpec};
+use crate::harness::connect;
+use crate::process::{GfCommand, ProcessCluster};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Jobs per measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Worker process counts for the scale-out series.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub workers: Vec<usize>,
+    /// Slots per worker process.
+    #[arg(long, default_value_t = 8)]
+    pub slots: u32,
+    /// Submissions in flight at once when submitting as fast as possible.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+    /// Jobs for the raw JetStream ceiling.
+    #[arg(long, default_value_t = 20000)]
+    pub raw_jobs: usize,
+    /// Pending jobs for the coordinator memory measurement (0 skips it).
+    #[arg(long, default_value_t = 20000)]
+    pub pending: usize,
+    /// Write the figures as JSON here.
+    #[arg(long, default_value = "benchmarks/load.json")]
+    pub json: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Some(Percentiles {
+        p50_ms: at(0.50),
+        p90_ms: at(0.90),
+        p99_ms: at(0.99),
+        max_ms: *v.last().expect("non-empty"),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub label: String,
+    pub workers: usize,
+    pub slots: u32,
+    pub durable: bool,
+    /// Submissions per second asked for; `None` = as fast as possible.
+    pub rate: Option<f64>,
+    pub jobs: usize,
+    pub succeeded: usize,
+    pub seconds: f64,
+    pub jobs_per_sec: f64,
+    pub submit_per_sec: f64,
+    pub submit_to_done: Option<Percentiles>,
+    pub submit_to_claim: Option<Percentiles>,
+    /// Where the time goes, per job: submit → first dispatch notice (the scheduler),
+    /// dispatch → claim (notice delivery, pull, claim RPC), claim → done (process
+    /// spawn, run, completion RPC). Dispatch times from the `job_dispatched` events.
+    pub submit_to_dispatch: Option<Percentiles>,
+    pub dispatch_to_claim: Option<Percentiles>,
+    pub claim_to_done: Option<Percentiles>,
+    /// Worker slots x seconds / jobs: how long one slot takes per job, all in.
+    pub slot_ms_per_job: f64,
+    /// Stream writes per job, by stream (KV buckets are streams `KV_<bucket>`).
+    pub writes_per_job: HashMap<String, f64>,
+    /// NATS server messages in / out per job (all traffic, from `/varz`).
+    pub server_msgs_in_per_job: Option<f64>,
+    pub server_msgs_out_per_job: Option<f64>,
+    /// Coordinator resident memory at the end, MiB.
+    pub coordinator_rss_mib: Option<f64>,
+    /// CPU milliseconds per job spent by each kind of process (workers include the
+    /// job processes they reaped); with 2 cores, 2000 / the total bounds jobs/s.
+    pub cpu_ms_per_job: HashMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Raw {
+    pub durable: bool,
+    pub jobs: usize,
+    pub seconds: f64,
+    pub jobs_per_sec: f64,
+    /// Four JetStream round trips per job.
+    pub round_trips_per_sec: f64,
+    /// CPU ms per job of nats-server and of the client.
+    pub cpu_ms_per_job: HashMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    pub pending_jobs: usize,
+    pub coordinator_rss_mib: f64,
+    pub coordinator_rss_before_mib: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    pub machine: String,
+    pub nats_server: String,
+    pub command: String,
+    pub raw: Vec<Raw>,
+    pub runs: Vec<Run>,
+    pub memory: Option<Memory>,
+}
+
+pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
+    let mut report = LoadReport {
+        machine: machine(),
+        nats_server: nats_version(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        raw: Vec::new(),
+        runs: Vec::new(),
+        memory: None,
+    };
+    for durable in [false, true] {
+        let r = raw_ceiling(args.raw_jobs, durable).await?;
+        println!(
+            "raw JetStream ceiling{}: {:.0} jobs/s ({:.0} round trips/s) over {} jobs",
+            if durable {
+                " (sync_interval: always)"
+            } else {
+                ""
+            },
+            r.jobs_per_sec,
+            r.round_trips_per_sec,
+            r.jobs
+        );
+        println!("    CPU ms per job: {:?}", r.cpu_ms_per_job);
+        report.raw.push(r);
+    }
+    let mut best: Option<Run> = None;
+    for &w in &args.workers {
+        let r = fleet_run(gf, &args, w, false, None, &format!("scale-out {w}w")).await?;
+        print_run(&r);
+        if best
+            .as_ref()
+            .is_none_or(|b| r.jobs_per_sec > b.jobs_per_sec)
+        {
+            best = Some(r.clone());
+        }
+        report.runs.push(r);
+    }
+    let best = best.context("no worker counts given")?;
+    let r = fabric_run(gf, &args).await?;
+    print_run(&r);
+    report.runs.push(r);
+    let half = best.jobs_per_sec / 2.0;
+    let r = fleet_run(
+        gf,
+        &args,
+        best.workers,
+        false,
+        Some(half),
+        "half of max rate",
+    )
+    .await?;
+    print_run(&r);
+    report.runs.push(r);
+    let r = fleet_run(
+        gf,
+        &args,
+        best.workers,
+        true,
+        None,
+        "durable (sync_interval: always)",
+    )
+    .await?;
+    print_run(&r);
+    report.runs.push(r);
+    if args.pending > 0 {
+        let m = memory_run(gf, args.pending).await?;
+        println!(
+            "coordinator RSS: {:.1} MiB idle, {:.1} MiB with {} pending jobs",
+            m.coordinator_rss_before_mib, m.coordinator_rss_mib, m.pending_jobs
+        );
+        report.memory = Some(m);
+    }
+    let raw = report.raw.first().map(|r| r.jobs_per_sec).unwrap_or(0.0);
+    if raw > 0.0 {
+        println!(
+            "project max {:.0} jobs/s = {:.1}% of the raw ceiling {:.0} jobs/s",
+            best.jobs_per_sec,
+            100.0 * best.jobs_per_sec / raw,
+            raw
+        );
+    }
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("figures written to {}", args.json.display());
+    Ok(true)
+}
+
+fn print_run(r: &Run) {
+    let p = |x: &Option<Percentiles>| {
+        x.as_ref()
+            .map(|p| {
+                format!(
+                    "p50 {:.1} / p90 {:.1} / p99 {:.1} ms",
+                    p.p50_ms, p.p90_ms, p.p99_ms
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<34} {:>2} workers: {:>7.1} jobs/s ({}/{} ok in {:.1} s; submit {:.0}/s); submit→done {}; submit→claim {}; msgs in/out per job {:.1}/{:.1}",
+        r.label,
+        r.workers,
+        r.jobs_per_sec,
+        r.succeeded,
+        r.jobs,
+        r.seconds,
+        r.submit_per_sec,
+        p(&r.submit_to_done),
+        p(&r.submit_to_claim),
+        r.server_msgs_in_per_job.unwrap_or(f64::NAN),
+        r.server_msgs_out_per_job.unwrap_or(f64::NAN),
+    );
+    println!(
+        "    per job: submit→dispatch {}; dispatch→claim {}; claim→done {}; one slot spends {:.1} ms per job",
+        p(&r.submit_to_dispatch),
+        p(&r.dispatch_to_claim),
+        p(&r.claim_to_done),
+        r.slot_ms_per_job
+    );
+    let mut cpu: Vec<_> = r
+        .cpu_ms_per_job
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    cpu.sort();
+    println!(
+        "    CPU ms per job: {} (total {:.2})",
+        cpu.join(", "),
+        r.cpu_ms_per_job.values().sum::<f64>()
+    );
+    let mut w: Vec<_> = r.writes_per_job.iter().collect();
+    w.sort_by(|a, b| a.0.cmp(b.0));
+    println!("    stream writes per job: {w:?}");
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb / 1024 / 1024)
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({cpu}), {mem} GiB RAM, {}",
+        std::env::consts::OS
+    )
+}
+
+fn nats_version() -> String {
+    std::process::Command::new(gf_testkit::nats_server_bin())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// CPU time of a process (and its reaped children), ms.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17 of the line: 11-14 of `rest`.
+    let ticks: f64 = f
+        .get(11..15)?
+        .iter()
+        .filter_map(|x| x.parse::<f64>().ok())
+        .sum();
+    let hz = 100.0; // USER_HZ on Linux.
+    Some(ticks * 1000.0 / hz)
+}
+
+/// CPU ms so far by kind of part: nats, coordinator, workers; and this process.
+fn cpu_by_kind(c: &ProcessCluster) -> HashMap<String, f64> {
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for p in c.parts() {
+        let kind = match p {
+            crate::cluster::Part::Nats(_) => "nats-server",
+            crate::cluster::Part::Coordinator(_) => "coordinator",
+            crate::cluster::Part::Worker(_) => "workers (with jobs)",
+        };
+        if let Some(ms) = c.pid(p).and_then(cpu_ms) {
+            *out.entry(kind.into()).or_default() += ms;
+        }
+    }
+    if let Some(ms) = cpu_ms(std::process::id()) {
+        out.insert("load generator (chaos)".into(), ms);
+    }
+    out
+}
+
+/// Last sequence of each Gigafactory stream (KV buckets are `KV_<bucket>` streams).
+async fn stream_seqs(js: &jetstream::Context) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let names = [
+        format!("KV_{}", names::BUCKET_JOBS),
+        format!("KV_{}", names::BUCKET_IDEM),
+        format!("KV_{}", names::BUCKET_WORKERS),
+        format!("KV_{}", names::BUCKET_LEADER),
+        names::STREAM_DISPATCH.to_string(),
+        names::STREAM_EVENTS.to_string(),
+        names::STREAM_LOGS.to_string(),
+    ];
+    for n in names {
+        if let Ok(mut s) = js.get_stream(&n).await {
+            if let Ok(info) = s.info().await {
+                out.insert(n, info.state.last_sequence);
+            }
+        }
+    }
+    out
+}
+
+/// `in_msgs`, `out_msgs` from the server's `/varz`.
+async fn varz(url: &Option<String>) -> Option<(u64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = url.as_ref()?;
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport).await.ok()?;
+    s.write_all(format!("GET /varz HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split("\r\n\r\n").nth(1)?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some((v["in_msgs"].as_u64()?, v["out_msgs"].as_u64()?))
+}
+
+fn load_timings() -> Timings {
+    Timings {
+        lease_ttl: Duration::from_secs(30),
+        claim_timeout: Duration::from_secs(15),
+        reaper_period: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+/// One measurement: a fresh cluster with one coordinator and `workers` worker
+/// processes; `n` no-op jobs submitted as fast as possible (or at `rate`/s).
+async fn fleet_run(
+    gf: &GfCommand,
+    args: &LoadArgs,
+    workers: usize,
+    durable: bool,
+    rate: Option<f64>,
+    label: &str,
+) -> anyhow::Result<Run> {
+    let spec = ClusterSpec {
+        nats_nodes: 1,
+        durable,
+        timings: load_timings(),
+    };
+    let gf2 = gf.clone();
+    let mut cluster =
+        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
+    let client = connect(&cluster.nats_url()).await?;
+    let js = jetstream::new(client.clone());
+    let (coord, _) = cluster.add_coordinator()?;
+    wait_store(&js).await?;
+    for i in 0..workers {
+        cluster.add_worker(WorkerSpec::new(format!("load{i}"), args.slots))?;
+    }
+    wait_active(&js, workers).await?;
+    let n = args.jobs;
+    let rpc = RpcClient::new(client.clone(), Duration::from_secs(30));
+    // Completions are seen on the events stream's subjects (core subscription).
+    let mut done_sub = client
+        .subscribe(names::event(gf_schemas::EventKind::JobSucceeded))
+        .await?;
+    client.flush().await?;
+    let seqs_before = stream_seqs(&js).await;
+    let varz_before = varz(&cluster.monitor_url(0)).await;
+    let cpu_before = cpu_by_kind(&cluster);
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let d2 = done.clone();
+    let waiter = tokio::spawn(async move {
+        while d2.load(Ordering::Relaxed) < n {
+            match tokio::time::timeout(Duration::from_secs(30), done_sub.next()).await {
+                Ok(Some(_)) => {
+                    d2.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => break,
+            }
+        }
+        Instant::now()
+    });
+    let spec = JobSpec::command(["true"]);
+    let body: bytes::Bytes = serde_json::to_vec(&spec)?.into();
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let inflight = if rate.is_some() { 4096 } else { args.inflight };
+    let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let rpc = rpc.clone();
+            let body = body.clone();
+            async move {
+                // At a fixed rate, each submission waits for its slot in the schedule.
+                if let Some(iv) = interval {
+                    let due = started + iv * i as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
+                    .await
+                    .map(|r| r.job_id)
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(inflight)
+        .collect()
+        .await;
+    let submitted = started.elapsed();
+    let ids: Vec<JobId> = ids.into_iter().collect::<anyhow::Result<_>>()?;
+    let finished = waiter.await?;
+    let seconds = finished.duration_since(started).as_secs_f64();
+    // Let the last completion's writes land, then read the records.
+    let records = crate::audit::read_jobs(&js).await?;
+    let varz_after = varz(&cluster.monitor_url(0)).await;
+    let cpu_after = cpu_by_kind(&cluster);
+    let cpu_ms_per_job = cpu_after
+        .iter()
+        .map(|(k, after)| {
+            let before = cpu_before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), (after - before) / n as f64)
+        })
+        .collect();
+    let seqs_after = stream_seqs(&js).await;
+    let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
+    let events = crate::audit::read_events(&js).await.unwrap_or_default();
+    let mut dispatched: HashMap<JobId, gf_schemas::Timestamp> = HashMap::new();
+    for e in &events {
+        if e.kind == gf_schemas::EventKind::JobDispatched {
+            if let Some(j) = e.job_id {
+                dispatched.entry(j).or_insert(e.time);
+            }
+        }
+    }
+    let (mut to_dispatch, mut d_to_claim, mut claim_to_done) = (Vec::new(), Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut to_done = Vec::new();
+    let mut to_claim = Vec::new();
+    let mut succeeded = 0;
+    for id in &ids {
+        let Some(r) = by_id.get(id) else { continue };
+        if r.state == JobState::Succeeded {
+            succeeded += 1;
+        }
+        if let Some(a) = r.history.first() {
+            to_claim.push(ms(a.started_at.since(r.submitted_at)));
+            if let Some(d) = dispatched.get(id) {
+                to_dispatch.push(ms(d.since(r.submitted_at)));
+                d_to_claim.push(ms(a.started_at.since(*d)));
+            }
+            if let Some(end) = a.ended_at {
+                claim_to_done.push(ms(end.since(a.started_at)));
+            }
+        }
+        if let Some(end) = r.history.last().and_then(|a| a.ended_at) {
+            if r.state == JobState::Succeeded {
+                to_done.push(end.since(r.submitted_at).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    let writes_per_job = seqs_after
+        .iter()
+        .map(|(k, after)| {
+            let before = seqs_before.get(k).copied().unwrap_or(0);
+            (k.clone(), (after - before) as f64 / n as f64)
+        })
+        .collect();
+    let (msgs_in, msgs_out) = match (varz_before, varz_after) {
+        (Some((i0, o0)), Some((i1, o1))) => (
+            Some((i1 - i0) as f64 / n as f64),
+            Some((o1 - o0) as f64 / n as f64),
+        ),
+        _ => (None, None),
+    };
+    let rss = cluster.pid(coord).and_then(rss_mib);
+    if succeeded < n {
+        eprintln!("chaos load: only {succeeded} of {n} jobs succeeded in {label}");
+    }
+    Ok(Run {
+        label: label.into(),
+        workers,
+        slots: args.slots,
+        durable,
+        rate,
+        jobs: n,
+        succeeded,
+        seconds,
+        jobs_per_sec: succeeded as f64 / seconds,
+        submit_per_sec: n as f64 / submitted.as_secs_f64(),
+        submit_to_done: percentiles(to_done),
+        submit_to_claim: percentiles(to_claim),
+        submit_to_dispatch: percentiles(to_dispatch),
+        dispatch_to_claim: percentiles(d_to_claim),
+        claim_to_done: percentiles(claim_to_done),
+        slot_ms_per_job: 1000.0 * (workers as f64 * args.slots as f64) * seconds
+            / succeeded.max(1) as f64,
+        writes_per_job,
+        server_msgs_in_per_job: msgs_in,
+        server_msgs_out_per_job: msgs_out,
+        coordinator_rss_mib: rss,
+        cpu_ms_per_job,
+    })
+}
+
+/// Waits until the coordinator has created every bucket and stream.
+async fn wait_store(js: &jetstream::Context) -> anyhow::Result<()> {
+    crate::harness::eventually(
+        Duration::from_secs(60),
+        "the buckets and streams",
+        || async {
+            for b in [
+                names::BUCKET_JOBS,
+                names::BUCKET_WORKERS,
+                names::BUCKET_IDEM,
+                names::BUCKET_LEADER,
+            ] {
+                js.get_key_value(b).await.ok()?;
+            }
+            for s in [
+                names::STREAM_DISPATCH,
+                names::STREAM_EVENTS,
+                names::STREAM_LOGS,
+            ] {
+                js.get_stream(s).await.ok()?;
+            }
+            Some(())
+        },
+    )
+    .await
+}
+
+async fn wait_active(js: &jetstream::Context, n: usize) -> anyhow::Result<()> {
+    let bucket = js.get_key_value(names::BUCKET_WORKERS).await?;
+    crate::harness::eventually(Duration::from_secs(60), &format!("{n} workers"), || async {
+        let all = gf_coordinator::store::read_all(&bucket).await.ok()?;
+        let active = all
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<gf_schemas::WorkerRecord>(v).ok())
+            .filter(|w| w.state == gf_schemas::WorkerState::Active)
+            .count();
+        (active >= n).then_some(())
+    })
+    .await
+}
+
+/// Coordinator memory with `n` pending jobs (no workers).
+async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
+    let spec = ClusterSpec {
+        timings: load_timings(),
+        ..Default::default()
+    };
+    let gf2 = gf.clone();
+    let mut cluster =
+        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
+    let client = connect(&cluster.nats_url()).await?;
+    let js = jetstream::new(client.clone());
+    let (coord, _) = cluster.add_coordinator()?;
+    wait_store(&js).await?;
+    let pid = cluster.pid(coord).context("coordinator pid")?;
+    let before = rss_mib(pid).unwrap_or(0.0);
+    let rpc = RpcClient::new(client.clone(), Duration::from_secs(30));
+    let body: bytes::Bytes = serde_json::to_vec(&JobSpec::command(["true"]))?.into();
+    let results: Vec<bool> = futures::stream::iter(0..n)
+        .map(|_| {
+            let rpc = rpc.clone();
+            let body = body.clone();
+            async move { rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body).await.is_ok() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let ok = results.iter().filter(|b| **b).count();
+    if ok < n {
+        bail!("only {ok} of {n} submissions accepted");
+    }
+    // The leader's view is fed by a watch: give it time to take in every job.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(Memory {
+        pending_jobs: n,
+        coordinator_rss_mib: rss_mib(pid).unwrap_or(0.0),
+        coordinator_rss_before_mib: before,
+    })
+}
+
+/// The raw JetStream pipeline a job system needs per job, without Gigafactory:
+/// KV create (the job record), publish to a work stream (pipelined, acks awaited
+/// concurrently), fetch + ack from a pull consumer, KV compare-and-set (the claim).
+async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
+    let cluster = tokio::task::spawn_blocking(move || {
+        ProcessCluster::start(
+            ClusterSpec {
+                durable,
+                ..Default::default()
+            },
+            GfCommand::external(PathBuf::from("/bin/false")),
+        )
+    })
+    .await??;
+    let client = connect(&cluster.nats_url()).await?;
+    let js = jetstream::new(client.clone());
+    let kv = js
+        .create_key_value(kv::Config {
+            bucket: "raw_jobs".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let stream = js
+        .create_stream(stream::Config {
+            name: "RAW_WORK".into(),
+            subjects: vec!["raw.work".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        })
+        .await?;
+    let payload: bytes::Bytes = vec![b'x'; 400].into();
+    let cpu_before = cpu_by_kind(&cluster);
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let (kv2, d2, p2) = (kv.clone(), done.clone(), payload.clone());
+    let worker = tokio::spawn(async move {
+        let msgs = consumer.messages().await?;
+        msgs.take(n)
+            .for_each_concurrent(256, |m| {
+                let kv = kv2.clone();
+                let d = d2.clone();
+                let p = p2.clone();
+                async move {
+                    let Ok(m) = m else { return };
+                    let text = String::from_utf8_lossy(&m.payload).to_string();
+                    let mut it = text.split(' ');
+                    let (Some(key), Some(rev)) =
+                        (it.next(), it.next().and_then(|r| r.parse().ok()))
+                    else {
+                        return;
+                    };
+                    if kv.update(key, p, rev).await.is_ok() {
+                        let _ = m.ack().await;
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .await;
+        anyhow::Ok(())
+    });
+    let produced: Vec<anyhow::Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let kv = kv.clone();
+            let js = js.clone();
+            let p = payload.clone();
+            async move {
+                let key = format!("job{i}");
+                let rev = kv.create(&key, p).await?;
+                js.publish("raw.work", format!("{key} {rev}").into())
+                    .await?
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    produced.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    tokio::time::timeout(Duration::from_secs(120), worker)
+        .await
+        .context("raw consumer did not finish")???;
+    let seconds = started.elapsed().as_secs_f64();
+    let ok = done.load(Ordering::Relaxed);
+    let cpu_after = cpu_by_kind(&cluster);
+    drop(cluster);
+    Ok(Raw {
+        durable,
+        jobs: ok,
+        seconds,
+        jobs_per_sec: ok as f64 / seconds,
+        round_trips_per_sec: 4.0 * ok as f64 / seconds,
+        cpu_ms_per_job: cpu_after
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - cpu_before.get(k).copied().unwrap_or(0.0)) / ok.max(1) as f64,
+                )
+            })
+            .collect(),
+    })
+}
+
+/// The fabric alone: the real coordinator, RPC plane and dispatch stream, with the
+/// worker side played in-process by the suite (claim, then complete at once, many in
+/// parallel, no job process). Shows what the coordinator + NATS sustain.
+async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
+    use gf_schemas::names::Routing;
+    use gf_schemas::rpc::{ClaimReply, ClaimRequest, DispatchNotice};
+    let spec = ClusterSpec {
+        timings: load_timings(),
+        ..Default::default()
+    };
+    let gf2 = gf.clone();
+    let mut cluster =
+        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
+    let client = connect(&cluster.nats_url()).await?;
+    let js = jetstream::new(client.clone());
+    let (coord, _) = cluster.add_coordinator()?;
+    wait_store(&js).await?;
+    let fake = Arc::new(
+        crate::scenarios::FakeWorker::register(client.clone(), "fabric", gf_schemas::DEFAULT_QUEUE)
+            .await?,
+    );
+    wait_active(&js, 1).await?;
+    let filters = Routing::default().worker_filters(
+        &[gf_schemas::DEFAULT_QUEUE.to_string()],
+        &Default::default(),
+    );
+    let consumer = js
+        .get_stream(names::STREAM_DISPATCH)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("chaos_fabric".into()),
+            filter_subjects: filters,
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::New,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let n = args.jobs;
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    let (d2, f2, a2) = (done.clone(), fake.clone(), all_done.clone());
+    let mut msgs = consumer.messages().await?;
+    let handler = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(Ok(m)) = msgs.next().await {
+            let (d, f, a) = (d2.clone(), f2.clone(), a2.clone());
+            tasks.spawn(async move {
+                let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
+                    return;
+                };
+                let claim = f
+                    .rpc
+                    .call::<_, ClaimReply>(
+                        rpc::CLAIM,
+                        &ClaimRequest {
+                            job_id: notice.job_id,
+                            epoch: notice.epoch,
+                            worker_id: f.id.clone(),
+                        },
+                    )
+                    .await;
+                let _ = m.ack().await;
+                if let Ok(c) = claim {
+                    if f.complete(notice.job_id, c.lease.epoch).await.is_ok()
+                        && d.fetch_add(1, Ordering::Relaxed) + 1 == n
+                    {
+                        a.notify_one();
+                    }
+                }
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+    });
+    let seqs_before = stream_seqs(&js).await;
+    let varz_before = varz(&cluster.monitor_url(0)).await;
+    let cpu_before = cpu_by_kind(&cluster);
+    let started = Instant::now();
+    let rpc_c = RpcClient::new(client.clone(), Duration::from_secs(30));
+    let body: bytes::Bytes = serde_json::to_vec(&JobSpec::command(["true"]))?.into();
+    let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let rpc = rpc_c.clone();
+            let body = body.clone();
+            async move {
+                rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
+                    .await
+                    .map(|r| r.job_id)
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(args.inflight)
+        .collect()
+        .await;
+    let submitted = started.elapsed();
+    let ids: Vec<JobId> = ids.into_iter().collect::<anyhow::Result<_>>()?;
+    let finished = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    handler.abort();
+    if finished.is_err() {
+        eprintln!(
+            "chaos load: fabric run: only {} of {n} done",
+            done.load(Ordering::Relaxed)
+        );
+    }
+    let cpu_after = cpu_by_kind(&cluster);
+    let varz_after = varz(&cluster.monitor_url(0)).await;
+    let seqs_after = stream_seqs(&js).await;
+    let records = crate::audit::read_jobs(&js).await?;
+    let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut to_done, mut to_claim, mut succeeded) = (Vec::new(), Vec::new(), 0);
+    for id in &ids {
+        let Some(r) = by_id.get(id) else { continue };
+        if r.state == JobState::Succeeded {
+            succeeded += 1;
+            if let Some(a) = r.history.first() {
+                to_claim.push(ms(a.started_at.since(r.submitted_at)));
+                if let Some(e) = a.ended_at {
+                    to_done.push(ms(e.since(r.submitted_at)));
+                }
+            }
+        }
+    }
+    let _ = fake;
+    Ok(Run {
+        label: "fabric only (in-process fake worker)".into(),
+        workers: 1,
+        slots: 64,
+        durable: false,
+        rate: None,
+        jobs: n,
+        succeeded,
+        seconds,
+        jobs_per_sec: succeeded as f64 / seconds,
+        submit_per_sec: n as f64 / submitted.as_secs_f64(),
+        submit_to_done: percentiles(to_done),
+        submit_to_claim: percentiles(to_claim),
+        submit_to_dispatch: None,
+        dispatch_to_claim: None,
+        claim_to_done: None,
+        slot_ms_per_job: 0.0,
+        writes_per_job: seqs_after
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - seqs_before.get(k).copied().unwrap_or(0)) as f64 / n as f64,
+                )
+            })
+            .collect(),
+        server_msgs_in_per_job: match (varz_before, varz_after) {
+            (Some((i0, _)), Some((i1, _))) => Some((i1 - i0) as f64 / n as f64),
+            _ => None,
+        },
+        server_msgs_out_per_job: match (varz_before, varz_after) {
+            (Some((_, o0)), Some((_, o1))) => Some((o1 - o0) as f64 / n as f64),
+            _ => None,
+        },
+        coordinator_rss_mib: cluster.pid(coord).and_then(rss_mib),
+        cpu_ms_per_job: cpu_after
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - cpu_before.get(k).copied().unwrap_or(0.0)) / n as f64,
+                )
+            })
+            .collect(),
+    })
+}

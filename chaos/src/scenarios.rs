@@ -1,0 +1,990 @@
+//! The fault scenarios. Each one starts its own cluster, runs a workload, injects its
+//! fault, waits (with deadlines, never blind sleeps to order a race) for the fleet to
+//! settle, and returns a [`Report`] whose `passed` is false on any invariant
+//! violation or failed pass criterion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+use gf_schemas::names::{self, rpc, Routing};
+use gf_schemas::rpc::{
+    ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, DispatchNotice, HeartbeatReply,
+    HeartbeatRequest, RegisterReply, RegisterRequest, SubmitReply,
+};
+use gf_schemas::{
+    AttemptOutcome, Capabilities, ErrorKind, EventKind, JobId, JobSpec, JobState, Timestamp,
+    WorkerId, WorkerState,
+};
+use gf_worker::RpcClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterSpec, Fault, Part, WorkerSpec};
+use crate::harness::{connect, eventually, Harness, Report};
+use crate::process::GfCommand;
+
+/// Size of a run.
+#[derive(Clone, Debug)]
+pub struct Scale {
+    /// Jobs per scenario.
+    pub jobs: usize,
+    pub quick: bool,
+}
+
+pub const ALL: [&str; 13] = [
+    "worker-kill",
+    "worker-pause",
+    "worker-short-pause",
+    "leader-kill",
+    "leader-pause",
+    "nats-restart",
+    "cluster-node-kill",
+    "worker-partition",
+    "idempotency",
+    "poison",
+    "race-50",
+    "complete-vs-reap",
+    "clock-skew",
+];
+
+/// The scenarios of the quick suite (CI), with small N. Left out: `leader-pause` and
+/// `cluster-node-kill` (slow: leader TTL, cluster formation) and `clock-skew` (needs
+/// `faketime`); the full suite runs them.
+pub const QUICK: [&str; 10] = [
+    "worker-kill",
+    "worker-pause",
+    "worker-short-pause",
+    "leader-kill",
+    "nats-restart",
+    "worker-partition",
+    "idempotency",
+    "poison",
+    "race-50",
+    "complete-vs-reap",
+];
+
+/// One line per scenario: what it proves.
+pub fn describe(name: &str) -> &'static str {
+    match name {
+        "worker-kill" => "kill -9 a worker mid-job: its jobs are re-leased within TTL + reaper + 2 s and run once in effect",
+        "worker-pause" => "SIGSTOP a worker past its lease TTL, then SIGCONT: the zombie is fenced, nothing it reports counts",
+        "worker-short-pause" => "SIGSTOP a worker for TTL/3: no false revocation, every job it held finishes on it",
+        "leader-kill" => "kill -9 the scheduler leader: the standby takes over within leader TTL + 3 s, no job lost",
+        "leader-pause" => "SIGSTOP the leader past its lease, resume it: the standby leads, the zombie leader does not dispatch or reap",
+        "nats-restart" => "kill -9 and restart the single NATS server mid-run: no job lost or run twice",
+        "cluster-node-kill" => "3-node JetStream cluster, R3: kill one node mid-run, bring it back: no job lost or run twice",
+        "worker-partition" => "cut a worker off NATS (proxy) past its TTL, reconnect: jobs re-leased in bound, the worker rejoins",
+        "idempotency" => "many clients submit the same idempotency keys at once: one job per key",
+        "poison" => "garbage and truncated JSON on every gf.rpc.* subject and malformed dispatch notices: refused, the fleet keeps working",
+        "race-50" => "50 workers race for the same notices: every job claimed and run exactly once",
+        "complete-vs-reap" => "completions sent right at lease expiry, as the reaper re-leases: each is either accepted or refused, never both",
+        "clock-skew" => "workers whose clocks are 5 minutes ahead and behind (faketime): no false expiry, no job lost",
+        _ => "unknown scenario",
+    }
+}
+
+pub async fn run(name: &str, scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    eprintln!("chaos: === {name}: {}", describe(name));
+    let report = match name {
+        "worker-kill" => worker_kill(scale, gf).await,
+        "worker-pause" => worker_pause(scale, gf).await,
+        "worker-short-pause" => worker_short_pause(scale, gf).await,
+        "leader-kill" => leader_kill(scale, gf).await,
+        "leader-pause" => leader_pause(scale, gf).await,
+        "nats-restart" => nats_restart(scale, gf).await,
+        "cluster-node-kill" => cluster_node_kill(scale, gf).await,
+        "worker-partition" => worker_partition(scale, gf).await,
+        "idempotency" => idempotency(scale, gf).await,
+        "poison" => poison(scale, gf).await,
+        "race-50" => race_50(scale, gf).await,
+        "complete-vs-reap" => complete_vs_reap(scale, gf).await,
+        "clock-skew" => clock_skew(scale, gf).await,
+        other => anyhow::bail!("unknown scenario `{other}` (one of: {})", ALL.join(", ")),
+    };
+    report.with_context(|| {
+        format!(
+            "scenario {name} could not run to the end ({:?})",
+            started.elapsed()
+        )
+    })
+}
+
+/// Time allowed for `n` jobs to finish after the faults, on top of the fixed bounds.
+fn budget(n: usize) -> Duration {
+    Duration::from_secs(90) + Duration::from_millis(60 * n as u64)
+}
+
+fn three_workers() -> Vec<WorkerSpec> {
+    (0..3)
+        .map(|i| WorkerSpec::new(format!("w{i}"), 4))
+        .collect()
+}
+
+/// Standard fleet: one NATS, two coordinators, three workers with four slots.
+async fn fleet(
+    name: &str,
+    gf: &GfCommand,
+    spec: ClusterSpec,
+    workers: Vec<WorkerSpec>,
+) -> anyhow::Result<Harness> {
+    let mut h = Harness::start(name, spec, gf.clone(), 2).await?;
+    h.add_workers(workers).await?;
+    Ok(h)
+}
+
+/// (job, epoch) pairs leased to `worker` right now, per the watch.
+fn held_by(h: &Harness, ids: &[JobId], worker: &str) -> Vec<(JobId, u64)> {
+    ids.iter()
+        .filter_map(|id| h.audit.latest(id))
+        .filter(|r| {
+            !r.state.is_terminal()
+                && r.lease
+                    .as_ref()
+                    .is_some_and(|l| l.worker.as_str() == worker)
+        })
+        .map(|r| (r.id, r.epoch))
+        .collect()
+}
+
+/// Waits until every one of `held` is terminal or at a later epoch (re-leased).
+async fn wait_moved_on(
+    h: &Harness,
+    held: &[(JobId, u64)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eventually(timeout, "the held jobs to be re-leased", || async {
+        held.iter()
+            .all(|(id, epoch)| {
+                h.audit
+                    .latest(id)
+                    .is_some_and(|r| r.epoch > *epoch || r.state.is_terminal())
+            })
+            .then_some(())
+    })
+    .await
+}
+
+async fn worker_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("worker-kill", gf, ClusterSpec::default(), three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
+    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
+        .await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
+        .await?;
+    let held = held_by(&h, &ids, "w0");
+    h.fault(Part::Worker(0), Fault::Kill)?;
+    let bound = h.cluster.spec().timings.recovery_bound();
+    wait_moved_on(&h, &held, bound + Duration::from_secs(5)).await?;
+    h.note(format!(
+        "{} jobs held by w0 at the kill were re-leased",
+        held.len()
+    ));
+    h.fault(Part::Worker(0), Fault::Start)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    h.finish(true).await
+}
+
+/// A job that sleeps `sleep` seconds, then appends `<job id> <epoch>` to the
+/// side-effect file (whose path [`Harness::submit_many`] fills in). Ten attempts, so
+/// repeated faults cannot make it dead.
+fn h_effect(sleep: &str) -> JobSpec {
+    let mut spec = JobSpec::command([
+        "sh",
+        "-c",
+        r#"sleep "$SLEEP"; echo "$GF_JOB_ID $GF_EPOCH" >> "$EFFECTS""#,
+    ]);
+    spec.env.insert("SLEEP".into(), sleep.into());
+    spec.env.insert("EFFECTS".into(), String::new());
+    spec.max_attempts = 10;
+    spec
+}
+
+async fn worker_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("worker-pause", gf, ClusterSpec::default(), three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
+        .await?;
+    let held = held_by(&h, &ids, "w0");
+    h.fault(Part::Worker(0), Fault::Pause)?;
+    let bound = h.cluster.spec().timings.recovery_bound();
+    wait_moved_on(&h, &held, bound + Duration::from_secs(5)).await?;
+    let resumed = h.fault(Part::Worker(0), Fault::Resume)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    // The zombie comes back to work: active again with a fresh heartbeat.
+    if let Err(e) = h
+        .wait_workers_active(&["w0".into()], resumed, Duration::from_secs(30))
+        .await
+    {
+        h.fail(format!("the resumed worker did not rejoin: {e}"));
+    }
+    h.note(format!(
+        "{} jobs held by w0 at the pause were re-leased",
+        held.len()
+    ));
+    h.finish(true).await
+}
+
+async fn worker_short_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet(
+        "worker-short-pause",
+        gf,
+        ClusterSpec::default(),
+        three_workers(),
+    )
+    .await?;
+    let n = scale.jobs;
+    let pause = h.cluster.spec().timings.lease_ttl / 3;
+    let ids = h.submit_many(n, |_| h_effect("1")).await?;
+    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
+        .await?;
+    let held = held_by(&h, &ids, "w0");
+    h.fault(Part::Worker(0), Fault::Pause)?;
+    // The fault lasts a fixed time by design: a pause of a third of the TTL.
+    tokio::time::sleep(pause).await;
+    h.fault(Part::Worker(0), Fault::Resume)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let mut revoked = Vec::new();
+    for (id, epoch) in &held {
+        let r = h.audit.latest(id).context("record")?;
+        if r.epoch != *epoch || r.history.iter().any(|a| a.outcome.is_none()) {
+            revoked.push(*id);
+        }
+    }
+    if !revoked.is_empty() {
+        h.fail(format!(
+            "a pause of {pause:?} (under the TTL) lost leases: {revoked:?}"
+        ));
+    }
+    h.note(format!(
+        "{} jobs held through a {pause:?} pause, none re-leased",
+        held.len()
+    ));
+    h.finish(true).await
+}
+
+async fn leader_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("leader-kill", gf, ClusterSpec::default(), three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    let (part, old) = h.wait_leader(Duration::from_secs(10)).await?;
+    let t0 = Instant::now();
+    h.fault(part, Fault::Kill)?;
+    let limit = h.cluster.spec().timings.leader_ttl + Duration::from_secs(3);
+    let new = eventually(limit + Duration::from_secs(10), "a new leader", || async {
+        h.leader().await.filter(|(_, id)| *id != old)
+    })
+    .await?;
+    let took = t0.elapsed();
+    h.note(format!(
+        "{} took over from {old} after {:.2} s",
+        new.1,
+        took.as_secs_f64()
+    ));
+    if took > limit {
+        h.fail(format!("takeover took {took:?}, bound {limit:?}"));
+    }
+    h.wait_terminal(&ids, budget(n)).await?;
+    h.fault(part, Fault::Start)?;
+    // The fleet still takes new work with the old leader back as a standby.
+    let late = h.submit_many(5, |_| h_effect("0")).await?;
+    h.wait_terminal(&late, Duration::from_secs(60)).await?;
+    h.finish(true).await
+}
+
+async fn leader_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("leader-pause", gf, ClusterSpec::default(), three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    let (part, old) = h.wait_leader(Duration::from_secs(10)).await?;
+    let t0 = Instant::now();
+    h.fault(part, Fault::Pause)?;
+    let limit = h.cluster.spec().timings.leader_ttl + Duration::from_secs(3);
+    let new = eventually(limit + Duration::from_secs(10), "a new leader", || async {
+        h.leader().await.filter(|(_, id)| *id != old)
+    })
+    .await?;
+    let took = t0.elapsed();
+    h.note(format!(
+        "{} took over from the paused {old} after {:.2} s",
+        new.1,
+        took.as_secs_f64()
+    ));
+    if took > limit {
+        h.fail(format!("takeover took {took:?}, bound {limit:?}"));
+    }
+    // Let the new leader work for a while, then wake the zombie.
+    let done = h.audit.terminal_count(&ids);
+    let _ = h
+        .wait_some_terminal(&ids, (done + n / 8).min(n), Duration::from_secs(30))
+        .await;
+    let resumed = h.fault(part, Fault::Resume)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let late = h.submit_many(5, |_| h_effect("0")).await?;
+    h.wait_terminal(&late, Duration::from_secs(60)).await?;
+    // The zombie must not act as leader after it wakes while the other one leads.
+    let events = crate::audit::read_events(&h.js).await.unwrap_or_default();
+    let grace = resumed.plus(Duration::from_secs(1));
+    let acts: Vec<JobId> = events
+        .iter()
+        .filter(|e| e.source == old && e.time > grace)
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::JobDispatched | EventKind::JobLeaseExpired
+            )
+        })
+        .filter_map(|e| e.job_id)
+        .collect();
+    let still = h.leader().await.map(|l| l.1);
+    if !acts.is_empty() && still.as_deref() != Some(old.as_str()) {
+        h.fail(format!(
+            "the resumed zombie leader {old} dispatched or reaped {} jobs after waking: {:?}",
+            acts.len(),
+            &acts[..acts.len().min(10)]
+        ));
+    }
+    h.finish(true).await
+}
+
+async fn nats_restart(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("nats-restart", gf, ClusterSpec::default(), three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    h.fault(Part::Nats(0), Fault::Kill)?;
+    h.fault(Part::Nats(0), Fault::Start)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let late = h.submit_many(5, |_| h_effect("0")).await?;
+    h.wait_terminal(&late, Duration::from_secs(60)).await?;
+    h.finish(true).await
+}
+
+async fn cluster_node_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let spec = ClusterSpec {
+        nats_nodes: 3,
+        ..Default::default()
+    };
+    let mut h = fleet("cluster-node-kill", gf, spec, three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    h.fault(Part::Nats(0), Fault::Kill)?;
+    let done = h.audit.terminal_count(&ids);
+    h.wait_some_terminal(&ids, (done + n / 8).min(n), budget(n))
+        .await?;
+    h.fault(Part::Nats(0), Fault::Start)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let late = h.submit_many(5, |_| h_effect("0")).await?;
+    h.wait_terminal(&late, Duration::from_secs(60)).await?;
+    h.finish(true).await
+}
+
+async fn worker_partition(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut workers = three_workers();
+    workers[0].via_proxy = true;
+    let mut h = fleet("worker-partition", gf, ClusterSpec::default(), workers).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
+        .await?;
+    let held = held_by(&h, &ids, "w0");
+    h.fault(Part::Worker(0), Fault::Cut)?;
+    let bound = h.cluster.spec().timings.recovery_bound();
+    wait_moved_on(&h, &held, bound + Duration::from_secs(5)).await?;
+    let healed = h.fault(Part::Worker(0), Fault::Heal)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    if let Err(e) = h
+        .wait_workers_active(&["w0".into()], healed, Duration::from_secs(60))
+        .await
+    {
+        h.fail(format!(
+            "the cut-off worker did not rejoin after the heal: {e}"
+        ));
+    }
+    h.note(format!(
+        "{} jobs held by w0 at the cut were re-leased",
+        held.len()
+    ));
+    h.finish(true).await
+}
+
+async fn idempotency(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("idempotency", gf, ClusterSpec::default(), three_workers()).await?;
+    let keys = (scale.jobs / 10).max(5);
+    let clients = if scale.quick { 6 } else { 16 };
+    let run = format!("{:08x}", rand::random::<u32>());
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(RpcClient::new(
+            connect(&h.cluster.nats_url()).await?,
+            Duration::from_secs(10),
+        ));
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients));
+    let mut tasks = Vec::new();
+    for c in conns {
+        let audit = h.audit.clone();
+        let barrier = barrier.clone();
+        let run = run.clone();
+        let effects = h.effects.display().to_string();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut out = Vec::new();
+            let subs = futures::stream::iter(0..keys)
+                .map(|k| {
+                    let mut spec = h_effect("0");
+                    spec.env.insert("EFFECTS".into(), effects.clone());
+                    spec.idempotency_key = Some(format!("idem-{run}-{k}"));
+                    let c = c.clone();
+                    let audit = audit.clone();
+                    async move {
+                        let t = Timestamp::now_local();
+                        let r = c.call::<_, SubmitReply>(rpc::SUBMIT, &spec).await;
+                        if let Ok(r) = &r {
+                            audit.submitted(crate::audit::SubmitEntry {
+                                time: t,
+                                key: spec.idempotency_key.clone(),
+                                job_id: Some(r.job_id),
+                                duplicate: r.duplicate,
+                                error: None,
+                            });
+                        }
+                        (
+                            k,
+                            r.map(|r| (r.job_id, r.duplicate))
+                                .map_err(|e| e.to_string()),
+                        )
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await;
+            out.extend(subs);
+            out
+        }));
+    }
+    let mut per_key: BTreeMap<usize, Vec<(JobId, bool)>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        for (k, r) in t.await? {
+            match r {
+                Ok(x) => per_key.entry(k).or_default().push(x),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        h.fail(format!(
+            "{} submissions failed: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        ));
+    }
+    let mut ids = Vec::new();
+    for (k, replies) in &per_key {
+        let firsts = replies.iter().filter(|(_, dup)| !dup).count();
+        if firsts != 1 {
+            h.fail(format!("key {k}: {firsts} replies said `not a duplicate`"));
+        }
+        ids.push(replies[0].0);
+    }
+    h.effect_jobs.extend(ids.iter().copied());
+    h.note(format!(
+        "{keys} keys x {clients} clients at once: {} submissions",
+        keys * clients
+    ));
+    h.wait_terminal(&ids, budget(ids.len())).await?;
+    h.finish(true).await
+}
+
+/// Garbage, truncated and wrong-shaped bodies.
+fn poison_bodies() -> Vec<Vec<u8>> {
+    let valid = serde_json::to_vec(&JobSpec::command(["true"])).expect("json");
+    let mut v: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\x00\xff\xfe garbage \x01".to_vec(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"\"string\"".to_vec(),
+        b"{\"job_id\": 12, \"epoch\": -1}".to_vec(),
+        b"{\"job_id\": \"not-a-uuid\", \"epoch\": 1, \"worker_id\": \"x\"}".to_vec(),
+        vec![b'['; 10_000],
+        "{\"command\": [\"\u{fffd}\"], \"extra\": 1}"
+            .as_bytes()
+            .to_vec(),
+    ];
+    for cut in [1, valid.len() / 2, valid.len() - 1] {
+        v.push(valid[..cut].to_vec());
+    }
+    v
+}
+
+async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("poison", gf, ClusterSpec::default(), three_workers()).await?;
+    let subjects = [
+        rpc::SUBMIT,
+        rpc::GET_JOB,
+        rpc::CANCEL,
+        rpc::REGISTER,
+        rpc::HEARTBEAT,
+        rpc::CLAIM,
+        rpc::RENEW,
+        rpc::COMPLETE,
+        rpc::RELEASE,
+    ];
+    let mut sent = 0;
+    let mut unanswered = Vec::new();
+    let mut accepted = Vec::new();
+    for subject in subjects {
+        for body in poison_bodies() {
+            sent += 1;
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                h.nats.request(subject, body.clone().into()),
+            )
+            .await;
+            match r {
+                Ok(Ok(msg)) => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&msg.payload).unwrap_or_default();
+                    if v.get("error").is_none() {
+                        accepted.push(format!("{subject} <- {:?}", String::from_utf8_lossy(&body)));
+                    }
+                }
+                _ => unanswered.push(format!("{subject} <- {:?}", String::from_utf8_lossy(&body))),
+            }
+        }
+    }
+    // Malformed and misleading dispatch notices, straight into the dispatch stream.
+    let route = Routing::default()
+        .route_of(&JobSpec::command(["true"]))
+        .subject();
+    let real = h.submit_many(1, |_| h_effect("0")).await?;
+    let ghost = DispatchNotice {
+        job_id: JobId::new(),
+        epoch: 1,
+        dispatched_at: Timestamp::now_local(),
+    };
+    let future_epoch = DispatchNotice {
+        job_id: real[0],
+        epoch: 999,
+        dispatched_at: Timestamp::now_local(),
+    };
+    let mut notices = poison_bodies();
+    notices.push(serde_json::to_vec(&ghost)?);
+    notices.push(serde_json::to_vec(&future_epoch)?);
+    for body in notices {
+        h.js.publish(route.clone(), body.into()).await?.await?;
+        sent += 1;
+    }
+    h.note(format!("{sent} poison messages sent"));
+    if !unanswered.is_empty() {
+        h.fail(format!(
+            "{} poison requests got no answer: {:?}",
+            unanswered.len(),
+            &unanswered[..unanswered.len().min(5)]
+        ));
+    }
+    if !accepted.is_empty() {
+        h.fail(format!("poison accepted as valid: {accepted:?}"));
+    }
+    let n = scale.jobs;
+    let mut ids = h.submit_many(n, |_| h_effect("0")).await?;
+    ids.extend(real);
+    h.wait_terminal(&ids, budget(n)).await?;
+    for p in h.cluster.parts() {
+        if !h.cluster.alive(p) {
+            h.fail(format!("{p} died after the poison"));
+        }
+    }
+    h.finish(true).await
+}
+
+async fn race_50(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = Harness::start("race-50", ClusterSpec::default(), gf.clone(), 2).await?;
+    let workers_n = 50;
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for i in 0..workers_n {
+        let cfg = gf_worker::WorkerConfig {
+            nats_url: h.cluster.node_url(0),
+            id: Some(WorkerId::new(format!("race{i}"))?),
+            slots: 1,
+            drain_grace: Duration::from_secs(2),
+            scratch_dir: Some(h.cluster.work_dir().join(format!("scratch-race{i}"))),
+            ..Default::default()
+        };
+        workers.push(gf_worker::start(cfg, stop.clone()).await?);
+    }
+    let ids_w: Vec<String> = (0..workers_n).map(|i| format!("race{i}")).collect();
+    h.wait_workers_active(
+        &ids_w,
+        Timestamp::from_unix_millis(0),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0")).await?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let mut extra = Vec::new();
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let r = h.audit.latest(id).context("record")?;
+        if r.attempts != 1 {
+            extra.push(*id);
+        }
+        if let Some(a) = r.history.last() {
+            *by_worker.entry(a.worker.as_str().to_string()).or_default() += 1;
+        }
+    }
+    if !extra.is_empty() {
+        h.fail(format!(
+            "{} jobs needed more than one attempt without any fault: {:?}",
+            extra.len(),
+            &extra[..extra.len().min(10)]
+        ));
+    }
+    h.note(format!(
+        "{} of {workers_n} workers ran at least one job",
+        by_worker.len()
+    ));
+    stop.cancel();
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.join()).await;
+    }
+    h.finish(true).await
+}
+
+/// A worker the suite plays itself over the RPC plane (no job process): to time
+/// completions against lease expiry, and to load the fabric without process spawns.
+pub(crate) struct FakeWorker {
+    pub(crate) id: WorkerId,
+    pub(crate) rpc: RpcClient,
+    stop: CancellationToken,
+}
+
+impl FakeWorker {
+    pub(crate) async fn register(
+        nats: async_nats::Client,
+        id: &str,
+        queue: &str,
+    ) -> anyhow::Result<Self> {
+        let id = WorkerId::new(id)?;
+        let rpc = RpcClient::new(nats, Duration::from_secs(5));
+        let caps = Capabilities {
+            values: BTreeMap::new(),
+            tags: Default::default(),
+            queues: vec![queue.into()],
+        };
+        let reply: RegisterReply = rpc
+            .call(
+                rpc::REGISTER,
+                &RegisterRequest {
+                    worker_id: id.clone(),
+                    capabilities: caps,
+                    slots: 64,
+                    version: "chaos".into(),
+                    hostname: "chaos".into(),
+                },
+            )
+            .await?;
+        let stop = CancellationToken::new();
+        let (rpc2, id2, stop2) = (rpc.clone(), id.clone(), stop.clone());
+        let every = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
+        tokio::spawn(async move {
+            loop {
+                let _ = rpc2
+                    .call::<_, HeartbeatReply>(
+                        rpc::HEARTBEAT,
+                        &HeartbeatRequest {
+                            worker_id: id2.clone(),
+                            state: WorkerState::Active,
+                            free_slots: 64,
+                            running: Vec::new(),
+                        },
+                    )
+                    .await;
+                tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        Ok(Self { id, rpc, stop })
+    }
+
+    /// Sends a completion until it gets a definitive answer.
+    pub(crate) async fn complete(&self, job: JobId, epoch: u64) -> Result<JobState, ErrorKind> {
+        let req = CompleteRequest {
+            job_id: job,
+            epoch,
+            worker_id: self.id.clone(),
+            outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+            result: None,
+            usage: None,
+        };
+        for _ in 0..50 {
+            match self.rpc.call::<_, CompleteReply>(rpc::COMPLETE, &req).await {
+                Ok(r) => return Ok(r.state),
+                Err(e) if e.retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(e.kind().unwrap_or(ErrorKind::Internal)),
+            }
+        }
+        Err(ErrorKind::Unavailable)
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = Harness::start("complete-vs-reap", ClusterSpec::default(), gf.clone(), 2).await?;
+    let queue = "reap";
+    let fake = std::sync::Arc::new(FakeWorker::register(h.nats.clone(), "reaptimer", queue).await?);
+    h.wait_workers_active(
+        &["reaptimer".into()],
+        Timestamp::from_unix_millis(0),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let filters = Routing::default().worker_filters(&[queue.to_string()], &BTreeMap::new());
+    let stream = h.js.get_stream(names::STREAM_DISPATCH).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("chaos_reaptimer".into()),
+            filter_subjects: filters,
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    let n = scale.jobs;
+    let ids = h
+        .submit_many(n, |_| {
+            let mut s = JobSpec::command(["true"]);
+            s.queue = "reap".into();
+            s.lease_ttl_secs = Some(1);
+            s.max_attempts = 10;
+            s
+        })
+        .await?;
+    let index: HashMap<JobId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    // First completion of each job: its answer, by job.
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<
+        JobId,
+        (u64, Result<JobState, ErrorKind>),
+    >::new()));
+    let stop = CancellationToken::new();
+    let mut msgs = consumer.messages().await?;
+    let deadline = Instant::now() + budget(n);
+    let timed = std::sync::Mutex::new(std::collections::HashSet::<JobId>::new());
+    let (ans, fk, st) = (answers.clone(), fake.clone(), stop.clone());
+    let handler = tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                _ = st.cancelled() => return,
+                m = msgs.next() => m,
+            };
+            let Some(Ok(m)) = m else { return };
+            let _ = m.ack().await;
+            let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
+                continue;
+            };
+            let claim = fk
+                .rpc
+                .call::<_, ClaimReply>(
+                    rpc::CLAIM,
+                    &ClaimRequest {
+                        job_id: notice.job_id,
+                        epoch: notice.epoch,
+                        worker_id: fk.id.clone(),
+                    },
+                )
+                .await;
+            let Ok(claim) = claim else { continue };
+            let i = index.get(&notice.job_id).copied().unwrap_or(0);
+            // Only each job's first claim is timed against its lease; later ones
+            // (after a lost race) complete at once.
+            let first = timed.lock().expect("timed").insert(notice.job_id);
+            let (ans, fk) = (ans.clone(), fk.clone());
+            tokio::spawn(async move {
+                if first {
+                    // Sweep the completion across the lease deadline: from 300 ms
+                    // before it to 300 ms after (the reaper runs every 200 ms).
+                    let offset_ms = -300 + (600 * i as i64) / (n.max(2) as i64 - 1);
+                    let at = claim.lease.expires_at.unix_millis() + offset_ms;
+                    let wait = at - Timestamp::now_local().unix_millis();
+                    if wait > 0 {
+                        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    }
+                    let r = fk.complete(notice.job_id, claim.lease.epoch).await;
+                    ans.lock()
+                        .expect("answers")
+                        .insert(notice.job_id, (claim.lease.epoch, r));
+                } else {
+                    let _ = fk.complete(notice.job_id, claim.lease.epoch).await;
+                }
+            });
+        }
+    });
+    let r = h
+        .wait_terminal(&ids, deadline.saturating_duration_since(Instant::now()))
+        .await;
+    // A first completion that lost the race may still be on its way when the re-run
+    // finished the job: wait for every first completion's answer.
+    let r = match r {
+        Ok(()) => {
+            eventually(
+                Duration::from_secs(30),
+                "every timed completion's answer",
+                || async { (answers.lock().expect("answers").len() >= ids.len()).then_some(()) },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    stop.cancel();
+    let _ = handler.await;
+    r?;
+    let answers = answers.lock().expect("answers").clone();
+    let (mut won, mut lost, mut wrong) = (0, 0, Vec::new());
+    for id in &ids {
+        let rec = h.audit.latest(id).context("record")?;
+        let Some((epoch, answer)) = answers.get(id) else {
+            wrong.push(format!("{id}: no first completion recorded"));
+            continue;
+        };
+        let attempt = rec.history.iter().find(|a| a.epoch == *epoch);
+        let accepted = attempt.is_some_and(|a| a.outcome.is_some());
+        match answer {
+            Ok(_) => {
+                won += 1;
+                if !accepted || rec.epoch != *epoch {
+                    wrong.push(format!("{id}: completion at epoch {epoch} answered ok but the record does not hold it"));
+                }
+            }
+            Err(ErrorKind::StaleEpoch | ErrorKind::Revoked) => {
+                lost += 1;
+                if accepted {
+                    wrong.push(format!(
+                        "{id}: completion at epoch {epoch} refused but recorded"
+                    ));
+                }
+            }
+            Err(k) => wrong.push(format!("{id}: completion answered {k:?}")),
+        }
+    }
+    h.note(format!(
+        "{won} completions won the race with the reaper, {lost} lost it (refused and re-run)"
+    ));
+    if !wrong.is_empty() {
+        h.fail(format!(
+            "{} completions disagree with the store: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        ));
+    }
+    let _ = stream.delete_consumer("chaos_reaptimer").await;
+    h.finish(true).await
+}
+
+async fn clock_skew(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let lib = crate::process::libfaketime()
+        .context("libfaketime is not installed here (apt-get install faketime)")?;
+    let probe = std::process::Command::new("date")
+        .arg("+%s")
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME", "+5m")
+        .output();
+    let skewed = match probe {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<i64>()
+            .ok(),
+        _ => None,
+    };
+    let now = Timestamp::now_local().unix_millis() / 1000;
+    let works = skewed.is_some_and(|s| (s - now - 300).abs() < 10);
+    if !works {
+        anyhow::bail!(
+            "libfaketime does not shift the clock here ({})",
+            lib.display()
+        );
+    }
+    let mut workers = three_workers();
+    workers[0].clock_offset = Some("+5m".into());
+    workers[1].clock_offset = Some("-5m".into());
+    let mut h = fleet("clock-skew", gf, ClusterSpec::default(), workers).await?;
+    let n = scale.jobs;
+    // The first jobs outlast a renewal period, so skewed workers renew leases too;
+    // each also records the wall clock its process saw.
+    let ids = h
+        .submit_many(n, |i| {
+            let mut s = h_effect(if i < 24 { "1.5" } else { "0.05" });
+            s.command = vec![
+                "sh".into(),
+                "-c".into(),
+                r#"sleep "$SLEEP"; echo "$GF_JOB_ID $GF_EPOCH $(date +%s) $GF_WORKER_ID" >> "$EFFECTS""#.into(),
+            ];
+            s
+        })
+        .await?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    // The clock each worker's jobs saw, against ours: proves the skew was real.
+    let now = Timestamp::now_local().unix_millis() / 1000;
+    let text = std::fs::read_to_string(&h.effects).unwrap_or_default();
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let (Some(t), Some(w)) = (f.get(2).and_then(|t| t.parse::<i64>().ok()), f.get(3)) {
+            seen.insert(w.to_string(), t - now);
+        }
+    }
+    h.note(format!(
+        "clock offset seen by each worker's jobs, seconds (approx.): {seen:?}"
+    ));
+    if seen.get("w0").is_none_or(|d| *d < 200) || seen.get("w1").is_none_or(|d| *d > -200) {
+        h.fail("faketime did not shift the workers' clocks as asked");
+    }
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    let mut lost = Vec::new();
+    for id in &ids {
+        let r = h.audit.latest(id).context("record")?;
+        if r.history.iter().any(|a| a.outcome.is_none()) {
+            lost.push(*id);
+        }
+        for a in &r.history {
+            *per_worker.entry(a.worker.as_str().to_string()).or_default() += 1;
+        }
+    }
+    for w in ["w0", "w1"] {
+        if per_worker.get(w).copied().unwrap_or(0) == 0 {
+            h.fail(format!("the skewed worker {w} ran no job"));
+        }
+    }
+    if !lost.is_empty() {
+        h.fail(format!(
+            "{} attempts lost their lease with skewed clocks: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        ));
+    }
+    h.note(format!(
+        "attempts per worker (w0 +5 min, w1 -5 min): {per_worker:?}"
+    ));
+    h.finish(true).await
+}
