@@ -60,7 +60,6 @@ fn main() -> ExitCode {
         let cli = <gf_cli::Cli as Parser>::parse_from(
             std::iter::once("gf".to_string()).chain(args.into_iter().skip(2)),
         );
-        gf_cli::init_tracing(&cli.global);
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
         return match runtime.block_on(gf_cli::run(cli)) {
             Ok(code) => code,

@@ -376,6 +376,8 @@ impl Cluster for ProcessCluster {
             format!("{}ms", t.reaper_period.as_millis()),
             "--replicas".into(),
             self.spec.nats_nodes.to_string(),
+            // The suite drives the fleet over NATS; its HTTP API is loopback-only here.
+            "--no-auth".into(),
         ];
         // One server URL per process, spread over the nodes: `gf` takes a single URL,
         // and the client learns the other nodes from the server and fails over to them.
