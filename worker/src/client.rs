@@ -67,6 +67,17 @@ impl RpcClient {
         &self.client
     }
 
+    /// The same client with a per-request timeout of at most `timeout`. Lease traffic
+    /// uses a fraction of the lease TTL: a request that went to a stalled coordinator
+    /// (a queue-group member that stopped answering) is retried, likely reaching another
+    /// replica, while the lease is still valid.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            client: self.client.clone(),
+            timeout: timeout.min(self.timeout),
+        }
+    }
+
     /// Sends `req` as JSON and decodes the reply envelope.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,

@@ -499,6 +499,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
             give_back: shared.give_back.clone(),
         };
         tracing::info!(job = %job_id, epoch, "running");
+        let lease_ttl = Duration::from_millis(job.claim.lease.ttl_ms);
         let end = runner::run(job, shared.rpc.clone(), shared.js.clone(), &shared.scratch).await;
         let result = match &end {
             runner::RunEnd::Finished { outcome, .. } => match outcome {
@@ -513,7 +514,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         match end {
             runner::RunEnd::Finished { outcome, result, usage } => {
                 let req = CompleteRequest { job_id, epoch, worker_id: shared.id.clone(), outcome, result, usage };
-                report(&shared, &req).await;
+                report(&shared, &req, lease_ttl).await;
             }
             runner::RunEnd::Revoked(why) => {
                 tracing::warn!(job = %job_id, epoch, %why, "job stopped; its result does not count");
@@ -533,14 +534,15 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
 
 /// Sends a completion until it is answered. Retrying is safe: the coordinator answers a
 /// repeat of an applied completion with the same result.
-async fn report(shared: &Shared, req: &CompleteRequest) {
+async fn report(shared: &Shared, req: &CompleteRequest, lease_ttl: Duration) {
     let mut wait = Duration::from_millis(100);
+    // Each try gets a third of the lease, so a stalled coordinator costs a retry, not
+    // the lease.
+    let rpc = shared
+        .rpc
+        .with_timeout((lease_ttl / 3).max(Duration::from_millis(200)));
     for _ in 0..30 {
-        match shared
-            .rpc
-            .call::<_, CompleteReply>(rpc::COMPLETE, req)
-            .await
-        {
+        match rpc.call::<_, CompleteReply>(rpc::COMPLETE, req).await {
             Ok(r) => {
                 tracing::info!(job = %req.job_id, epoch = req.epoch, state = %r.state, "reported");
                 return;

@@ -142,7 +142,7 @@ pub async fn run(
             _ = renew.tick() => {
                 // Usage so far, so a job over its own `max_cost` is stopped while running.
                 renew_req.usage = read_usage(&usage_file).await;
-                let renewed = rpc.call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
+                let renewed = rpc.with_timeout(renew_every).call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
                 let label = match &renewed {
                     Ok(_) => "ok",
                     Err(e) if e.lost_lease() => "lost",
