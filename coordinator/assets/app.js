@@ -326,7 +326,8 @@ async function drain(id, on) {
 
 /// Spend over the period as an inline SVG line, with the limit as a dashed line.
 function burnDown(b) {
-  const pts = (b.history || []).filter(p => !b.period_start || p.time >= b.period_start);
+  const start = b.period_secs ? Date.parse(b.period_start) : -Infinity;
+  const pts = (b.history || []).filter(p => Date.parse(p.time) >= start);
   if (pts.length < 2) return `<span class="muted">${pts.length} report${pts.length === 1 ? "" : "s"}</span>`;
   const W = 220, H = 36;
   const t0 = Date.parse(pts[0].time), t1 = Math.max(Date.parse(pts[pts.length - 1].time), t0 + 1);

@@ -556,10 +556,11 @@ async fn account(
         if shutdown.is_cancelled() {
             return false;
         }
-        let now = service.clock.now();
+        // Stamped inside the update, so a budget created by this entry never has a
+        // history point older than its period start.
         let result = service
             .update_budget(&entry.product, |b| {
-                Ok(b.add(seq, entry.cost, entry.tokens, now))
+                Ok(b.add(seq, entry.cost, entry.tokens, service.clock.now()))
             })
             .await;
         match result {
