@@ -382,8 +382,14 @@ pub fn init_tracing(
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
     let settings = &loaded.settings.log;
-    let filter = match (loaded.sources.get("log.filter"), std::env::var("RUST_LOG")) {
-        (Some(config::Source::Default) | None, Ok(rust_log)) => rust_log,
+    let defaulted = matches!(
+        loaded.sources.get("log.filter"),
+        Some(config::Source::Default) | None
+    );
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(rust_log) if defaulted => rust_log,
+        // `gf dev` prints its own summary; a whole fleet's INFO lines would bury it.
+        _ if defaulted && service == "gf-dev" => "warn".into(),
         _ => settings.filter.clone(),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)

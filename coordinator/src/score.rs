@@ -121,7 +121,8 @@ pub fn score(
 }
 
 fn round(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+    // `+ 0.0` turns a negative zero (e.g. −0 attempts × weight) into 0.
+    (x * 1000.0).round() / 1000.0 + 0.0
 }
 
 #[cfg(test)]
