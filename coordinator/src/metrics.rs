@@ -17,21 +17,6 @@ pub fn outcome_label(o: &AttemptOutcome) -> &'static str {
     }
 }
 
-pub fn kind_label(k: ErrorKind) -> &'static str {
-    match k {
-        ErrorKind::Invalid => "invalid",
-        ErrorKind::TooLarge => "too_large",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::StaleEpoch => "stale_epoch",
-        ErrorKind::Revoked => "revoked",
-        ErrorKind::Conflict => "conflict",
-        ErrorKind::NotEligible => "not_eligible",
-        ErrorKind::WrongState => "wrong_state",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::Internal => "internal",
-    }
-}
-
 pub fn revoke_label(r: RevokeReason) -> &'static str {
     match r {
         RevokeReason::LeaseExpired => "lease_expired",
@@ -46,7 +31,7 @@ pub fn rpc(operation: &'static str, took: Duration, result: Result<(), ErrorKind
     histogram!(RPC_DURATION, "operation" => operation).record(took.as_secs_f64());
     let result = match result {
         Ok(()) => "ok",
-        Err(k) => kind_label(k),
+        Err(k) => k.as_str(),
     };
     counter!(RPC_REQUESTS, "operation" => operation, "result" => result).increment(1);
 }
@@ -67,7 +52,7 @@ pub fn claim(result: Result<(), ErrorKind>) {
     let r = match result {
         Ok(()) => "won",
         Err(k @ (ErrorKind::Conflict | ErrorKind::StaleEpoch | ErrorKind::NotEligible)) => {
-            kind_label(k)
+            k.as_str()
         }
         Err(_) => "error",
     };
@@ -90,7 +75,7 @@ pub fn retry(queue: &str) {
 
 pub fn fenced(operation: &'static str, kind: ErrorKind) {
     if matches!(kind, ErrorKind::StaleEpoch | ErrorKind::Revoked) {
-        counter!(FENCED_WRITES, "operation" => operation, "kind" => kind_label(kind)).increment(1);
+        counter!(FENCED_WRITES, "operation" => operation, "kind" => kind.as_str()).increment(1);
     }
 }
 

@@ -62,6 +62,24 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The wire name (as serialized), for labels and HTTP error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::StaleEpoch => "stale_epoch",
+            ErrorKind::Revoked => "revoked",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotEligible => "not_eligible",
+            ErrorKind::WrongState => "wrong_state",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[error("{kind:?}: {message}")]
 pub struct RpcError {
@@ -272,6 +290,25 @@ mod tests {
             serde_json::to_string(&err).unwrap(),
             r#"{"error":{"kind":"stale_epoch","message":"epoch 1 < 2"}}"#
         );
+    }
+
+    /// `as_str` is exactly the serialized name.
+    #[test]
+    fn error_kind_names() {
+        for k in [
+            ErrorKind::Invalid,
+            ErrorKind::TooLarge,
+            ErrorKind::NotFound,
+            ErrorKind::StaleEpoch,
+            ErrorKind::Revoked,
+            ErrorKind::Conflict,
+            ErrorKind::NotEligible,
+            ErrorKind::WrongState,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 
     #[test]

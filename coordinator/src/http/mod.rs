@@ -155,21 +155,6 @@ impl ApiError {
     }
 }
 
-fn kind_str(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Invalid => "invalid",
-        ErrorKind::TooLarge => "too_large",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::StaleEpoch => "stale_epoch",
-        ErrorKind::Revoked => "revoked",
-        ErrorKind::Conflict => "conflict",
-        ErrorKind::NotEligible => "not_eligible",
-        ErrorKind::WrongState => "wrong_state",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::Internal => "internal",
-    }
-}
-
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Invalid => StatusCode::BAD_REQUEST,
@@ -191,7 +176,7 @@ impl From<RpcError> for ApiError {
             ErrorKind::Internal => ApiError::internal(e.message),
             // Transport messages name NATS internals; say only that it is unavailable.
             ErrorKind::Unavailable => ApiError::unavailable(e.message),
-            k => ApiError::new(status_of(k), kind_str(k), e.message),
+            k => ApiError::new(status_of(k), k.as_str(), e.message),
         }
     }
 }
