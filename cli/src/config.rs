@@ -54,6 +54,8 @@ pub enum KeyKind {
     List,
     /// Comma-separated `k=v` pairs; in files a table with free keys.
     Map,
+    Float,
+    Bool,
 }
 
 /// One configuration key.
@@ -147,6 +149,22 @@ pub const KEYS: &[Key] = &[
         "coordinator.max_inflight_rpc",
         Int,
         ["GF_COORDINATOR_MAX_INFLIGHT_RPC"]
+    ),
+    key!(
+        "coordinator.preemption_margin",
+        Float,
+        ["GF_COORDINATOR_PREEMPTION_MARGIN", "GF_PREEMPTION_MARGIN"]
+    ),
+    key!("coordinator.limits", List, ["GF_COORDINATOR_LIMITS"]),
+    key!(
+        "coordinator.product_weights",
+        List,
+        ["GF_COORDINATOR_PRODUCT_WEIGHTS"]
+    ),
+    key!(
+        "coordinator.refuse_over_budget",
+        Bool,
+        ["GF_COORDINATOR_REFUSE_OVER_BUDGET", "GF_REFUSE_OVER_BUDGET"]
     ),
     key!("worker.id", Str, ["GF_WORKER_ID"]),
     key!("worker.queues", List, ["GF_WORKER_QUEUES"]),
@@ -256,6 +274,13 @@ pub struct CoordinatorSettings {
     pub max_submit_bytes: usize,
     pub replicas: usize,
     pub max_inflight_rpc: usize,
+    /// Preemption margin; unset is off.
+    pub preemption_margin: Option<f64>,
+    /// `LABEL:MAX_RUNNING[:STARTS_PER_MINUTE]` each.
+    pub limits: Vec<String>,
+    /// `PRODUCT=WEIGHT` each.
+    pub product_weights: Vec<String>,
+    pub refuse_over_budget: bool,
 }
 
 impl Default for CoordinatorSettings {
@@ -277,6 +302,10 @@ impl Default for CoordinatorSettings {
             max_submit_bytes: d.max_submit_bytes,
             replicas: d.replicas,
             max_inflight_rpc: d.max_inflight_rpc,
+            preemption_margin: d.preemption_margin,
+            limits: Vec::new(),
+            product_weights: Vec::new(),
+            refuse_over_budget: d.refuse_over_budget,
         }
     }
 }
@@ -547,6 +576,16 @@ fn env_value(k: &Key, text: &str) -> Result<Value, String> {
                 .map_err(|_| format!("`{text}` is not an integer"))?,
         ),
         KeyKind::List => Value::Array(items().map(Value::String).collect()),
+        KeyKind::Float => Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a number"))?,
+        ),
+        KeyKind::Bool => Value::Boolean(match text.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" | "" => false,
+            _ => return Err(format!("`{text}` is not true or false")),
+        }),
         KeyKind::Map => {
             let mut t = Table::new();
             for item in items() {
@@ -574,6 +613,21 @@ fn validate(s: &Settings, sources: &BTreeMap<String, Source>) -> Result<(), Conf
     }
     if s.coordinator.replicas == 0 {
         return Err(bad("coordinator.replicas", "must be at least 1".into()));
+    }
+    for l in &s.coordinator.limits {
+        crate::parse_limit(l).map_err(|e| bad("coordinator.limits", e))?;
+    }
+    for w in &s.coordinator.product_weights {
+        crate::parse_weight(w).map_err(|e| bad("coordinator.product_weights", e))?;
+    }
+    if s.coordinator
+        .preemption_margin
+        .is_some_and(|m| !m.is_finite() || m < 0.0)
+    {
+        return Err(bad(
+            "coordinator.preemption_margin",
+            "must be a non-negative number".into(),
+        ));
     }
     for (key, list) in [
         ("worker.queues", &s.worker.queues),
@@ -731,6 +785,19 @@ impl Loaded {
         if let Some(id) = &c.id {
             cfg.id = id.clone();
         }
+        // Validated at load, so these parse.
+        cfg.preemption_margin = c.preemption_margin;
+        cfg.limits = c
+            .limits
+            .iter()
+            .filter_map(|l| crate::parse_limit(l).ok())
+            .collect();
+        cfg.scoring.product_weight = c
+            .product_weights
+            .iter()
+            .filter_map(|w| crate::parse_weight(w).ok())
+            .collect();
+        cfg.refuse_over_budget = c.refuse_over_budget;
         cfg
     }
 
@@ -1032,6 +1099,54 @@ engine = "docker"
     }
 
     /// The example gigafactory.toml at the repo root parses and documents every key.
+    /// Scheduling policy from the file, overridden from the environment; a malformed
+    /// rule names its key.
+    #[test]
+    fn scheduling_policy_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(
+            dir.path(),
+            "gigafactory.toml",
+            "[coordinator]\npreemption_margin = 30\nlimits = [\"repo:3\", \"provider::60\"]\nproduct_weights = [\"acme=5\"]\nrefuse_over_budget = true\n",
+        );
+        let c = Loader::new(Some(base.clone()), env(&[]))
+            .load()
+            .unwrap()
+            .coordinator();
+        assert_eq!(c.preemption_margin, Some(30.0));
+        assert_eq!(c.limits.len(), 2);
+        assert_eq!(
+            (c.limits[0].label.as_str(), c.limits[0].max_running),
+            ("repo", Some(3))
+        );
+        assert_eq!(c.limits[1].max_starts_per_minute, Some(60));
+        assert_eq!(c.scoring.product_weight.get("acme"), Some(&5.0));
+        assert!(c.refuse_over_budget);
+        let vars = env(&[
+            ("GF_COORDINATOR_LIMITS", "x:1"),
+            ("GF_PREEMPTION_MARGIN", "12.5"),
+            ("GF_REFUSE_OVER_BUDGET", "false"),
+        ]);
+        let c = Loader::new(Some(base.clone()), vars)
+            .load()
+            .unwrap()
+            .coordinator();
+        assert_eq!(
+            (c.limits.len(), c.preemption_margin, c.refuse_over_budget),
+            (1, Some(12.5), false)
+        );
+        let bad = write(
+            dir.path(),
+            "bad.toml",
+            "[coordinator]\nlimits = [\"nope\"]\n",
+        );
+        let e = Loader::new(Some(bad), env(&[]))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("coordinator.limits"), "{e}");
+    }
+
     #[test]
     fn example_file_documents_every_key() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gigafactory.toml");

@@ -124,7 +124,8 @@ pub struct CoordinatorArgs {
     pub replicas: Option<usize>,
     /// Enable preemption: revoke a running job scoring at least this much below a job
     /// that cannot be placed (priority levels are worth 10 by default).
-    #[arg(long, env = "GF_PREEMPTION_MARGIN")]
+    /// [coordinator.preemption_margin; default: off]
+    #[arg(long)]
     pub preemption_margin: Option<f64>,
     /// Limit per label value, `LABEL:MAX_RUNNING` or `LABEL:MAX_RUNNING:STARTS_PER_MINUTE`
     /// (either may be empty), e.g. `repo:3`, `provider::60` (repeatable).
@@ -134,7 +135,8 @@ pub struct CoordinatorArgs {
     #[arg(long = "product-weight", value_name = "PRODUCT=WEIGHT", value_parser = parse_weight)]
     pub product_weights: Vec<(String, f64)>,
     /// Refuse submissions for products over budget (default: they wait).
-    #[arg(long, env = "GF_REFUSE_OVER_BUDGET")]
+    /// [coordinator.refuse_over_budget]
+    #[arg(long)]
     pub refuse_over_budget: bool,
     /// HTTP API token `NAME:ROLE:SHA256HEX` (repeatable; role `viewer` or `operator`;
     /// only the token's hash is given: make one with `gf api-token`).
@@ -177,7 +179,7 @@ pub fn parse_limit(s: &str) -> Result<gf_coordinator::config::LimitRule, String>
     Ok(rule)
 }
 
-fn parse_weight(s: &str) -> Result<(String, f64), String> {
+pub fn parse_weight(s: &str) -> Result<(String, f64), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not PRODUCT=WEIGHT"))?;
@@ -198,8 +200,9 @@ fn str_list(v: &[String]) -> toml::Value {
 type FlagLayer = Vec<(String, toml::Value, String)>;
 
 impl CoordinatorArgs {
-    /// Flags that are not config-file keys yet (scheduling policy, API tokens), on top
-    /// of the loaded config. Refuses to serve the API with no tokens unless `--no-auth`.
+    /// API tokens (flags and `GF_API_TOKENS`, not config-file keys: a token list is
+    /// deployment-specific), on top of the loaded config. Refuses to serve the API with
+    /// no tokens unless `--no-auth`.
     pub fn apply_policy(&self, c: &mut gf_coordinator::CoordinatorConfig) -> anyhow::Result<()> {
         let tokens = self
             .api_tokens
@@ -214,14 +217,6 @@ impl CoordinatorArgs {
             enabled: !self.no_auth,
             tokens,
         };
-        if self.preemption_margin.is_some() {
-            c.preemption_margin = self.preemption_margin;
-        }
-        c.limits.extend(self.limits.iter().cloned());
-        c.scoring
-            .product_weight
-            .extend(self.product_weights.iter().cloned());
-        c.refuse_over_budget |= self.refuse_over_budget;
         Ok(())
     }
 
@@ -253,6 +248,48 @@ impl CoordinatorArgs {
                 "coordinator.replicas",
                 toml::Value::Integer(r as i64),
                 "--replicas",
+            );
+        }
+        if let Some(m) = self.preemption_margin {
+            push(
+                "coordinator.preemption_margin",
+                toml::Value::Float(m),
+                "--preemption-margin",
+            );
+        }
+        if !self.limits.is_empty() {
+            let rules: Vec<String> = self
+                .limits
+                .iter()
+                .map(|l| {
+                    let n = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_default();
+                    format!(
+                        "{}:{}:{}",
+                        l.label,
+                        n(l.max_running),
+                        n(l.max_starts_per_minute)
+                    )
+                })
+                .collect();
+            push("coordinator.limits", str_list(&rules), "--limit");
+        }
+        if !self.product_weights.is_empty() {
+            let ws: Vec<String> = self
+                .product_weights
+                .iter()
+                .map(|(p, w)| format!("{p}={w}"))
+                .collect();
+            push(
+                "coordinator.product_weights",
+                str_list(&ws),
+                "--product-weight",
+            );
+        }
+        if self.refuse_over_budget {
+            push(
+                "coordinator.refuse_over_budget",
+                toml::Value::Boolean(true),
+                "--refuse-over-budget",
             );
         }
         f
