@@ -14,7 +14,7 @@ use gf_schemas::{names, Event, Level};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{last_event_id, ApiError, AppState};
+use super::{ApiError, AppState};
 
 pub const MAX_LIMIT: u64 = 1000;
 
@@ -121,30 +121,14 @@ pub async fn stream(
     State(st): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let after = last_event_id(&headers)?;
-    let stream = st
-        .service
-        .store
-        .js
-        .get_stream(names::STREAM_EVENTS)
-        .await
-        .map_err(ApiError::unavailable)?;
-    let deliver_policy = match after {
-        Some(seq) => DeliverPolicy::ByStartSequence {
-            start_sequence: seq + 1,
-        },
-        None => DeliverPolicy::New,
-    };
-    let messages = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(ApiError::unavailable)?
-        .messages()
-        .await
-        .map_err(ApiError::unavailable)?;
+    let messages = super::resume_after(
+        &st,
+        names::STREAM_EVENTS,
+        String::new(),
+        &headers,
+        DeliverPolicy::New,
+    )
+    .await?;
     let events = messages
         .take_until(st.shutdown.clone().cancelled_owned())
         .filter_map(|m| async move {

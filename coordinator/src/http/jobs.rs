@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,7 +16,7 @@ use gf_schemas::{names, JobId, JobRecord, JobState};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{last_event_id, parse_job_id, ApiError, AppState};
+use super::{parse_job_id, ApiError, AppState};
 
 /// Largest page.
 pub const MAX_LIMIT: usize = 500;
@@ -159,33 +159,16 @@ pub async fn logs_stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_job_id(&id?.0)?;
-    let after = last_event_id(&headers)?;
     // 404 for a job that does not exist, rather than an endless empty stream.
     st.service.get_job(&id).await?;
-    let stream = st
-        .service
-        .store
-        .js
-        .get_stream(names::STREAM_LOGS)
-        .await
-        .map_err(ApiError::unavailable)?;
-    let deliver_policy = match after {
-        Some(seq) => DeliverPolicy::ByStartSequence {
-            start_sequence: seq + 1,
-        },
-        None => DeliverPolicy::All,
-    };
-    let messages = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: names::logs(&id),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(ApiError::unavailable)?
-        .messages()
-        .await
-        .map_err(ApiError::unavailable)?;
+    let messages = super::resume_after(
+        &st,
+        names::STREAM_LOGS,
+        names::logs(&id),
+        &headers,
+        DeliverPolicy::All,
+    )
+    .await?;
     let follow = LogFollow {
         messages: Box::pin(messages),
         jobs: st.service.store.clone(),

@@ -254,6 +254,42 @@ pub(crate) fn parse_worker_id(id: &str) -> Result<WorkerId, ApiError> {
 }
 
 /// The stream sequence a reconnecting SSE client last saw (`Last-Event-ID`).
+/// An ordered consumer over `stream` (only `filter`, if not empty) for an SSE stream:
+/// right after the sequence a reconnecting client sent as `Last-Event-ID`, or from
+/// `fresh` on a first connection. The event id is the stream sequence, so a resume is
+/// exact on any coordinator.
+pub(crate) async fn resume_after(
+    st: &AppState,
+    stream: &str,
+    filter: String,
+    headers: &HeaderMap,
+    fresh: async_nats::jetstream::consumer::DeliverPolicy,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, ApiError> {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    let deliver_policy = match last_event_id(headers)? {
+        Some(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+        None => fresh,
+    };
+    st.service
+        .store
+        .js
+        .get_stream(stream)
+        .await
+        .map_err(ApiError::unavailable)?
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(ApiError::unavailable)?
+        .messages()
+        .await
+        .map_err(ApiError::unavailable)
+}
+
 pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get("last-event-id") {
         None => Ok(None),
