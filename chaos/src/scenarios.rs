@@ -269,14 +269,16 @@ async fn worker_short_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Rep
     h.finish(true).await
 }
 
-async fn leader_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
-    let mut h = fleet("leader-kill", gf, ClusterSpec::default(), three_workers()).await?;
-    let n = scale.jobs;
-    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
-    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+/// Applies `fault` to the scheduler leader and waits for a standby to lead, failing the
+/// run if that takes longer than leader TTL + 3 s. Returns the old leader's part and id.
+async fn leader_takeover(
+    h: &mut Harness,
+    fault: Fault,
+    how: &str,
+) -> anyhow::Result<(Part, String)> {
     let (part, old) = h.wait_leader(Duration::from_secs(10)).await?;
     let t0 = Instant::now();
-    h.fault(part, Fault::Kill)?;
+    h.fault(part, fault)?;
     let limit = h.cluster.spec().timings.leader_ttl + Duration::from_secs(3);
     let new = eventually(limit + Duration::from_secs(10), "a new leader", || async {
         h.leader().await.filter(|(_, id)| *id != old)
@@ -284,13 +286,22 @@ async fn leader_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     .await?;
     let took = t0.elapsed();
     h.note(format!(
-        "{} took over from {old} after {:.2} s",
+        "{} took over from {how}{old} after {:.2} s",
         new.1,
         took.as_secs_f64()
     ));
     if took > limit {
         h.fail(format!("takeover took {took:?}, bound {limit:?}"));
     }
+    Ok((part, old))
+}
+
+async fn leader_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("leader-kill", gf, ClusterSpec::default(), three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    let (part, _) = leader_takeover(&mut h, Fault::Kill, "").await?;
     h.wait_terminal(&ids, budget(n)).await?;
     h.fault(part, Fault::Start)?;
     // The fleet still takes new work with the old leader back as a standby.
@@ -304,23 +315,7 @@ async fn leader_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let n = scale.jobs;
     let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
     h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
-    let (part, old) = h.wait_leader(Duration::from_secs(10)).await?;
-    let t0 = Instant::now();
-    h.fault(part, Fault::Pause)?;
-    let limit = h.cluster.spec().timings.leader_ttl + Duration::from_secs(3);
-    let new = eventually(limit + Duration::from_secs(10), "a new leader", || async {
-        h.leader().await.filter(|(_, id)| *id != old)
-    })
-    .await?;
-    let took = t0.elapsed();
-    h.note(format!(
-        "{} took over from the paused {old} after {:.2} s",
-        new.1,
-        took.as_secs_f64()
-    ));
-    if took > limit {
-        h.fail(format!("takeover took {took:?}, bound {limit:?}"));
-    }
+    let (part, old) = leader_takeover(&mut h, Fault::Pause, "the paused ").await?;
     // Let the new leader work for a while, then wake the zombie.
     let done = h.audit.terminal_count(&ids);
     let _ = h
