@@ -198,3 +198,23 @@ pub fn sample(scrape: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// A coordinator and one 2-slot worker that serves `/metrics` on a free port, with
+/// that URL.
+pub async fn coordinator_and_metrics_worker(
+    nats: &NatsServer,
+) -> anyhow::Result<(
+    Running<gf_coordinator::Coordinator>,
+    Running<gf_worker::Worker>,
+    String,
+)> {
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let mut wcfg = worker_config(&nats.url(), 2);
+    wcfg.metrics_addr = Some(([127, 0, 0, 1], 0).into());
+    let worker = Running::worker(wcfg).await?;
+    let url = format!(
+        "http://{}/metrics",
+        worker.part.as_ref().unwrap().metrics_addr.unwrap()
+    );
+    Ok((coord, worker, url))
+}

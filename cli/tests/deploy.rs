@@ -314,14 +314,7 @@ fn compose_file_validates() -> anyhow::Result<()> {
 async fn live_scrape_passes_promtool_check_metrics() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
-    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
-    let mut wcfg = worker_config(&nats.url(), 2);
-    wcfg.metrics_addr = Some(([127, 0, 0, 1], 0).into());
-    let worker = Running::worker(wcfg).await?;
-    let worker_url = format!(
-        "http://{}/metrics",
-        worker.part.as_ref().unwrap().metrics_addr.unwrap()
-    );
+    let (coord, worker, worker_url) = coordinator_and_metrics_worker(&nats).await?;
     let client = Client::connect(&nats).await?;
     let ok = client
         .submit(&sh(

@@ -15,14 +15,7 @@ use gf_testkit::{eventually, NatsServer};
 async fn run_leaves_expected_metrics() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
-    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
-    let mut wcfg = worker_config(&nats.url(), 2);
-    wcfg.metrics_addr = Some(([127, 0, 0, 1], 0).into());
-    let worker = Running::worker(wcfg).await?;
-    let worker_metrics = format!(
-        "http://{}/metrics",
-        worker.part.as_ref().unwrap().metrics_addr.unwrap()
-    );
+    let (coord, worker, worker_metrics) = coordinator_and_metrics_worker(&nats).await?;
     let client = Client::connect(&nats).await?;
     let mut ids = Vec::new();
     for _ in 0..3 {
