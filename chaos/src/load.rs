@@ -1,4 +1,5 @@
-//! The load suite: no-op jobs (`true`) through the whole fleet.
+//! The load suite: no-op jobs (`gf:noop`, run in-process by the worker) through the
+//! whole fleet, and for reference the same with a process per job (`true`).
 //!
 //! Measured, per configuration: throughput (jobs/s, first submit to last completion),
 //! submit→done and submit→claim latency percentiles (from the job records' server-side
@@ -25,6 +26,9 @@ use serde::Serialize;
 use crate::cluster::{Cluster, ClusterSpec, Timings, WorkerSpec};
 use crate::harness::connect;
 use crate::process::{GfCommand, ProcessCluster};
+
+/// The load suite's job: the worker's built-in in-process no-op handler.
+const NOOP: &[&str] = &["gf:noop"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -164,7 +168,8 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
     }
     let mut best: Option<Run> = None;
     for &w in &args.workers {
-        let r = fleet_run(gf, &args, w, false, None, &format!("scale-out {w}w")).await?;
+        let label = format!("scale-out {w}w");
+        let r = fleet_run(gf, &args, w, false, None, &label, NOOP).await?;
         print_run(&r);
         if best
             .as_ref()
@@ -186,6 +191,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         false,
         Some(half),
         "half of max rate",
+        NOOP,
     )
     .await?;
     print_run(&r);
@@ -197,6 +203,20 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         true,
         None,
         "durable (sync_interval: always)",
+        NOOP,
+    )
+    .await?;
+    print_run(&r);
+    report.runs.push(r);
+    // The same no-op as a real process per job (`true`): the subprocess path's cost.
+    let r = fleet_run(
+        gf,
+        &args,
+        best.workers,
+        false,
+        None,
+        "subprocess jobs (`true`)",
+        &["true"],
     )
     .await?;
     print_run(&r);
@@ -416,6 +436,7 @@ async fn fleet_run(
     durable: bool,
     rate: Option<f64>,
     label: &str,
+    command: &[&str],
 ) -> anyhow::Result<Run> {
     let spec = ClusterSpec {
         nats_nodes: 1,
@@ -457,7 +478,7 @@ async fn fleet_run(
         }
         Instant::now()
     });
-    let spec = JobSpec::command(["true"]);
+    let spec = JobSpec::command(command.iter().copied());
     let body: bytes::Bytes = serde_json::to_vec(&spec)?.into();
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let inflight = if rate.is_some() { 4096 } else { args.inflight };

@@ -818,6 +818,7 @@ impl Loaded {
             scratch_dir: w.scratch_dir.clone(),
             rpc_timeout: w.rpc_timeout,
             metrics_addr: w.metrics_addr,
+            handlers: gf_worker::Handlers::default(),
         })
     }
 }

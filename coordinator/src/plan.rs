@@ -318,7 +318,12 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
             out.push(Decision::FinishParent(rec.id, failed));
         }
     }
-    let mut candidates: Vec<(Score, &JobRecord)> = view
+    // Slots left anywhere: once none are, a candidate can only be gated (blocked,
+    // cancelled, unblocked), so ranking and placing it is skipped — with thousands
+    // pending, that is most of a pass.
+    let mut capacity: i64 = free.values().filter(|f| **f > 0).sum();
+    let can_preempt = policy.preemption_margin.is_some();
+    let mut candidates: Vec<(f64, &JobRecord)> = view
         .jobs
         .values()
         .map(|(r, _)| r)
@@ -327,14 +332,15 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
             JobState::Blocked => true,
             _ => false,
         })
-        .map(|r| (score::score(r, None, policy.scoring, now), r))
+        .map(|r| (score::total(r, None, policy.scoring, now), r))
         .collect();
-    candidates.sort_by(|(a, ra), (b, rb)| {
-        b.total
-            .total_cmp(&a.total)
-            .then(ra.submitted_at.cmp(&rb.submitted_at))
-            .then(ra.id.cmp(&rb.id))
-    });
+    if capacity > 0 || can_preempt {
+        candidates.sort_by(|(a, ra), (b, rb)| {
+            b.total_cmp(a)
+                .then(ra.submitted_at.cmp(&rb.submitted_at))
+                .then(ra.id.cmp(&rb.id))
+        });
+    }
     let mut starts_now: HashMap<String, usize> = HashMap::new();
     let mut preempted = false;
     for (job_score, rec) in candidates {
@@ -352,6 +358,11 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
             }
             Gate::Open => {}
         }
+        let unblock = || (rec.state == JobState::Blocked).then_some(Decision::Unblock(rec.id));
+        if capacity <= 0 && (preempted || !can_preempt) {
+            out.extend(unblock());
+            continue;
+        }
         let keys = limit_keys(&rec.spec, policy.limits);
         let limited = keys.iter().any(|(k, i)| {
             let rule = &policy.limits[*i];
@@ -368,12 +379,11 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
             .iter()
             .filter(|w| free[&w.id] > 0)
             .max_by(|a, b| {
-                let sa = score::score(rec, Some(&a.capabilities), policy.scoring, now).total;
-                let sb = score::score(rec, Some(&b.capabilities), policy.scoring, now).total;
+                let sa = score::total(rec, Some(&a.capabilities), policy.scoring, now);
+                let sb = score::total(rec, Some(&b.capabilities), policy.scoring, now);
                 sa.total_cmp(&sb).then(free[&a.id].cmp(&free[&b.id]))
             })
             .copied();
-        let unblock = || (rec.state == JobState::Blocked).then_some(Decision::Unblock(rec.id));
         if limited {
             out.extend(unblock());
             continue;
@@ -395,12 +405,12 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
                         (
                             w,
                             v,
-                            score::score(v, Some(&w.capabilities), policy.scoring, now).total,
+                            score::total(v, Some(&w.capabilities), policy.scoring, now),
                         )
                     })
                     .min_by(|a, b| a.2.total_cmp(&b.2));
                 match victim {
-                    Some((w, v, s)) if job_score.total - s >= margin => {
+                    Some((w, v, s)) if job_score - s >= margin => {
                         preempted = true;
                         let epoch = v.lease.as_ref().map_or(v.epoch, |l| l.epoch);
                         out.push(Decision::Preempt {
@@ -409,6 +419,7 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
                             for_job: rec.id,
                         });
                         *free.get_mut(&w.id).expect("active") += 1;
+                        capacity += 1;
                         Some(w)
                     }
                     _ => None,
@@ -419,6 +430,7 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
         match chosen {
             Some(w) => {
                 *free.get_mut(&w.id).expect("active") -= 1;
+                capacity -= 1;
                 for (k, _) in keys {
                     *in_flight.entry(k.clone()).or_default() += 1;
                     *starts_now.entry(k).or_default() += 1;

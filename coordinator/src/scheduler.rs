@@ -195,8 +195,12 @@ async fn lead(
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reap = tokio::time::interval(cfg.reaper_period);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gauge_tick = tokio::time::interval(GAUGE_PERIOD);
+    gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A pass is due when something changed (`dirty`) and not before `next_pass`.
+    let mut dirty = false;
+    let mut next_pass = tokio::time::Instant::now();
     loop {
-        let mut dirty = false;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
@@ -207,6 +211,25 @@ async fn lead(
                 sync_clock(service).await;
             }
             _ = reconnects.changed() => return LeadEnd::Restart,
+            // Before the watches: under load they are always ready and would starve it.
+            _ = tokio::time::sleep_until(next_pass), if dirty => {
+                if !lease.valid() {
+                    return LeadEnd::Lost;
+                }
+                let planning = apply_plan(service, &mut view, &mut starts).await;
+                dirty = false;
+                next_pass = tokio::time::Instant::now() + pass_spacing(planning);
+            }
+            _ = gauge_tick.tick() => {
+                if jobs_current {
+                    gauges.publish(&counts(
+                        &view,
+                        &service.routing,
+                        cfg.worker_timeout,
+                        service.clock.now(),
+                    ));
+                }
+            }
             entry = jobs_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
                 jobs_current |= e.seen_current || e.delta == 0;
@@ -216,17 +239,17 @@ async fn lead(
                     jobs_current |= e.seen_current || e.delta == 0;
                     view.apply_job(&e.key, e.revision, e.operation, &e.value);
                 }
-                dirty = jobs_current;
+                dirty |= jobs_current;
             }
             entry = workers_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
                 view.apply_worker(&e.key, e.operation, &e.value);
-                dirty = jobs_current;
+                dirty |= jobs_current;
             }
             entry = budgets_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
                 view.apply_budget(&e.key, e.operation, &e.value);
-                dirty = jobs_current;
+                dirty |= jobs_current;
             }
             msg = usage.next() => {
                 let Some(Ok(msg)) = msg else { return LeadEnd::Restart };
@@ -243,19 +266,20 @@ async fn lead(
                 }
             }
         }
-        if dirty {
-            if !lease.valid() {
-                return LeadEnd::Lost;
-            }
-            apply_plan(service, &mut view, &mut starts).await;
-            gauges.publish(&counts(
-                &view,
-                &service.routing,
-                cfg.worker_timeout,
-                service.clock.now(),
-            ));
-        }
     }
+}
+
+/// How often the leader's gauges (jobs by state, queue depth, slots) are recomputed:
+/// a walk over every live job, so not on every pass; scrapes are seconds apart.
+const GAUGE_PERIOD: Duration = Duration::from_millis(500);
+
+/// The pause after a plan pass before the next one: three times what deciding took,
+/// so planning takes at most a quarter of the leader's time however deep the backlog
+/// (a pass walks every pending job), while changes arriving meanwhile are batched
+/// into the next pass. With a short backlog a pass takes microseconds and the pause
+/// is nothing; it never exceeds 50 ms.
+fn pass_spacing(pass: Duration) -> Duration {
+    (pass * 3).min(Duration::from_millis(50))
 }
 
 /// Re-reads one job into the view after a conflicting write.
@@ -273,10 +297,13 @@ async fn refresh(service: &Service, view: &mut View, id: &JobId) {
 /// different job, so the writes are independent; results are applied in order.
 const PLAN_WRITES_IN_FLIGHT: usize = 64;
 
-async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
+/// Decides and writes one pass; returns the time spent deciding (CPU, not I/O).
+async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) -> Duration {
     use futures::StreamExt as _;
     let now = service.clock.now();
+    let planning = std::time::Instant::now();
     let decisions = plan(view, &policy(service), starts, now);
+    let planning = planning.elapsed();
     let mut acks = Vec::new();
     let mut prepared = Vec::new();
     for d in decisions {
@@ -392,6 +419,7 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) {
             tracing::warn!(error = %e, "dispatch notice not acknowledged");
         }
     }
+    planning
 }
 
 async fn preempt(

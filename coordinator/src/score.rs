@@ -84,6 +84,35 @@ pub fn score(
     cfg: &ScoringConfig,
     now: Timestamp,
 ) -> Score {
+    let terms = terms(rec, worker, cfg, now);
+    Score {
+        total: sum(&terms),
+        terms: terms.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }
+}
+
+/// `score(..).total` without building the breakdown: the planner ranks every
+/// candidate on each pass and keeps the breakdown only for what it dispatches.
+pub fn total(
+    rec: &JobRecord,
+    worker: Option<&Capabilities>,
+    cfg: &ScoringConfig,
+    now: Timestamp,
+) -> f64 {
+    sum(&terms(rec, worker, cfg, now))
+}
+
+fn sum(terms: &[(&str, f64)]) -> f64 {
+    round(terms.iter().map(|(_, v)| v).sum())
+}
+
+/// Each term, rounded; the one place the formula lives.
+fn terms(
+    rec: &JobRecord,
+    worker: Option<&Capabilities>,
+    cfg: &ScoringConfig,
+    now: Timestamp,
+) -> [(&'static str, f64); 6] {
     let spec = &rec.spec;
     let w = cfg.weights_for(spec);
     let waited_min = (now.since(ready_since(rec)).as_secs_f64() / 60.0).min(30.0);
@@ -93,7 +122,7 @@ pub fn score(
             .filter(|(k, v)| c.values.get(*k) == Some(*v))
             .count()
     });
-    let terms: BTreeMap<String, f64> = [
+    [
         (
             "priority",
             f64::from(9u8.saturating_sub(spec.priority)) * w.priority,
@@ -111,13 +140,7 @@ pub fn score(
         ("affinity", affinity_hits as f64 * w.affinity),
         ("cost", -spec.max_cost.unwrap_or(0.0) * w.cost),
     ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), round(v)))
-    .collect();
-    Score {
-        total: round(terms.values().sum()),
-        terms,
-    }
+    .map(|(k, v)| (k, round(v)))
 }
 
 fn round(x: f64) -> f64 {
@@ -163,6 +186,7 @@ mod tests {
         assert_eq!(term("affinity"), 5.0);
         assert_eq!(term("cost"), -3.0);
         assert_eq!(s.total, 76.0);
+        assert_eq!(total(&r, Some(&caps), &cfg, t(120)), s.total);
         assert_eq!(score(&r, None, &cfg, t(120)).terms["affinity"], 0.0);
     }
 

@@ -1,6 +1,8 @@
 //! JetStream state: bucket and stream definitions (in one place), and the job store
 //! whose every write is a `create` or a revision-checked `update`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -100,6 +102,42 @@ pub struct Store {
     pub leader: kv::Store,
     pub budgets: kv::Store,
     pub schedules: kv::Store,
+    /// The last record this coordinator wrote for each live job, with its revision.
+    recent: Arc<Mutex<RecentJobs>>,
+}
+
+/// Most entries [`RecentJobs`] keeps; past it the map starts over (it is only a hint).
+const RECENT_JOBS: usize = 16_384;
+
+/// Records this coordinator wrote last, so the next update of the same job (dispatch →
+/// claim → complete usually all pass through one coordinator) can be a
+/// compare-and-set at the known revision instead of a read and then a write.
+///
+/// Invariant: only a hint. A write from it is revision-checked, so an entry that is
+/// behind costs one failed write and a read; and a decision taken on it that writes
+/// nothing (a refusal, an idempotent repeat) is taken again on a fresh read, since only
+/// a successful write proves the entry was current.
+#[derive(Default)]
+struct RecentJobs(HashMap<JobId, (JobRecord, u64)>);
+
+impl RecentJobs {
+    fn remember(&mut self, rec: &JobRecord, rev: u64) {
+        if rec.state.is_terminal() {
+            // Finished jobs are rarely written again; don't hold them.
+            self.0.remove(&rec.id);
+            return;
+        }
+        if self.0.len() >= RECENT_JOBS {
+            self.0.clear();
+        }
+        match self.0.get_mut(&rec.id) {
+            Some(e) if e.1 >= rev => {}
+            Some(e) => *e = (rec.clone(), rev),
+            None => {
+                self.0.insert(rec.id, (rec.clone(), rev));
+            }
+        }
+    }
 }
 
 fn transport(e: impl std::fmt::Display) -> StoreError {
@@ -141,6 +179,7 @@ impl Store {
             leader: it.next().expect("leader"),
             budgets: it.next().expect("budgets"),
             schedules: it.next().expect("schedules"),
+            recent: Arc::default(),
         })
     }
 
@@ -173,7 +212,8 @@ impl Store {
     /// Writes `rec` only if the stored revision is still `revision`.
     pub async fn update_job(&self, rec: &JobRecord, revision: u64) -> Result<u64, StoreError> {
         let key = names::job_key(&rec.id);
-        self.jobs
+        let new_rev = self
+            .jobs
             .update(&key, encode(rec), revision)
             .await
             // Any failure of a revision-checked update may be a conflict (also under
@@ -181,26 +221,47 @@ impl Store {
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(key.clone()),
                 _ => transport(e),
-            })
+            })?;
+        self.recent.lock().expect("recent").remember(rec, new_rev);
+        Ok(new_rev)
     }
 
-    /// Read-modify-write of one job: reads the record, applies `f`, writes it back
+    fn recent_job(&self, id: &JobId) -> Option<(JobRecord, u64)> {
+        self.recent.lock().expect("recent").0.get(id).cloned()
+    }
+
+    /// Read-modify-write of one job: takes the record (from [`RecentJobs`] if this
+    /// coordinator wrote it last, else a read), applies `f`, writes it back
     /// revision-checked, and on a conflict starts over from a fresh read. `f` sees the
     /// current record every time, so a retry decides again rather than replaying.
     ///
     /// Returns `f`'s output, the record as written and its revision. When `f` returns
-    /// `Ok((out, false))` nothing is written.
+    /// `Ok((out, false))` nothing is written; that answer and any error always come
+    /// from a fresh read.
     pub async fn modify_job<T>(
         &self,
         id: &JobId,
         mut f: impl FnMut(&mut JobRecord) -> Result<(T, bool), RpcError>,
     ) -> Result<(T, JobRecord, u64), RpcError> {
+        let mut hint = self.recent_job(id);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some((mut rec, rev)) = self.load_job(id).await? else {
-                return Err(StoreError::NotFound(format!("job {id}")).into());
+            let from_hint = hint.is_some();
+            let (mut rec, rev) = match hint.take() {
+                Some(r) => r,
+                None => match self.load_job(id).await? {
+                    Some(r) => r,
+                    None => return Err(StoreError::NotFound(format!("job {id}")).into()),
+                },
             };
-            let (out, changed) = f(&mut rec)?;
+            let (out, changed) = match f(&mut rec) {
+                Ok(decided) => decided,
+                Err(_) if from_hint => continue,
+                Err(e) => return Err(e),
+            };
             if !changed {
+                if from_hint {
+                    continue;
+                }
                 return Ok((out, rec, rev));
             }
             match self.update_job(&rec, rev).await {

@@ -10,6 +10,7 @@
 
 pub mod caps;
 pub mod client;
+pub mod handler;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use client::{CallError, RpcClient};
+pub use handler::{Handler, HandlerCall, HandlerFuture, HandlerOutput, Handlers};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -53,6 +55,9 @@ pub struct WorkerConfig {
     pub rpc_timeout: Duration,
     /// Serve Prometheus metrics on `http://ADDR/metrics`; `None` serves nothing.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// In-process job kinds by command name (default: the built-in `gf:noop` and
+    /// `gf:sleep`); every other command runs as a subprocess.
+    pub handlers: Handlers,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +73,7 @@ impl Default for WorkerConfig {
             scratch_dir: None,
             rpc_timeout: Duration::from_secs(5),
             metrics_addr: None,
+            handlers: Handlers::default(),
         }
     }
 }
@@ -77,16 +83,26 @@ struct RunningEntry {
     revoked: CancellationToken,
 }
 
+/// What holds this worker's slots: jobs running, and notices being claimed (claims of
+/// one batch go out at once, so each reserves its slot until answered).
+#[derive(Default)]
+struct Slots {
+    running: HashMap<JobId, RunningEntry>,
+    claiming: std::collections::HashSet<JobId>,
+}
+
 struct Shared {
     id: WorkerId,
     rpc: RpcClient,
     js: jetstream::Context,
     slots: u32,
-    running: Mutex<HashMap<JobId, RunningEntry>>,
+    /// Jobs running here. With `claiming`, under one lock: a job is in at most one.
+    running: Mutex<Slots>,
     slot_freed: Notify,
     /// Fired when the drain grace runs out: running jobs are killed and released.
     give_back: CancellationToken,
     scratch: PathBuf,
+    handlers: Handlers,
     register: RegisterRequest,
     /// Set by an operator's drain (`ControlMessage::Drain`): claim nothing new until
     /// undrained. Unlike shutdown, it can be undone and the worker keeps running.
@@ -95,8 +111,10 @@ struct Shared {
 
 impl Shared {
     fn running_jobs(&self) -> Vec<RunningJob> {
-        let map = self.running.lock().expect("running");
-        map.iter()
+        let slots = self.running.lock().expect("running");
+        slots
+            .running
+            .iter()
             .map(|(id, e)| RunningJob {
                 job_id: *id,
                 epoch: e.epoch,
@@ -107,12 +125,13 @@ impl Shared {
         *self.drained.borrow()
     }
     fn free_slots(&self) -> u32 {
+        let held = self.running.lock().expect("running");
         self.slots
-            .saturating_sub(self.running.lock().expect("running").len() as u32)
+            .saturating_sub((held.running.len() + held.claiming.len()) as u32)
     }
     /// Stops a job if it still runs at `epoch`.
     fn revoke(&self, job: &JobId, epoch: u64) {
-        if let Some(e) = self.running.lock().expect("running").get(job) {
+        if let Some(e) = self.running.lock().expect("running").running.get(job) {
             if e.epoch == epoch {
                 tracing::warn!(%job, epoch, "lease revoked; stopping the job");
                 e.revoked.cancel();
@@ -180,10 +199,11 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         rpc,
         js,
         slots: config.slots,
-        running: Mutex::new(HashMap::new()),
+        running: Mutex::new(Slots::default()),
         slot_freed: Notify::new(),
         give_back: CancellationToken::new(),
         scratch,
+        handlers: config.handlers.clone(),
         register,
         drained: tokio::sync::watch::Sender::new(false),
     });
@@ -332,7 +352,7 @@ async fn run_worker(
     draining.cancel();
     heartbeat(&shared, WorkerState::Draining).await;
     jobs.close();
-    let running = shared.running.lock().expect("running").len();
+    let running = shared.running.lock().expect("running").running.len();
     if running > 0 {
         tracing::info!(running, grace = ?drain_grace, "draining");
     }
@@ -422,6 +442,8 @@ async fn fetch_loop(
     }
 }
 
+/// Takes one notice: decides at once whether it is spent, and otherwise reserves a
+/// slot and claims it in the background, so the claims of one batch go out together.
 async fn on_notice(
     shared: &Arc<Shared>,
     jobs: &TaskTracker,
@@ -441,19 +463,39 @@ async fn on_notice(
         let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
         return;
     }
-    // A notice redelivered for a job this worker already runs (its ack was lost, e.g.
-    // across a NATS restart) is spent: a repeated claim by the holder is answered
-    // with the same lease, and running the job again would repeat its effect.
-    if shared
-        .running
-        .lock()
-        .expect("running")
-        .contains_key(&notice.job_id)
-    {
-        tracing::debug!(job = %notice.job_id, epoch = notice.epoch, "notice for a job already running here");
+    // A notice redelivered for a job this worker already runs or is claiming (its ack
+    // was lost, e.g. across a NATS restart) is spent: a repeated claim by the holder is
+    // answered with the same lease, and running the job again would repeat its effect.
+    let fresh = {
+        let mut held = shared.running.lock().expect("running");
+        !held.running.contains_key(&notice.job_id) && held.claiming.insert(notice.job_id)
+    };
+    if !fresh {
+        tracing::debug!(job = %notice.job_id, epoch = notice.epoch, "notice for a job already here");
         let _ = msg.ack().await;
         return;
     }
+    let shared = shared.clone();
+    let tracker = jobs.clone();
+    // On the jobs tracker: the drain waits for claims in flight and the jobs they start.
+    jobs.spawn(
+        async move {
+            let job_id = notice.job_id;
+            let claimed = claim(&shared, &msg, &notice).await;
+            match claimed {
+                Some(claim) => spawn_job(&shared, &tracker, job_id, claim),
+                None => {
+                    shared.running.lock().expect("running").claiming.remove(&job_id);
+                    shared.slot_freed.notify_one();
+                }
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// Claims a notice's job and settles the notice; `Some` when this worker holds it.
+async fn claim(shared: &Shared, msg: &jetstream::Message, notice: &DispatchNotice) -> Option<ClaimReply> {
     let req = ClaimRequest {
         job_id: notice.job_id,
         epoch: notice.epoch,
@@ -462,18 +504,20 @@ async fn on_notice(
     match shared.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await {
         Ok(claim) => {
             let _ = msg.ack().await;
-            spawn_job(shared, jobs, notice.job_id, claim);
+            Some(claim)
         }
         Err(e) if e.retryable() && e.kind() != Some(ErrorKind::Conflict) => {
             tracing::warn!(job = %notice.job_id, error = %e, "claim not answered; notice will come back");
             let _ = msg
                 .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
                 .await;
+            None
         }
         Err(e) => {
             // Stale, taken, or not for us: the notice is spent.
             tracing::debug!(job = %notice.job_id, error = %e, "claim refused");
             let _ = msg.ack().await;
+            None
         }
     }
 }
@@ -481,13 +525,17 @@ async fn on_notice(
 fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: ClaimReply) {
     let epoch = claim.lease.epoch;
     let revoked = CancellationToken::new();
-    shared.running.lock().expect("running").insert(
-        job_id,
-        RunningEntry {
-            epoch,
-            revoked: revoked.clone(),
-        },
-    );
+    {
+        let mut held = shared.running.lock().expect("running");
+        held.claiming.remove(&job_id);
+        held.running.insert(
+            job_id,
+            RunningEntry {
+                epoch,
+                revoked: revoked.clone(),
+            },
+        );
+    }
     let shared = shared.clone();
     metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).increment(1.0);
     jobs.spawn(async move {
@@ -500,7 +548,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         };
         tracing::info!(job = %job_id, epoch, "running");
         let lease_ttl = Duration::from_millis(job.claim.lease.ttl_ms);
-        let end = runner::run(job, shared.rpc.clone(), shared.js.clone(), &shared.scratch).await;
+        let end = runner::run(job, shared.rpc.clone(), shared.js.clone(), &shared.scratch, &shared.handlers).await;
         let result = match &end {
             runner::RunEnd::Finished { outcome, .. } => match outcome {
                 gf_schemas::AttemptOutcome::Succeeded { .. } => "succeeded",
@@ -526,7 +574,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
                 }
             }
         }
-        shared.running.lock().expect("running").remove(&job_id);
+        shared.running.lock().expect("running").running.remove(&job_id);
         metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).decrement(1.0);
         shared.slot_freed.notify_one();
     }.instrument(tracing::info_span!("run", otel.name = "run", gf.job_id = %job_id, gf.epoch = epoch)));

@@ -3,6 +3,7 @@
 //! group killed at once when the lease is revoked, the timeout passes, or the worker
 //! must give the job back.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::RpcClient;
+use crate::handler::{Handler, HandlerCall, Handlers};
 
 /// Largest result file read back (the rest of the output belongs in artifacts).
 const MAX_RESULT_BYTES: u64 = 512 * 1024;
@@ -48,6 +50,60 @@ pub struct Job {
 }
 
 pub async fn run(
+    job: Job,
+    rpc: RpcClient,
+    js: async_nats::jetstream::Context,
+    scratch: &Path,
+    handlers: &Handlers,
+) -> RunEnd {
+    let command = &job.claim.spec.command;
+    if let Some(handler) = handlers.for_command(command) {
+        return run_handler(&job, &rpc, handler.as_ref()).await;
+    }
+    if let Some(error) = handlers.unknown_builtin(command) {
+        return failed(None, error);
+    }
+    run_process(job, rpc, js, scratch).await
+}
+
+/// Runs an in-process job under the same lease rules as a process.
+async fn run_handler(job: &Job, rpc: &RpcClient, handler: &dyn Handler) -> RunEnd {
+    let spec = &job.claim.spec;
+    let call = HandlerCall {
+        job_id: job.id,
+        epoch: job.claim.lease.epoch,
+        attempt: job.claim.attempt,
+        worker: job.worker.clone(),
+        args: spec.command[1..].to_vec(),
+        env: spec.env.clone(),
+    };
+    let mut output = None;
+    let work = async {
+        match handler.call(call).await {
+            Ok(out) => {
+                output = Some(out);
+                AttemptOutcome::Succeeded { exit_code: 0 }
+            }
+            Err(error) => AttemptOutcome::Failed {
+                exit_code: None,
+                error,
+            },
+        }
+    };
+    // Dropping `work` (revocation, timeout, give-back) drops the handler's future.
+    let outcome = match keep_lease(job, rpc, None, work).await {
+        Ok(o) => o,
+        Err(end) => return end,
+    };
+    let output = output.unwrap_or_default();
+    RunEnd::Finished {
+        outcome,
+        result: output.result,
+        usage: output.usage,
+    }
+}
+
+async fn run_process(
     job: Job,
     rpc: RpcClient,
     js: async_nats::jetstream::Context,
@@ -107,58 +163,20 @@ pub async fn run(
     ];
     let logs = tokio::spawn(publish_logs(js, job.id, epoch, lines_rx));
 
-    let renew_every =
-        Duration::from_millis(job.claim.lease.ttl_ms / 3).max(Duration::from_millis(100));
-    let timeout = spec.timeout_secs.map(Duration::from_secs);
-    let deadline = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
+    let end = keep_lease(&job, &rpc, Some(&usage_file), async {
+        match child.wait().await {
+            Ok(s) if s.success() => AttemptOutcome::Succeeded { exit_code: 0 },
+            Ok(s) => AttemptOutcome::Failed {
+                exit_code: s.code(),
+                error: describe_exit(s),
+            },
+            Err(e) => AttemptOutcome::Failed {
+                exit_code: None,
+                error: format!("wait failed: {e}"),
+            },
         }
-    };
-    tokio::pin!(deadline);
-    let mut renew = tokio::time::interval(renew_every);
-    renew.tick().await;
-    let mut renew_req = RenewRequest {
-        job_id: job.id,
-        epoch,
-        worker_id: job.worker.clone(),
-        usage: None,
-    };
-    let end = loop {
-        tokio::select! {
-            status = child.wait() => {
-                break match status {
-                    Ok(s) if s.success() => Ok(AttemptOutcome::Succeeded { exit_code: 0 }),
-                    Ok(s) => Ok(AttemptOutcome::Failed { exit_code: s.code(), error: describe_exit(s) }),
-                    Err(e) => Ok(AttemptOutcome::Failed { exit_code: None, error: format!("wait failed: {e}") }),
-                };
-            }
-            _ = job.revoked.cancelled() => break Err(RunEnd::Revoked("revoked by a coordinator".into())),
-            _ = job.give_back.cancelled() => break Err(RunEnd::GivenBack),
-            _ = &mut deadline => {
-                break Ok(AttemptOutcome::TimedOut { after_secs: timeout.map_or(0, |t| t.as_secs()) });
-            }
-            _ = renew.tick() => {
-                // Usage so far, so a job over its own `max_cost` is stopped while running.
-                renew_req.usage = read_usage(&usage_file).await;
-                let renewed = rpc.with_timeout(renew_every).call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
-                let label = match &renewed {
-                    Ok(_) => "ok",
-                    Err(e) if e.lost_lease() => "lost",
-                    Err(_) => "error",
-                };
-                metrics::counter!(gf_telemetry::names::WORKER_RENEWALS, "result" => label).increment(1);
-                match renewed {
-                    Ok(_) => {}
-                    Err(e) if e.lost_lease() => break Err(RunEnd::Revoked(e.to_string())),
-                    // The lease outlives a few missed renewals; if it does not, the next
-                    // renew that gets through says so.
-                    Err(e) => tracing::warn!(job = %job.id, error = %e, "renew failed; will retry"),
-                }
-            }
-        }
-    };
+    })
+    .await;
     // Whatever ended the run, nothing of the job may outlive it.
     kill_group(pid);
     let _ = child.wait().await;
@@ -184,6 +202,65 @@ pub async fn run(
             result: result.ok().flatten(),
             usage,
         },
+    }
+}
+
+/// Waits for `work` while holding the lease: renews it every third of its TTL (with
+/// the usage read from `usage_file`, so a job over its own `max_cost` is stopped while
+/// running) and stops waiting on revocation, give-back or the job's timeout.
+/// `Err` is how the run ended when the work did not finish; dropping `work` stops it.
+async fn keep_lease(
+    job: &Job,
+    rpc: &RpcClient,
+    usage_file: Option<&Path>,
+    work: impl Future<Output = AttemptOutcome>,
+) -> Result<AttemptOutcome, RunEnd> {
+    let renew_every =
+        Duration::from_millis(job.claim.lease.ttl_ms / 3).max(Duration::from_millis(100));
+    let timeout = job.claim.spec.timeout_secs.map(Duration::from_secs);
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline, work);
+    let mut renew = tokio::time::interval(renew_every);
+    renew.tick().await;
+    let mut renew_req = RenewRequest {
+        job_id: job.id,
+        epoch: job.claim.lease.epoch,
+        worker_id: job.worker.clone(),
+        usage: None,
+    };
+    loop {
+        tokio::select! {
+            outcome = &mut work => return Ok(outcome),
+            _ = job.revoked.cancelled() => return Err(RunEnd::Revoked("revoked by a coordinator".into())),
+            _ = job.give_back.cancelled() => return Err(RunEnd::GivenBack),
+            _ = &mut deadline => {
+                return Ok(AttemptOutcome::TimedOut { after_secs: timeout.map_or(0, |t| t.as_secs()) });
+            }
+            _ = renew.tick() => {
+                if let Some(path) = usage_file {
+                    renew_req.usage = read_usage(path).await;
+                }
+                let renewed = rpc.with_timeout(renew_every).call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
+                let label = match &renewed {
+                    Ok(_) => "ok",
+                    Err(e) if e.lost_lease() => "lost",
+                    Err(_) => "error",
+                };
+                metrics::counter!(gf_telemetry::names::WORKER_RENEWALS, "result" => label).increment(1);
+                match renewed {
+                    Ok(_) => {}
+                    Err(e) if e.lost_lease() => return Err(RunEnd::Revoked(e.to_string())),
+                    // The lease outlives a few missed renewals; if it does not, the next
+                    // renew that gets through says so.
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "renew failed; will retry"),
+                }
+            }
+        }
     }
 }
 
