@@ -94,6 +94,9 @@ pub struct ClusterSpec {
     /// NATS with `sync_interval: always` (fsync every write).
     pub durable: bool,
     pub timings: Timings,
+    /// The coordinators' `coordinator.dispatch_slack` (notices queued per worker beyond
+    /// its free slots); `None` keeps their default.
+    pub dispatch_slack: Option<u32>,
 }
 
 impl Default for ClusterSpec {
@@ -102,6 +105,7 @@ impl Default for ClusterSpec {
             nats_nodes: 1,
             durable: false,
             timings: Timings::default(),
+            dispatch_slack: None,
         }
     }
 }

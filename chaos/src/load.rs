@@ -442,6 +442,7 @@ async fn fleet_run(
         nats_nodes: 1,
         durable,
         timings: load_timings(),
+        dispatch_slack: Some(args.slots),
     };
     let gf2 = gf.clone();
     let mut cluster =
@@ -799,6 +800,7 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
     use gf_schemas::rpc::{ClaimReply, ClaimRequest, DispatchNotice};
     let spec = ClusterSpec {
         timings: load_timings(),
+        dispatch_slack: Some(args.slots),
         ..Default::default()
     };
     let gf2 = gf.clone();

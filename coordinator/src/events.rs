@@ -1,14 +1,16 @@
-//! Publishing to `GF_EVENTS` without making the caller wait for each ack.
+//! Publishing to `GF_EVENTS` without making the caller wait.
 //!
-//! [`EventSink`] is a cheap handle; one task owns the JetStream publishes and keeps up
-//! to `MAX_PENDING_ACKS` acks in flight. Closing every handle ends the task after the
-//! last ack, so shutdown flushes the audit trail.
+//! [`EventSink`] is a cheap handle; one task owns the publishes. They are plain NATS
+//! publishes on subjects the `GF_EVENTS` stream captures, not acknowledged JetStream
+//! publishes: a job's state lives in the jobs bucket, events only narrate it, and an
+//! ack per event was a quarter of the server's replies per job under load. What that
+//! gives up: an event published while the stream is unavailable (e.g. during a NATS
+//! restart) is lost without a warning. Closing every handle ends the task after a
+//! flush, so shutdown still hands every queued event to the server.
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use gf_schemas::{names, Event, EventKind, JobId, JobState, Level, Timestamp, WorkerId};
 use tokio::sync::mpsc;
 
-const MAX_PENDING_ACKS: usize = 256;
 const QUEUE: usize = 4096;
 
 #[derive(Clone)]
@@ -20,11 +22,11 @@ pub struct EventSink {
 impl EventSink {
     /// Starts the publishing task; it ends when every sink handle is dropped.
     pub fn start(
-        js: async_nats::jetstream::Context,
+        client: async_nats::Client,
         source: String,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(publish_loop(js, rx));
+        let task = tokio::spawn(publish_loop(client, rx));
         (Self { tx, source }, task)
     }
 
@@ -73,30 +75,15 @@ impl EventSink {
     }
 }
 
-async fn publish_loop(js: async_nats::jetstream::Context, mut rx: mpsc::Receiver<Event>) {
-    let mut acks = FuturesOrdered::new();
-    loop {
-        tokio::select! {
-            biased;
-            Some(ack) = acks.next(), if !acks.is_empty() => {
-                if let Err(e) = ack {
-                    tracing::warn!(error = %e, "event not stored");
-                }
-            }
-            ev = rx.recv(), if acks.len() < MAX_PENDING_ACKS => {
-                let Some(ev) = ev else { break };
-                let subject = names::event(ev.kind);
-                let payload = crate::store::encode(&ev);
-                match js.publish(subject, payload).await {
-                    Ok(fut) => acks.push_back(std::future::IntoFuture::into_future(fut)),
-                    Err(e) => tracing::warn!(error = %e, "event publish failed"),
-                }
-            }
+async fn publish_loop(client: async_nats::Client, mut rx: mpsc::Receiver<Event>) {
+    while let Some(ev) = rx.recv().await {
+        let subject = names::event(ev.kind);
+        let payload = crate::store::encode(&ev);
+        if let Err(e) = client.publish(subject, payload).await {
+            tracing::warn!(error = %e, "event publish failed");
         }
     }
-    while let Some(ack) = acks.next().await {
-        if let Err(e) = ack {
-            tracing::warn!(error = %e, "event not stored");
-        }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "events not flushed");
     }
 }

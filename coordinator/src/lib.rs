@@ -86,7 +86,7 @@ pub async fn start(
     {
         tracing::warn!(error = %e, "first clock sync failed; retrying in the scheduler loop");
     }
-    let (events, events_task) = events::EventSink::start(js, config.id.clone());
+    let (events, events_task) = events::EventSink::start(client.clone(), config.id.clone());
     let service = Arc::new(Service::new(store, client, clock, events, config.clone())?);
     let leader = Arc::new(scheduler::LeaderStatus::default());
 

@@ -9,7 +9,8 @@
 //! lowest-scoring running job on a fitting worker, if that one scores at least the
 //! margin less.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -248,6 +249,51 @@ pub fn gate(rec: &JobRecord, view: &View, live: &[&WorkerRecord], now: Timestamp
     Gate::Open
 }
 
+/// A candidate in dispatch order: higher score first, then earlier submission, then
+/// lower id (a total order, so a pass is deterministic). The keys are copied out of
+/// the record because a pass compares them many times.
+struct Ranked<'a> {
+    score: f64,
+    submitted_ms: i64,
+    id: u128,
+    rec: &'a JobRecord,
+}
+
+impl<'a> Ranked<'a> {
+    fn new(score: f64, rec: &'a JobRecord) -> Self {
+        Self {
+            score,
+            submitted_ms: rec.submitted_at.unix_millis(),
+            id: rec.id.as_uuid().as_u128(),
+            rec,
+        }
+    }
+}
+
+impl Ord for Ranked<'_> {
+    /// Greater = dispatched sooner (`BinaryHeap` pops the greatest).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then(other.submitted_ms.cmp(&self.submitted_ms))
+            .then(other.id.cmp(&self.id))
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
+
 pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> Vec<Decision> {
     let live: Vec<&WorkerRecord> = view
         .workers
@@ -323,7 +369,9 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
     // pending, that is most of a pass.
     let mut capacity: i64 = free.values().filter(|f| **f > 0).sum();
     let can_preempt = policy.preemption_margin.is_some();
-    let mut candidates: Vec<(f64, &JobRecord)> = view
+    // Ranked lazily: a heap is built in linear time and only as many jobs are popped
+    // in rank order as can still be placed; the rest are only gated, in any order.
+    let mut ranked: BinaryHeap<Ranked> = view
         .jobs
         .values()
         .map(|(r, _)| r)
@@ -332,18 +380,29 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
             JobState::Blocked => true,
             _ => false,
         })
-        .map(|r| (score::total(r, None, policy.scoring, now), r))
+        .map(|r| Ranked::new(score::total(r, None, policy.scoring, now), r))
         .collect();
-    if capacity > 0 || can_preempt {
-        candidates.sort_by(|(a, ra), (b, rb)| {
-            b.total_cmp(a)
-                .then(ra.submitted_at.cmp(&rb.submitted_at))
-                .then(ra.id.cmp(&rb.id))
-        });
-    }
+    let mut unranked = Vec::new().into_iter();
     let mut starts_now: HashMap<String, usize> = HashMap::new();
     let mut preempted = false;
-    for (job_score, rec) in candidates {
+    loop {
+        let placing = capacity > 0 || (can_preempt && !preempted);
+        if !placing && !ranked.is_empty() {
+            unranked = std::mem::take(&mut ranked).into_vec().into_iter();
+        }
+        let next = if placing {
+            ranked.pop()
+        } else {
+            unranked.next()
+        };
+        let Some(Ranked {
+            score: job_score,
+            rec,
+            ..
+        }) = next
+        else {
+            break;
+        };
         match gate(rec, view, &live, now) {
             Gate::Cancel(reason) => {
                 out.push(Decision::Cancel(rec.id, reason));

@@ -485,7 +485,12 @@ async fn on_notice(
             match claimed {
                 Some(claim) => spawn_job(&shared, &tracker, job_id, claim),
                 None => {
-                    shared.running.lock().expect("running").claiming.remove(&job_id);
+                    shared
+                        .running
+                        .lock()
+                        .expect("running")
+                        .claiming
+                        .remove(&job_id);
                     shared.slot_freed.notify_one();
                 }
             }
@@ -495,7 +500,11 @@ async fn on_notice(
 }
 
 /// Claims a notice's job and settles the notice; `Some` when this worker holds it.
-async fn claim(shared: &Shared, msg: &jetstream::Message, notice: &DispatchNotice) -> Option<ClaimReply> {
+async fn claim(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    notice: &DispatchNotice,
+) -> Option<ClaimReply> {
     let req = ClaimRequest {
         job_id: notice.job_id,
         epoch: notice.epoch,
