@@ -155,16 +155,33 @@ async fn wait_moved_on(
     held: &[(JobId, u64)],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    eventually(timeout, "the held jobs to be re-leased", || async {
-        held.iter()
-            .all(|(id, epoch)| {
-                h.audit
-                    .latest(id)
-                    .is_some_and(|r| r.epoch > *epoch || r.state.is_terminal())
-            })
-            .then_some(())
+    let moved_on = |(id, epoch): &(JobId, u64)| {
+        h.audit
+            .latest(id)
+            .is_some_and(|r| r.epoch > *epoch || r.state.is_terminal())
+    };
+    let waited = eventually(timeout, "the held jobs to be re-leased", || async {
+        held.iter().all(moved_on).then_some(())
     })
-    .await
+    .await;
+    waited.map_err(|e| {
+        // Name the jobs that did not move on and where they are.
+        let stuck: Vec<String> = held
+            .iter()
+            .filter(|h| !moved_on(h))
+            .map(|(id, epoch)| match h.audit.latest(id) {
+                Some(r) => format!(
+                    "{id}@{epoch}: {} epoch {} attempts {} ({})",
+                    r.state,
+                    r.epoch,
+                    r.attempts,
+                    r.reason.as_deref().unwrap_or("-")
+                ),
+                None => format!("{id}@{epoch}: unknown"),
+            })
+            .collect();
+        e.context(format!("not re-leased: {}", stuck.join("; ")))
+    })
 }
 
 async fn worker_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {

@@ -434,3 +434,131 @@ async fn cancel_stops_running_process() -> anyhow::Result<()> {
     coord.stop().await?;
     Ok(())
 }
+
+/// Counts calls per job id, returns the job's argument as its result, and for
+/// `test:hold` waits until dropped (reporting the drop).
+struct TestHandler {
+    calls: Arc<std::sync::Mutex<BTreeMap<gf_schemas::JobId, usize>>>,
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+struct DropSignal(Arc<tokio::sync::Notify>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+impl gf_worker::Handler for TestHandler {
+    fn call(&self, call: gf_worker::HandlerCall) -> gf_worker::HandlerFuture {
+        *self
+            .calls
+            .lock()
+            .expect("calls")
+            .entry(call.job_id)
+            .or_default() += 1;
+        let dropped = self.dropped.clone();
+        Box::pin(async move {
+            if call.args.first().map(String::as_str) == Some("hold") {
+                let _signal = DropSignal(dropped);
+                std::future::pending::<()>().await;
+            }
+            Ok(gf_worker::HandlerOutput {
+                result: Some(serde_json::json!({ "args": call.args })),
+                usage: None,
+            })
+        })
+    }
+}
+
+/// In-process handlers: each job runs once with its arguments and result; the
+/// built-in `gf:noop` succeeds; an unknown `gf:` name fails naming what is there;
+/// cancelling a job drops its handler's future.
+#[tokio::test]
+async fn in_process_handlers() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let calls = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let mut cfg = worker_config(&nats.url(), 8);
+    cfg.handlers.insert(
+        "test:handler",
+        Arc::new(TestHandler {
+            calls: calls.clone(),
+            dropped: dropped.clone(),
+        }),
+    );
+    let worker = Running::worker(cfg).await?;
+    let client = Client::connect(&nats).await?;
+
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let spec = gf_schemas::JobSpec::command(["test:handler".to_string(), i.to_string()]);
+        ids.push((i, client.submit(&spec).await?.job_id));
+    }
+    for (i, id) in &ids {
+        let rec = client.wait_terminal(*id, Duration::from_secs(30)).await?;
+        assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(
+            rec.result,
+            Some(serde_json::json!({ "args": [i.to_string()] })),
+            "job {i}"
+        );
+    }
+    {
+        let calls = calls.lock().expect("calls");
+        assert_eq!(calls.len(), 100);
+        assert!(
+            calls.values().all(|&n| n == 1),
+            "a job ran twice: {calls:?}"
+        );
+    }
+
+    let noop = client
+        .submit(&gf_schemas::JobSpec::command(["gf:noop"]))
+        .await?
+        .job_id;
+    let rec = client.wait_terminal(noop, Duration::from_secs(10)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+
+    let mut unknown = gf_schemas::JobSpec::command(["gf:nope"]);
+    unknown.max_attempts = 1;
+    let id = client.submit(&unknown).await?.job_id;
+    let rec = client.wait_terminal(id, Duration::from_secs(10)).await?;
+    assert_eq!(rec.state, JobState::Dead, "{rec:?}");
+    let error = match &rec.history[0].outcome {
+        Some(AttemptOutcome::Failed { error, .. }) => error.clone(),
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert!(
+        error.contains("gf:nope") && error.contains("gf:noop"),
+        "{error}"
+    );
+
+    let held = gf_schemas::JobSpec::command(["test:handler", "hold"]);
+    let id = client.submit(&held).await?.job_id;
+    client
+        .wait_state(id, JobState::Running, Duration::from_secs(10))
+        .await?;
+    let was_dropped = dropped.notified();
+    let reply: gf_schemas::rpc::CancelReply = client
+        .rpc
+        .call(
+            rpc::CANCEL,
+            &gf_schemas::rpc::CancelRequest {
+                job_id: id,
+                reason: Some("test".into()),
+            },
+        )
+        .await?;
+    assert_eq!(reply.state, JobState::Cancelled);
+    tokio::time::timeout(Duration::from_secs(5), was_dropped)
+        .await
+        .map_err(|_| anyhow::anyhow!("the held handler was not dropped after cancel"))?;
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}

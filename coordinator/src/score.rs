@@ -70,11 +70,31 @@ impl ScoringConfig {
     }
 }
 
-/// When the job became ready to run: submission, or the end of its last attempt.
+/// When the job became ready to run: submission, or the end of its last attempt that
+/// reported an outcome. An attempt lost with its worker (lease expired, given back,
+/// preempted) does not restart the wait: the job goes back where it stood, so a dead
+/// worker's jobs run again promptly instead of queueing behind everything submitted
+/// since.
 pub fn ready_since(rec: &JobRecord) -> Timestamp {
-    let last = rec.history.iter().filter_map(|a| a.ended_at).max();
+    let last = rec
+        .history
+        .iter()
+        .filter(|a| a.outcome.is_some())
+        .filter_map(|a| a.ended_at)
+        .max();
     let base = last.map_or(rec.submitted_at, |t| t.max(rec.submitted_at));
     rec.retry_at.map_or(base, |r| r.max(base))
+}
+
+/// Attempts that count against the job's rank: those that ran and failed, not those
+/// lost with their worker.
+fn failed_attempts(rec: &JobRecord) -> u32 {
+    let lost = rec
+        .history
+        .iter()
+        .filter(|a| a.outcome.is_none() && a.ended_at.is_some())
+        .count();
+    rec.attempts.saturating_sub(lost as u32)
 }
 
 /// The job's score at `now`, with `worker`'s affinity if one is given.
@@ -128,7 +148,7 @@ fn terms(
             f64::from(9u8.saturating_sub(spec.priority)) * w.priority,
         ),
         ("waiting", waited_min * w.waiting),
-        ("retry", -f64::from(rec.attempts) * w.retry),
+        ("retry", -f64::from(failed_attempts(rec)) * w.retry),
         (
             "product",
             cfg.product_weight
@@ -188,6 +208,35 @@ mod tests {
         assert_eq!(s.total, 76.0);
         assert_eq!(total(&r, Some(&caps), &cfg, t(120)), s.total);
         assert_eq!(score(&r, None, &cfg, t(120)).terms["affinity"], 0.0);
+    }
+
+    /// A job whose attempt was lost with its worker keeps its rank: no retry penalty
+    /// and its wait counts from submission. A failed attempt costs both.
+    #[test]
+    fn lost_attempt_keeps_rank() {
+        let cfg = ScoringConfig::default();
+        let attempt = |outcome| gf_schemas::Attempt {
+            epoch: 1,
+            worker: gf_schemas::WorkerId::new("w").expect("id"),
+            started_at: t(10),
+            ended_at: Some(t(50)),
+            outcome,
+            ended_because: None,
+        };
+        let mut lost = rec(5);
+        lost.attempts = 1;
+        lost.history.push(attempt(None));
+        let mut failed = lost.clone();
+        failed.history[0] = attempt(Some(gf_schemas::AttemptOutcome::Failed {
+            exit_code: Some(1),
+            error: "boom".into(),
+        }));
+        let fresh = rec(5);
+        let at = t(120);
+        assert_eq!(score(&lost, None, &cfg, at), score(&fresh, None, &cfg, at));
+        let s = score(&failed, None, &cfg, at);
+        assert_eq!(s.terms["retry"], -2.0);
+        assert!(s.terms["waiting"] < score(&fresh, None, &cfg, at).terms["waiting"]);
     }
 
     /// A P0 job outranks a P5 job that has waited for ever (the waiting term is capped).
