@@ -183,44 +183,19 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
     let r = fabric_run(gf, &args).await?;
     print_run(&r);
     report.runs.push(r);
+    // At the best worker count: half the max rate (the latency figures), durable
+    // storage, and the same no-op as a real process per job (`true`).
     let half = best.jobs_per_sec / 2.0;
-    let r = fleet_run(
-        gf,
-        &args,
-        best.workers,
-        false,
-        Some(half),
-        "half of max rate",
-        NOOP,
-    )
-    .await?;
-    print_run(&r);
-    report.runs.push(r);
-    let r = fleet_run(
-        gf,
-        &args,
-        best.workers,
-        true,
-        None,
-        "durable (sync_interval: always)",
-        NOOP,
-    )
-    .await?;
-    print_run(&r);
-    report.runs.push(r);
-    // The same no-op as a real process per job (`true`): the subprocess path's cost.
-    let r = fleet_run(
-        gf,
-        &args,
-        best.workers,
-        false,
-        None,
-        "subprocess jobs (`true`)",
-        &["true"],
-    )
-    .await?;
-    print_run(&r);
-    report.runs.push(r);
+    let follow_ups: [(&str, bool, Option<f64>, &[&str]); 3] = [
+        ("half of max rate", false, Some(half), NOOP),
+        ("durable (sync_interval: always)", true, None, NOOP),
+        ("subprocess jobs (`true`)", false, None, &["true"]),
+    ];
+    for (label, durable, rate, command) in follow_ups {
+        let r = fleet_run(gf, &args, best.workers, durable, rate, label, command).await?;
+        print_run(&r);
+        report.runs.push(r);
+    }
     if args.pending > 0 {
         let m = memory_run(gf, args.pending).await?;
         println!(

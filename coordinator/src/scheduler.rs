@@ -296,6 +296,8 @@ async fn refresh(service: &Service, view: &mut View, id: &JobId) {
 /// Writes allowed in flight at once when applying a plan. Each decision touches a
 /// different job, so the writes are independent; results are applied in order.
 const PLAN_WRITES_IN_FLIGHT: usize = 64;
+/// Decisions prepared (records copied out of the view) at a time.
+const PLAN_CHUNK: usize = 512;
 
 /// Decides and writes one pass; returns the time spent deciding (CPU, not I/O).
 async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) -> Duration {
@@ -305,113 +307,122 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) -
     let decisions = plan(view, &policy(service), starts, now);
     let planning = planning.elapsed();
     let mut acks = Vec::new();
-    let mut prepared = Vec::new();
-    for d in decisions {
-        let id = d.job();
-        if let Decision::Preempt {
-            victim,
-            epoch,
-            for_job,
-        } = d
-        {
-            preempt(service, view, victim, epoch, for_job, now).await;
-            continue;
-        }
-        let Some((mut rec, rev)) = view.jobs.get(&id).cloned() else {
-            continue;
-        };
-        let applied = match &d {
-            Decision::Dispatch(_, score) => {
-                let ok = fsm::dispatch(&mut rec, now).is_ok();
-                rec.score = Some(score.clone());
-                ok
+    // In chunks, so a pass that decides for 100,000 jobs (all unplaceable, say) holds
+    // a chunk's worth of record copies at a time, not one per job.
+    let mut decisions = decisions.into_iter().peekable();
+    while decisions.peek().is_some() {
+        let mut prepared = Vec::new();
+        for d in decisions.by_ref().take(PLAN_CHUNK) {
+            let id = d.job();
+            if let Decision::Preempt {
+                victim,
+                epoch,
+                for_job,
+            } = d
+            {
+                preempt(service, view, victim, epoch, for_job, now).await;
+                continue;
             }
-            Decision::Block(_, reason) => fsm::block(&mut rec, reason),
-            Decision::Unblock(_) if rec.state == JobState::Blocked => {
-                rec.state = JobState::Pending;
-                rec.reason = None;
-                true
-            }
-            Decision::Cancel(_, reason) => fsm::cancel(&mut rec, reason, now).is_ok(),
-            Decision::FinishParent(_, failed) => fsm::finish_parent(&mut rec, *failed),
-            _ => false,
-        };
-        if applied {
-            rec.updated_at = now;
-            prepared.push((d, rec, rev));
-        }
-    }
-    let store = &service.store;
-    let mut results = futures::stream::iter(prepared.into_iter().map(|(d, rec, rev)| async move {
-        let written = store.update_job(&rec, rev).await;
-        (d, rec, written)
-    }))
-    .buffered(PLAN_WRITES_IN_FLIGHT);
-    while let Some((d, rec, written)) = results.next().await {
-        let id = d.job();
-        match written {
-            Ok(new_rev) => {
-                match &d {
-                    Decision::Dispatch(..) => {
-                        let notice = DispatchNotice {
-                            job_id: id,
-                            epoch: rec.epoch,
-                            dispatched_at: now,
-                        };
-                        let subject = service.routing.route_of(&rec.spec).subject();
-                        let span = gf_telemetry::trace::publish_span(
-                            &subject,
-                            &id.to_string(),
-                            rec.trace_parent.as_deref(),
-                        );
-                        let mut headers = async_nats::HeaderMap::new();
-                        gf_telemetry::trace::inject_span(&span, &mut headers);
-                        let publish = service.store.js.publish_with_headers(
-                            subject,
-                            headers,
-                            encode(&notice),
-                        );
-                        match publish.instrument(span).await {
-                            Ok(ack) => acks.push(ack),
-                            // The claim timeout sends it back to pending.
-                            Err(e) => tracing::warn!(job = %id, error = %e, "notice not published"),
-                        }
-                        for (k, _) in crate::plan::limit_keys(&rec.spec, &service.config.limits) {
-                            starts.record(k, now);
-                        }
-                        service.events.job(EventKind::JobDispatched, &rec, "");
-                        metrics::dispatched(&rec.spec.queue);
-                    }
-                    Decision::Block(_, reason) if reason.starts_with("unplaceable") => {
-                        service
-                            .events
-                            .job(EventKind::JobUnplaceable, &rec, reason.clone());
-                        metrics::unplaceable(&rec.spec.queue);
-                    }
-                    Decision::Cancel(_, reason) => {
-                        service
-                            .events
-                            .job(EventKind::JobCancelled, &rec, reason.clone());
-                        metrics::finished(&rec.spec.queue, JobState::Cancelled);
-                    }
-                    Decision::FinishParent(..) => {
-                        let kind = if rec.state == JobState::Succeeded {
-                            EventKind::JobSucceeded
-                        } else {
-                            EventKind::JobDead
-                        };
-                        service
-                            .events
-                            .job(kind, &rec, rec.reason.clone().unwrap_or_default());
-                        metrics::finished(&rec.spec.queue, rec.state);
-                    }
-                    _ => {}
+            let Some((mut rec, rev)) = view.jobs.get(&id).cloned() else {
+                continue;
+            };
+            let applied = match &d {
+                Decision::Dispatch(_, score) => {
+                    let ok = fsm::dispatch(&mut rec, now).is_ok();
+                    rec.score = Some(score.clone());
+                    ok
                 }
-                view.set_job(rec, new_rev);
+                Decision::Block(_, reason) => fsm::block(&mut rec, reason),
+                Decision::Unblock(_) if rec.state == JobState::Blocked => {
+                    rec.state = JobState::Pending;
+                    rec.reason = None;
+                    true
+                }
+                Decision::Cancel(_, reason) => fsm::cancel(&mut rec, reason, now).is_ok(),
+                Decision::FinishParent(_, failed) => fsm::finish_parent(&mut rec, *failed),
+                _ => false,
+            };
+            if applied {
+                rec.updated_at = now;
+                prepared.push((d, rec, rev));
             }
-            Err(StoreError::Conflict(_)) => refresh(service, view, &id).await,
-            // The view catches up from the watch; the job is decided again next pass.
-            Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
+        }
+        let store = &service.store;
+        let mut results =
+            futures::stream::iter(prepared.into_iter().map(|(d, rec, rev)| async move {
+                let written = store.update_job(&rec, rev).await;
+                (d, rec, written)
+            }))
+            .buffered(PLAN_WRITES_IN_FLIGHT);
+        while let Some((d, rec, written)) = results.next().await {
+            let id = d.job();
+            match written {
+                Ok(new_rev) => {
+                    match &d {
+                        Decision::Dispatch(..) => {
+                            let notice = DispatchNotice {
+                                job_id: id,
+                                epoch: rec.epoch,
+                                dispatched_at: now,
+                            };
+                            let subject = service.routing.route_of(&rec.spec).subject();
+                            let span = gf_telemetry::trace::publish_span(
+                                &subject,
+                                &id.to_string(),
+                                rec.trace_parent.as_deref(),
+                            );
+                            let mut headers = async_nats::HeaderMap::new();
+                            gf_telemetry::trace::inject_span(&span, &mut headers);
+                            let publish = service.store.js.publish_with_headers(
+                                subject,
+                                headers,
+                                encode(&notice),
+                            );
+                            match publish.instrument(span).await {
+                                Ok(ack) => acks.push(ack),
+                                // The claim timeout sends it back to pending.
+                                Err(e) => {
+                                    tracing::warn!(job = %id, error = %e, "notice not published")
+                                }
+                            }
+                            for (k, _) in crate::plan::limit_keys(&rec.spec, &service.config.limits)
+                            {
+                                starts.record(k, now);
+                            }
+                            service.events.job(EventKind::JobDispatched, &rec, "");
+                            metrics::dispatched(&rec.spec.queue);
+                        }
+                        Decision::Block(_, reason) if reason.starts_with("unplaceable") => {
+                            service
+                                .events
+                                .job(EventKind::JobUnplaceable, &rec, reason.clone());
+                            metrics::unplaceable(&rec.spec.queue);
+                        }
+                        Decision::Cancel(_, reason) => {
+                            service
+                                .events
+                                .job(EventKind::JobCancelled, &rec, reason.clone());
+                            metrics::finished(&rec.spec.queue, JobState::Cancelled);
+                        }
+                        Decision::FinishParent(..) => {
+                            let kind = if rec.state == JobState::Succeeded {
+                                EventKind::JobSucceeded
+                            } else {
+                                EventKind::JobDead
+                            };
+                            service
+                                .events
+                                .job(kind, &rec, rec.reason.clone().unwrap_or_default());
+                            metrics::finished(&rec.spec.queue, rec.state);
+                        }
+                        _ => {}
+                    }
+                    view.set_job(rec, new_rev);
+                }
+                Err(StoreError::Conflict(_)) => refresh(service, view, &id).await,
+                // The view catches up from the watch; the job is decided again next pass.
+                Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
+            }
         }
     }
     for ack in acks {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use gf_schemas::names::{
     self, BUCKET_BUDGETS, BUCKET_IDEM, BUCKET_JOBS, BUCKET_LEADER, BUCKET_SCHEDULES, BUCKET_WORKERS,
 };
-use gf_schemas::{JobId, JobRecord, RpcError};
+use gf_schemas::{JobId, JobRecord, JobState, RpcError};
 
 use crate::error::StoreError;
 
@@ -122,8 +122,10 @@ struct RecentJobs(HashMap<JobId, (JobRecord, u64)>);
 
 impl RecentJobs {
     fn remember(&mut self, rec: &JobRecord, rev: u64) {
-        if rec.state.is_terminal() {
-            // Finished jobs are rarely written again; don't hold them.
+        if !matches!(rec.state, JobState::Dispatched | JobState::Running) {
+            // Only jobs whose next write is likely an RPC's (claim, renew, complete);
+            // the leader writes the others from its own view. This keeps the map to
+            // the jobs in flight, not the backlog.
             self.0.remove(&rec.id);
             return;
         }
