@@ -627,6 +627,12 @@ async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
     let js = jetstream::new(client.clone());
     let (coord, _) = cluster.add_coordinator()?;
     wait_store(&js).await?;
+    // A registered worker that never claims: the jobs stay `pending` (with no worker
+    // at all they would be written `blocked`, unplaceable — a different load).
+    let worker =
+        crate::scenarios::FakeWorker::register(client.clone(), "idle", gf_schemas::DEFAULT_QUEUE)
+            .await?;
+    wait_active(&js, 1).await?;
     let pid = cluster.pid(coord).context("coordinator pid")?;
     let before = rss_mib(pid).unwrap_or(0.0);
     let rpc = RpcClient::new(client.clone(), Duration::from_secs(30));
@@ -644,11 +650,27 @@ async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
     if ok < n {
         bail!("only {ok} of {n} submissions accepted");
     }
-    // The leader's view is fed by a watch: give it time to take in every job.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The leader's view is fed by a watch: wait until the coordinator's memory stops
+    // moving (unchanged over two seconds), at most 30 s.
+    let mut last = rss_mib(pid).unwrap_or(0.0);
+    let mut steady = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_mib(pid).unwrap_or(0.0);
+        steady = if (now - last).abs() < 0.5 {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+        if steady >= 2 {
+            break;
+        }
+    }
+    drop(worker);
     Ok(Memory {
         pending_jobs: n,
-        coordinator_rss_mib: rss_mib(pid).unwrap_or(0.0),
+        coordinator_rss_mib: last,
         coordinator_rss_before_mib: before,
     })
 }
