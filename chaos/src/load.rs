@@ -629,9 +629,20 @@ async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
     wait_store(&js).await?;
     // A registered worker that never claims: the jobs stay `pending` (with no worker
     // at all they would be written `blocked`, unplaceable — a different load).
-    let worker =
-        crate::scenarios::FakeWorker::register(client.clone(), "idle", gf_schemas::DEFAULT_QUEUE)
-            .await?;
+    let worker = crate::harness::eventually(
+        Duration::from_secs(30),
+        "the coordinator to register a worker",
+        || async {
+            crate::scenarios::FakeWorker::register(
+                client.clone(),
+                "idle",
+                gf_schemas::DEFAULT_QUEUE,
+            )
+            .await
+            .ok()
+        },
+    )
+    .await?;
     wait_active(&js, 1).await?;
     let pid = cluster.pid(coord).context("coordinator pid")?;
     let before = rss_mib(pid).unwrap_or(0.0);
