@@ -729,6 +729,39 @@ mod tests {
         assert_eq!(dispatched(&run(&v, 1)).len(), 3);
     }
 
+    /// With every slot taken, the rest of the backlog is still gated: a job that can
+    /// no longer be placed is blocked and a blocked one whose gate opened is unblocked,
+    /// though neither is ranked or dispatched. With one slot, the best of many wins.
+    #[test]
+    fn full_fleet_still_gates_and_one_slot_takes_the_best() {
+        let mut plan9 = job(5, 0);
+        plan9.spec.requires.insert("os".into(), "plan9".into());
+        let mut was_blocked = job(5, 1);
+        was_blocked.state = JobState::Blocked;
+        was_blocked.reason = Some("not before then".into());
+        let backlog: Vec<JobRecord> = (10..200).map(|i| job(5, i)).collect();
+        let mut jobs = vec![
+            running_on(job(5, -1), "a"),
+            plan9.clone(),
+            was_blocked.clone(),
+        ];
+        jobs.extend(backlog.iter().cloned());
+        let v = view(vec![worker("a", 1, &[])], jobs.clone());
+        let d = run(&v, 0);
+        assert!(dispatched(&d).is_empty());
+        assert!(d.contains(&Decision::Block(
+            plan9.id,
+            "unplaceable: no live worker has os=plan9".into()
+        )));
+        assert!(d.contains(&Decision::Unblock(was_blocked.id)));
+        assert_eq!(d.len(), 2, "{d:?}");
+
+        let urgent = job(1, 500);
+        jobs.push(urgent.clone());
+        let v = view(vec![worker("a", 1, &[]), worker("b", 1, &[])], jobs);
+        assert_eq!(dispatched(&run(&v, 0)), vec![urgent.id]);
+    }
+
     /// Running and already-dispatched jobs use up capacity.
     #[test]
     fn running_and_dispatched_count() {
