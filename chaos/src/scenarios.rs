@@ -187,23 +187,50 @@ async fn wait_moved_on(
 async fn worker_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let mut h = fleet("worker-kill", gf, ClusterSpec::default(), three_workers()).await?;
     let n = scale.jobs;
-    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
-    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
-        .await?;
-    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
-    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
-        .await?;
-    let held = held_by(&h, &ids, "w0");
-    h.fault(Part::Worker(0), Fault::Kill)?;
-    let bound = h.cluster.spec().timings.recovery_bound();
-    wait_moved_on(&h, &held, bound + Duration::from_secs(5)).await?;
-    h.note(format!(
-        "{} jobs held by w0 at the kill were re-leased",
-        held.len()
-    ));
+    let ids = fault_holding_worker(&mut h, n, Fault::Kill, "kill").await?;
     h.fault(Part::Worker(0), Fault::Start)?;
     h.wait_terminal(&ids, budget(n)).await?;
     h.finish(true).await
+}
+
+/// The standard workload with `fault` on worker w0 once it holds jobs: every job it
+/// held must be re-leased (or done) within the recovery bound. Returns every job id.
+async fn fault_holding_worker(
+    h: &mut Harness,
+    n: usize,
+    fault: Fault,
+    at: &str,
+) -> anyhow::Result<Vec<JobId>> {
+    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
+        .await?;
+    let held = held_by(h, &ids, "w0");
+    h.fault(Part::Worker(0), fault)?;
+    let bound = h.cluster.spec().timings.recovery_bound();
+    wait_moved_on(h, &held, bound + Duration::from_secs(5)).await?;
+    h.note(format!(
+        "{} jobs held by w0 at the {at} were re-leased",
+        held.len()
+    ));
+    Ok(ids)
+}
+
+/// Undoes the fault on w0 (`undo`), lets every job finish, and checks that the
+/// worker comes back to work: active again with a heartbeat after the undo.
+async fn worker_rejoins(
+    h: &mut Harness,
+    ids: &[JobId],
+    n: usize,
+    undo: Fault,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let undone = h.fault(Part::Worker(0), undo)?;
+    h.wait_terminal(ids, budget(n)).await?;
+    if let Err(e) = h.wait_workers_active(&["w0".into()], undone, within).await {
+        h.fail(format!("w0 did not rejoin after the {undo:?}: {e}"));
+    }
+    Ok(())
 }
 
 /// A job that sleeps `sleep` seconds, then appends `<job id> <epoch>` to the
@@ -224,27 +251,9 @@ fn h_effect(sleep: &str) -> JobSpec {
 async fn worker_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let mut h = fleet("worker-pause", gf, ClusterSpec::default(), three_workers()).await?;
     let n = scale.jobs;
-    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
-    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
-    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
-        .await?;
-    let held = held_by(&h, &ids, "w0");
-    h.fault(Part::Worker(0), Fault::Pause)?;
-    let bound = h.cluster.spec().timings.recovery_bound();
-    wait_moved_on(&h, &held, bound + Duration::from_secs(5)).await?;
-    let resumed = h.fault(Part::Worker(0), Fault::Resume)?;
-    h.wait_terminal(&ids, budget(n)).await?;
-    // The zombie comes back to work: active again with a fresh heartbeat.
-    if let Err(e) = h
-        .wait_workers_active(&["w0".into()], resumed, Duration::from_secs(30))
-        .await
-    {
-        h.fail(format!("the resumed worker did not rejoin: {e}"));
-    }
-    h.note(format!(
-        "{} jobs held by w0 at the pause were re-leased",
-        held.len()
-    ));
+    let ids = fault_holding_worker(&mut h, n, Fault::Pause, "pause").await?;
+    // The zombie is fenced (the audit checks it) and comes back to work.
+    worker_rejoins(&mut h, &ids, n, Fault::Resume, Duration::from_secs(30)).await?;
     h.finish(true).await
 }
 
@@ -405,28 +414,8 @@ async fn worker_partition(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
     workers[0].via_proxy = true;
     let mut h = fleet("worker-partition", gf, ClusterSpec::default(), workers).await?;
     let n = scale.jobs;
-    let ids = h.submit_many(n, |_| h_effect("0.2")).await?;
-    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
-    h.wait_worker_running(&ids, "w0", Duration::from_secs(30))
-        .await?;
-    let held = held_by(&h, &ids, "w0");
-    h.fault(Part::Worker(0), Fault::Cut)?;
-    let bound = h.cluster.spec().timings.recovery_bound();
-    wait_moved_on(&h, &held, bound + Duration::from_secs(5)).await?;
-    let healed = h.fault(Part::Worker(0), Fault::Heal)?;
-    h.wait_terminal(&ids, budget(n)).await?;
-    if let Err(e) = h
-        .wait_workers_active(&["w0".into()], healed, Duration::from_secs(60))
-        .await
-    {
-        h.fail(format!(
-            "the cut-off worker did not rejoin after the heal: {e}"
-        ));
-    }
-    h.note(format!(
-        "{} jobs held by w0 at the cut were re-leased",
-        held.len()
-    ));
+    let ids = fault_holding_worker(&mut h, n, Fault::Cut, "cut").await?;
+    worker_rejoins(&mut h, &ids, n, Fault::Heal, Duration::from_secs(60)).await?;
     h.finish(true).await
 }
 
@@ -736,6 +725,19 @@ impl FakeWorker {
         Ok(Self { id, rpc, stop })
     }
 
+    /// Claims the job a dispatch notice names, once.
+    pub(crate) async fn claim(
+        &self,
+        notice: &DispatchNotice,
+    ) -> Result<ClaimReply, gf_worker::CallError> {
+        let req = ClaimRequest {
+            job_id: notice.job_id,
+            epoch: notice.epoch,
+            worker_id: self.id.clone(),
+        };
+        self.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await
+    }
+
     /// Sends a completion until it gets a definitive answer.
     pub(crate) async fn complete(&self, job: JobId, epoch: u64) -> Result<JobState, ErrorKind> {
         let req = CompleteRequest {
@@ -816,17 +818,7 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
             let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
                 continue;
             };
-            let claim = fk
-                .rpc
-                .call::<_, ClaimReply>(
-                    rpc::CLAIM,
-                    &ClaimRequest {
-                        job_id: notice.job_id,
-                        epoch: notice.epoch,
-                        worker_id: fk.id.clone(),
-                    },
-                )
-                .await;
+            let claim = fk.claim(&notice).await;
             let Ok(claim) = claim else { continue };
             let i = index.get(&notice.job_id).copied().unwrap_or(0);
             // Only each job's first claim is timed against its lease; later ones
