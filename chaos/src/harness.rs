@@ -2,7 +2,6 @@
 //! bounded concurrency, waits with deadlines, and the final check.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,23 +19,7 @@ use crate::audit::{self, Audit, Evidence, Findings, SubmitEntry, Violation};
 use crate::cluster::{Cluster, ClusterSpec, Fault, Part, WorkerSpec};
 use crate::process::{GfCommand, ProcessCluster};
 
-/// Polls `check` every 25 ms until it returns `Some`, or fails after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use gf_testkit::eventually;
 
 /// Connects with retries, following reconnects for as long as the run lasts.
 /// `url` may list several servers, comma-separated.

@@ -126,24 +126,8 @@ pub fn gf(nats_url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)
 
 /// Waits until the coordinators list `n` active workers.
 pub async fn wait_workers(client: &Client, n: usize) -> anyhow::Result<()> {
-    use async_nats::jetstream;
-    let bucket = jetstream::new(client.nats.clone())
-        .get_key_value(gf_schemas::names::BUCKET_WORKERS)
-        .await?;
-    eventually(
-        Duration::from_secs(20),
-        &format!("{n} active workers"),
-        || async {
-            let all = gf_coordinator::store::read_all(&bucket).await.ok()?;
-            let active = all
-                .iter()
-                .filter_map(|(_, v)| serde_json::from_slice::<gf_schemas::WorkerRecord>(v).ok())
-                .filter(|w| w.state == gf_schemas::WorkerState::Active)
-                .count();
-            (active >= n).then_some(())
-        },
-    )
-    .await
+    let js = async_nats::jetstream::new(client.nats.clone());
+    gf_testkit::wait_active_workers(&js, n, Duration::from_secs(20)).await
 }
 
 /// Minimal HTTP/1.1 request over a TCP stream: (status, body). Keeps the tests free of

@@ -251,3 +251,23 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Waits until at least `n` workers are `active` in the workers bucket (registered,
+/// consumer bound, heartbeating), or fails after `timeout`.
+pub async fn wait_active_workers(
+    js: &async_nats::jetstream::Context,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let bucket = js.get_key_value(gf_schemas::names::BUCKET_WORKERS).await?;
+    eventually(timeout, &format!("{n} active workers"), || async {
+        let all = gf_coordinator::store::read_all(&bucket).await.ok()?;
+        let active = all
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<gf_schemas::WorkerRecord>(v).ok())
+            .filter(|w| w.state == gf_schemas::WorkerState::Active)
+            .count();
+        (active >= n).then_some(())
+    })
+    .await
+}
