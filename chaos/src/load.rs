@@ -23,7 +23,7 @@ use gf_schemas::{JobId, JobSpec, JobState};
 use gf_worker::RpcClient;
 use serde::Serialize;
 
-use crate::cluster::{Cluster, ClusterSpec, Timings, WorkerSpec};
+use crate::cluster::{Cluster, ClusterSpec, Part, Timings, WorkerSpec};
 use crate::harness::connect;
 use crate::process::{GfCommand, ProcessCluster};
 
@@ -393,6 +393,87 @@ async fn varz(url: &Option<String>) -> Option<(u64, u64)> {
     Some((v["in_msgs"].as_u64()?, v["out_msgs"].as_u64()?))
 }
 
+/// One measurement's cluster: NATS and one coordinator, its buckets and streams made.
+struct Bench {
+    cluster: ProcessCluster,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    coord: Part,
+}
+
+impl Bench {
+    async fn start(gf: &GfCommand, spec: ClusterSpec) -> anyhow::Result<Self> {
+        let gf2 = gf.clone();
+        let mut cluster =
+            tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
+        let client = connect(&cluster.nats_url()).await?;
+        let js = jetstream::new(client.clone());
+        let (coord, _) = cluster.add_coordinator()?;
+        wait_store(&js).await?;
+        Ok(Self {
+            cluster,
+            client,
+            js,
+            coord,
+        })
+    }
+}
+
+/// The counters a run's per-job figures are the differences of.
+struct Counters {
+    /// Last sequence per stream.
+    seqs: HashMap<String, u64>,
+    /// The server's messages in / out.
+    varz: Option<(u64, u64)>,
+    /// CPU ms per kind of process.
+    cpu: HashMap<String, f64>,
+}
+
+/// Stream writes, server messages and CPU per job between two [`Counters`].
+struct PerJob {
+    writes: HashMap<String, f64>,
+    msgs_in: Option<f64>,
+    msgs_out: Option<f64>,
+    cpu_ms: HashMap<String, f64>,
+}
+
+impl Counters {
+    async fn read(cluster: &ProcessCluster, js: &jetstream::Context) -> Self {
+        Self {
+            seqs: stream_seqs(js).await,
+            varz: varz(&cluster.monitor_url(0)).await,
+            cpu: cpu_by_kind(cluster),
+        }
+    }
+
+    fn per_job(&self, after: &Counters, n: usize) -> PerJob {
+        let n = n as f64;
+        let (msgs_in, msgs_out) = match (self.varz, after.varz) {
+            (Some((i0, o0)), Some((i1, o1))) => {
+                (Some((i1 - i0) as f64 / n), Some((o1 - o0) as f64 / n))
+            }
+            _ => (None, None),
+        };
+        PerJob {
+            writes: after
+                .seqs
+                .iter()
+                .map(|(k, a)| {
+                    let b = self.seqs.get(k).copied().unwrap_or(0);
+                    (k.clone(), (a - b) as f64 / n)
+                })
+                .collect(),
+            msgs_in,
+            msgs_out,
+            cpu_ms: after
+                .cpu
+                .iter()
+                .map(|(k, a)| (k.clone(), (a - self.cpu.get(k).copied().unwrap_or(0.0)) / n))
+                .collect(),
+        }
+    }
+}
+
 fn load_timings() -> Timings {
     Timings {
         lease_ttl: Duration::from_secs(30),
@@ -419,13 +500,12 @@ async fn fleet_run(
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
     };
-    let gf2 = gf.clone();
-    let mut cluster =
-        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
-    let client = connect(&cluster.nats_url()).await?;
-    let js = jetstream::new(client.clone());
-    let (coord, _) = cluster.add_coordinator()?;
-    wait_store(&js).await?;
+    let Bench {
+        mut cluster,
+        client,
+        js,
+        coord,
+    } = Bench::start(gf, spec).await?;
     for i in 0..workers {
         cluster.add_worker(WorkerSpec::new(format!("load{i}"), args.slots))?;
     }
@@ -437,9 +517,7 @@ async fn fleet_run(
         .subscribe(names::event(gf_schemas::EventKind::JobSucceeded))
         .await?;
     client.flush().await?;
-    let seqs_before = stream_seqs(&js).await;
-    let varz_before = varz(&cluster.monitor_url(0)).await;
-    let cpu_before = cpu_by_kind(&cluster);
+    let before = Counters::read(&cluster, &js).await;
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     let d2 = done.clone();
@@ -483,16 +561,7 @@ async fn fleet_run(
     let seconds = finished.duration_since(started).as_secs_f64();
     // Let the last completion's writes land, then read the records.
     let records = crate::audit::read_jobs(&js).await?;
-    let varz_after = varz(&cluster.monitor_url(0)).await;
-    let cpu_after = cpu_by_kind(&cluster);
-    let cpu_ms_per_job = cpu_after
-        .iter()
-        .map(|(k, after)| {
-            let before = cpu_before.get(k).copied().unwrap_or(0.0);
-            (k.clone(), (after - before) / n as f64)
-        })
-        .collect();
-    let seqs_after = stream_seqs(&js).await;
+    let per_job = before.per_job(&Counters::read(&cluster, &js).await, n);
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
     let events = crate::audit::read_events(&js).await.unwrap_or_default();
     let mut dispatched: HashMap<JobId, gf_schemas::Timestamp> = HashMap::new();
@@ -529,20 +598,6 @@ async fn fleet_run(
             }
         }
     }
-    let writes_per_job = seqs_after
-        .iter()
-        .map(|(k, after)| {
-            let before = seqs_before.get(k).copied().unwrap_or(0);
-            (k.clone(), (after - before) as f64 / n as f64)
-        })
-        .collect();
-    let (msgs_in, msgs_out) = match (varz_before, varz_after) {
-        (Some((i0, o0)), Some((i1, o1))) => (
-            Some((i1 - i0) as f64 / n as f64),
-            Some((o1 - o0) as f64 / n as f64),
-        ),
-        _ => (None, None),
-    };
     let rss = cluster.pid(coord).and_then(rss_mib);
     if succeeded < n {
         eprintln!("chaos load: only {succeeded} of {n} jobs succeeded in {label}");
@@ -565,11 +620,11 @@ async fn fleet_run(
         claim_to_done: percentiles(claim_to_done),
         slot_ms_per_job: 1000.0 * (workers as f64 * args.slots as f64) * seconds
             / succeeded.max(1) as f64,
-        writes_per_job,
-        server_msgs_in_per_job: msgs_in,
-        server_msgs_out_per_job: msgs_out,
+        writes_per_job: per_job.writes,
+        server_msgs_in_per_job: per_job.msgs_in,
+        server_msgs_out_per_job: per_job.msgs_out,
         coordinator_rss_mib: rss,
-        cpu_ms_per_job,
+        cpu_ms_per_job: per_job.cpu_ms,
     })
 }
 
@@ -601,17 +656,7 @@ async fn wait_store(js: &jetstream::Context) -> anyhow::Result<()> {
 }
 
 async fn wait_active(js: &jetstream::Context, n: usize) -> anyhow::Result<()> {
-    let bucket = js.get_key_value(names::BUCKET_WORKERS).await?;
-    crate::harness::eventually(Duration::from_secs(60), &format!("{n} workers"), || async {
-        let all = gf_coordinator::store::read_all(&bucket).await.ok()?;
-        let active = all
-            .iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<gf_schemas::WorkerRecord>(v).ok())
-            .filter(|w| w.state == gf_schemas::WorkerState::Active)
-            .count();
-        (active >= n).then_some(())
-    })
-    .await
+    gf_testkit::wait_active_workers(js, n, Duration::from_secs(60)).await
 }
 
 /// Coordinator memory with `n` pending jobs (no workers).
@@ -620,13 +665,12 @@ async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
         timings: load_timings(),
         ..Default::default()
     };
-    let gf2 = gf.clone();
-    let mut cluster =
-        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
-    let client = connect(&cluster.nats_url()).await?;
-    let js = jetstream::new(client.clone());
-    let (coord, _) = cluster.add_coordinator()?;
-    wait_store(&js).await?;
+    let Bench {
+        cluster,
+        client,
+        js,
+        coord,
+    } = Bench::start(gf, spec).await?;
     // A registered worker that never claims: the jobs stay `pending` (with no worker
     // at all they would be written `blocked`, unplaceable — a different load).
     let worker = crate::harness::eventually(
@@ -805,19 +849,18 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
 /// parallel, no job process). Shows what the coordinator + NATS sustain.
 async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
     use gf_schemas::names::Routing;
-    use gf_schemas::rpc::{ClaimReply, ClaimRequest, DispatchNotice};
+    use gf_schemas::rpc::DispatchNotice;
     let spec = ClusterSpec {
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
         ..Default::default()
     };
-    let gf2 = gf.clone();
-    let mut cluster =
-        tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
-    let client = connect(&cluster.nats_url()).await?;
-    let js = jetstream::new(client.clone());
-    let (coord, _) = cluster.add_coordinator()?;
-    wait_store(&js).await?;
+    let Bench {
+        cluster,
+        client,
+        js,
+        coord,
+    } = Bench::start(gf, spec).await?;
     let fake = Arc::new(
         crate::scenarios::FakeWorker::register(client.clone(), "fabric", gf_schemas::DEFAULT_QUEUE)
             .await?,
@@ -852,17 +895,7 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
                 let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
                     return;
                 };
-                let claim = f
-                    .rpc
-                    .call::<_, ClaimReply>(
-                        rpc::CLAIM,
-                        &ClaimRequest {
-                            job_id: notice.job_id,
-                            epoch: notice.epoch,
-                            worker_id: f.id.clone(),
-                        },
-                    )
-                    .await;
+                let claim = f.claim(&notice).await;
                 let _ = m.ack().await;
                 if let Ok(c) = claim {
                     if f.complete(notice.job_id, c.lease.epoch).await.is_ok()
@@ -875,9 +908,7 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
             while tasks.try_join_next().is_some() {}
         }
     });
-    let seqs_before = stream_seqs(&js).await;
-    let varz_before = varz(&cluster.monitor_url(0)).await;
-    let cpu_before = cpu_by_kind(&cluster);
+    let before = Counters::read(&cluster, &js).await;
     let started = Instant::now();
     let rpc_c = RpcClient::new(client.clone(), Duration::from_secs(30));
     let body: bytes::Bytes = serde_json::to_vec(&JobSpec::command(["true"]))?.into();
@@ -906,9 +937,7 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
             done.load(Ordering::Relaxed)
         );
     }
-    let cpu_after = cpu_by_kind(&cluster);
-    let varz_after = varz(&cluster.monitor_url(0)).await;
-    let seqs_after = stream_seqs(&js).await;
+    let per_job = before.per_job(&Counters::read(&cluster, &js).await, n);
     let records = crate::audit::read_jobs(&js).await?;
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -943,32 +972,10 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
         dispatch_to_claim: None,
         claim_to_done: None,
         slot_ms_per_job: 0.0,
-        writes_per_job: seqs_after
-            .iter()
-            .map(|(k, a)| {
-                (
-                    k.clone(),
-                    (a - seqs_before.get(k).copied().unwrap_or(0)) as f64 / n as f64,
-                )
-            })
-            .collect(),
-        server_msgs_in_per_job: match (varz_before, varz_after) {
-            (Some((i0, _)), Some((i1, _))) => Some((i1 - i0) as f64 / n as f64),
-            _ => None,
-        },
-        server_msgs_out_per_job: match (varz_before, varz_after) {
-            (Some((_, o0)), Some((_, o1))) => Some((o1 - o0) as f64 / n as f64),
-            _ => None,
-        },
+        writes_per_job: per_job.writes,
+        server_msgs_in_per_job: per_job.msgs_in,
+        server_msgs_out_per_job: per_job.msgs_out,
         coordinator_rss_mib: cluster.pid(coord).and_then(rss_mib),
-        cpu_ms_per_job: cpu_after
-            .iter()
-            .map(|(k, a)| {
-                (
-                    k.clone(),
-                    (a - cpu_before.get(k).copied().unwrap_or(0.0)) / n as f64,
-                )
-            })
-            .collect(),
+        cpu_ms_per_job: per_job.cpu_ms,
     })
 }
