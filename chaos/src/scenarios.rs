@@ -543,12 +543,25 @@ async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
         rpc::RENEW,
         rpc::COMPLETE,
         rpc::RELEASE,
+        rpc::SUBMIT_BATCH,
+        rpc::CLAIM_BATCH,
+        rpc::COMPLETE_BATCH,
     ];
     let mut sent = 0;
     let mut unanswered = Vec::new();
     let mut accepted = Vec::new();
     for subject in subjects {
-        for body in poison_bodies() {
+        let mut bodies = poison_bodies();
+        if rpc::batched(subject).is_some() {
+            // The same poison as batch items, next to the malformed batches themselves.
+            let items: Vec<Vec<u8>> = bodies
+                .iter()
+                .filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok())
+                .map(|b| [b"[".as_slice(), b, b"]"].concat())
+                .collect();
+            bodies.extend(items);
+        }
+        for body in bodies {
             sent += 1;
             let r = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -559,7 +572,16 @@ async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
                 Ok(Ok(msg)) => {
                     let v: serde_json::Value =
                         serde_json::from_slice(&msg.payload).unwrap_or_default();
-                    if v.get("error").is_none() {
+                    // A batch is answered item by item: poison in it must fail each one.
+                    let accepted_item = match v.get("ok") {
+                        Some(serde_json::Value::Array(items))
+                            if rpc::batched(subject).is_some() =>
+                        {
+                            items.iter().any(|i| i.get("error").is_none())
+                        }
+                        _ => v.get("error").is_none(),
+                    };
+                    if accepted_item {
                         accepted.push(format!("{subject} <- {:?}", String::from_utf8_lossy(&body)));
                     }
                 }

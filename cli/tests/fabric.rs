@@ -10,9 +10,9 @@ use common::*;
 use gf_schemas::names::rpc;
 use gf_schemas::rpc::{
     ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, HeartbeatReply, HeartbeatRequest,
-    RegisterReply, RegisterRequest,
+    RegisterReply, RegisterRequest, SubmitReply,
 };
-use gf_schemas::{AttemptOutcome, Capabilities, ErrorKind, JobState, WorkerId, WorkerState};
+use gf_schemas::{AttemptOutcome, Capabilities, ErrorKind, JobState, Reply, WorkerId, WorkerState};
 use gf_testkit::{eventually, NatsServer};
 use tokio::sync::Barrier;
 
@@ -117,6 +117,10 @@ async fn routing_by_capability() -> anyhow::Result<()> {
 
 /// Registers a worker over RPC that never pulls notices, so a test can claim by hand.
 async fn fake_worker(client: &Client, id: &str) -> anyhow::Result<WorkerId> {
+    fake_worker_with_slots(client, id, 1).await
+}
+
+async fn fake_worker_with_slots(client: &Client, id: &str, slots: u32) -> anyhow::Result<WorkerId> {
     let worker_id = WorkerId::new(id)?;
     let caps = Capabilities {
         queues: vec!["default".into()],
@@ -129,7 +133,7 @@ async fn fake_worker(client: &Client, id: &str) -> anyhow::Result<WorkerId> {
             &RegisterRequest {
                 worker_id: worker_id.clone(),
                 capabilities: caps,
-                slots: 1,
+                slots,
                 version: "test".into(),
                 hostname: "test".into(),
             },
@@ -142,12 +146,116 @@ async fn fake_worker(client: &Client, id: &str) -> anyhow::Result<WorkerId> {
             &HeartbeatRequest {
                 worker_id: worker_id.clone(),
                 state: WorkerState::Active,
-                free_slots: 1,
+                free_slots: slots,
                 running: vec![],
             },
         )
         .await?;
     Ok(worker_id)
+}
+
+/// Batch RPCs: each item is answered on its own, as if sent alone (a bad item fails
+/// alone); only a batch that is not an array of at most `MAX_BATCH` items is refused.
+#[tokio::test]
+async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Client::connect(&nats).await?;
+    let worker = fake_worker_with_slots(&client, "batcher", 2).await?;
+    let batch = |items: Vec<serde_json::Value>| -> Vec<u8> { serde_json::to_vec(&items).unwrap() };
+    let spec = serde_json::to_value(sh("true"))?;
+    let submitted: Vec<Reply<SubmitReply>> = client
+        .rpc
+        .call_raw(
+            rpc::SUBMIT_BATCH,
+            batch(vec![spec.clone(), serde_json::json!({"command": 5}), spec]).into(),
+        )
+        .await?;
+    assert_eq!(submitted.len(), 3);
+    let err = submitted[1].clone().into_result().expect_err("bad spec");
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err:?}");
+    let ids: Vec<_> = [&submitted[0], &submitted[2]]
+        .iter()
+        .map(|r| (*r).clone().into_result().map(|r| r.job_id))
+        .collect::<Result<_, _>>()?;
+    let mut claims = Vec::new();
+    for id in &ids {
+        let rec = client
+            .wait_state(*id, JobState::Dispatched, Duration::from_secs(10))
+            .await?;
+        claims.push(serde_json::to_value(ClaimRequest {
+            job_id: *id,
+            epoch: rec.epoch,
+            worker_id: worker.clone(),
+        })?);
+    }
+    let unknown = ClaimRequest {
+        job_id: gf_schemas::JobId::new(),
+        epoch: 1,
+        worker_id: worker.clone(),
+    };
+    claims.push(serde_json::to_value(unknown)?);
+    claims.push(serde_json::json!("garbage"));
+    let claimed: Vec<Reply<ClaimReply>> = client
+        .rpc
+        .call_raw(rpc::CLAIM_BATCH, batch(claims).into())
+        .await?;
+    let kinds: Vec<_> = claimed
+        .iter()
+        .map(|r| r.clone().into_result().err().map(|e| e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            None,
+            None,
+            Some(ErrorKind::NotFound),
+            Some(ErrorKind::Invalid)
+        ],
+        "{claimed:?}"
+    );
+    let completions = claimed[..2]
+        .iter()
+        .zip(&ids)
+        .map(|(c, id)| {
+            let lease = c.clone().into_result().expect("claimed").lease;
+            serde_json::to_value(CompleteRequest {
+                job_id: *id,
+                epoch: lease.epoch,
+                worker_id: worker.clone(),
+                outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+                result: None,
+                usage: None,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let completed: Vec<Reply<CompleteReply>> = client
+        .rpc
+        .call_raw(rpc::COMPLETE_BATCH, batch(completions).into())
+        .await?;
+    for (r, id) in completed.into_iter().zip(&ids) {
+        assert_eq!(r.into_result()?.state, JobState::Succeeded);
+        assert_eq!(client.job(*id).await?.state, JobState::Succeeded);
+    }
+    // Refused as a whole: too many items, or not an array.
+    let too_many = batch(vec![serde_json::json!({}); gf_schemas::rpc::MAX_BATCH + 1]);
+    let err = client
+        .rpc
+        .call_raw::<serde_json::Value>(rpc::CLAIM_BATCH, too_many.into())
+        .await
+        .expect_err("too many");
+    assert_eq!(err.kind(), Some(ErrorKind::TooLarge), "{err}");
+    for subject in [rpc::SUBMIT_BATCH, rpc::CLAIM_BATCH, rpc::COMPLETE_BATCH] {
+        let err = client
+            .rpc
+            .call_raw::<serde_json::Value>(subject, "{\"trunc".into())
+            .await
+            .expect_err("not an array");
+        assert_eq!(err.kind(), Some(ErrorKind::Invalid), "{subject}: {err}");
+    }
+    coord.stop().await?;
+    Ok(())
 }
 
 /// Two workers claiming the same notice at the same moment: exactly one wins, the

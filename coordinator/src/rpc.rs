@@ -61,6 +61,61 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
 
 /// Answers one request; the body is always a reply envelope.
 pub async fn handle(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
+    match rpc::batched(subject) {
+        Some(single) => handle_batch(service, subject, single, payload).await,
+        None => handle_one(service, subject, payload).await,
+    }
+}
+
+/// A batch: each item goes through [`handle_one`] as if it had come alone on `single`
+/// (same checks, same audit of refusals), all at once so their store writes are
+/// pipelined; the reply holds each item's envelope in order. Only a batch that is not
+/// an array of 1 to `MAX_BATCH` items is refused as a whole.
+async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &[u8]) -> Bytes {
+    use serde_json::value::RawValue;
+    let items = match serde_json::from_slice::<Vec<&RawValue>>(payload) {
+        Ok(items) if items.len() > gf_schemas::rpc::MAX_BATCH => Err(RpcError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "batch of {} items; the limit is {}",
+                items.len(),
+                gf_schemas::rpc::MAX_BATCH
+            ),
+        )),
+        Ok(items) if items.is_empty() => Err(RpcError::new(
+            ErrorKind::Invalid,
+            "empty batch: send at least one request",
+        )),
+        Ok(items) => Ok(items),
+        Err(e) => Err(RpcError::new(
+            ErrorKind::Invalid,
+            format!("malformed batch (a JSON array of requests): {e}"),
+        )),
+    };
+    let items = match items {
+        Ok(items) => items,
+        Err(e) => return reply::<()>(service, subject, Err(e)),
+    };
+    let replies = futures::future::join_all(
+        items
+            .iter()
+            .map(|item| handle_one(service, single, item.get().as_bytes())),
+    )
+    .await;
+    // `{"ok":[<envelope>,...]}` from the encoded envelopes, without decoding them again.
+    let mut body = Vec::with_capacity(8 + replies.iter().map(|r| r.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"ok\":[");
+    for (i, r) in replies.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(r);
+    }
+    body.extend_from_slice(b"]}");
+    body.into()
+}
+
+async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
     let max = service.config.max_submit_bytes;
     macro_rules! call {
         ($what:literal, $method:ident) => {
@@ -150,6 +205,9 @@ fn operation(subject: &str) -> &'static str {
         rpc::SCHEDULE_ADD => "schedule_add",
         rpc::SCHEDULE_LIST => "schedule_list",
         rpc::SCHEDULE_REMOVE => "schedule_remove",
+        rpc::SUBMIT_BATCH => "submit_batch",
+        rpc::CLAIM_BATCH => "claim_batch",
+        rpc::COMPLETE_BATCH => "complete_batch",
         _ => "unknown",
     }
 }

@@ -55,6 +55,15 @@ pub fn rpc_index() -> serde_json::Value {
             rpc::SCHEDULE_LIST: entry("empty_request", "schedule_list_reply"),
             rpc::SCHEDULE_REMOVE: entry("schedule_name", "release_reply"),
         },
+        "batches": {
+            "description": "A batch subject's request is a JSON array (at most MAX_BATCH items) of its single subject's requests; its reply is {\"ok\": [each item's own envelope, in order]}. Each item is applied exactly as if sent alone.",
+            "max_items": crate::rpc::MAX_BATCH,
+            "subjects": {
+                rpc::SUBMIT_BATCH: rpc::SUBMIT,
+                rpc::CLAIM_BATCH: rpc::CLAIM,
+                rpc::COMPLETE_BATCH: rpc::COMPLETE,
+            },
+        },
         "streams": {
             "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json"},
             "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json"},

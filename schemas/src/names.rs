@@ -57,6 +57,22 @@ pub mod rpc {
     pub const SCHEDULE_ADD: &str = "gf.rpc.schedule.add";
     pub const SCHEDULE_LIST: &str = "gf.rpc.schedule.list";
     pub const SCHEDULE_REMOVE: &str = "gf.rpc.schedule.remove";
+    /// Batches: the body is a JSON array of the single subject's requests (at most
+    /// [`crate::rpc::MAX_BATCH`]); the reply is `{"ok": [...]}` holding each item's own
+    /// envelope, in order. Each item is applied exactly as if sent alone.
+    pub const SUBMIT_BATCH: &str = "gf.rpc.batch.submit";
+    pub const CLAIM_BATCH: &str = "gf.rpc.batch.claim";
+    pub const COMPLETE_BATCH: &str = "gf.rpc.batch.complete";
+
+    /// The single-request subject a batch subject carries items of.
+    pub fn batched(subject: &str) -> Option<&'static str> {
+        match subject {
+            SUBMIT_BATCH => Some(SUBMIT),
+            CLAIM_BATCH => Some(CLAIM),
+            COMPLETE_BATCH => Some(COMPLETE),
+            _ => None,
+        }
+    }
 }
 
 /// Subject a product's usage entries are published on.

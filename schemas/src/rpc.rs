@@ -96,6 +96,13 @@ impl RpcError {
     }
 }
 
+/// Most items one batch request (`gf.rpc.batch.*`) may carry. Bounded so one batch is
+/// one modest burst of store writes and its reply stays far below NATS' payload limit.
+pub const MAX_BATCH: usize = 256;
+
+/// Reply to a batch request: each item's own envelope, in the order of the request.
+pub type BatchReply<T> = Vec<Reply<T>>;
+
 /// Reply to `gf.rpc.submit` (whose request body is a [`JobSpec`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitReply {

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
     /// The coordinator answered and refused; branch on `.0.kind`.
     #[error("{}", .0.message)]
@@ -61,6 +61,11 @@ pub struct RpcClient {
 impl RpcClient {
     pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
         Self { client, timeout }
+    }
+
+    /// The longest a request waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn nats(&self) -> &async_nats::Client {

@@ -8,6 +8,7 @@
 //!
 //! A worker never writes the KV store; everything goes through the RPC plane.
 
+mod batch;
 pub mod caps;
 pub mod client;
 pub mod handler;
@@ -94,6 +95,9 @@ struct Slots {
 struct Shared {
     id: WorkerId,
     rpc: RpcClient,
+    /// Claims and completions, coalesced into batch RPCs under load.
+    claims: batch::Batcher<ClaimReply>,
+    completions: batch::Batcher<CompleteReply>,
     js: jetstream::Context,
     slots: u32,
     /// Jobs running here. With `claiming`, under one lock: a job is in at most one.
@@ -196,6 +200,8 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         .with_context(|| format!("cannot create scratch directory {}", scratch.display()))?;
     let shared = Arc::new(Shared {
         id: id.clone(),
+        claims: batch::Batcher::new(rpc.clone(), rpc::CLAIM, rpc::CLAIM_BATCH),
+        completions: batch::Batcher::new(rpc.clone(), rpc::COMPLETE, rpc::COMPLETE_BATCH),
         rpc,
         js,
         slots: config.slots,
@@ -510,7 +516,7 @@ async fn claim(
         epoch: notice.epoch,
         worker_id: shared.id.clone(),
     };
-    match shared.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await {
+    match shared.claims.call(&req, shared.rpc.timeout()).await {
         Ok(claim) => {
             let _ = msg.ack().await;
             Some(claim)
@@ -595,11 +601,9 @@ async fn report(shared: &Shared, req: &CompleteRequest, lease_ttl: Duration) {
     let mut wait = Duration::from_millis(100);
     // Each try gets a third of the lease, so a stalled coordinator costs a retry, not
     // the lease.
-    let rpc = shared
-        .rpc
-        .with_timeout((lease_ttl / 3).max(Duration::from_millis(200)));
+    let timeout = (lease_ttl / 3).max(Duration::from_millis(200));
     for _ in 0..30 {
-        match rpc.call::<_, CompleteReply>(rpc::COMPLETE, req).await {
+        match shared.completions.call(req, timeout).await {
             Ok(r) => {
                 tracing::info!(job = %req.job_id, epoch = req.epoch, state = %r.state, "reported");
                 return;

@@ -1,0 +1,298 @@
+//! Coalescing the worker's claims and completions into batch RPCs (`gf.rpc.batch.*`).
+//!
+//! There is no timer and no background task: a caller queues its request, then either
+//! finds a send permit free and sends everything queued (its own request and any that
+//! came in meanwhile, up to `MAX_BATCH`), or waits for a sender to answer it. With
+//! nothing in flight a lone request goes out at once, so an idle worker pays no latency;
+//! under load, requests that arrive while a batch is in flight ride the next one.
+//!
+//! Each item keeps the single RPC's meaning: the coordinator applies it exactly as if it
+//! came alone and answers it with its own envelope, so callers branch on the same
+//! [`CallError`]s as before. A batch that times out or cannot be sent fails every item
+//! with that error (all are safe to retry). A coordinator that does not know the batch
+//! subject (an older one, during a rolling upgrade) is detected once and from then on
+//! every item is sent on the single subject.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gf_schemas::rpc::MAX_BATCH;
+use gf_schemas::{ErrorKind, Reply};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::client::{CallError, RpcClient};
+
+/// Batches in flight at once per batcher. Two keeps one batch filling while the other
+/// is answered; more would only make smaller batches.
+const SENDERS: usize = 1;
+
+type Answer<Resp> = oneshot::Sender<Result<Resp, CallError>>;
+
+struct Queued<Resp> {
+    body: bytes::Bytes,
+    timeout: Duration,
+    answer: Answer<Resp>,
+}
+
+pub struct Batcher<Resp> {
+    rpc: RpcClient,
+    single: &'static str,
+    batch: &'static str,
+    queue: Mutex<Vec<Queued<Resp>>>,
+    senders: Semaphore,
+    /// Set when a coordinator refused the batch subject as unknown.
+    unsupported: AtomicBool,
+}
+
+impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
+    pub fn new(rpc: RpcClient, single: &'static str, batch: &'static str) -> Self {
+        debug_assert_eq!(gf_schemas::names::rpc::batched(batch), Some(single));
+        Self {
+            rpc,
+            single,
+            batch,
+            queue: Mutex::new(Vec::new()),
+            senders: Semaphore::new(SENDERS),
+            unsupported: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req` (in a batch when others are waiting too) and returns its own answer.
+    /// `timeout` bounds this request; a batch waits as long as the shortest of its items.
+    pub async fn call<Req: Serialize>(
+        &self,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let body: bytes::Bytes = serde_json::to_vec(req)
+            .expect("wire types serialize")
+            .into();
+        if self.unsupported.load(Ordering::Relaxed) {
+            return self
+                .rpc
+                .with_timeout(timeout)
+                .call_raw(self.single, body)
+                .await;
+        }
+        let (answer, mut answered) = oneshot::channel();
+        self.queue.lock().expect("batch queue").push(Queued {
+            body,
+            timeout,
+            answer,
+        });
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut answered => {
+                    // A sender that was dropped mid-batch (its caller cancelled) leaves
+                    // the outcome unknown, like a lost reply.
+                    return r.unwrap_or_else(|_| Err(CallError::Transport("batch abandoned".into())));
+                }
+                permit = self.senders.acquire() => {
+                    let permit = permit.expect("never closed");
+                    let items = self.take();
+                    if items.is_empty() {
+                        // Another sender took this request: only its answer is left.
+                        drop(permit);
+                        return answered.await.unwrap_or_else(|_| Err(CallError::Transport("batch abandoned".into())));
+                    }
+                    self.send(items).await;
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<Queued<Resp>> {
+        let mut queue = self.queue.lock().expect("batch queue");
+        let n = queue.len().min(MAX_BATCH);
+        queue.drain(..n).collect()
+    }
+
+    async fn send(&self, items: Vec<Queued<Resp>>) {
+        if items.len() == 1 || self.unsupported.load(Ordering::Relaxed) {
+            // One request alone goes on the single subject: same bytes, no batch framing.
+            let calls = items.into_iter().map(|q| async move {
+                let r = self
+                    .rpc
+                    .with_timeout(q.timeout)
+                    .call_raw(self.single, q.body)
+                    .await;
+                let _ = q.answer.send(r);
+            });
+            futures::future::join_all(calls).await;
+            return;
+        }
+        let timeout = items.iter().map(|q| q.timeout).min().expect("not empty");
+        let mut body =
+            Vec::with_capacity(2 + items.iter().map(|q| q.body.len() + 1).sum::<usize>());
+        body.push(b'[');
+        for (i, q) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&q.body);
+        }
+        body.push(b']');
+        let reply = self
+            .rpc
+            .with_timeout(timeout)
+            .call_raw::<Vec<Reply<Resp>>>(self.batch, body.into())
+            .await;
+        match reply {
+            Ok(replies) if replies.len() == items.len() => {
+                for (q, r) in items.into_iter().zip(replies) {
+                    let _ = q.answer.send(r.into_result().map_err(CallError::Refused));
+                }
+            }
+            Ok(replies) => {
+                let e = CallError::BadReply {
+                    subject: self.batch.into(),
+                    error: format!("{} answers for {} requests", replies.len(), items.len()),
+                };
+                for q in items {
+                    let _ = q.answer.send(Err(e.clone()));
+                }
+            }
+            Err(CallError::Refused(e)) if e.kind == ErrorKind::Invalid => {
+                // Only a coordinator without batch subjects refuses a well-formed batch
+                // as a whole: fall back to single requests for good.
+                tracing::info!(subject = self.batch, error = %e.message, "batches refused; sending requests one by one");
+                self.unsupported.store(true, Ordering::Relaxed);
+                Box::pin(self.send(items)).await;
+            }
+            Err(e) => {
+                for q in items {
+                    let _ = q.answer.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use gf_schemas::names::rpc;
+    use gf_schemas::RpcError;
+    use std::sync::Arc;
+
+    /// A stand-in coordinator on a real NATS server: answers each claim with its own
+    /// job id as text (so answers can be matched to requests), batch or single, and
+    /// records the subjects and item counts it saw. With `knows_batches` false it
+    /// refuses batch subjects the way a coordinator without them does.
+    async fn fake_coordinator(
+        client: async_nats::Client,
+        knows_batches: bool,
+    ) -> anyhow::Result<(
+        tokio::task::JoinHandle<()>,
+        Arc<Mutex<Vec<(String, usize)>>>,
+    )> {
+        let mut sub = client.subscribe(rpc::ALL).await?;
+        client.flush().await?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let answer = |v: &serde_json::Value| Reply::<String>::Ok(v["job_id"].to_string());
+                let body = match msg.subject.as_str() {
+                    rpc::CLAIM_BATCH if knows_batches => {
+                        let items: Vec<serde_json::Value> =
+                            serde_json::from_slice(&msg.payload).unwrap();
+                        log.lock()
+                            .unwrap()
+                            .push((msg.subject.to_string(), items.len()));
+                        serde_json::to_vec(&Reply::Ok(items.iter().map(answer).collect::<Vec<_>>()))
+                    }
+                    rpc::CLAIM => {
+                        log.lock().unwrap().push((msg.subject.to_string(), 1));
+                        let item: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+                        serde_json::to_vec(&answer(&item))
+                    }
+                    other => {
+                        log.lock().unwrap().push((other.to_string(), 0));
+                        serde_json::to_vec(&Reply::<()>::Error(RpcError::new(
+                            ErrorKind::Invalid,
+                            format!("unknown RPC subject `{other}`"),
+                        )))
+                    }
+                };
+                client
+                    .publish(msg.reply.unwrap(), body.unwrap().into())
+                    .await
+                    .unwrap();
+            }
+        });
+        Ok((task, seen))
+    }
+
+    /// Twenty claims at once, as a worker's batch of notices makes them.
+    async fn twenty_claims(batcher: &Batcher<String>) -> Vec<(String, Result<String, CallError>)> {
+        let calls = (0..20).map(|i| async move {
+            let id = format!("job-{i}");
+            let r = batcher
+                .call(
+                    &serde_json::json!({ "job_id": id }),
+                    Duration::from_secs(10),
+                )
+                .await;
+            (format!("\"{id}\""), r)
+        });
+        futures::future::join_all(calls).await
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_batches_and_each_gets_its_answer() -> anyhow::Result<()> {
+        let nats = gf_testkit::NatsServer::start()?;
+        let client = async_nats::connect(nats.url()).await?;
+        let (task, seen) = fake_coordinator(client.clone(), true).await?;
+        let batcher = Batcher::new(
+            RpcClient::new(client, Duration::from_secs(10)),
+            rpc::CLAIM,
+            rpc::CLAIM_BATCH,
+        );
+        for (want, got) in twenty_claims(&batcher).await {
+            assert_eq!(got.expect("answered"), want);
+        }
+        let seen = seen.lock().unwrap().clone();
+        // The first two go out alone (both senders free); the other 18 queue behind
+        // them and leave together.
+        assert_eq!(seen.iter().map(|s| s.1).sum::<usize>(), 20, "{seen:?}");
+        assert!(
+            seen.iter().any(|(s, n)| s == rpc::CLAIM_BATCH && *n > 1),
+            "{seen:?}"
+        );
+        assert!(seen.len() < 20, "{seen:?}");
+        task.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_single_requests_when_batches_are_refused() -> anyhow::Result<()> {
+        let nats = gf_testkit::NatsServer::start()?;
+        let client = async_nats::connect(nats.url()).await?;
+        let (task, seen) = fake_coordinator(client.clone(), false).await?;
+        let batcher = Batcher::new(
+            RpcClient::new(client, Duration::from_secs(10)),
+            rpc::CLAIM,
+            rpc::CLAIM_BATCH,
+        );
+        for (want, got) in twenty_claims(&batcher).await {
+            assert_eq!(got.expect("answered"), want);
+        }
+        assert!(batcher.unsupported.load(Ordering::Relaxed));
+        let seen = seen.lock().unwrap().clone();
+        let refused = seen.iter().filter(|(s, _)| s == rpc::CLAIM_BATCH).count();
+        assert_eq!(refused, 1, "one refusal is enough: {seen:?}");
+        assert_eq!(
+            seen.iter().filter(|(s, _)| s == rpc::CLAIM).count(),
+            20,
+            "{seen:?}"
+        );
+        task.abort();
+        Ok(())
+    }
+}
