@@ -90,14 +90,16 @@ pub async fn start(
     let service = Arc::new(Service::new(store, client, clock, events, config.clone())?);
     let leader = Arc::new(scheduler::LeaderStatus::default());
 
+    let (stats, stats_feed, stats_task) =
+        stats::start(service.store.jobs.clone(), shutdown.clone());
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(scheduler::run(
         service.clone(),
         leader.clone(),
+        stats_feed,
         reconnect_rx,
         shutdown.clone(),
     ));
-    let (stats, stats_task) = stats::start(service.store.jobs.clone(), shutdown.clone());
     let (http_addr, http, http_state) = match config.http_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {

@@ -30,6 +30,9 @@ pub struct View {
     pub terminal: HashMap<JobId, JobState>,
     pub workers: HashMap<WorkerId, WorkerRecord>,
     pub budgets: HashMap<String, Budget>,
+    /// On the leader, every job record the view takes in also feeds the operator
+    /// counters (see [`crate::stats::LeaderFeed`]).
+    pub stats: Option<crate::stats::LeaderFeed>,
 }
 
 impl View {
@@ -37,6 +40,9 @@ impl View {
         let Ok(id) = key.parse::<JobId>() else { return };
         if op != kv::Operation::Put {
             self.jobs.remove(&id);
+            if let Some(stats) = &self.stats {
+                stats.remove(&id);
+            }
             return;
         }
         if self.jobs.get(&id).is_some_and(|(_, r)| *r >= rev) {
@@ -70,6 +76,9 @@ impl View {
     }
 
     pub fn set_job(&mut self, rec: JobRecord, rev: u64) {
+        if let Some(stats) = &self.stats {
+            stats.ingest(&rec, rev);
+        }
         if rec.state.is_terminal() {
             self.jobs.remove(&rec.id);
             self.terminal.insert(rec.id, rec.state);

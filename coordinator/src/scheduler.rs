@@ -78,6 +78,7 @@ pub fn policy(service: &Service) -> Policy<'_> {
 pub async fn run(
     service: Arc<Service>,
     status: Arc<LeaderStatus>,
+    stats: crate::stats::StatsFeed,
     mut reconnects: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
@@ -111,7 +112,7 @@ pub async fn run(
         metrics::leader(true);
         *status.leader.lock().expect("status") = Some(me.clone());
         loop {
-            match lead(&service, &mut lease, &mut reconnects, &shutdown).await {
+            match lead(&service, &mut lease, &stats, &mut reconnects, &shutdown).await {
                 LeadEnd::Restart if lease.valid() => {
                     tracing::info!("rebuilding scheduler view");
                     continue;
@@ -156,6 +157,7 @@ enum LeadEnd {
 async fn lead(
     service: &Arc<Service>,
     lease: &mut LeaderLease,
+    stats: &crate::stats::StatsFeed,
     reconnects: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
 ) -> LeadEnd {
@@ -184,7 +186,10 @@ async fn lead(
         }
     };
     reconnects.borrow_and_update();
-    let mut view = View::default();
+    let mut view = View {
+        stats: Some(stats.lead()),
+        ..View::default()
+    };
     let mut starts = StartLog::default();
     let mut gauges = ViewGauges::default();
     // The watch marks when it has delivered the snapshot; an empty bucket delivers
@@ -222,6 +227,9 @@ async fn lead(
             }
             _ = gauge_tick.tick() => {
                 if jobs_current {
+                    if let Some(stats) = &view.stats {
+                        stats.synced();
+                    }
                     gauges.publish(&counts(
                         &view,
                         &service.routing,

@@ -2,9 +2,10 @@
 //! processed, throughput and latency over the last minutes, and model usage per
 //! provider and model.
 //!
-//! One task per coordinator watches the `gf_jobs` bucket (replaying every current
-//! record first) and feeds an [`Aggregator`], which it alone owns; readers get cheap
-//! snapshots through a `watch` channel. The aggregator is a pure value fed records, so
+//! Every record of the `gf_jobs` bucket (a replay of the current ones first) feeds an
+//! [`Aggregator`]: on the leader from its scheduler's view ([`LeaderFeed`]), elsewhere
+//! from the stats task's own watch. Readers get cheap snapshots through a `watch`
+//! channel. The aggregator is a pure value fed records, so
 //! it is unit-tested on fixed timestamps, and `gf stats` reuses it on a bucket read.
 //!
 //! Throughput buckets are keyed by the time a job *finished* (its record's
@@ -13,7 +14,8 @@
 //! job is counted once however often the watch replays it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -33,6 +35,8 @@ pub const WINDOW_SECS: i64 = 15 * 60;
 /// previous contribution away.
 #[derive(Clone, Debug)]
 struct Summary {
+    /// KV revision of the record summed up (0 when unknown).
+    rev: u64,
     state: JobState,
     queue: String,
     usage: Option<(ModelKey, UsageSums)>,
@@ -165,6 +169,16 @@ impl Aggregator {
     /// Takes in the current record of a job (first sight or an update). `now` bounds
     /// the window: finishes older than it are not kept in the series.
     pub fn ingest(&mut self, rec: &JobRecord, now: Timestamp) {
+        self.ingest_revision(rec, 0, now)
+    }
+
+    /// [`Aggregator::ingest`] of the record at KV revision `rev`: one older than the
+    /// revision already counted is ignored, so two feeds (a watch and the leader's
+    /// view, see [`StatsFeed`]) can overlap while they hand over.
+    pub fn ingest_revision(&mut self, rec: &JobRecord, rev: u64, now: Timestamp) {
+        if rev != 0 && self.jobs.get(&rec.id).is_some_and(|o| o.rev >= rev) {
+            return;
+        }
         let usage = rec.usage.as_ref().map(|u| {
             let key = (
                 u.provider.clone().unwrap_or_else(|| "unknown".into()),
@@ -181,6 +195,7 @@ impl Aggregator {
             (key, sums)
         });
         let new = Summary {
+            rev,
             state: rec.state,
             queue: rec.spec.queue.clone(),
             usage,
@@ -327,29 +342,110 @@ impl StatsHandle {
     }
 }
 
-/// Starts the task that watches `gf_jobs`; it ends when `shutdown` fires.
+/// What the stats task and the leader's view share.
+struct Shared {
+    agg: Mutex<Aggregator>,
+    /// `true` once a full replay of `gf_jobs` has been counted.
+    synced: AtomicBool,
+    /// `true` while this coordinator leads: its scheduler's view feeds the aggregator
+    /// and the stats task keeps no watch of its own.
+    leader_feeds: watch::Sender<bool>,
+}
+
+/// The leader's side of the counters. The leader already watches `gf_jobs` and decodes
+/// every record for its view; feeding the same records here saves a second watch, which
+/// cost one more message from the server and one more decode per job write. Created by
+/// [`StatsFeed::lead`] when a term starts; dropping it (however the term ends) hands the
+/// counting back to the stats task's own watch, which replays the bucket.
+pub struct LeaderFeed(Arc<Shared>);
+
+impl LeaderFeed {
+    pub fn ingest(&self, rec: &JobRecord, rev: u64) {
+        let now = Timestamp::now_local();
+        self.0
+            .agg
+            .lock()
+            .expect("stats")
+            .ingest_revision(rec, rev, now);
+    }
+
+    pub fn remove(&self, id: &JobId) {
+        self.0.agg.lock().expect("stats").remove(id);
+    }
+
+    /// The leader's view has replayed the whole bucket.
+    pub fn synced(&self) {
+        self.0.synced.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LeaderFeed {
+    fn drop(&mut self) {
+        self.0.leader_feeds.send_replace(false);
+    }
+}
+
+/// Hands out [`LeaderFeed`]s to the scheduler.
+#[derive(Clone)]
+pub struct StatsFeed(Arc<Shared>);
+
+impl StatsFeed {
+    pub fn lead(&self) -> LeaderFeed {
+        self.0.leader_feeds.send_replace(true);
+        LeaderFeed(self.0.clone())
+    }
+}
+
+/// Starts the task that keeps the counters; it ends when `shutdown` fires.
 pub fn start(
     jobs: kv::Store,
     shutdown: CancellationToken,
-) -> (StatsHandle, tokio::task::JoinHandle<()>) {
+) -> (StatsHandle, StatsFeed, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Arc::new(
         Aggregator::new().snapshot(false, Timestamp::now_local()),
     ));
-    let task = tokio::spawn(run(jobs, tx, shutdown));
-    (StatsHandle { rx }, task)
+    let shared = Arc::new(Shared {
+        agg: Mutex::new(Aggregator::new()),
+        synced: AtomicBool::new(false),
+        leader_feeds: watch::Sender::new(false),
+    });
+    let task = tokio::spawn(run(jobs, shared.clone(), tx, shutdown));
+    (StatsHandle { rx }, StatsFeed(shared), task)
 }
 
-async fn run(jobs: kv::Store, tx: watch::Sender<Arc<JobStats>>, shutdown: CancellationToken) {
-    let mut agg = Aggregator::new();
-    let mut synced = false;
+/// Publishes a snapshot twice a second and, while this coordinator does not lead,
+/// counts from its own watch of `gf_jobs`.
+async fn run(
+    jobs: kv::Store,
+    shared: Arc<Shared>,
+    tx: watch::Sender<Arc<JobStats>>,
+    shutdown: CancellationToken,
+) {
     let mut publish = tokio::time::interval(Duration::from_millis(500));
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = shared.leader_feeds.subscribe();
+    let snapshot = |shared: &Shared| {
+        let agg = shared.agg.lock().expect("stats");
+        Arc::new(agg.snapshot(
+            shared.synced.load(Ordering::Relaxed),
+            Timestamp::now_local(),
+        ))
+    };
     loop {
+        if *leading.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = publish.tick() => { tx.send_replace(snapshot(&shared)); }
+                _ = leading.changed() => {}
+            }
+            continue;
+        }
         // (Re)creating the watch replays every current record; the aggregator counts a
         // finish once, so a replay after a reconnect does not double the series.
         let mut stream = jobs.stream.clone();
-        let empty = matches!(stream.info().await, Ok(i) if i.state.messages == 0);
-        synced |= empty;
+        if matches!(stream.info().await, Ok(i) if i.state.messages == 0) {
+            shared.synced.store(true, Ordering::Relaxed);
+        }
         let watch = match jobs.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
@@ -361,37 +457,40 @@ async fn run(jobs: kv::Store, tx: watch::Sender<Arc<JobStats>>, shutdown: Cancel
             }
         };
         let mut watch = watch.fuse();
-        loop {
+        let broken = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = publish.tick() => {
-                    tx.send_replace(Arc::new(agg.snapshot(synced, Timestamp::now_local())));
-                }
+                _ = publish.tick() => { tx.send_replace(snapshot(&shared)); }
+                // The leader's view takes over: drop this watch.
+                _ = leading.changed() => break false,
                 entry = watch.next() => {
                     let entry = match entry {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "stats: jobs watch failed; re-creating");
-                            break;
+                            break true;
                         }
-                        None => break,
+                        None => break true,
                     };
+                    let mut agg = shared.agg.lock().expect("stats");
                     if entry.operation == kv::Operation::Put {
                         if let Ok(rec) = serde_json::from_slice::<JobRecord>(&entry.value) {
-                            agg.ingest(&rec, Timestamp::now_local());
+                            agg.ingest_revision(&rec, entry.revision, Timestamp::now_local());
                         }
                     } else if let Ok(id) = entry.key.parse::<JobId>() {
                         agg.remove(&id);
                     }
                     if entry.delta == 0 {
-                        synced = true;
+                        shared.synced.store(true, Ordering::Relaxed);
                     }
                 }
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        };
+        if broken {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
         }
     }
 }
@@ -412,6 +511,28 @@ mod tests {
         r.state = state;
         r.updated_at = t(updated);
         r
+    }
+
+    /// Two feeds overlapping while they hand over: a record older than the one counted
+    /// changes nothing, a newer one moves the job on.
+    #[test]
+    fn older_revisions_are_ignored() {
+        let now = t(10_000);
+        let mut a = Aggregator::new();
+        let mut j = job("q", JobState::Running, 9_990, 9_995);
+        a.ingest_revision(&j, 5, now);
+        j.state = JobState::Succeeded;
+        j.updated_at = t(9_999);
+        a.ingest_revision(&j, 7, now);
+        let mut stale = j.clone();
+        stale.state = JobState::Running;
+        a.ingest_revision(&stale, 5, now);
+        a.ingest_revision(&j, 7, now);
+        let s = a.snapshot(true, now);
+        assert_eq!(s.by_state["succeeded"], 1);
+        assert_eq!(s.running, 0);
+        let finished: u64 = s.series.iter().map(|p| p.succeeded).sum();
+        assert_eq!(finished, 1, "counted once");
     }
 
     /// Counts follow a job through its states; queue depth counts only the backlog.
