@@ -262,9 +262,7 @@ pub async fn read_events(js: &jetstream::Context) -> anyhow::Result<Vec<Event>> 
         let m = tokio::time::timeout(Duration::from_secs(5), msgs.next()).await;
         let Ok(Some(Ok(m))) = m else { break };
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last);
-        if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
-            out.push(e);
-        }
+        out.extend(gf_schemas::decode_events(&m.payload).unwrap_or_default());
         if seq >= last {
             break;
         }

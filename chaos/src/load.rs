@@ -524,8 +524,9 @@ async fn fleet_run(
     let waiter = tokio::spawn(async move {
         while d2.load(Ordering::Relaxed) < n {
             match tokio::time::timeout(Duration::from_secs(30), done_sub.next()).await {
-                Ok(Some(_)) => {
-                    d2.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(m)) => {
+                    let n = gf_schemas::decode_events(&m.payload).map_or(0, |e| e.len());
+                    d2.fetch_add(n, Ordering::Relaxed);
                 }
                 _ => break,
             }

@@ -161,7 +161,7 @@ pub async fn events(url: &str, a: EventsArgs) -> anyhow::Result<ExitCode> {
         let m = m?;
         let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
-        if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
+        for e in gf_schemas::decode_events(&m.payload).unwrap_or_default() {
             if a.level.is_none_or(|l| l == e.level) {
                 print_event(seq, &e, a.json)?;
             }

@@ -75,15 +75,94 @@ impl EventSink {
     }
 }
 
+/// How long the first event of a message waits for company, and how many events one
+/// message holds at most.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+const MAX_PER_MESSAGE: usize = 128;
+
+/// Publishes what is queued, grouping the events that arrive within [`BATCH_WINDOW`] of
+/// each other into one message per kind (a JSON array; a lone event stays an object,
+/// see [`gf_schemas::decode_events`]). Under load a job's four or so events had been
+/// four stored messages, as many as its record writes; batched they are a small
+/// fraction. An event is at most `BATCH_WINDOW` later on the stream, and within one
+/// window events of different kinds may be stored out of order (each carries its time).
 async fn publish_loop(client: async_nats::Client, mut rx: mpsc::Receiver<Event>) {
-    while let Some(ev) = rx.recv().await {
-        let subject = names::event(ev.kind);
-        let payload = crate::store::encode(&ev);
-        if let Err(e) = client.publish(subject, payload).await {
-            tracing::warn!(error = %e, "event publish failed");
+    let mut batch: Vec<Event> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < MAX_PER_MESSAGE {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                _ => break,
+            }
+        }
+        let mut by_kind: Vec<(EventKind, Vec<Event>)> = Vec::new();
+        for e in batch.drain(..) {
+            match by_kind.iter_mut().find(|(k, _)| *k == e.kind) {
+                Some((_, same)) => same.push(e),
+                None => by_kind.push((e.kind, vec![e])),
+            }
+        }
+        for (kind, events) in by_kind {
+            let payload = match events.as_slice() {
+                [one] => crate::store::encode(one),
+                many => crate::store::encode(&many),
+            };
+            if let Err(e) = client.publish(names::event(kind), payload).await {
+                tracing::warn!(error = %e, "event publish failed");
+            }
         }
     }
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "events not flushed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    /// A burst of events becomes a few messages, one kind per message, and reading them
+    /// back gives every event once.
+    #[tokio::test]
+    async fn a_burst_is_batched_by_kind_and_nothing_is_lost() -> anyhow::Result<()> {
+        let nats = gf_testkit::NatsServer::start()?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        crate::store::Store::open(js.clone(), 1).await?;
+        let (sink, task) = EventSink::start(client, "test".into());
+        let kinds = [EventKind::JobSubmitted, EventKind::JobSucceeded];
+        for i in 0..300 {
+            sink.emit(kinds[i % 2], Level::Info, None, None, format!("event {i}"));
+        }
+        drop(sink);
+        task.await?;
+        let mut stream = js.get_stream(names::STREAM_EVENTS).await?;
+        let stored = stream.info().await?.state.messages;
+        let mut msgs = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await?
+            .messages()
+            .await?;
+        let mut seen = Vec::new();
+        for _ in 0..stored {
+            let m = msgs.next().await.expect("message")?;
+            for e in gf_schemas::decode_events(&m.payload)? {
+                assert_eq!(
+                    m.subject.as_str(),
+                    names::event(e.kind),
+                    "kind of its subject"
+                );
+                seen.push(e.message);
+            }
+        }
+        seen.sort();
+        let mut want: Vec<String> = (0..300).map(|i| format!("event {i}")).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        assert!(stored < 300, "{stored} messages for 300 events");
+        Ok(())
     }
 }

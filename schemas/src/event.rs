@@ -80,6 +80,21 @@ pub struct Event {
     pub source: String,
 }
 
+/// Reads one `GF_EVENTS` message: a single [`Event`], or (when the coordinator had
+/// several of the same kind to publish at once) a JSON array of them. Batching keeps the
+/// audit trail from costing one stored message per event under load.
+pub fn decode_events(payload: &[u8]) -> Result<Vec<Event>, serde_json::Error> {
+    let array = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[');
+    if array {
+        serde_json::from_slice(payload)
+    } else {
+        serde_json::from_slice(payload).map(|e| vec![e])
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
@@ -97,4 +112,30 @@ pub struct LogLine {
     pub stream: LogStream,
     pub line: String,
     pub time: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_one_event_or_an_array() {
+        let e = Event {
+            time: Timestamp::from_unix_millis(1),
+            kind: EventKind::JobSucceeded,
+            level: Level::Info,
+            job_id: None,
+            epoch: None,
+            state: None,
+            worker_id: None,
+            message: "m".into(),
+            source: "s".into(),
+        };
+        let one = serde_json::to_vec(&e).unwrap();
+        let many = serde_json::to_vec(&vec![e.clone(), e.clone()]).unwrap();
+        assert_eq!(decode_events(&one).unwrap(), vec![e.clone()]);
+        assert_eq!(decode_events(&many).unwrap(), vec![e.clone(), e]);
+        assert!(decode_events(b" [{\"kind\": 1}]").is_err());
+        assert!(decode_events(b"{").is_err());
+    }
 }

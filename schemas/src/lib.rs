@@ -15,7 +15,7 @@ pub mod time;
 pub mod worker;
 
 pub use budget::{Budget, Explanation, Schedule, SpendPoint, WorkerFit};
-pub use event::{Event, EventKind, Level, LogLine, LogStream};
+pub use event::{decode_events, Event, EventKind, Level, LogLine, LogStream};
 pub use ids::{IdError, JobId, WorkerId};
 pub use job::{
     Attempt, AttemptOutcome, JobRecord, JobSpec, JobState, Lease, Score, ScoreWeights, SpecError,
@@ -65,7 +65,7 @@ pub fn rpc_index() -> serde_json::Value {
             },
         },
         "streams": {
-            "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json"},
+            "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json", "batch": "under load a message may hold a JSON array of events of its subject's kind"},
             "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json"},
             "dispatch": {"subject": names::DISPATCH_ALL, "message": "dispatch_notice.schema.json"},
         }

@@ -20,7 +20,9 @@ pub const MAX_LIMIT: u64 = 1000;
 
 #[derive(Deserialize, JsonSchema)]
 pub struct RecentQuery {
-    /// How many of the latest events to look at, 1 to 1000 (default 100).
+    /// How many of the latest `GF_EVENTS` messages to look at, 1 to 1000 (default 100).
+    /// A message is one event, or under load a batch of events of one kind, so a page
+    /// can hold more events than this.
     pub limit: Option<u64>,
     /// Only events older than this stream sequence (the previous page's `next_before`).
     pub before: Option<u64>,
@@ -98,7 +100,7 @@ pub async fn recent(
         if seq > end {
             break;
         }
-        if let Ok(event) = serde_json::from_slice::<Event>(&m.payload) {
+        for event in gf_schemas::decode_events(&m.payload).unwrap_or_default() {
             if q.level.is_none_or(|l| l == event.level) {
                 events.push(SeqEvent { seq, event });
             }
@@ -129,16 +131,25 @@ pub async fn stream(
         DeliverPolicy::New,
     )
     .await?;
+    // One SSE event per event; those of one batched message share its sequence.
     let events = messages
         .take_until(st.shutdown.clone().cancelled_owned())
         .filter_map(|m| async move {
             let m = m.ok()?;
             let seq = m.info().ok()?.stream_sequence;
-            let data = String::from_utf8_lossy(&m.payload).into_owned();
-            Some(Ok(SseEvent::default()
-                .event("event")
-                .id(seq.to_string())
-                .data(data)))
-        });
+            let events = gf_schemas::decode_events(&m.payload).ok()?;
+            let sse: Vec<Result<SseEvent, Infallible>> = events
+                .iter()
+                .filter_map(|e| serde_json::to_string(e).ok())
+                .map(|data| {
+                    Ok(SseEvent::default()
+                        .event("event")
+                        .id(seq.to_string())
+                        .data(data))
+                })
+                .collect();
+            Some(futures::stream::iter(sse))
+        })
+        .flatten();
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
