@@ -41,9 +41,14 @@ pub struct LoadArgs {
     /// Slots per worker process.
     #[arg(long, default_value_t = 8)]
     pub slots: u32,
-    /// Submissions in flight at once when submitting as fast as possible.
+    /// Submit requests in flight at once when submitting as fast as possible.
     #[arg(long, default_value_t = 64)]
     pub inflight: usize,
+    /// Jobs per submit request when submitting as fast as possible, through
+    /// `gf.rpc.batch.submit` (1: one `gf.rpc.submit` per job). The fixed-rate run always
+    /// submits one job per request.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub submit_batch: u16,
     /// Jobs for the raw JetStream ceiling.
     #[arg(long, default_value_t = 20000)]
     pub raw_jobs: usize,
@@ -535,29 +540,30 @@ async fn fleet_run(
     });
     let spec = JobSpec::command(command.iter().copied());
     let body: bytes::Bytes = serde_json::to_vec(&spec)?.into();
-    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let inflight = if rate.is_some() { 4096 } else { args.inflight };
-    let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let rpc = rpc.clone();
-            let body = body.clone();
-            async move {
-                // At a fixed rate, each submission waits for its slot in the schedule.
-                if let Some(iv) = interval {
-                    let due = started + iv * i as u32;
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
-                    .await
-                    .map(|r| r.job_id)
-                    .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(inflight)
-        .collect()
-        .await;
+    let ids = match rate {
+        None => submit_fast(&rpc, &body, n, args).await?,
+        Some(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
+                .map(|i| {
+                    let rpc = rpc.clone();
+                    let body = body.clone();
+                    async move {
+                        // Each submission waits for its slot in the schedule.
+                        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+                        rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
+                            .await
+                            .map(|r| r.job_id)
+                            .map_err(anyhow::Error::from)
+                    }
+                })
+                .buffer_unordered(4096)
+                .collect()
+                .await;
+            ids.into_iter().collect::<anyhow::Result<_>>()?
+        }
+    };
     let submitted = started.elapsed();
-    let ids: Vec<JobId> = ids.into_iter().collect::<anyhow::Result<_>>()?;
     let finished = waiter.await?;
     let seconds = finished.duration_since(started).as_secs_f64();
     // Let the last completion's writes land, then read the records.
@@ -627,6 +633,52 @@ async fn fleet_run(
         coordinator_rss_mib: rss,
         cpu_ms_per_job: per_job.cpu_ms,
     })
+}
+
+/// Submits `n` jobs of one spec (`body`) as fast as possible: `--submit-batch` jobs per
+/// request, `--inflight` requests at once. Fails on the first refused job.
+async fn submit_fast(
+    rpc: &RpcClient,
+    body: &bytes::Bytes,
+    n: usize,
+    args: &LoadArgs,
+) -> anyhow::Result<Vec<JobId>> {
+    let per = usize::from(args.submit_batch);
+    let sizes: Vec<usize> = (0..n).step_by(per).map(|i| per.min(n - i)).collect();
+    let chunks: Vec<anyhow::Result<Vec<JobId>>> = futures::stream::iter(sizes)
+        .map(|k| async move {
+            if k == 1 {
+                let r: SubmitReply = rpc.call_raw(rpc::SUBMIT, body.clone()).await?;
+                return Ok(vec![r.job_id]);
+            }
+            let mut batch = Vec::with_capacity(2 + k * (body.len() + 1));
+            batch.push(b'[');
+            for i in 0..k {
+                if i > 0 {
+                    batch.push(b',');
+                }
+                batch.extend_from_slice(body);
+            }
+            batch.push(b']');
+            let replies: gf_schemas::rpc::BatchReply<SubmitReply> =
+                rpc.call_raw(rpc::SUBMIT_BATCH, batch.into()).await?;
+            replies
+                .into_iter()
+                .map(|r| {
+                    r.into_result().map(|r| r.job_id).map_err(|e| {
+                        anyhow::anyhow!("submit refused: {}: {}", e.kind.as_str(), e.message)
+                    })
+                })
+                .collect()
+        })
+        .buffer_unordered(args.inflight)
+        .collect()
+        .await;
+    let mut ids = Vec::with_capacity(n);
+    for c in chunks {
+        ids.extend(c?);
+    }
+    Ok(ids)
 }
 
 /// Waits until the coordinator has created every bucket and stream.
@@ -913,22 +965,8 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
     let started = Instant::now();
     let rpc_c = RpcClient::new(client.clone(), Duration::from_secs(30));
     let body: bytes::Bytes = serde_json::to_vec(&JobSpec::command(["true"]))?.into();
-    let ids: Vec<anyhow::Result<JobId>> = futures::stream::iter(0..n)
-        .map(|_| {
-            let rpc = rpc_c.clone();
-            let body = body.clone();
-            async move {
-                rpc.call_raw::<SubmitReply>(rpc::SUBMIT, body)
-                    .await
-                    .map(|r| r.job_id)
-                    .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(args.inflight)
-        .collect()
-        .await;
+    let ids = submit_fast(&rpc_c, &body, n, args).await?;
     let submitted = started.elapsed();
-    let ids: Vec<JobId> = ids.into_iter().collect::<anyhow::Result<_>>()?;
     let finished = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
     let seconds = started.elapsed().as_secs_f64();
     handler.abort();

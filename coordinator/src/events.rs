@@ -11,7 +11,8 @@
 use gf_schemas::{names, Event, EventKind, JobId, JobState, Level, Timestamp, WorkerId};
 use tokio::sync::mpsc;
 
-const QUEUE: usize = 4096;
+/// Events waiting to be published; beyond this they are dropped with a warning.
+const QUEUE: usize = 16_384;
 
 #[derive(Clone)]
 pub struct EventSink {
@@ -76,9 +77,9 @@ impl EventSink {
 }
 
 /// How long the first event of a message waits for company, and how many events one
-/// message holds at most.
+/// message holds at most (512 events of a few hundred bytes stay far below NATS' 1 MB).
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
-const MAX_PER_MESSAGE: usize = 128;
+const MAX_PER_FLUSH: usize = 512;
 
 /// Publishes what is queued, grouping the events that arrive within [`BATCH_WINDOW`] of
 /// each other into one message per kind (a JSON array; a lone event stays an object,
@@ -86,15 +87,18 @@ const MAX_PER_MESSAGE: usize = 128;
 /// four stored messages, as many as its record writes; batched they are a small
 /// fraction. An event is at most `BATCH_WINDOW` later on the stream, and within one
 /// window events of different kinds may be stored out of order (each carries its time).
+/// The loop drains up to `MAX_PER_FLUSH` events per window, far more than a coordinator
+/// emits, so the queue does not fill and drop events.
 async fn publish_loop(client: async_nats::Client, mut rx: mpsc::Receiver<Event>) {
-    let mut batch: Vec<Event> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while batch.len() < MAX_PER_MESSAGE {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(e)) => batch.push(e),
-                _ => break,
+    let mut batch: Vec<Event> = Vec::with_capacity(MAX_PER_FLUSH);
+    while rx.recv_many(&mut batch, MAX_PER_FLUSH).await > 0 {
+        if batch.len() < MAX_PER_FLUSH {
+            tokio::time::sleep(BATCH_WINDOW).await;
+            while batch.len() < MAX_PER_FLUSH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
             }
         }
         let mut by_kind: Vec<(EventKind, Vec<Event>)> = Vec::new();
