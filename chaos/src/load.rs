@@ -415,6 +415,16 @@ impl Bench {
         let js = jetstream::new(client.clone());
         let (coord, _) = cluster.add_coordinator()?;
         wait_store(&js).await?;
+        // The buckets exist a moment before the coordinator's RPC subscription does.
+        crate::harness::eventually(Duration::from_secs(60), "the RPC plane", || async {
+            let probe = client.request(rpc::BUDGET_LIST, "{}".into());
+            tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .ok()?
+                .ok()
+                .map(|_| ())
+        })
+        .await?;
         Ok(Self {
             cluster,
             client,
