@@ -202,6 +202,10 @@ async fn lead(
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gauge_tick = tokio::time::interval(GAUGE_PERIOD);
     gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Acks of the notices published, awaited here rather than at the end of each pass:
+    // a pass that waited for them held the next one (and every submission behind it)
+    // for a round trip, and a missing ack only ever meant a warning.
+    let mut notice_acks = NoticeAcks::new();
     // A pass is due when something changed (`dirty`) and not before `next_pass`.
     let mut dirty = false;
     let mut next_pass = tokio::time::Instant::now();
@@ -221,7 +225,7 @@ async fn lead(
                 if !lease.valid() {
                     return LeadEnd::Lost;
                 }
-                let planning = apply_plan(service, &mut view, &mut starts).await;
+                let planning = apply_plan(service, &mut view, &mut starts, &mut notice_acks).await;
                 dirty = false;
                 next_pass = tokio::time::Instant::now() + pass_spacing(planning);
             }
@@ -236,6 +240,11 @@ async fn lead(
                         cfg.worker_timeout,
                         service.clock.now(),
                     ));
+                }
+            }
+            Some(ack) = notice_acks.next(), if !notice_acks.is_empty() => {
+                if let Err(e) = ack {
+                    tracing::warn!(error = %e, "dispatch notice not acknowledged; the claim timeout sends the job back");
                 }
             }
             entry = jobs_w.next() => {
@@ -308,13 +317,24 @@ const PLAN_WRITES_IN_FLIGHT: usize = 64;
 const PLAN_CHUNK: usize = 512;
 
 /// Decides and writes one pass; returns the time spent deciding (CPU, not I/O).
-async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) -> Duration {
+/// Publish acks of dispatch notices not yet received.
+type NoticeAcks = futures::stream::FuturesUnordered<
+    <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
+>;
+
+/// Decides and writes one pass; the notices' publish acks go to `acks`. Returns how long
+/// the deciding took.
+async fn apply_plan(
+    service: &Service,
+    view: &mut View,
+    starts: &mut StartLog,
+    acks: &mut NoticeAcks,
+) -> Duration {
     use futures::StreamExt as _;
     let now = service.clock.now();
     let planning = std::time::Instant::now();
     let decisions = plan(view, &policy(service), starts, now);
     let planning = planning.elapsed();
-    let mut acks = Vec::new();
     // In chunks, so a pass that decides for 100,000 jobs (all unplaceable, say) holds
     // a chunk's worth of record copies at a time, not one per job.
     let mut decisions = decisions.into_iter().peekable();
@@ -387,7 +407,7 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) -
                                 encode(&notice),
                             );
                             match publish.instrument(span).await {
-                                Ok(ack) => acks.push(ack),
+                                Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
                                 // The claim timeout sends it back to pending.
                                 Err(e) => {
                                     tracing::warn!(job = %id, error = %e, "notice not published")
@@ -431,11 +451,6 @@ async fn apply_plan(service: &Service, view: &mut View, starts: &mut StartLog) -
                 // The view catches up from the watch; the job is decided again next pass.
                 Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
             }
-        }
-    }
-    for ack in acks {
-        if let Err(e) = ack.await {
-            tracing::warn!(error = %e, "dispatch notice not acknowledged");
         }
     }
     planning
