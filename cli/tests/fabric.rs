@@ -238,6 +238,44 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
         assert_eq!(r.into_result()?.state, JobState::Succeeded);
         assert_eq!(client.job(*id).await?.state, JobState::Succeeded);
     }
+    // More items than the coordinator handles at once: each still answered, in order.
+    let keyed = |i: usize| {
+        let mut spec = sh("true");
+        spec.idempotency_key = Some(format!("many-{i}"));
+        serde_json::to_value(spec).unwrap()
+    };
+    let many: Vec<Reply<SubmitReply>> = client
+        .rpc
+        .call_raw(
+            rpc::SUBMIT_BATCH,
+            batch((0..40).map(keyed).collect()).into(),
+        )
+        .await?;
+    let first: Vec<_> = many
+        .into_iter()
+        .map(|r| r.into_result().map(|r| r.job_id))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        first
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        40
+    );
+    // The same keys again, reversed: each answer is the job of its own key.
+    let again: Vec<Reply<SubmitReply>> = client
+        .rpc
+        .call_raw(
+            rpc::SUBMIT_BATCH,
+            batch((0..40).rev().map(keyed).collect()).into(),
+        )
+        .await?;
+    let again: Vec<_> = again
+        .into_iter()
+        .map(|r| r.into_result().map(|r| r.job_id))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(again.into_iter().rev().collect::<Vec<_>>(), first);
+
     // Refused as a whole: too many items, or not an array.
     let too_many = batch(vec![serde_json::json!({}); gf_schemas::rpc::MAX_BATCH + 1]);
     let err = client

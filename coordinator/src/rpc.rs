@@ -67,8 +67,11 @@ pub async fn handle(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
     }
 }
 
+/// Items of one batch handled at once.
+const BATCH_ITEMS_IN_FLIGHT: usize = 32;
+
 /// A batch: each item goes through [`handle_one`] as if it had come alone on `single`
-/// (same checks, same audit of refusals), all at once so their store writes are
+/// (same checks, same audit of refusals), several at once so their store writes are
 /// pipelined; the reply holds each item's envelope in order. Only a batch that is not
 /// an array of 1 to `MAX_BATCH` items is refused as a whole.
 async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &[u8]) -> Bytes {
@@ -96,12 +99,15 @@ async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &
         Ok(items) => items,
         Err(e) => return reply::<()>(service, subject, Err(e)),
     };
-    let replies = futures::future::join_all(
-        items
+    // In order, `BATCH_ITEMS_IN_FLIGHT` at a time: a batch counts as one request
+    // against `max_inflight_rpc`, so this keeps the store writes in flight bounded.
+    let mut replies: Vec<Bytes> = Vec::with_capacity(items.len());
+    for chunk in items.chunks(BATCH_ITEMS_IN_FLIGHT) {
+        let chunk = chunk
             .iter()
-            .map(|item| handle_one(service, single, item.get().as_bytes())),
-    )
-    .await;
+            .map(|item| handle_one(service, single, item.get().as_bytes()));
+        replies.extend(futures::future::join_all(chunk).await);
+    }
     // `{"ok":[<envelope>,...]}` from the encoded envelopes, without decoding them again.
     let mut body = Vec::with_capacity(8 + replies.iter().map(|r| r.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"ok\":[");
