@@ -662,14 +662,7 @@ async fn submit_fast(
                 return Ok(vec![r.job_id]);
             }
             let mut batch = Vec::with_capacity(2 + k * (body.len() + 1));
-            batch.push(b'[');
-            for i in 0..k {
-                if i > 0 {
-                    batch.push(b',');
-                }
-                batch.extend_from_slice(body);
-            }
-            batch.push(b']');
+            gf_schemas::rpc::append_json_array(&mut batch, std::iter::repeat_n(body.as_ref(), k));
             let replies: gf_schemas::rpc::BatchReply<SubmitReply> =
                 rpc.call_raw(rpc::SUBMIT_BATCH, batch.into()).await?;
             replies

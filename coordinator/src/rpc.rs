@@ -110,14 +110,9 @@ async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &
     }
     // `{"ok":[<envelope>,...]}` from the encoded envelopes, without decoding them again.
     let mut body = Vec::with_capacity(8 + replies.iter().map(|r| r.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"{\"ok\":[");
-    for (i, r) in replies.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(r);
-    }
-    body.extend_from_slice(b"]}");
+    body.extend_from_slice(b"{\"ok\":");
+    gf_schemas::rpc::append_json_array(&mut body, replies.iter().map(|r| r.as_ref()));
+    body.push(b'}');
     body.into()
 }
 

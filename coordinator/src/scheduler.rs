@@ -316,14 +316,13 @@ const PLAN_WRITES_IN_FLIGHT: usize = 64;
 /// Decisions prepared (records copied out of the view) at a time.
 const PLAN_CHUNK: usize = 512;
 
-/// Decides and writes one pass; returns the time spent deciding (CPU, not I/O).
 /// Publish acks of dispatch notices not yet received.
 type NoticeAcks = futures::stream::FuturesUnordered<
     <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
 >;
 
-/// Decides and writes one pass; the notices' publish acks go to `acks`. Returns how long
-/// the deciding took.
+/// Decides and writes one pass; the notices' publish acks go to `acks`. Returns the
+/// time spent deciding (CPU, not I/O).
 async fn apply_plan(
     service: &Service,
     view: &mut View,

@@ -103,6 +103,20 @@ pub const MAX_BATCH: usize = 256;
 /// Reply to a batch request: each item's own envelope, in the order of the request.
 pub type BatchReply<T> = Vec<Reply<T>>;
 
+/// Appends `[a,b,…]` to `out` from items that are each already encoded JSON, without
+/// decoding them again: a batch request from encoded requests, or a batch reply from
+/// encoded envelopes.
+pub fn append_json_array<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a [u8]>) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+}
+
 /// Reply to `gf.rpc.submit` (whose request body is a [`JobSpec`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitReply {
@@ -279,6 +293,17 @@ pub struct DispatchNotice {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn json_array_from_encoded_items() {
+        let mut out = b"{\"ok\":".to_vec();
+        append_json_array(&mut out, [b"1".as_slice(), b"{\"a\":2}", b"[]"]);
+        assert_eq!(out, b"{\"ok\":[1,{\"a\":2},[]]".to_vec());
+        let mut empty = Vec::new();
+        append_json_array(&mut empty, []);
+        assert_eq!(empty, b"[]");
+    }
+
     use super::*;
 
     /// Reply envelopes are `{"ok": …}` or `{"error": {"kind", "message"}}`.

@@ -129,14 +129,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
         let timeout = items.iter().map(|q| q.timeout).min().expect("not empty");
         let mut body =
             Vec::with_capacity(2 + items.iter().map(|q| q.body.len() + 1).sum::<usize>());
-        body.push(b'[');
-        for (i, q) in items.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&q.body);
-        }
-        body.push(b']');
+        gf_schemas::rpc::append_json_array(&mut body, items.iter().map(|q| q.body.as_ref()));
         let reply = self
             .rpc
             .with_timeout(timeout)
