@@ -472,13 +472,15 @@ async fn run(
                         }
                         None => break true,
                     };
-                    let mut agg = shared.agg.lock().expect("stats");
+                    // Decoded before taking the lock the snapshots also take.
                     if entry.operation == kv::Operation::Put {
                         if let Ok(rec) = serde_json::from_slice::<JobRecord>(&entry.value) {
-                            agg.ingest_revision(&rec, entry.revision, Timestamp::now_local());
+                            let now = Timestamp::now_local();
+                            let mut agg = shared.agg.lock().expect("stats");
+                            agg.ingest_revision(&rec, entry.revision, now);
                         }
                     } else if let Ok(id) = entry.key.parse::<JobId>() {
-                        agg.remove(&id);
+                        shared.agg.lock().expect("stats").remove(&id);
                     }
                     if entry.delta == 0 {
                         shared.synced.store(true, Ordering::Relaxed);
