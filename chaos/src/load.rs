@@ -58,6 +58,11 @@ pub struct LoadArgs {
     /// Write the figures as JSON here.
     #[arg(long, default_value = "benchmarks/load.json")]
     pub json: PathBuf,
+    /// Run only one measurement: `--jobs` submitted one per request at this many per
+    /// second, to the largest `--workers` count (for quick comparisons and profiling;
+    /// the full suite derives its fixed rate from the measured maximum instead).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -155,6 +160,18 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         runs: Vec::new(),
         memory: None,
     };
+    if let Some(rate) = args.rate {
+        let workers = args
+            .workers
+            .iter()
+            .copied()
+            .max()
+            .context("no worker counts given")?;
+        let r = fleet_run(gf, &args, workers, false, Some(rate), "fixed rate", NOOP).await?;
+        print_run(&r);
+        report.runs.push(r);
+        return write_report(&args, &report);
+    }
     for durable in [false, true] {
         let r = raw_ceiling(args.raw_jobs, durable).await?;
         println!(
@@ -218,10 +235,14 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
             raw
         );
     }
+    write_report(&args, &report)
+}
+
+fn write_report(args: &LoadArgs, report: &LoadReport) -> anyhow::Result<bool> {
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir).ok();
     }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(&args.json, serde_json::to_string_pretty(report)?)?;
     println!("figures written to {}", args.json.display());
     Ok(true)
 }
