@@ -78,7 +78,11 @@ impl EventSink {
 
 /// How long the first event of a message waits for company, and how many events one
 /// message holds at most (512 events of a few hundred bytes stay far below NATS' 1 MB).
-const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+/// 20 ms is below what a person watching the dashboard notices, and long enough that at
+/// a few hundred jobs/s a job's events share messages with other jobs' (with 2 ms, at
+/// 800 jobs/s, events were still 1.4 stored messages per job; with 20 ms, 0.23).
+/// Nothing on a job's path waits for its events.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 const MAX_PER_FLUSH: usize = 512;
 
 /// Publishes what is queued, grouping the events that arrive within [`BATCH_WINDOW`] of
