@@ -134,6 +134,24 @@ pub struct Raw {
     pub cpu_ms_per_job: HashMap<String, f64>,
 }
 
+/// The design's message pattern with trivial logic (see [`protocol_ceiling`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Protocol {
+    /// Which lifecycle: the design's, or one with fewer steps (see [`Lifecycle`]).
+    pub lifecycle: String,
+    /// Record writes per job.
+    pub writes_per_job: u32,
+    pub jobs: usize,
+    pub workers: usize,
+    pub seconds: f64,
+    pub jobs_per_sec: f64,
+    /// NATS server messages in / out per job (from `/varz`).
+    pub server_msgs_in_per_job: Option<f64>,
+    pub server_msgs_out_per_job: Option<f64>,
+    /// CPU ms per job of nats-server and of this process (every role).
+    pub cpu_ms_per_job: HashMap<String, f64>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Memory {
     pub pending_jobs: usize,
@@ -147,6 +165,7 @@ pub struct LoadReport {
     pub nats_server: String,
     pub command: String,
     pub raw: Vec<Raw>,
+    pub protocol: Vec<Protocol>,
     pub runs: Vec<Run>,
     pub memory: Option<Memory>,
 }
@@ -157,6 +176,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         nats_server: nats_version(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         raw: Vec::new(),
+        protocol: Vec::new(),
         runs: Vec::new(),
         memory: None,
     };
@@ -187,6 +207,21 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         );
         println!("    CPU ms per job: {:?}", r.cpu_ms_per_job);
         report.raw.push(r);
+    }
+    let workers = args.workers.iter().copied().max().unwrap_or(8);
+    for lifecycle in Lifecycle::ALL {
+        let p = protocol_ceiling(args.raw_jobs, workers, args.slots, lifecycle).await?;
+        println!(
+            "protocol ceiling, {} ({} record writes; trivial logic, {workers} worker connections): {:.0} jobs/s over {} jobs; msgs in/out per job {:.1}/{:.1}",
+            p.lifecycle,
+            p.writes_per_job,
+            p.jobs_per_sec,
+            p.jobs,
+            p.server_msgs_in_per_job.unwrap_or(f64::NAN),
+            p.server_msgs_out_per_job.unwrap_or(f64::NAN),
+        );
+        println!("    CPU ms per job: {:?}", p.cpu_ms_per_job);
+        report.protocol.push(p);
     }
     let mut best: Option<Run> = None;
     for &w in &args.workers {
@@ -915,6 +950,262 @@ async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
                 (
                     k.clone(),
                     (a - cpu_before.get(k).copied().unwrap_or(0.0)) / ok.max(1) as f64,
+                )
+            })
+            .collect(),
+    })
+}
+
+/// A job's lifecycle, as messages, for [`protocol_ceiling`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Lifecycle {
+    /// The design's: create, dispatch (write + notice), claim (request + write), complete
+    /// (request + write).
+    Design,
+    /// Dispatch as a notice only (no write); the claim is the first write after create.
+    NoticeOnlyDispatch,
+    /// Also no claim: the worker that takes the notice runs the job and completes it.
+    NoClaim,
+}
+
+impl Lifecycle {
+    const ALL: [Lifecycle; 3] = [Self::Design, Self::NoticeOnlyDispatch, Self::NoClaim];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Design => "the design's lifecycle",
+            Self::NoticeOnlyDispatch => "dispatch as a notice only",
+            Self::NoClaim => "dispatch as a notice only, no claim",
+        }
+    }
+
+    fn writes(self) -> u32 {
+        match self {
+            Self::Design => 4,
+            Self::NoticeOnlyDispatch => 3,
+            Self::NoClaim => 2,
+        }
+    }
+}
+
+/// The design's message pattern with trivial logic: what a job's lifecycle costs in
+/// messages alone on this machine, an upper bound for any implementation of it that
+/// sends one message per step (no batching). Per job: a submit request answered after
+/// a KV create; every record write delivered to the "leader" by a watch of the whole
+/// bucket; on seeing a new job, a KV compare-and-set (dispatched) and a notice
+/// published with an ack to a work-queue stream; a worker pulls and acks the notice,
+/// sends a claim request (answered after a compare-and-set) and a completion request
+/// (the same). The "coordinator" has one connection (RPCs, writes, watch), each
+/// "worker" one, the submitter one, all in this process; no JSON, no planning, no
+/// events, 600-byte records. The other [`Lifecycle`]s leave steps out, to show what a
+/// change to the design's lifecycle would buy.
+async fn protocol_ceiling(
+    n: usize,
+    workers: usize,
+    slots: u32,
+    lifecycle: Lifecycle,
+) -> anyhow::Result<Protocol> {
+    use std::sync::Mutex;
+    const SUBMIT: &str = "proto.rpc.submit";
+    const CLAIM: &str = "proto.rpc.claim";
+    const COMPLETE: &str = "proto.rpc.complete";
+    const NOTICES: &str = "proto.dispatch";
+    let cluster = tokio::task::spawn_blocking(|| {
+        ProcessCluster::start(
+            ClusterSpec::default(),
+            GfCommand::external(PathBuf::from("/bin/false")),
+        )
+    })
+    .await??;
+    let coord = connect(&cluster.nats_url()).await?;
+    let js = jetstream::new(coord.clone());
+    let kv = js
+        .create_key_value(kv::Config {
+            bucket: "proto_jobs".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let stream = js
+        .create_stream(stream::Config {
+            name: "PROTO_DISPATCH".into(),
+            subjects: vec![NOTICES.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("proto".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    // A record: its state in the first byte, padding for the rest.
+    let record = |state: u8| -> bytes::Bytes {
+        let mut v = vec![b'x'; 600];
+        v[0] = state;
+        v.into()
+    };
+    // The last revision written per job (writes race with the watch, so keep the max).
+    let revs: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let note = |revs: &Mutex<HashMap<String, u64>>, key: &str, rev: u64| {
+        let mut r = revs.lock().expect("revs");
+        let e = r.entry(key.to_string()).or_default();
+        *e = (*e).max(rev);
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    // The coordinator's RPC plane.
+    let mut rpcs = coord.subscribe("proto.rpc.*").await?;
+    {
+        let (coord, kv, revs) = (coord.clone(), kv.clone(), revs.clone());
+        tasks.spawn(async move {
+            let next_id = Arc::new(AtomicUsize::new(0));
+            while let Some(msg) = rpcs.next().await {
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
+                let (coord, kv, revs, next_id) =
+                    (coord.clone(), kv.clone(), revs.clone(), next_id.clone());
+                tokio::spawn(async move {
+                    let key = match msg.subject.as_str() {
+                        SUBMIT => {
+                            let key = format!("j{}", next_id.fetch_add(1, Ordering::Relaxed));
+                            let Ok(rev) = kv.create(&key, record(b'P')).await else {
+                                return;
+                            };
+                            note(&revs, &key, rev);
+                            key
+                        }
+                        subject => {
+                            let key = String::from_utf8_lossy(&msg.payload).to_string();
+                            let state = if subject == CLAIM { b'R' } else { b'D' };
+                            let rev = revs.lock().expect("revs").get(&key).copied().unwrap_or(0);
+                            let Ok(rev) = kv.update(&key, record(state), rev).await else {
+                                return;
+                            };
+                            note(&revs, &key, rev);
+                            key
+                        }
+                    };
+                    let _ = coord.publish(reply, key.into()).await;
+                });
+            }
+        });
+    }
+    // The leader: a watch of every record write; a new job is dispatched.
+    let mut watch = kv.watch_all().await?;
+    {
+        let (kv, js, revs) = (kv.clone(), js.clone(), revs.clone());
+        tasks.spawn(async move {
+            while let Some(Ok(e)) = watch.next().await {
+                if e.value.first() != Some(&b'P') {
+                    continue;
+                }
+                let (kv, js, revs) = (kv.clone(), js.clone(), revs.clone());
+                tokio::spawn(async move {
+                    // Before the notice goes out: the submit handler may not have
+                    // noted the create's revision yet when the claim or completion comes.
+                    note(&revs, &e.key, e.revision);
+                    if lifecycle == Lifecycle::Design {
+                        let Ok(rev) = kv.update(&e.key, record(b'S'), e.revision).await else {
+                            return;
+                        };
+                        note(&revs, &e.key, rev);
+                    }
+                    if let Ok(ack) = js.publish(NOTICES, e.key.clone().into()).await {
+                        let _ = ack.await;
+                    }
+                });
+            }
+        });
+    }
+    // Workers: pull, ack, claim, complete, `slots` at a time each.
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    for _ in 0..workers {
+        let client = connect(&cluster.nats_url()).await?;
+        let consumer: consumer::PullConsumer = jetstream::new(client.clone())
+            .get_stream("PROTO_DISPATCH")
+            .await?
+            .get_consumer("proto")
+            .await
+            .map_err(|e| anyhow::anyhow!("proto consumer: {e}"))?;
+        let (done, all_done) = (done.clone(), all_done.clone());
+        tasks.spawn(async move {
+            let Ok(msgs) = consumer.messages().await else {
+                return;
+            };
+            msgs.for_each_concurrent(slots as usize, |m| {
+                let (client, done, all_done) = (client.clone(), done.clone(), all_done.clone());
+                async move {
+                    let Ok(m) = m else { return };
+                    let key = m.payload.clone();
+                    let _ = m.ack().await;
+                    if lifecycle != Lifecycle::NoClaim
+                        && client.request(CLAIM, key.clone()).await.is_err()
+                    {
+                        return;
+                    }
+                    if client.request(COMPLETE, key).await.is_ok()
+                        && done.fetch_add(1, Ordering::Relaxed) + 1 == n
+                    {
+                        all_done.notify_one();
+                    }
+                }
+            })
+            .await;
+        });
+    }
+    let submitter = connect(&cluster.nats_url()).await?;
+    coord.flush().await?;
+    let before = (varz(&cluster.monitor_url(0)).await, cpu_by_kind(&cluster));
+    let started = Instant::now();
+    let finished = all_done.notified();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(64, |_| {
+            let s = submitter.clone();
+            async move {
+                let _ = s.request(SUBMIT, bytes::Bytes::new()).await;
+            }
+        })
+        .await;
+    let ok = tokio::time::timeout(Duration::from_secs(120), finished)
+        .await
+        .is_ok();
+    let seconds = started.elapsed().as_secs_f64();
+    let after = (varz(&cluster.monitor_url(0)).await, cpu_by_kind(&cluster));
+    tasks.shutdown().await;
+    drop(cluster);
+    if !ok {
+        bail!(
+            "protocol ceiling: only {} of {n} jobs completed in 120 s",
+            done.load(Ordering::Relaxed)
+        );
+    }
+    let per = |a: u64, b: u64| (a - b) as f64 / n as f64;
+    let (msgs_in, msgs_out) = match (before.0, after.0) {
+        (Some((i0, o0)), Some((i1, o1))) => (Some(per(i1, i0)), Some(per(o1, o0))),
+        _ => (None, None),
+    };
+    Ok(Protocol {
+        lifecycle: lifecycle.label().into(),
+        writes_per_job: lifecycle.writes(),
+        jobs: n,
+        workers,
+        seconds,
+        jobs_per_sec: n as f64 / seconds,
+        server_msgs_in_per_job: msgs_in,
+        server_msgs_out_per_job: msgs_out,
+        cpu_ms_per_job: after
+            .1
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    (a - before.1.get(k).copied().unwrap_or(0.0)) / n as f64,
                 )
             })
             .collect(),
