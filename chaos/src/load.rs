@@ -29,6 +29,8 @@ use crate::process::{GfCommand, ProcessCluster};
 
 /// The load suite's job: the worker's built-in in-process no-op handler.
 const NOOP: &[&str] = &["gf:noop"];
+/// Jobs of the latency-floor run (at 100 jobs/s: ten seconds).
+const LATENCY_FLOOR_JOBS: usize = 1000;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -253,6 +255,16 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         print_run(&r);
         report.runs.push(r);
     }
+    // The latency floor: the same fleet nearly idle, so the figures are the chain of
+    // hops a job takes, without queueing behind other work.
+    let floor = LoadArgs {
+        jobs: args.jobs.min(LATENCY_FLOOR_JOBS),
+        ..args.clone()
+    };
+    let label = "latency floor (100 jobs/s)";
+    let r = fleet_run(gf, &floor, best.workers, false, Some(100.0), label, NOOP).await?;
+    print_run(&r);
+    report.runs.push(r);
     if args.pending > 0 {
         let m = memory_run(gf, args.pending).await?;
         println!(
@@ -268,6 +280,15 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
             best.jobs_per_sec,
             100.0 * best.jobs_per_sec / raw,
             raw
+        );
+    }
+    if let Some(p) = report.protocol.first() {
+        println!(
+            "project max {:.0} jobs/s = {:.1}% of {} as bare messages, {:.0} jobs/s",
+            best.jobs_per_sec,
+            100.0 * best.jobs_per_sec / p.jobs_per_sec,
+            p.lifecycle,
+            p.jobs_per_sec
         );
     }
     write_report(&args, &report)
