@@ -1077,11 +1077,15 @@ async fn protocol_ceiling(
         let e = r.entry(key.to_string()).or_default();
         *e = (*e).max(rev);
     };
+    // The roles' loops, and the handlers they start (one per request or new job, as
+    // the real coordinator does, so they run on both cores).
     let mut tasks = tokio::task::JoinSet::new();
+    let handlers = tokio_util::task::TaskTracker::new();
     // The coordinator's RPC plane.
     let mut rpcs = coord.subscribe("proto.rpc.*").await?;
     {
-        let (coord, kv, revs) = (coord.clone(), kv.clone(), revs.clone());
+        let (coord, kv, revs, handlers) =
+            (coord.clone(), kv.clone(), revs.clone(), handlers.clone());
         tasks.spawn(async move {
             let next_id = Arc::new(AtomicUsize::new(0));
             while let Some(msg) = rpcs.next().await {
@@ -1090,7 +1094,7 @@ async fn protocol_ceiling(
                 };
                 let (coord, kv, revs, next_id) =
                     (coord.clone(), kv.clone(), revs.clone(), next_id.clone());
-                tokio::spawn(async move {
+                handlers.spawn(async move {
                     let key = match msg.subject.as_str() {
                         SUBMIT => {
                             let key = format!("j{}", next_id.fetch_add(1, Ordering::Relaxed));
@@ -1119,14 +1123,14 @@ async fn protocol_ceiling(
     // The leader: a watch of every record write; a new job is dispatched.
     let mut watch = kv.watch_all().await?;
     {
-        let (kv, js, revs) = (kv.clone(), js.clone(), revs.clone());
+        let (kv, js, revs, handlers) = (kv.clone(), js.clone(), revs.clone(), handlers.clone());
         tasks.spawn(async move {
             while let Some(Ok(e)) = watch.next().await {
                 if e.value.first() != Some(&b'P') {
                     continue;
                 }
                 let (kv, js, revs) = (kv.clone(), js.clone(), revs.clone());
-                tokio::spawn(async move {
+                handlers.spawn(async move {
                     // Before the notice goes out: the submit handler may not have
                     // noted the create's revision yet when the claim or completion comes.
                     note(&revs, &e.key, e.revision);
@@ -1199,6 +1203,9 @@ async fn protocol_ceiling(
     let seconds = started.elapsed().as_secs_f64();
     let after = (varz(&cluster.monitor_url(0)).await, cpu_by_kind(&cluster));
     tasks.shutdown().await;
+    // With every job done no handler is left waiting on the server; bounded anyway.
+    handlers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), handlers.wait()).await;
     drop(cluster);
     if !ok {
         bail!(
