@@ -6,7 +6,11 @@
 //! timestamps), and the JetStream traffic per job (stream writes per bucket/stream, and
 //! messages in/out of the NATS server from its monitoring endpoint). Also the raw
 //! JetStream ceiling on the same machine: per job, a KV create, a pipelined publish,
-//! a fetch + ack and a KV compare-and-set, with async-nats and no Gigafactory code.
+//! a fetch + ack and a KV compare-and-set, with async-nats and no Gigafactory code; and
+//! the protocol ceilings: the design's job lifecycle (and two shorter ones) as bare
+//! messages with trivial logic, so the gap between the two ceilings is the lifecycle's
+//! and the gap below the second is this implementation's. A last fixed-rate run at 100
+//! jobs/s gives the latency floor: a job's chain of hops with nothing queued.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -63,8 +67,22 @@ pub struct LoadArgs {
     /// Run only one measurement: `--jobs` submitted one per request at this many per
     /// second, to the largest `--workers` count (for quick comparisons and profiling;
     /// the full suite derives its fixed rate from the measured maximum instead).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+}
+
+/// A fixed rate: jobs per second, above 0 and at most 100,000.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of jobs per second"))?;
+    if rate.is_finite() && rate > 0.0 && rate <= 100_000.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{s} jobs/s: the rate must be above 0 and at most 100000"
+        ))
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1360,4 +1378,19 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
         coordinator_rss_mib: cluster.pid(coord).and_then(rss_mib),
         cpu_ms_per_job: per_job.cpu_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_must_be_positive_finite_and_bounded() {
+        assert_eq!(parse_rate("800"), Ok(800.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-3", "NaN", "inf", "1e9", "fast"] {
+            let e = parse_rate(bad).expect_err(bad);
+            assert!(e.contains(bad), "{e} names {bad}");
+        }
+    }
 }
