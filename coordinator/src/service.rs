@@ -139,13 +139,21 @@ impl Service {
         }
         let mut rec = JobRecord::new(id, spec, self.clock.now());
         rec.trace_parent = gf_telemetry::trace::current_traceparent();
+        let mut state = rec.state;
         match self.store.create_job(&rec).await {
-            Ok(_) => {}
-            // A concurrent repeat finished the same half-written submission.
-            Err(StoreError::Conflict(_)) if duplicate => {}
+            Ok(_) => self.events.job(EventKind::JobSubmitted, &rec, ""),
+            // The job id came from the idempotency key, and a concurrent submission with
+            // the same key created it first: a repeat finishing a half-written
+            // submission, or, when this one wrote the key, a repeat that saw the key
+            // before this one created the job and finished it. Either way the job is
+            // there, and whether this submission is the duplicate stays as the key said.
+            Err(StoreError::Conflict(_)) if rec.spec.idempotency_key.is_some() => {
+                if let Some((current, _)) = self.store.load_job(&id).await? {
+                    state = current.state;
+                }
+            }
             Err(e) => return Err(e.into()),
         }
-        self.events.job(EventKind::JobSubmitted, &rec, "");
         if let Some(parent) = rec.spec.parent {
             self.adopt(&parent, id).await?;
         }
@@ -155,7 +163,7 @@ impl Service {
         Ok(SubmitReply {
             job_id: id,
             duplicate,
-            state: rec.state,
+            state,
         })
     }
 
