@@ -881,39 +881,73 @@ async fn memory_run(gf: &GfCommand, n: usize) -> anyhow::Result<Memory> {
     })
 }
 
+/// A NATS server with no Gigafactory on it, a KV bucket of job records (file storage,
+/// one revision kept) and a work-queue stream on one subject: what the ceilings run on.
+struct Bare {
+    cluster: ProcessCluster,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    kv: kv::Store,
+    stream: stream::Stream,
+}
+
+impl Bare {
+    async fn start(
+        durable: bool,
+        bucket: &str,
+        stream_name: &str,
+        subject: &str,
+    ) -> anyhow::Result<Self> {
+        let cluster = tokio::task::spawn_blocking(move || {
+            ProcessCluster::start(
+                ClusterSpec {
+                    durable,
+                    ..Default::default()
+                },
+                GfCommand::external(PathBuf::from("/bin/false")),
+            )
+        })
+        .await??;
+        let client = connect(&cluster.nats_url()).await?;
+        let js = jetstream::new(client.clone());
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let stream = js
+            .create_stream(stream::Config {
+                name: stream_name.into(),
+                subjects: vec![subject.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Self {
+            cluster,
+            client,
+            js,
+            kv,
+            stream,
+        })
+    }
+}
+
 /// The raw JetStream pipeline a job system needs per job, without Gigafactory:
 /// KV create (the job record), publish to a work stream (pipelined, acks awaited
 /// concurrently), fetch + ack from a pull consumer, KV compare-and-set (the claim).
 async fn raw_ceiling(n: usize, durable: bool) -> anyhow::Result<Raw> {
-    let cluster = tokio::task::spawn_blocking(move || {
-        ProcessCluster::start(
-            ClusterSpec {
-                durable,
-                ..Default::default()
-            },
-            GfCommand::external(PathBuf::from("/bin/false")),
-        )
-    })
-    .await??;
-    let client = connect(&cluster.nats_url()).await?;
-    let js = jetstream::new(client.clone());
-    let kv = js
-        .create_key_value(kv::Config {
-            bucket: "raw_jobs".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    let stream = js
-        .create_stream(stream::Config {
-            name: "RAW_WORK".into(),
-            subjects: vec!["raw.work".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
+    let Bare {
+        cluster,
+        client: _,
+        js,
+        kv,
+        stream,
+    } = Bare::start(durable, "raw_jobs", "RAW_WORK", "raw.work").await?;
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("raw".into()),
@@ -1049,32 +1083,14 @@ async fn protocol_ceiling(
     const CLAIM: &str = "proto.rpc.claim";
     const COMPLETE: &str = "proto.rpc.complete";
     const NOTICES: &str = "proto.dispatch";
-    let cluster = tokio::task::spawn_blocking(|| {
-        ProcessCluster::start(
-            ClusterSpec::default(),
-            GfCommand::external(PathBuf::from("/bin/false")),
-        )
-    })
-    .await??;
-    let coord = connect(&cluster.nats_url()).await?;
-    let js = jetstream::new(coord.clone());
-    let kv = js
-        .create_key_value(kv::Config {
-            bucket: "proto_jobs".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    let stream = js
-        .create_stream(stream::Config {
-            name: "PROTO_DISPATCH".into(),
-            subjects: vec![NOTICES.into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
+    // The coordinator's connection is the one `Bare` opens.
+    let Bare {
+        cluster,
+        client: coord,
+        js,
+        kv,
+        stream,
+    } = Bare::start(false, "proto_jobs", "PROTO_DISPATCH", NOTICES).await?;
     stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("proto".into()),
@@ -1204,7 +1220,7 @@ async fn protocol_ceiling(
     }
     let submitter = connect(&cluster.nats_url()).await?;
     coord.flush().await?;
-    let before = (varz(&cluster.monitor_url(0)).await, cpu_by_kind(&cluster));
+    let before = Counters::read(&cluster, &js).await;
     let started = Instant::now();
     let finished = all_done.notified();
     futures::stream::iter(0..n)
@@ -1219,7 +1235,7 @@ async fn protocol_ceiling(
         .await
         .is_ok();
     let seconds = started.elapsed().as_secs_f64();
-    let after = (varz(&cluster.monitor_url(0)).await, cpu_by_kind(&cluster));
+    let per_job = before.per_job(&Counters::read(&cluster, &js).await, n);
     tasks.shutdown().await;
     // With every job done no handler is left waiting on the server; bounded anyway.
     handlers.close();
@@ -1231,11 +1247,6 @@ async fn protocol_ceiling(
             done.load(Ordering::Relaxed)
         );
     }
-    let per = |a: u64, b: u64| (a - b) as f64 / n as f64;
-    let (msgs_in, msgs_out) = match (before.0, after.0) {
-        (Some((i0, o0)), Some((i1, o1))) => (Some(per(i1, i0)), Some(per(o1, o0))),
-        _ => (None, None),
-    };
     Ok(Protocol {
         lifecycle: lifecycle.label().into(),
         writes_per_job: lifecycle.writes(),
@@ -1243,18 +1254,9 @@ async fn protocol_ceiling(
         workers,
         seconds,
         jobs_per_sec: n as f64 / seconds,
-        server_msgs_in_per_job: msgs_in,
-        server_msgs_out_per_job: msgs_out,
-        cpu_ms_per_job: after
-            .1
-            .iter()
-            .map(|(k, a)| {
-                (
-                    k.clone(),
-                    (a - before.1.get(k).copied().unwrap_or(0.0)) / n as f64,
-                )
-            })
-            .collect(),
+        server_msgs_in_per_job: per_job.msgs_in,
+        server_msgs_out_per_job: per_job.msgs_out,
+        cpu_ms_per_job: per_job.cpu_ms,
     })
 }
 
