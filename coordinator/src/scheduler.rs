@@ -688,3 +688,33 @@ async fn fire_schedules(service: &Service) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use tokio::time::Instant;
+
+    use super::due;
+
+    /// A pass that is due runs on the first poll, also off a millisecond boundary (where
+    /// the timer wheel would round a deadline of "now" up to the next millisecond); one
+    /// that is not due waits for its time.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_pass_does_not_wait_for_the_timer() {
+        tokio::time::advance(Duration::from_micros(500)).await;
+        let now = Instant::now();
+        assert!(due(now).now_or_never().is_some(), "due now");
+        assert!(
+            due(now - Duration::from_micros(100))
+                .now_or_never()
+                .is_some(),
+            "overdue"
+        );
+        let later = now + Duration::from_millis(5);
+        assert!(due(later).now_or_never().is_none(), "not yet due");
+        due(later).await;
+        assert!(Instant::now() >= later);
+    }
+}

@@ -412,3 +412,57 @@ async fn publish_logs(
     }
     while acks.next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use gf_schemas::{JobSpec, Lease};
+
+    use super::*;
+
+    fn job() -> Job {
+        let worker = WorkerId::new("w1").expect("worker id");
+        let now = Timestamp::from_unix_millis(0);
+        Job {
+            id: JobId::new(),
+            claim: ClaimReply {
+                spec: JobSpec::command(["gf:noop"]),
+                lease: Lease {
+                    worker: worker.clone(),
+                    epoch: 1,
+                    granted_at: now,
+                    expires_at: now,
+                    ttl_ms: 30_000,
+                },
+                attempt: 1,
+            },
+            worker,
+            revoked: CancellationToken::new(),
+            give_back: CancellationToken::new(),
+        }
+    }
+
+    /// Work that is already done ends the run on the first poll. Regression: the renew
+    /// interval's immediate first tick was awaited first, and tokio rounds a deadline
+    /// up to the next millisecond, so every job waited for the timer driver's next turn
+    /// (0.2–1.8 ms of claim→done at idle).
+    #[tokio::test(start_paused = true)]
+    async fn finished_work_ends_without_waiting_for_a_timer() {
+        // Off a millisecond boundary, where a deadline of "now" rounds up to the next one.
+        tokio::time::advance(Duration::from_micros(500)).await;
+        // Never used: the work ends before the first renewal is due.
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .expect("client");
+        let rpc = RpcClient::new(nats, Duration::from_secs(1));
+        let job = job();
+        let done = async { AttemptOutcome::Succeeded { exit_code: 0 } };
+        let ended = keep_lease(&job, &rpc, None, done).now_or_never();
+        assert!(
+            matches!(ended, Some(Ok(AttemptOutcome::Succeeded { exit_code: 0 }))),
+            "the run did not end on its first poll"
+        );
+    }
+}
