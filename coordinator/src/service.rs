@@ -79,6 +79,12 @@ impl Service {
 
     /// Accepts a job. With an idempotency key, a repeat returns the first job.
     pub async fn submit(&self, body: &[u8]) -> Result<SubmitReply, RpcError> {
+        self.submit_as(body, JobId::new()).await
+    }
+
+    /// [`Service::submit`], with `id` for the job if it is new. Separate so a test can
+    /// put a racing submission's job in the store before this one creates it.
+    async fn submit_as(&self, body: &[u8], mut id: JobId) -> Result<SubmitReply, RpcError> {
         let spec: JobSpec = decode("job spec", body, self.config.max_submit_bytes)?;
         spec.validate().map_err(|e| invalid(e.to_string()))?;
         self.check_references(&spec).await?;
@@ -92,7 +98,6 @@ impl Service {
                 }
             }
         }
-        let mut id = JobId::new();
         let mut duplicate = false;
         if let Some(key) = &spec.idempotency_key {
             let hash = hex::encode(Sha256::digest(key.as_bytes()));
@@ -856,5 +861,75 @@ impl Service {
                 format!("{subject}: {}", err.message),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use gf_schemas::Timestamp;
+
+    use super::*;
+
+    /// The race the chaos `idempotency` scenario found (1 run in 6): a first submission
+    /// writes its key, a repeat reads the key, finds no job yet and creates it, and only
+    /// then does the first submission create its job. Played here in that order: the
+    /// first submission must answer with the job as the one that is not a duplicate
+    /// (it failed with "conflict" before the fix), and `job_submitted` is left to the
+    /// submission that created the job.
+    #[tokio::test]
+    async fn a_first_submission_whose_job_a_racing_repeat_created_still_succeeds(
+    ) -> anyhow::Result<()> {
+        let nats = gf_testkit::NatsServer::start()?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let store = Store::open(js.clone(), 1).await?;
+        let (events, events_task) = EventSink::start(client.clone(), "test".into());
+        let clock = ServerClock::anchored(Timestamp::now_local());
+        let config = Arc::new(CoordinatorConfig::default());
+        let service = Service::new(store.clone(), client, clock.clone(), events, config)?;
+
+        let mut spec = JobSpec::command(["true"]);
+        spec.idempotency_key = Some("ticket-42".into());
+        let body = serde_json::to_vec(&spec)?;
+        let id = JobId::new();
+        // The racing repeat's job, with the id the first submission is about to use.
+        let raced = JobRecord::new(id, spec.clone(), clock.now());
+        store.create_job(&raced).await?;
+
+        let first = service.submit_as(&body, id).await?;
+        assert_eq!(first.job_id, id);
+        assert!(
+            !first.duplicate,
+            "the submission that wrote the key is the first"
+        );
+        assert_eq!(first.state, raced.state);
+
+        let repeat = service.submit(&body).await?;
+        assert_eq!(repeat.job_id, id);
+        assert!(repeat.duplicate);
+
+        drop(service);
+        events_task.await?;
+        let mut stream = js.get_stream(names::STREAM_EVENTS).await?;
+        let stored = stream.info().await?.state.messages;
+        let mut msgs = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await?
+            .messages()
+            .await?;
+        let mut submitted = 0;
+        for _ in 0..stored {
+            let m = msgs.next().await.expect("message")?;
+            submitted += gf_schemas::decode_events(&m.payload)?
+                .iter()
+                .filter(|e| e.kind == EventKind::JobSubmitted)
+                .count();
+        }
+        assert_eq!(
+            submitted, 0,
+            "job_submitted from a submission that created nothing"
+        );
+        Ok(())
     }
 }
