@@ -671,9 +671,10 @@ async fn fleet_run(
     let submitted = started.elapsed();
     let finished = waiter.await?;
     let seconds = finished.duration_since(started).as_secs_f64();
-    // Let the last completion's writes land, then read the records.
-    let records = crate::audit::read_jobs(&js).await?;
+    // Every job's completion has landed (its event came after the write). Counted
+    // before the records are read back: that read is the suite's, not the jobs'.
     let per_job = before.per_job(&Counters::read(&cluster, &js).await, n);
+    let records = crate::audit::read_jobs(&js).await?;
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
     let events = crate::audit::read_events(&js).await.unwrap_or_default();
     let mut dispatched: HashMap<JobId, gf_schemas::Timestamp> = HashMap::new();
