@@ -147,16 +147,23 @@ mod tests {
         }
         drop(sink);
         task.await?;
+        // The task flushed its publishes to the server, but the stream stores them on
+        // its own schedule (a plain publish has no ack to wait for): read until every
+        // event is there, with a deadline, rather than trusting a count taken now.
         let mut stream = js.get_stream(names::STREAM_EVENTS).await?;
-        let stored = stream.info().await?.state.messages;
         let mut msgs = stream
             .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
             .await?
             .messages()
             .await?;
         let mut seen = Vec::new();
-        for _ in 0..stored {
-            let m = msgs.next().await.expect("message")?;
+        let mut stored = 0;
+        while seen.len() < 300 {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), msgs.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("only {} of 300 events stored", seen.len()))?
+                .expect("message")?;
+            stored += 1;
             for e in gf_schemas::decode_events(&m.payload)? {
                 assert_eq!(
                     m.subject.as_str(),
@@ -170,6 +177,11 @@ mod tests {
         let mut want: Vec<String> = (0..300).map(|i| format!("event {i}")).collect();
         want.sort();
         assert_eq!(seen, want);
+        assert_eq!(
+            stream.info().await?.state.messages,
+            stored,
+            "nothing else stored"
+        );
         assert!(stored < 300, "{stored} messages for 300 events");
         Ok(())
     }
