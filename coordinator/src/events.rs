@@ -127,10 +127,46 @@ async fn publish_loop(client: async_nats::Client, mut rx: mpsc::Receiver<Event>)
     }
 }
 
+/// Reading `GF_EVENTS` back in tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use futures::StreamExt;
+    use gf_schemas::{names, Event};
+
+    /// Reads `GF_EVENTS` from the start, one stored message at a time as
+    /// `(subject, its events)`, until `enough` holds for every event read so far; fails
+    /// if the stream goes 10 s without a message first. Events are plain publishes that
+    /// the stream stores on its own schedule, even after the publisher flushed, so a
+    /// test waits for what it expects rather than trusting a count taken at once.
+    pub(crate) async fn read_until(
+        js: &async_nats::jetstream::Context,
+        enough: impl Fn(&[Event]) -> bool,
+    ) -> anyhow::Result<Vec<(String, Vec<Event>)>> {
+        let mut msgs = js
+            .get_stream(names::STREAM_EVENTS)
+            .await?
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await?
+            .messages()
+            .await?;
+        let mut read = Vec::new();
+        let mut events = Vec::new();
+        while !enough(&events) {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), msgs.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no more events after {}", events.len()))?
+                .expect("an ordered consumer's messages do not end")?;
+            let batch = gf_schemas::decode_events(&m.payload)?;
+            events.extend(batch.iter().cloned());
+            read.push((m.subject.to_string(), batch));
+        }
+        Ok(read)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
 
     /// A burst of events becomes a few messages, one kind per message, and reading them
     /// back gives every event once.
@@ -147,36 +183,24 @@ mod tests {
         }
         drop(sink);
         task.await?;
-        // The task flushed its publishes to the server, but the stream stores them on
-        // its own schedule (a plain publish has no ack to wait for): read until every
-        // event is there, with a deadline, rather than trusting a count taken now.
-        let mut stream = js.get_stream(names::STREAM_EVENTS).await?;
-        let mut msgs = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await?
-            .messages()
-            .await?;
+        let read = testing::read_until(&js, |events| events.len() >= 300).await?;
         let mut seen = Vec::new();
-        let mut stored = 0;
-        while seen.len() < 300 {
-            let m = tokio::time::timeout(std::time::Duration::from_secs(10), msgs.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("only {} of 300 events stored", seen.len()))?
-                .expect("message")?;
-            stored += 1;
-            for e in gf_schemas::decode_events(&m.payload)? {
+        for (subject, events) in &read {
+            for e in events {
                 assert_eq!(
-                    m.subject.as_str(),
+                    subject.as_str(),
                     names::event(e.kind),
                     "kind of its subject"
                 );
-                seen.push(e.message);
+                seen.push(e.message.clone());
             }
         }
         seen.sort();
         let mut want: Vec<String> = (0..300).map(|i| format!("event {i}")).collect();
         want.sort();
         assert_eq!(seen, want);
+        let stored = read.len() as u64;
+        let mut stream = js.get_stream(names::STREAM_EVENTS).await?;
         assert_eq!(
             stream.info().await?.state.messages,
             stored,

@@ -866,7 +866,6 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt;
     use gf_schemas::Timestamp;
 
     use super::*;
@@ -917,29 +916,13 @@ mod tests {
             .emit(EventKind::JobSubmitted, Level::Info, None, None, "marker");
         drop(service);
         events_task.await?;
-        let mut msgs = js
-            .get_stream(names::STREAM_EVENTS)
-            .await?
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await?
-            .messages()
-            .await?;
-        let mut submitted = Vec::new();
-        while !submitted
+        let marker = |events: &[gf_schemas::Event]| events.iter().any(|e| e.message == "marker");
+        let read = crate::events::testing::read_until(&js, marker).await?;
+        let for_job = read
             .iter()
-            .any(|e: &gf_schemas::Event| e.message == "marker")
-        {
-            let m = tokio::time::timeout(std::time::Duration::from_secs(10), msgs.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("the marker event never arrived"))?
-                .expect("message")?;
-            submitted.extend(
-                gf_schemas::decode_events(&m.payload)?
-                    .into_iter()
-                    .filter(|e| e.kind == EventKind::JobSubmitted),
-            );
-        }
-        let for_job = submitted.iter().filter(|e| e.job_id == Some(id)).count();
+            .flat_map(|(_, events)| events)
+            .filter(|e| e.kind == EventKind::JobSubmitted && e.job_id == Some(id))
+            .count();
         assert_eq!(
             for_job, 0,
             "job_submitted from a submission that created nothing"
