@@ -239,22 +239,27 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
         assert_eq!(client.job(*id).await?.state, JobState::Succeeded);
     }
     // More items than the coordinator handles at once: each still answered, in order.
-    let keyed = |i: usize| {
-        let mut spec = sh("true");
-        spec.idempotency_key = Some(format!("many-{i}"));
-        serde_json::to_value(spec).unwrap()
+    let submit_keyed = |keys: Vec<usize>| {
+        let items = keys
+            .into_iter()
+            .map(|i| {
+                let mut spec = sh("true");
+                spec.idempotency_key = Some(format!("many-{i}"));
+                serde_json::to_value(spec).unwrap()
+            })
+            .collect();
+        let caller = &client.rpc;
+        async move {
+            let replies: Vec<Reply<SubmitReply>> = caller
+                .call_raw(rpc::SUBMIT_BATCH, batch(items).into())
+                .await?;
+            replies
+                .into_iter()
+                .map(|r| Ok(r.into_result()?.job_id))
+                .collect::<anyhow::Result<Vec<gf_schemas::JobId>>>()
+        }
     };
-    let many: Vec<Reply<SubmitReply>> = client
-        .rpc
-        .call_raw(
-            rpc::SUBMIT_BATCH,
-            batch((0..40).map(keyed).collect()).into(),
-        )
-        .await?;
-    let first: Vec<_> = many
-        .into_iter()
-        .map(|r| r.into_result().map(|r| r.job_id))
-        .collect::<Result<_, _>>()?;
+    let first = submit_keyed((0..40).collect()).await?;
     assert_eq!(
         first
             .iter()
@@ -263,17 +268,7 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
         40
     );
     // The same keys again, reversed: each answer is the job of its own key.
-    let again: Vec<Reply<SubmitReply>> = client
-        .rpc
-        .call_raw(
-            rpc::SUBMIT_BATCH,
-            batch((0..40).rev().map(keyed).collect()).into(),
-        )
-        .await?;
-    let again: Vec<_> = again
-        .into_iter()
-        .map(|r| r.into_result().map(|r| r.job_id))
-        .collect::<Result<_, _>>()?;
+    let again = submit_keyed((0..40).rev().collect()).await?;
     assert_eq!(again.into_iter().rev().collect::<Vec<_>>(), first);
 
     // Refused as a whole: too many items, or not an array.
