@@ -357,6 +357,95 @@ async fn claim_race_has_one_winner() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With room on a live worker and nothing waiting, the submission itself dispatches
+/// the job (epoch 1, its notice published, claimable at once); a job that would have
+/// to overtake or find no room takes the planned way and is dispatched by a pass.
+#[tokio::test]
+async fn submission_dispatches_when_a_worker_has_room() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let mut cfg = coordinator_config(&nats.url());
+    cfg.dispatch_slack = 0;
+    // No worker is judged gone while the test runs without heartbeats.
+    cfg.worker_timeout = Duration::from_secs(60);
+    let coord = Running::coordinator(cfg).await?;
+    let service = coord.part.as_ref().expect("running").service.clone();
+    let client = Client::connect(&nats).await?;
+    let early = client.submit(&sh("true")).await?;
+    assert_eq!(
+        early.state,
+        JobState::Pending,
+        "no worker yet: the planned way"
+    );
+    let w = fake_worker(&client, "roomy").await?;
+    let planned = client
+        .wait_state(early.job_id, JobState::Dispatched, Duration::from_secs(10))
+        .await?;
+    let claim_and_finish = |id, epoch| {
+        let (client, w) = (&client, w.clone());
+        async move {
+            let _: ClaimReply = client
+                .rpc
+                .call(
+                    rpc::CLAIM,
+                    &ClaimRequest {
+                        job_id: id,
+                        epoch,
+                        worker_id: w.clone(),
+                    },
+                )
+                .await?;
+            let _: CompleteReply = client
+                .rpc
+                .call(
+                    rpc::COMPLETE,
+                    &CompleteRequest {
+                        job_id: id,
+                        epoch,
+                        worker_id: w,
+                        outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+                        result: None,
+                        usage: None,
+                    },
+                )
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    claim_and_finish(early.job_id, planned.epoch).await?;
+    eventually(Duration::from_secs(10), "the lane to open", || async {
+        (service.lane.free() == 1).then_some(())
+    })
+    .await?;
+
+    let direct = client.submit(&sh("true")).await?;
+    assert_eq!(
+        direct.state,
+        JobState::Dispatched,
+        "dispatched by the submission"
+    );
+    let rec = client.job(direct.job_id).await?;
+    assert_eq!((rec.state, rec.epoch), (JobState::Dispatched, 1));
+    assert!(rec.score.is_some(), "the decision's breakdown is kept");
+    assert_eq!(service.lane.free(), 0, "the one slot is taken");
+    // The only slot is promised: the next job waits for a pass.
+    let queued = client.submit(&sh("true")).await?;
+    assert_eq!(queued.state, JobState::Pending);
+    claim_and_finish(direct.job_id, 1).await?;
+    let rec = client
+        .wait_state(queued.job_id, JobState::Dispatched, Duration::from_secs(10))
+        .await?;
+    assert_eq!(rec.epoch, 1);
+    claim_and_finish(queued.job_id, 1).await?;
+    for id in [early.job_id, direct.job_id, queued.job_id] {
+        assert_eq!(client.job(id).await?.state, JobState::Succeeded);
+    }
+    // The service holds the event sink, which the coordinator's shutdown waits to close.
+    drop(service);
+    coord.stop().await?;
+    Ok(())
+}
+
 /// The same idempotency key submitted twice (and ten times at once) returns the first job.
 #[tokio::test]
 async fn idempotency_key_returns_first_job() -> anyhow::Result<()> {

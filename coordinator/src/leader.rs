@@ -35,6 +35,11 @@ impl LeaderLease {
     pub fn valid(&self) -> bool {
         self.renewed_at.elapsed() < self.ttl
     }
+
+    /// When [`LeaderLease::valid`] turns false unless the lease is renewed first.
+    pub fn valid_until(&self) -> Instant {
+        self.renewed_at + self.ttl
+    }
 }
 
 /// Whether the current holder's lease has lapsed at server time `now`.

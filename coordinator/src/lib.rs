@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod fsm;
 pub mod http;
+pub mod lane;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

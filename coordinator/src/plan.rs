@@ -88,6 +88,17 @@ impl View {
         }
     }
 
+    /// Takes in a record this coordinator wrote, unless the view already holds it or a
+    /// later revision (the watch can deliver it, and what followed, first).
+    pub fn offer_job(&mut self, rec: JobRecord, rev: u64) {
+        if self.terminal.contains_key(&rec.id)
+            || self.jobs.get(&rec.id).is_some_and(|(_, r)| *r >= rev)
+        {
+            return;
+        }
+        self.set_job(rec, rev);
+    }
+
     /// A job's state, live or finished; `None` if unknown.
     pub fn state_of(&self, id: &JobId) -> Option<JobState> {
         self.jobs
@@ -303,7 +314,19 @@ impl PartialEq for Ranked<'_> {
 
 impl Eq for Ranked<'_> {}
 
+/// What one pass decided, and the room it left.
+pub struct Pass {
+    pub decisions: Vec<Decision>,
+    /// Active workers with notices to spare after every waiting job that could use
+    /// them was placed (slots + slack − running − dispatched), for the direct lane.
+    pub rooms: Vec<crate::lane::Room>,
+}
+
 pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> Vec<Decision> {
+    plan_pass(view, policy, starts, now).decisions
+}
+
+pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> Pass {
     let live: Vec<&WorkerRecord> = view
         .workers
         .values()
@@ -511,7 +534,19 @@ pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> 
             None => out.extend(unblock()),
         }
     }
-    out
+    let rooms = active
+        .iter()
+        .filter(|w| free[&w.id] > 0)
+        .map(|w| crate::lane::Room {
+            worker: w.id.clone(),
+            capabilities: w.capabilities.clone(),
+            free: free[&w.id],
+        })
+        .collect();
+    Pass {
+        decisions: out,
+        rooms,
+    }
 }
 
 /// Explains a job from the same inputs the planner uses.

@@ -5,6 +5,7 @@
 //! A conflict on any write only means the view was behind: the job is re-read and
 //! decided again on the next pass.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,11 +13,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use gf_schemas::budget::UsageEntry;
-use gf_schemas::rpc::DispatchNotice;
 use gf_schemas::{EventKind, JobId, JobState, Level, Timestamp, WorkerRecord, WorkerState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::error::StoreError;
 use crate::fsm;
@@ -112,7 +111,11 @@ pub async fn run(
         metrics::leader(true);
         *status.leader.lock().expect("status") = Some(me.clone());
         loop {
-            match lead(&service, &mut lease, &stats, &mut reconnects, &shutdown).await {
+            let end = lead(&service, &mut lease, &stats, &mut reconnects, &shutdown).await;
+            // The next view is read from the store, which holds every job the lane
+            // created; until then nothing may take a slot the old view promised.
+            service.lane.close();
+            match end {
                 LeadEnd::Restart if lease.valid() => {
                     tracing::info!("rebuilding scheduler view");
                     continue;
@@ -217,6 +220,7 @@ async fn lead(
                 if !leader::renew(&store.leader, &me, lease).await {
                     return LeadEnd::Lost;
                 }
+                service.lane.extend(lease.valid_until());
                 sync_clock(service).await;
             }
             _ = reconnects.changed() => return LeadEnd::Restart,
@@ -225,7 +229,12 @@ async fn lead(
                 if !lease.valid() {
                     return LeadEnd::Lost;
                 }
-                let planning = apply_plan(service, &mut view, &mut starts, &mut notice_acks).await;
+                for (rec, rev) in service.lane.drain() {
+                    view.offer_job(rec, rev);
+                }
+                let (planning, rooms) =
+                    apply_plan(service, &mut view, &mut starts, &mut notice_acks).await;
+                service.lane.open(lease.valid_until(), rooms, blocked_products(&view));
                 dirty = false;
                 next_pass = tokio::time::Instant::now() + pass_spacing(planning);
             }
@@ -311,6 +320,15 @@ fn pass_spacing(pass: Duration) -> Duration {
     (pass * 3).min(Duration::from_millis(50))
 }
 
+/// Products whose budget blocks new work, for the direct lane.
+fn blocked_products(view: &View) -> HashSet<String> {
+    view.budgets
+        .iter()
+        .filter(|(_, b)| b.blocked().is_some())
+        .map(|(product, _)| product.clone())
+        .collect()
+}
+
 /// Re-reads one job into the view after a conflicting write.
 async fn refresh(service: &Service, view: &mut View, id: &JobId) {
     match service.store.load_job(id).await {
@@ -334,17 +352,18 @@ type NoticeAcks = futures::stream::FuturesUnordered<
 >;
 
 /// Decides and writes one pass; the notices' publish acks go to `acks`. Returns the
-/// time spent deciding (CPU, not I/O).
+/// time spent deciding (CPU, not I/O) and the room the pass left.
 async fn apply_plan(
     service: &Service,
     view: &mut View,
     starts: &mut StartLog,
     acks: &mut NoticeAcks,
-) -> Duration {
+) -> (Duration, Vec<crate::lane::Room>) {
     use futures::StreamExt as _;
     let now = service.clock.now();
     let planning = std::time::Instant::now();
-    let decisions = plan(view, &policy(service), starts, now);
+    let crate::plan::Pass { decisions, rooms } =
+        crate::plan::plan_pass(view, &policy(service), starts, now);
     let planning = planning.elapsed();
     // In chunks, so a pass that decides for 100,000 jobs (all unplaceable, say) holds
     // a chunk's worth of record copies at a time, not one per job.
@@ -399,25 +418,7 @@ async fn apply_plan(
                 Ok(new_rev) => {
                     match &d {
                         Decision::Dispatch(..) => {
-                            let notice = DispatchNotice {
-                                job_id: id,
-                                epoch: rec.epoch,
-                                dispatched_at: now,
-                            };
-                            let subject = service.routing.route_of(&rec.spec).subject();
-                            let span = gf_telemetry::trace::publish_span(
-                                &subject,
-                                &id.to_string(),
-                                rec.trace_parent.as_deref(),
-                            );
-                            let mut headers = async_nats::HeaderMap::new();
-                            gf_telemetry::trace::inject_span(&span, &mut headers);
-                            let publish = service.store.js.publish_with_headers(
-                                subject,
-                                headers,
-                                encode(&notice),
-                            );
-                            match publish.instrument(span).await {
+                            match service.publish_notice(&rec).await {
                                 Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
                                 // The claim timeout sends it back to pending.
                                 Err(e) => {
@@ -464,7 +465,7 @@ async fn apply_plan(
             }
         }
     }
-    planning
+    (planning, rooms)
 }
 
 async fn preempt(

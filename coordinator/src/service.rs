@@ -36,6 +36,8 @@ pub struct Service {
     /// Capabilities never change for a worker id, so they are cached after the first
     /// read. A cache, not shared state: a miss just reads `gf_workers`.
     caps: Mutex<HashMap<WorkerId, Capabilities>>,
+    /// Slots the leader's last pass left free, for dispatch at submission.
+    pub lane: crate::lane::DirectLane,
 }
 
 fn invalid(msg: impl Into<String>) -> RpcError {
@@ -74,6 +76,7 @@ impl Service {
             config,
             routing,
             caps: Mutex::new(HashMap::new()),
+            lane: crate::lane::DirectLane::default(),
         })
     }
 
@@ -142,23 +145,43 @@ impl Service {
                 Err(e) => return Err(StoreError::Transport(e.to_string()).into()),
             }
         }
-        let mut rec = JobRecord::new(id, spec, self.clock.now());
+        let now = self.clock.now();
+        let mut rec = JobRecord::new(id, spec, now);
         rec.trace_parent = gf_telemetry::trace::current_traceparent();
-        let mut state = rec.state;
-        match self.store.create_job(&rec).await {
-            Ok(_) => self.events.job(EventKind::JobSubmitted, &rec, ""),
+        let rules = crate::lane::Rules {
+            scoring: &self.config.scoring,
+            limits: &self.config.limits,
+        };
+        let ticket = self
+            .lane
+            .take(&rec, &rules, now)
+            .and_then(|(ticket, score)| {
+                fsm::dispatch(&mut rec, now).ok()?;
+                rec.score = Some(score);
+                Some(ticket)
+            });
+        let state = match self.store.create_job(&rec).await {
+            Ok(rev) => {
+                self.events.job(EventKind::JobSubmitted, &rec, "");
+                if let Some(ticket) = ticket {
+                    self.dispatched_at_submit(ticket, &rec, rev).await;
+                }
+                rec.state
+            }
             // The job id came from the idempotency key, and a concurrent submission with
             // the same key created it first: a repeat finishing a half-written
             // submission, or, when this one wrote the key, a repeat that saw the key
             // before this one created the job and finished it. Either way the job is
             // there, and whether this submission is the duplicate stays as the key said.
             Err(StoreError::Conflict(_)) if rec.spec.idempotency_key.is_some() => {
-                if let Some((current, _)) = self.store.load_job(&id).await? {
-                    state = current.state;
+                drop(ticket);
+                match self.store.load_job(&id).await? {
+                    Some((current, _)) => current.state,
+                    None => JobState::Pending,
                 }
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         if let Some(parent) = rec.spec.parent {
             self.adopt(&parent, id).await?;
         }
@@ -170,6 +193,59 @@ impl Service {
             duplicate,
             state,
         })
+    }
+
+    /// The rest of a dispatch decided at submission ([`crate::lane`]): the notice, the
+    /// event, and handing the record to the leader's view.
+    async fn dispatched_at_submit(
+        &self,
+        ticket: crate::lane::Ticket<'_>,
+        rec: &JobRecord,
+        rev: u64,
+    ) {
+        match self.publish_notice(rec).await {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!(job = %rec.id, error = %e, "dispatch notice not acknowledged; the claim timeout sends the job back");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %rec.id, error = %e, "notice not published; the claim timeout sends the job back")
+            }
+        }
+        self.events.job(EventKind::JobDispatched, rec, "");
+        metrics::dispatched(&rec.spec.queue);
+        self.lane.created(ticket, rec.clone(), rev);
+    }
+
+    /// Publishes the dispatch notice of `rec` (just written as dispatched) on its route,
+    /// with the job's trace context. The returned future resolves to the stream's ack.
+    pub async fn publish_notice(
+        &self,
+        rec: &JobRecord,
+    ) -> Result<
+        async_nats::jetstream::context::PublishAckFuture,
+        async_nats::jetstream::context::PublishError,
+    > {
+        use tracing::Instrument;
+        let notice = gf_schemas::rpc::DispatchNotice {
+            job_id: rec.id,
+            epoch: rec.epoch,
+            dispatched_at: rec.dispatched_at.unwrap_or_else(|| self.clock.now()),
+        };
+        let subject = self.routing.route_of(&rec.spec).subject();
+        let span = gf_telemetry::trace::publish_span(
+            &subject,
+            &rec.id.to_string(),
+            rec.trace_parent.as_deref(),
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        gf_telemetry::trace::inject_span(&span, &mut headers);
+        self.store
+            .js
+            .publish_with_headers(subject, headers, encode(&notice))
+            .instrument(span)
+            .await
     }
 
     /// Dependencies and the parent must exist (so a graph can never have a cycle: a

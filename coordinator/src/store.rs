@@ -202,13 +202,19 @@ impl Store {
 
     pub async fn create_job(&self, rec: &JobRecord) -> Result<u64, StoreError> {
         let key = names::job_key(&rec.id);
-        self.jobs
+        let rev = self
+            .jobs
             .create(&key, encode(rec))
             .await
             .map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => StoreError::Conflict(key.clone()),
                 _ => transport(e),
-            })
+            })?;
+        // A job dispatched at submission is claimed next, usually here.
+        if rec.state == JobState::Dispatched {
+            self.recent.lock().expect("recent").remember(rec, rev);
+        }
+        Ok(rev)
     }
 
     /// Writes `rec` only if the stored revision is still `revision`.
