@@ -128,6 +128,10 @@ pub struct Run {
     pub submit_to_dispatch: Option<Percentiles>,
     pub dispatch_to_claim: Option<Percentiles>,
     pub claim_to_done: Option<Percentiles>,
+    /// Share of jobs whose first dispatch was decided by their own submission (the
+    /// coordinator's direct lane: a worker had room and nothing was waiting), not by a
+    /// plan pass.
+    pub dispatched_at_submission: Option<f64>,
     /// Worker slots x seconds / jobs: how long one slot takes per job, all in.
     pub slot_ms_per_job: f64,
     /// Stream writes per job, by stream (KV buckets are streams `KV_<bucket>`).
@@ -347,11 +351,13 @@ fn print_run(r: &Run) {
         r.server_msgs_out_per_job.unwrap_or(f64::NAN),
     );
     println!(
-        "    per job: submit→dispatch {}; dispatch→claim {}; claim→done {}; one slot spends {:.1} ms per job",
+        "    per job: submit→dispatch {}; dispatch→claim {}; claim→done {}; one slot spends {:.1} ms per job; dispatched at submission: {}",
         p(&r.submit_to_dispatch),
         p(&r.dispatch_to_claim),
         p(&r.claim_to_done),
-        r.slot_ms_per_job
+        r.slot_ms_per_job,
+        r.dispatched_at_submission
+            .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s))
     );
     let mut cpu: Vec<_> = r
         .cpu_ms_per_job
@@ -678,10 +684,14 @@ async fn fleet_run(
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
     let events = crate::audit::read_events(&js).await.unwrap_or_default();
     let mut dispatched: HashMap<JobId, gf_schemas::Timestamp> = HashMap::new();
+    let mut at_submission = 0;
     for e in &events {
         if e.kind == gf_schemas::EventKind::JobDispatched {
             if let Some(j) = e.job_id {
-                dispatched.entry(j).or_insert(e.time);
+                if let std::collections::hash_map::Entry::Vacant(first) = dispatched.entry(j) {
+                    first.insert(e.time);
+                    at_submission += usize::from(e.message == gf_coordinator::lane::EVENT_MESSAGE);
+                }
             }
         }
     }
@@ -731,6 +741,7 @@ async fn fleet_run(
         submit_to_dispatch: percentiles(to_dispatch),
         dispatch_to_claim: percentiles(d_to_claim),
         claim_to_done: percentiles(claim_to_done),
+        dispatched_at_submission: Some(at_submission as f64 / n as f64),
         slot_ms_per_job: 1000.0 * (workers as f64 * args.slots as f64) * seconds
             / succeeded.max(1) as f64,
         writes_per_job: per_job.writes,
@@ -1374,6 +1385,7 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
         submit_to_dispatch: None,
         dispatch_to_claim: None,
         claim_to_done: None,
+        dispatched_at_submission: None,
         slot_ms_per_job: 0.0,
         writes_per_job: per_job.writes,
         server_msgs_in_per_job: per_job.msgs_in,

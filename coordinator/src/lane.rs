@@ -29,6 +29,10 @@ use crate::config::LimitRule;
 use crate::plan::limit_keys;
 use crate::score::{self, ScoringConfig};
 
+/// The message of a `job_dispatched` event for a job dispatched by its submission
+/// (a pass's dispatch has none).
+pub const EVENT_MESSAGE: &str = "at submission";
+
 /// A worker the last pass left room on.
 #[derive(Debug, Clone)]
 pub struct Room {

@@ -86,8 +86,20 @@ pub fn revoked(reason: RevokeReason) {
     }
 }
 
-pub fn dispatched(queue: &str) {
-    counter!(DISPATCHES, "queue" => queue.to_string()).increment(1);
+/// How a dispatch was decided: by the leader's plan pass, or by the submission itself
+/// through the direct lane ([`crate::lane`]).
+#[derive(Clone, Copy)]
+pub enum DispatchedBy {
+    Pass,
+    Submission,
+}
+
+pub fn dispatched(queue: &str, by: DispatchedBy) {
+    let by = match by {
+        DispatchedBy::Pass => "pass",
+        DispatchedBy::Submission => "submission",
+    };
+    counter!(DISPATCHES, "queue" => queue.to_string(), "by" => by).increment(1);
 }
 
 pub fn unplaceable(queue: &str) {

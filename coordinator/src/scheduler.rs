@@ -430,7 +430,7 @@ async fn apply_plan(
                                 starts.record(k, now);
                             }
                             service.events.job(EventKind::JobDispatched, &rec, "");
-                            metrics::dispatched(&rec.spec.queue);
+                            metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Pass);
                         }
                         Decision::Block(_, reason) if reason.starts_with("unplaceable") => {
                             service

@@ -213,8 +213,9 @@ impl Service {
                 tracing::warn!(job = %rec.id, error = %e, "notice not published; the claim timeout sends the job back")
             }
         }
-        self.events.job(EventKind::JobDispatched, rec, "");
-        metrics::dispatched(&rec.spec.queue);
+        self.events
+            .job(EventKind::JobDispatched, rec, crate::lane::EVENT_MESSAGE);
+        metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Submission);
         self.lane.created(ticket, rec.clone(), rev);
     }
 

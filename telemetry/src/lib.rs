@@ -154,8 +154,8 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
         (
             DISPATCHES,
             Counter,
-            &["queue"],
-            "Dispatch notices published.",
+            &["queue", "by"],
+            "Dispatch notices published, by what decided them (pass: the leader's plan pass; submission: the submission itself, when a worker had room).",
         ),
         (
             UNPLACEABLE,
