@@ -5,11 +5,13 @@
 //! publishes: a job's state lives in the jobs bucket, events only narrate it, and an
 //! ack per event was a quarter of the server's replies per job under load. What that
 //! gives up: an event published while the stream is unavailable (e.g. during a NATS
-//! restart) is lost without a warning. Closing every handle ends the task after a
-//! flush, so shutdown still hands every queued event to the server.
+//! restart) is lost without a warning. Dropping every handle, or [`EventTask::close`],
+//! ends the task after a flush, so shutdown still hands every queued event to the
+//! server.
 
 use gf_schemas::{names, Event, EventKind, JobId, JobState, Level, Timestamp, WorkerId};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Events waiting to be published; beyond this they are dropped with a warning.
 const QUEUE: usize = 16_384;
@@ -20,15 +22,33 @@ pub struct EventSink {
     source: String,
 }
 
+/// The publishing task behind the [`EventSink`]s.
+pub struct EventTask {
+    handle: tokio::task::JoinHandle<()>,
+    closing: CancellationToken,
+}
+
+impl EventTask {
+    /// Publishes what is queued and ends the task, also while sink handles are still
+    /// held (a caller embedding the coordinator may keep its service): events emitted
+    /// after this are dropped. Call it once everything that must be narrated has been
+    /// emitted.
+    pub async fn close(self) {
+        self.closing.cancel();
+        if let Err(e) = self.handle.await {
+            tracing::warn!(error = %e, "event publisher ended abnormally");
+        }
+    }
+}
+
 impl EventSink {
-    /// Starts the publishing task; it ends when every sink handle is dropped.
-    pub fn start(
-        client: async_nats::Client,
-        source: String,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the publishing task; it ends when every sink handle is dropped, or at
+    /// [`EventTask::close`].
+    pub fn start(client: async_nats::Client, source: String) -> (Self, EventTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(publish_loop(client, rx));
-        (Self { tx, source }, task)
+        let closing = CancellationToken::new();
+        let handle = tokio::spawn(publish_loop(client, rx, closing.clone()));
+        (Self { tx, source }, EventTask { handle, closing })
     }
 
     /// Queues an event. Never blocks the caller on JetStream; if the queue is full the
@@ -52,8 +72,14 @@ impl EventSink {
             message: message.into(),
             source: self.source.clone(),
         };
-        if let Err(e) = self.tx.try_send(event) {
-            tracing::warn!(error = %e, "event queue full, dropping event");
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("event queue full, dropping event")
+            }
+            Err(mpsc::error::TrySendError::Closed(e)) => {
+                tracing::debug!(kind = e.kind.as_str(), "coordinator stopped; event dropped")
+            }
         }
     }
 
@@ -93,9 +119,25 @@ const MAX_PER_FLUSH: usize = 512;
 /// window events of different kinds may be stored out of order (each carries its time).
 /// The loop drains up to `MAX_PER_FLUSH` events per window, far more than a coordinator
 /// emits, so the queue does not fill and drop events.
-async fn publish_loop(client: async_nats::Client, mut rx: mpsc::Receiver<Event>) {
+async fn publish_loop(
+    client: async_nats::Client,
+    mut rx: mpsc::Receiver<Event>,
+    closing: CancellationToken,
+) {
     let mut batch: Vec<Event> = Vec::with_capacity(MAX_PER_FLUSH);
-    while rx.recv_many(&mut batch, MAX_PER_FLUSH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_PER_FLUSH) => n,
+            // Closing the channel keeps what is queued: `recv_many` hands it over, then
+            // answers 0.
+            _ = closing.cancelled(), if !rx.is_closed() => {
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         if batch.len() < MAX_PER_FLUSH {
             tokio::time::sleep(BATCH_WINDOW).await;
             while batch.len() < MAX_PER_FLUSH {
@@ -182,7 +224,7 @@ mod tests {
             sink.emit(kinds[i % 2], Level::Info, None, None, format!("event {i}"));
         }
         drop(sink);
-        task.await?;
+        task.close().await;
         let read = testing::read_until(&js, |events| events.len() >= 300).await?;
         let mut seen = Vec::new();
         for (subject, events) in &read {

@@ -49,7 +49,7 @@ pub struct Coordinator {
     rpc: JoinHandle<anyhow::Result<()>>,
     http: Option<JoinHandle<anyhow::Result<()>>>,
     scheduler: JoinHandle<()>,
-    events: JoinHandle<()>,
+    events: events::EventTask,
     stats: JoinHandle<()>,
 }
 
@@ -156,8 +156,7 @@ impl Coordinator {
     /// scheduler steps down, then the audit trail is flushed.
     pub async fn join(self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
-        // The router's state holds the service (and so an event sink handle): let it go
-        // now, or the event publisher below would wait for it forever.
+        // The router's state holds the service; nothing serves with it any more.
         drop(self.http_state);
         let rpc = self.rpc.await;
         let http = match self.http {
@@ -167,9 +166,10 @@ impl Coordinator {
         self.scheduler.await.ok();
         self.stats.await.ok();
         let client = self.service.client.clone();
-        // The service holds the last event sink handle; dropping it ends the publisher.
         drop(self.service);
-        self.events.await.ok();
+        // Every part that narrates has stopped; a service handle someone still holds
+        // must not keep the publisher (and this join) waiting.
+        self.events.close().await;
         client.flush().await.ok();
         rpc??;
         if let Some(h) = http {

@@ -992,7 +992,7 @@ mod tests {
             .events
             .emit(EventKind::JobSubmitted, Level::Info, None, None, "marker");
         drop(service);
-        events_task.await?;
+        events_task.close().await;
         let marker = |events: &[gf_schemas::Event]| events.iter().any(|e| e.message == "marker");
         let read = crate::events::testing::read_until(&js, marker).await?;
         let for_job = read
