@@ -68,6 +68,8 @@ pub struct Ticket<'a> {
 }
 
 impl Ticket<'_> {
+    /// The worker whose room the slot was taken from. Only a count: the notice goes to
+    /// the route's consumer, and any fitting worker may claim it.
     pub fn worker(&self) -> &WorkerId {
         self.worker.as_ref().expect("held until consumed")
     }
@@ -213,7 +215,7 @@ impl DirectLane {
             .collect()
     }
 
-    /// Notices the lane could hand out now, over all workers (for tests and `/health`).
+    /// Notices the lane could hand out now, over all workers.
     pub fn free(&self) -> i64 {
         let inner = self.inner.lock().expect("lane");
         if inner.open_until.is_none_or(|t| Instant::now() >= t) {
