@@ -12,7 +12,9 @@ use gf_schemas::rpc::{
     ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, HeartbeatReply, HeartbeatRequest,
     RegisterReply, RegisterRequest, SubmitReply,
 };
-use gf_schemas::{AttemptOutcome, Capabilities, ErrorKind, JobState, Reply, WorkerId, WorkerState};
+use gf_schemas::{
+    AttemptOutcome, Capabilities, ErrorKind, JobId, JobState, Reply, WorkerId, WorkerState,
+};
 use gf_testkit::{eventually, NatsServer};
 use tokio::sync::Barrier;
 
@@ -154,6 +156,18 @@ async fn fake_worker_with_slots(client: &Client, id: &str, slots: u32) -> anyhow
     Ok(worker_id)
 }
 
+/// A worker's report that its attempt at `epoch` succeeded.
+fn success(job_id: JobId, epoch: u64, worker_id: WorkerId) -> CompleteRequest {
+    CompleteRequest {
+        job_id,
+        epoch,
+        worker_id,
+        outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+        result: None,
+        usage: None,
+    }
+}
+
 /// Batch RPCs: each item is answered on its own, as if sent alone (a bad item fails
 /// alone); only a batch that is not an array of at most `MAX_BATCH` items is refused.
 #[tokio::test]
@@ -220,14 +234,7 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
         .zip(&ids)
         .map(|(c, id)| {
             let lease = c.clone().into_result().expect("claimed").lease;
-            serde_json::to_value(CompleteRequest {
-                job_id: *id,
-                epoch: lease.epoch,
-                worker_id: worker.clone(),
-                outcome: AttemptOutcome::Succeeded { exit_code: 0 },
-                result: None,
-                usage: None,
-            })
+            serde_json::to_value(success(*id, lease.epoch, worker.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let completed: Vec<Reply<CompleteReply>> = client
@@ -340,17 +347,7 @@ async fn claim_race_has_one_winner() -> anyhow::Result<()> {
         };
         let _: CompleteReply = client
             .rpc
-            .call(
-                rpc::COMPLETE,
-                &CompleteRequest {
-                    job_id: id,
-                    epoch: rec.epoch,
-                    worker_id: winner,
-                    outcome: AttemptOutcome::Succeeded { exit_code: 0 },
-                    result: None,
-                    usage: None,
-                },
-            )
+            .call(rpc::COMPLETE, &success(id, rec.epoch, winner))
             .await?;
     }
     coord.stop().await?;
@@ -397,17 +394,7 @@ async fn submission_dispatches_when_a_worker_has_room() -> anyhow::Result<()> {
                 .await?;
             let _: CompleteReply = client
                 .rpc
-                .call(
-                    rpc::COMPLETE,
-                    &CompleteRequest {
-                        job_id: id,
-                        epoch,
-                        worker_id: w,
-                        outcome: AttemptOutcome::Succeeded { exit_code: 0 },
-                        result: None,
-                        usage: None,
-                    },
-                )
+                .call(rpc::COMPLETE, &success(id, epoch, w))
                 .await?;
             anyhow::Ok(())
         }
