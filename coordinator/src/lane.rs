@@ -60,6 +60,13 @@ struct Inner {
     handed: Vec<(JobRecord, u64, WorkerId)>,
 }
 
+impl Inner {
+    /// Open, and the leader lease it was opened under not yet lapsed.
+    fn open_now(&self) -> bool {
+        self.open_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
 /// A slot taken from the lane. Dropped without [`DirectLane::created`] (the create
 /// failed, or the submission stopped early), it gives the slot back.
 pub struct Ticket<'a> {
@@ -164,9 +171,7 @@ impl DirectLane {
             return None;
         }
         let mut inner = self.inner.lock().expect("lane");
-        if inner.open_until.is_none_or(|t| Instant::now() >= t)
-            || inner.blocked_products.contains(&spec.product)
-        {
+        if !inner.open_now() || inner.blocked_products.contains(&spec.product) {
             return None;
         }
         // As the planner chooses: the fitting worker the job scores best on, then the
@@ -218,7 +223,7 @@ impl DirectLane {
     /// Notices the lane could hand out now, over all workers.
     pub fn free(&self) -> i64 {
         let inner = self.inner.lock().expect("lane");
-        if inner.open_until.is_none_or(|t| Instant::now() >= t) {
+        if !inner.open_now() {
             return 0;
         }
         inner.rooms.iter().map(|r| r.free.max(0)).sum()
