@@ -7,7 +7,7 @@
 //! messages in/out of the NATS server from its monitoring endpoint). Also the raw
 //! JetStream ceiling on the same machine: per job, a KV create, a pipelined publish,
 //! a fetch + ack and a KV compare-and-set, with async-nats and no Gigafactory code; and
-//! the protocol ceilings: the design's job lifecycle (and two shorter ones) as bare
+//! the protocol ceilings: the design's job lifecycle (and three others) as bare
 //! messages with trivial logic, so the gap between the two ceilings is the lifecycle's
 //! and the gap below the second is this implementation's. A last fixed-rate run at 100
 //! jobs/s gives the latency floor: a job's chain of hops with nothing queued.
@@ -67,8 +67,12 @@ pub struct LoadArgs {
     /// Run only one measurement: `--jobs` submitted one per request at this many per
     /// second, to the largest `--workers` count (for quick comparisons and profiling;
     /// the full suite derives its fixed rate from the measured maximum instead).
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_rate, conflicts_with = "ceilings_only")]
     pub rate: Option<f64>,
+    /// Run only the ceilings: the raw JetStream ceiling and the protocol ceilings (the
+    /// job lifecycles as bare messages), no Gigafactory process.
+    #[arg(long)]
+    pub ceilings_only: bool,
 }
 
 /// A fixed rate: jobs per second, above 0 and at most 100,000.
@@ -247,6 +251,10 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         println!("    CPU ms per job: {:?}", p.cpu_ms_per_job);
         report.protocol.push(p);
     }
+    print_ceiling_ratios(&report);
+    if args.ceilings_only {
+        return write_report(&args, &report);
+    }
     let mut best: Option<Run> = None;
     for &w in &args.workers {
         let label = format!("scale-out {w}w");
@@ -314,6 +322,20 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         );
     }
     write_report(&args, &report)
+}
+
+/// Each protocol ceiling as a share of the raw ceiling measured in the same run.
+fn print_ceiling_ratios(report: &LoadReport) {
+    let Some(raw) = report.raw.iter().find(|r| !r.durable) else {
+        return;
+    };
+    for p in &report.protocol {
+        println!(
+            "{}: {:.1}% of the raw ceiling",
+            p.lifecycle,
+            100.0 * p.jobs_per_sec / raw.jobs_per_sec
+        );
+    }
 }
 
 fn write_report(args: &LoadArgs, report: &LoadReport) -> anyhow::Result<bool> {
@@ -1051,16 +1073,28 @@ enum Lifecycle {
     NoticeOnlyDispatch,
     /// Also no claim: the worker that takes the notice runs the job and completes it.
     NoClaim,
+    /// No coordinator on the job's path: the submitter creates the record and publishes
+    /// the notice itself, the worker writes `running` (its lease) and `done` with
+    /// compare-and-sets of its own, and the coordinator only watches. Outside the
+    /// design (workers never write the store there); the least a job with a lease and
+    /// an observer costs.
+    WorkersWrite,
 }
 
 impl Lifecycle {
-    const ALL: [Lifecycle; 3] = [Self::Design, Self::NoticeOnlyDispatch, Self::NoClaim];
+    const ALL: [Lifecycle; 4] = [
+        Self::Design,
+        Self::NoticeOnlyDispatch,
+        Self::NoClaim,
+        Self::WorkersWrite,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Design => "the design's lifecycle",
             Self::NoticeOnlyDispatch => "dispatch as a notice only",
             Self::NoClaim => "dispatch as a notice only, no claim",
+            Self::WorkersWrite => "workers write the records (no coordinator on the path)",
         }
     }
 
@@ -1069,6 +1103,7 @@ impl Lifecycle {
             Self::Design => 4,
             Self::NoticeOnlyDispatch => 3,
             Self::NoClaim => 2,
+            Self::WorkersWrite => 3,
         }
     }
 }
@@ -1082,8 +1117,9 @@ impl Lifecycle {
 /// sends a claim request (answered after a compare-and-set) and a completion request
 /// (the same). The "coordinator" has one connection (RPCs, writes, watch), each
 /// "worker" one, the submitter one, all in this process; no JSON, no planning, no
-/// events, 600-byte records. The other [`Lifecycle`]s leave steps out, to show what a
-/// change to the design's lifecycle would buy.
+/// events, 600-byte records. The other [`Lifecycle`]s leave steps out or move them to
+/// the submitter and the workers, to show what a change to the design's lifecycle
+/// would buy.
 async fn protocol_ceiling(
     n: usize,
     workers: usize,
@@ -1095,6 +1131,7 @@ async fn protocol_ceiling(
     const CLAIM: &str = "proto.rpc.claim";
     const COMPLETE: &str = "proto.rpc.complete";
     const NOTICES: &str = "proto.dispatch";
+    const BUCKET: &str = "proto_jobs";
     // The coordinator's connection is the one `Bare` opens.
     let Bare {
         cluster,
@@ -1102,7 +1139,7 @@ async fn protocol_ceiling(
         js,
         kv,
         stream,
-    } = Bare::start(false, "proto_jobs", "PROTO_DISPATCH", NOTICES).await?;
+    } = Bare::start(false, BUCKET, "PROTO_DISPATCH", NOTICES).await?;
     stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("proto".into()),
@@ -1172,7 +1209,8 @@ async fn protocol_ceiling(
         let (kv, js, revs, handlers) = (kv.clone(), js.clone(), revs.clone(), handlers.clone());
         tasks.spawn(async move {
             while let Some(Ok(e)) = watch.next().await {
-                if e.value.first() != Some(&b'P') {
+                // With workers writing, the coordinator only observes.
+                if e.value.first() != Some(&b'P') || lifecycle == Lifecycle::WorkersWrite {
                     continue;
                 }
                 let (kv, js, revs) = (kv.clone(), js.clone(), revs.clone());
@@ -1204,17 +1242,41 @@ async fn protocol_ceiling(
             .get_consumer("proto")
             .await
             .map_err(|e| anyhow::anyhow!("proto consumer: {e}"))?;
+        // The worker's own handle on the records, used only when workers write them.
+        let worker_kv = jetstream::new(client.clone()).get_key_value(BUCKET).await?;
         let (done, all_done) = (done.clone(), all_done.clone());
         tasks.spawn(async move {
             let Ok(msgs) = consumer.messages().await else {
                 return;
             };
             msgs.for_each_concurrent(slots as usize, |m| {
-                let (client, done, all_done) = (client.clone(), done.clone(), all_done.clone());
+                let (client, kv, done, all_done) = (
+                    client.clone(),
+                    worker_kv.clone(),
+                    done.clone(),
+                    all_done.clone(),
+                );
                 async move {
                     let Ok(m) = m else { return };
                     let key = m.payload.clone();
                     let _ = m.ack().await;
+                    if lifecycle == Lifecycle::WorkersWrite {
+                        // The notice carries the create's revision: "key revision".
+                        let text = String::from_utf8_lossy(&key);
+                        let Some((key, rev)) = text.split_once(' ') else {
+                            return;
+                        };
+                        let Ok(rev) = rev.parse::<u64>() else { return };
+                        let Ok(rev) = kv.update(key, record(b'R'), rev).await else {
+                            return;
+                        };
+                        if kv.update(key, record(b'D'), rev).await.is_ok()
+                            && done.fetch_add(1, Ordering::Relaxed) + 1 == n
+                        {
+                            all_done.notify_one();
+                        }
+                        return;
+                    }
                     if lifecycle != Lifecycle::NoClaim
                         && client.request(CLAIM, key.clone()).await.is_err()
                     {
@@ -1231,15 +1293,32 @@ async fn protocol_ceiling(
         });
     }
     let submitter = connect(&cluster.nats_url()).await?;
+    let submitter_js = jetstream::new(submitter.clone());
+    let submitter_kv = submitter_js.get_key_value(BUCKET).await?;
     coord.flush().await?;
     let before = Counters::read(&cluster, &js).await;
     let started = Instant::now();
     let finished = all_done.notified();
     futures::stream::iter(0..n)
-        .for_each_concurrent(64, |_| {
-            let s = submitter.clone();
+        .for_each_concurrent(64, |i| {
+            let (s, js, kv) = (
+                submitter.clone(),
+                submitter_js.clone(),
+                submitter_kv.clone(),
+            );
             async move {
-                let _ = s.request(SUBMIT, bytes::Bytes::new()).await;
+                if lifecycle != Lifecycle::WorkersWrite {
+                    let _ = s.request(SUBMIT, bytes::Bytes::new()).await;
+                    return;
+                }
+                // The submitter writes the record and publishes its notice itself.
+                let key = format!("j{i}");
+                let Ok(rev) = kv.create(&key, record(b'P')).await else {
+                    return;
+                };
+                if let Ok(ack) = js.publish(NOTICES, format!("{key} {rev}").into()).await {
+                    let _ = ack.await;
+                }
             }
         })
         .await;

@@ -1,0 +1,68 @@
+//! `chaos load --ceilings-only` measures the raw JetStream ceiling and every protocol
+//! ceiling against its own `nats-server`, and each lifecycle sends the messages it
+//! claims to (so the BENCHMARKS figures compare what they say they compare).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn ceilings_only_measures_every_lifecycle() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("ceilings.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["load", "--ceilings-only", "--raw-jobs", "400", "--json"])
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("chaos load --ceilings-only did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)?;
+    assert!(status.success(), "ceilings run failed ({status}):\n{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(report["raw"].as_array().map(Vec::len), Some(2), "{report}");
+    assert!(
+        report["runs"].as_array().is_some_and(Vec::is_empty),
+        "no fleet run with --ceilings-only: {report}"
+    );
+    let protocol = report["protocol"].as_array().expect("protocol ceilings");
+    // (label, record writes, server messages in per job): in = the requests,
+    // publishes, acks and pulls each lifecycle sends, plus a little monitoring traffic.
+    let expected = [
+        ("the design's lifecycle", 4, 12.0),
+        ("dispatch as a notice only", 3, 11.0),
+        ("dispatch as a notice only, no claim", 2, 8.0),
+        (
+            "workers write the records (no coordinator on the path)",
+            3,
+            5.0,
+        ),
+    ];
+    assert_eq!(protocol.len(), expected.len(), "{report}");
+    for (p, (label, writes, msgs_in)) in protocol.iter().zip(expected) {
+        let name = p["lifecycle"].as_str().expect("label");
+        assert_eq!(name, label);
+        assert_eq!(p["jobs"], 400, "{name}");
+        assert_eq!(p["writes_per_job"], writes, "{name}");
+        assert!(
+            p["jobs_per_sec"].as_f64().is_some_and(|r| r > 0.0),
+            "{name}"
+        );
+        let got = p["server_msgs_in_per_job"].as_f64().expect("msgs in");
+        assert!(
+            (msgs_in..msgs_in + 1.0).contains(&got),
+            "{name}: {got} messages in per job, expected about {msgs_in}"
+        );
+    }
+    Ok(())
+}
