@@ -2,32 +2,23 @@
 //! ceiling against its own `nats-server`, and each lifecycle sends the messages it
 //! claims to (so the BENCHMARKS figures compare what they say they compare).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 #[test]
 fn ceilings_only_measures_every_lifecycle() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("ceilings.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
-        .args(["load", "--ceilings-only", "--raw-jobs", "400", "--json"])
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("chaos load --ceilings-only did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)?;
+    let args = [
+        "load",
+        "--ceilings-only",
+        "--raw-jobs",
+        "400",
+        "--json",
+        common::utf8(&json)?,
+    ];
+    let (status, out) = common::run_chaos(args, Duration::from_secs(120))?;
     assert!(status.success(), "ceilings run failed ({status}):\n{out}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     assert_eq!(report["raw"].as_array().map(Vec::len), Some(2), "{report}");
