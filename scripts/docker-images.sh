@@ -40,11 +40,7 @@ fresh() { rm -rf "$stage_root/$1"; mkdir -p "$stage_root/$1/rootfs"; echo "$stag
 
 build_gf() {
   cargo build --release -p gf
-  if ! [ -x /bin/busybox ]; then
-    echo "installing busybox-static (Debian)..." >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >&2
-  fi
+  [ -x /bin/busybox ] || scripts/apt-install.sh busybox-static
   local dir r; dir=$(fresh gf); r="$dir/rootfs"
   mkdir -p "$r/usr/local/bin" "$r/bin" "$r/etc" "$r/tmp/gf"
   chmod 1777 "$r/tmp" "$r/tmp/gf"

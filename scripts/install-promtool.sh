@@ -9,16 +9,6 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 
 if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
-    echo "error: need root (or sudo) to install ${missing[*]}" >&2
-    exit 1
-  fi
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing ${missing[*]} (Debian packages)..." >&2
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq >&2
-  # The packages ship services; policy-rc.d keeps apt from starting them here.
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  "$(dirname "$0")/apt-install.sh" "${missing[@]}"
 fi
 command -v promtool
