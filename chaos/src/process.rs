@@ -421,7 +421,7 @@ impl Cluster for ProcessCluster {
             // libfaketime, preloaded into the worker itself (not the `faketime`
             // wrapper, whose child would outlive a kill -9 of the wrapper), shifts the
             // wall clock the worker and its jobs see.
-            let lib = libfaketime().context("libfaketime not found (apt-get install faketime)")?;
+            let lib = libfaketime().context("libfaketime not found (scripts/install-chaos-deps.sh, or apt-get install faketime)")?;
             p.env.push(("LD_PRELOAD".into(), lib.display().to_string()));
             p.env.push(("FAKETIME".into(), offset.clone()));
             p.env

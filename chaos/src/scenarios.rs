@@ -930,7 +930,7 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
 
 async fn clock_skew(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let lib = crate::process::libfaketime()
-        .context("libfaketime is not installed here (apt-get install faketime)")?;
+        .context("libfaketime is not installed here (scripts/install-chaos-deps.sh, or apt-get install faketime)")?;
     let probe = std::process::Command::new("date")
         .arg("+%s")
         .env("LD_PRELOAD", &lib)
