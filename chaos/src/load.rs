@@ -55,7 +55,7 @@ pub struct LoadArgs {
     /// submits one job per request.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub submit_batch: u16,
-    /// Jobs for the raw JetStream ceiling.
+    /// Jobs for the raw JetStream ceiling and for each protocol ceiling.
     #[arg(long, default_value_t = 20000)]
     pub raw_jobs: usize,
     /// Pending jobs for the coordinator memory measurement (0 skips it).
