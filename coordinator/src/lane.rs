@@ -26,7 +26,7 @@ use std::time::Instant;
 use gf_schemas::{Capabilities, JobRecord, Timestamp, WorkerId};
 
 use crate::config::LimitRule;
-use crate::plan::limit_keys;
+use crate::plan::{best_fit, limit_keys};
 use crate::score::{self, ScoringConfig};
 
 /// The message of a `job_dispatched` event for a job dispatched by its submission
@@ -174,18 +174,19 @@ impl DirectLane {
         if !inner.open_now() || inner.blocked_products.contains(&spec.product) {
             return None;
         }
-        // As the planner chooses: the fitting worker the job scores best on, then the
-        // one with the most room.
-        let best = inner
-            .rooms
-            .iter_mut()
-            .filter(|r| r.free > 0 && r.capabilities.unmet(spec).is_none())
-            .map(|r| {
-                let s = score::total(rec, Some(&r.capabilities), rules.scoring, now);
-                (s, r)
-            })
-            .max_by(|(sa, a), (sb, b)| sa.total_cmp(sb).then(a.free.cmp(&b.free)))
-            .map(|(_, r)| r)?;
+        // As the planner chooses.
+        let i = best_fit(
+            rec,
+            rules.scoring,
+            now,
+            inner
+                .rooms
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.free > 0 && r.capabilities.unmet(spec).is_none())
+                .map(|(i, r)| (i, &r.capabilities, r.free)),
+        )?;
+        let best = &mut inner.rooms[i];
         best.free -= 1;
         let worker = best.worker.clone();
         let score = score::score(rec, Some(&best.capabilities), rules.scoring, now);

@@ -197,6 +197,24 @@ pub fn limit_keys(spec: &JobSpec, limits: &[LimitRule]) -> Vec<(String, usize)> 
         .collect()
 }
 
+/// Where a job goes among the workers that fit it and have room, given as `(worker,
+/// its capabilities, its free notices)`: the one the job scores best on (preferred
+/// capabilities), then the one with the most room; the last of equals. One rule for
+/// the plan pass and the direct lane, so a submission picks as a pass would. Each
+/// candidate is scored once.
+pub(crate) fn best_fit<'c, W>(
+    rec: &JobRecord,
+    scoring: &ScoringConfig,
+    now: Timestamp,
+    candidates: impl IntoIterator<Item = (W, &'c Capabilities, i64)>,
+) -> Option<W> {
+    candidates
+        .into_iter()
+        .map(|(w, caps, free)| (score::total(rec, Some(caps), scoring, now), free, w))
+        .max_by(|(sa, fa, _), (sb, fb, _)| sa.total_cmp(sb).then(fa.cmp(fb)))
+        .map(|(_, _, w)| w)
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     Dispatch(JobId, Score),
@@ -466,15 +484,14 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
         });
         let fits = fitting(&rec.spec);
         // Prefer a free worker that offers the job's preferred capabilities.
-        let best = fits
-            .iter()
-            .filter(|w| free[&w.id] > 0)
-            .max_by(|a, b| {
-                let sa = score::total(rec, Some(&a.capabilities), policy.scoring, now);
-                let sb = score::total(rec, Some(&b.capabilities), policy.scoring, now);
-                sa.total_cmp(&sb).then(free[&a.id].cmp(&free[&b.id]))
-            })
-            .copied();
+        let best = best_fit(
+            rec,
+            policy.scoring,
+            now,
+            fits.iter()
+                .filter(|w| free[&w.id] > 0)
+                .map(|w| (*w, &w.capabilities, free[&w.id])),
+        );
         if limited {
             out.extend(unblock());
             continue;
