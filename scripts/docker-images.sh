@@ -7,7 +7,7 @@
 #   gigafactory/prometheus:local    Debian's prometheus (installed if missing)
 #   gigafactory/alertmanager:local  Debian's prometheus-alertmanager (installed if missing)
 # Grafana has no Debian package: docker-compose uses the upstream image, which must be
-# pulled on a machine that reaches a registry (see README, Deployment).
+# pulled on a machine that reaches a registry (see docs/operations.md, Deployment).
 # Usage: scripts/docker-images.sh [gf|nats|prometheus|alertmanager]...  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
