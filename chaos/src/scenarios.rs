@@ -531,28 +531,100 @@ fn poison_bodies() -> Vec<Vec<u8>> {
     v
 }
 
+/// Every factory subject of `factory`, and subjects under `gf.rpc.w.` whose factory
+/// or verb token is garbage (each must be refused, not dropped).
+fn poison_factory_subjects(factory: &WorkerId) -> Vec<String> {
+    let mut subjects: Vec<String> = names::FactoryVerb::ALL
+        .into_iter()
+        .map(|verb| names::factory_rpc(factory, verb))
+        .collect();
+    let prefix = names::FACTORY_RPC_PREFIX;
+    let long = "f".repeat(200);
+    for bad in [
+        format!("{prefix}._.claim"),
+        format!("{prefix}.{long}.claim"),
+        format!("{prefix}.f\u{e9}.claim"),
+        format!("{prefix}.{factory}.submit"),
+        format!("{prefix}.{factory}.claim.extra"),
+        format!("{prefix}.{factory}"),
+    ] {
+        subjects.push(bad);
+    }
+    subjects
+}
+
+/// A well-formed request for `verb` that names `worker` (batch verbs: a batch of one).
+fn request_naming(verb: names::FactoryVerb, worker: &WorkerId) -> serde_json::Value {
+    use gf_schemas::rpc::{ReleaseRequest, RenewRequest};
+    use names::FactoryVerb::*;
+    let (job_id, epoch, worker_id) = (JobId::new(), 1, worker.clone());
+    let value = match verb {
+        Register => serde_json::to_value(RegisterRequest {
+            worker_id,
+            capabilities: Capabilities {
+                queues: vec![gf_schemas::DEFAULT_QUEUE.into()],
+                ..Default::default()
+            },
+            slots: 1,
+            version: "poison".into(),
+            hostname: "poison".into(),
+        }),
+        Heartbeat => serde_json::to_value(HeartbeatRequest {
+            worker_id,
+            state: WorkerState::Active,
+            free_slots: 1,
+            running: Vec::new(),
+        }),
+        Claim => serde_json::to_value(ClaimRequest {
+            job_id,
+            epoch,
+            worker_id,
+        }),
+        Renew => serde_json::to_value(RenewRequest {
+            job_id,
+            epoch,
+            worker_id,
+            usage: None,
+        }),
+        Complete => serde_json::to_value(CompleteRequest {
+            job_id,
+            epoch,
+            worker_id,
+            outcome: AttemptOutcome::Succeeded { exit_code: 0 },
+            result: None,
+            usage: None,
+        }),
+        Release => serde_json::to_value(ReleaseRequest {
+            job_id,
+            epoch,
+            worker_id,
+            reason: "poison".into(),
+        }),
+        ClaimBatch | CompleteBatch => {
+            return serde_json::json!([request_naming(verb.batched().expect("batch"), worker)])
+        }
+    };
+    value.expect("wire types serialize")
+}
+
 async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let mut h = fleet("poison", gf, ClusterSpec::default(), three_workers()).await?;
-    let subjects = [
-        rpc::SUBMIT,
-        rpc::GET_JOB,
-        rpc::CANCEL,
-        rpc::REGISTER,
-        rpc::HEARTBEAT,
-        rpc::CLAIM,
-        rpc::RENEW,
-        rpc::COMPLETE,
-        rpc::RELEASE,
-        rpc::SUBMIT_BATCH,
-        rpc::CLAIM_BATCH,
-        rpc::COMPLETE_BATCH,
-    ];
+    let factory = WorkerId::new("poisoner")?;
+    let mut subjects: Vec<String> = [rpc::SUBMIT, rpc::GET_JOB, rpc::CANCEL, rpc::SUBMIT_BATCH]
+        .map(String::from)
+        .into();
+    subjects.extend(poison_factory_subjects(&factory));
+    subjects.extend(rpc::LEGACY_FACTORY_SUBJECTS.map(String::from));
+    let is_batch = |subject: &str| {
+        rpc::batched(subject).is_some()
+            || names::parse_factory_rpc(subject).is_ok_and(|f| f.verb.batched().is_some())
+    };
     let mut sent = 0;
     let mut unanswered = Vec::new();
     let mut accepted = Vec::new();
-    for subject in subjects {
+    for subject in &subjects {
         let mut bodies = poison_bodies();
-        if rpc::batched(subject).is_some() {
+        if is_batch(subject) {
             // The same poison as batch items, next to the malformed batches themselves.
             let items: Vec<Vec<u8>> = bodies
                 .iter()
@@ -565,7 +637,7 @@ async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
             sent += 1;
             let r = tokio::time::timeout(
                 Duration::from_secs(5),
-                h.nats.request(subject, body.clone().into()),
+                h.nats.request(subject.clone(), body.clone().into()),
             )
             .await;
             match r {
@@ -574,9 +646,7 @@ async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
                         serde_json::from_slice(&msg.payload).unwrap_or_default();
                     // A batch is answered item by item: poison in it must fail each one.
                     let accepted_item = match v.get("ok") {
-                        Some(serde_json::Value::Array(items))
-                            if rpc::batched(subject).is_some() =>
-                        {
+                        Some(serde_json::Value::Array(items)) if is_batch(subject) => {
                             items.iter().any(|i| i.get("error").is_none())
                         }
                         _ => v.get("error").is_none(),
@@ -588,6 +658,44 @@ async fn poison(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
                 _ => unanswered.push(format!("{subject} <- {:?}", String::from_utf8_lossy(&body))),
             }
         }
+    }
+    // Impersonation: well-formed requests on one factory's subjects naming a worker of
+    // the fleet. Each (and each batch item) must be refused as `forbidden`.
+    let victim = WorkerId::new("w0")?;
+    let mut impersonated = Vec::new();
+    for verb in names::FactoryVerb::ALL {
+        let subject = names::factory_rpc(&factory, verb);
+        let body = serde_json::to_vec(&request_naming(verb, &victim))?;
+        sent += 1;
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            h.nats.request(subject.clone(), body.into()),
+        )
+        .await;
+        let v: serde_json::Value = match r {
+            Ok(Ok(msg)) => serde_json::from_slice(&msg.payload).unwrap_or_default(),
+            _ => {
+                unanswered.push(format!("{subject} <- a request naming {victim}"));
+                continue;
+            }
+        };
+        let kinds: Vec<&serde_json::Value> = match v.get("ok") {
+            Some(serde_json::Value::Array(items)) if verb.batched().is_some() => {
+                items.iter().map(|i| &i["error"]["kind"]).collect()
+            }
+            _ => vec![&v["error"]["kind"]],
+        };
+        if kinds
+            .iter()
+            .any(|k| k.as_str() != Some(ErrorKind::Forbidden.as_str()))
+        {
+            impersonated.push(format!("{subject}: {v}"));
+        }
+    }
+    if !impersonated.is_empty() {
+        h.fail(format!(
+            "requests naming another worker not refused as forbidden: {impersonated:?}"
+        ));
     }
     // Malformed and misleading dispatch notices, straight into the dispatch stream.
     let route = Routing::default()
@@ -711,16 +819,13 @@ impl FakeWorker {
             queues: vec![queue.into()],
         };
         let reply: RegisterReply = rpc
-            .call(
-                rpc::REGISTER,
-                &RegisterRequest {
-                    worker_id: id.clone(),
-                    capabilities: caps,
-                    slots: 64,
-                    version: "chaos".into(),
-                    hostname: "chaos".into(),
-                },
-            )
+            .call_factory(&RegisterRequest {
+                worker_id: id.clone(),
+                capabilities: caps,
+                slots: 64,
+                version: "chaos".into(),
+                hostname: "chaos".into(),
+            })
             .await?;
         let stop = CancellationToken::new();
         let (rpc2, id2, stop2) = (rpc.clone(), id.clone(), stop.clone());
@@ -728,15 +833,12 @@ impl FakeWorker {
         tokio::spawn(async move {
             loop {
                 let _ = rpc2
-                    .call::<_, HeartbeatReply>(
-                        rpc::HEARTBEAT,
-                        &HeartbeatRequest {
-                            worker_id: id2.clone(),
-                            state: WorkerState::Active,
-                            free_slots: 64,
-                            running: Vec::new(),
-                        },
-                    )
+                    .call_factory::<_, HeartbeatReply>(&HeartbeatRequest {
+                        worker_id: id2.clone(),
+                        state: WorkerState::Active,
+                        free_slots: 64,
+                        running: Vec::new(),
+                    })
                     .await;
                 tokio::select! {
                     _ = stop2.cancelled() => return,
@@ -757,7 +859,7 @@ impl FakeWorker {
             epoch: notice.epoch,
             worker_id: self.id.clone(),
         };
-        self.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await
+        self.rpc.call_factory::<_, ClaimReply>(&req).await
     }
 
     /// Sends a completion until it gets a definitive answer.
@@ -771,7 +873,7 @@ impl FakeWorker {
             usage: None,
         };
         for _ in 0..50 {
-            match self.rpc.call::<_, CompleteReply>(rpc::COMPLETE, &req).await {
+            match self.rpc.call_factory::<_, CompleteReply>(&req).await {
                 Ok(r) => return Ok(r.state),
                 Err(e) if e.retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(e) => return Err(e.kind().unwrap_or(ErrorKind::Internal)),

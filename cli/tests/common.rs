@@ -19,7 +19,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(nats: &NatsServer) -> anyhow::Result<Self> {
-        let c = async_nats::connect(nats.url()).await?;
+        Self::connect_url(&nats.url()).await
+    }
+
+    /// Connects with a URL of its own (e.g. one carrying a user and password).
+    pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
+        let c = async_nats::connect(url).await?;
         Ok(Self {
             rpc: RpcClient::new(c.clone(), Duration::from_secs(5)),
             nats: c,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gf_schemas::names::rpc;
+use gf_schemas::names::{self, rpc, FactoryVerb};
 use gf_schemas::rpc::{
     ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, HeartbeatReply, HeartbeatRequest,
     RegisterReply, RegisterRequest, SubmitReply,
@@ -130,28 +130,22 @@ async fn fake_worker_with_slots(client: &Client, id: &str, slots: u32) -> anyhow
     };
     let _: RegisterReply = client
         .rpc
-        .call(
-            rpc::REGISTER,
-            &RegisterRequest {
-                worker_id: worker_id.clone(),
-                capabilities: caps,
-                slots,
-                version: "test".into(),
-                hostname: "test".into(),
-            },
-        )
+        .call_factory(&RegisterRequest {
+            worker_id: worker_id.clone(),
+            capabilities: caps,
+            slots,
+            version: "test".into(),
+            hostname: "test".into(),
+        })
         .await?;
     let _: HeartbeatReply = client
         .rpc
-        .call(
-            rpc::HEARTBEAT,
-            &HeartbeatRequest {
-                worker_id: worker_id.clone(),
-                state: WorkerState::Active,
-                free_slots: slots,
-                running: vec![],
-            },
-        )
+        .call_factory(&HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            state: WorkerState::Active,
+            free_slots: slots,
+            running: vec![],
+        })
         .await?;
     Ok(worker_id)
 }
@@ -213,7 +207,10 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
     claims.push(serde_json::json!("garbage"));
     let claimed: Vec<Reply<ClaimReply>> = client
         .rpc
-        .call_raw(rpc::CLAIM_BATCH, batch(claims).into())
+        .call_raw(
+            &names::factory_rpc(&worker, FactoryVerb::ClaimBatch),
+            batch(claims).into(),
+        )
         .await?;
     let kinds: Vec<_> = claimed
         .iter()
@@ -239,7 +236,10 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let completed: Vec<Reply<CompleteReply>> = client
         .rpc
-        .call_raw(rpc::COMPLETE_BATCH, batch(completions).into())
+        .call_raw(
+            &names::factory_rpc(&worker, FactoryVerb::CompleteBatch),
+            batch(completions).into(),
+        )
         .await?;
     for (r, id) in completed.into_iter().zip(&ids) {
         assert_eq!(r.into_result()?.state, JobState::Succeeded);
@@ -282,14 +282,21 @@ async fn batch_rpcs_answer_each_item() -> anyhow::Result<()> {
     let too_many = batch(vec![serde_json::json!({}); gf_schemas::rpc::MAX_BATCH + 1]);
     let err = client
         .rpc
-        .call_raw::<serde_json::Value>(rpc::CLAIM_BATCH, too_many.into())
+        .call_raw::<serde_json::Value>(
+            &names::factory_rpc(&worker, FactoryVerb::ClaimBatch),
+            too_many.into(),
+        )
         .await
         .expect_err("too many");
     assert_eq!(err.kind(), Some(ErrorKind::TooLarge), "{err}");
-    for subject in [rpc::SUBMIT_BATCH, rpc::CLAIM_BATCH, rpc::COMPLETE_BATCH] {
+    for subject in [
+        rpc::SUBMIT_BATCH.to_string(),
+        names::factory_rpc(&worker, FactoryVerb::ClaimBatch),
+        names::factory_rpc(&worker, FactoryVerb::CompleteBatch),
+    ] {
         let err = client
             .rpc
-            .call_raw::<serde_json::Value>(subject, "{\"trunc".into())
+            .call_raw::<serde_json::Value>(&subject, "{\"trunc".into())
             .await
             .expect_err("not an array");
         assert_eq!(err.kind(), Some(ErrorKind::Invalid), "{subject}: {err}");
@@ -323,7 +330,7 @@ async fn claim_race_has_one_winner() -> anyhow::Result<()> {
             };
             tokio::spawn(async move {
                 barrier.wait().await;
-                client.rpc.call::<_, ClaimReply>(rpc::CLAIM, &req).await
+                client.rpc.call_factory::<_, ClaimReply>(&req).await
             })
         };
         let (ra, rb) = (claim(a.clone()), claim(b.clone()));
@@ -347,7 +354,7 @@ async fn claim_race_has_one_winner() -> anyhow::Result<()> {
         };
         let _: CompleteReply = client
             .rpc
-            .call(rpc::COMPLETE, &success(id, rec.epoch, winner))
+            .call_factory(&success(id, rec.epoch, winner))
             .await?;
     }
     coord.stop().await?;
@@ -383,19 +390,13 @@ async fn submission_dispatches_when_a_worker_has_room() -> anyhow::Result<()> {
         async move {
             let _: ClaimReply = client
                 .rpc
-                .call(
-                    rpc::CLAIM,
-                    &ClaimRequest {
-                        job_id: id,
-                        epoch,
-                        worker_id: w.clone(),
-                    },
-                )
+                .call_factory(&ClaimRequest {
+                    job_id: id,
+                    epoch,
+                    worker_id: w.clone(),
+                })
                 .await?;
-            let _: CompleteReply = client
-                .rpc
-                .call(rpc::COMPLETE, &success(id, epoch, w))
-                .await?;
+            let _: CompleteReply = client.rpc.call_factory(&success(id, epoch, w)).await?;
             anyhow::Ok(())
         }
     };
@@ -577,19 +578,16 @@ async fn bad_submissions_rejected_nothing_lost() -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_str(&h.1)?;
     assert_eq!(v["error"]["kind"], "invalid");
     // Garbage on every other RPC subject gets an error reply, not a crash.
-    for subject in [
-        rpc::CLAIM,
-        rpc::RENEW,
-        rpc::COMPLETE,
-        rpc::RELEASE,
-        rpc::HEARTBEAT,
-        rpc::REGISTER,
-        rpc::CANCEL,
-        rpc::GET_JOB,
-    ] {
+    let someone = WorkerId::new("someone")?;
+    let mut subjects: Vec<String> = FactoryVerb::ALL
+        .into_iter()
+        .map(|verb| names::factory_rpc(&someone, verb))
+        .collect();
+    subjects.extend([rpc::CANCEL.to_string(), rpc::GET_JOB.to_string()]);
+    for subject in subjects {
         let err = client
             .rpc
-            .call_raw::<serde_json::Value>(subject, "{\"trunc".into())
+            .call_raw::<serde_json::Value>(&subject, "{\"trunc".into())
             .await
             .expect_err("refused");
         assert_eq!(err.kind(), Some(ErrorKind::Invalid), "{subject}: {err}");

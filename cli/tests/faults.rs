@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use gf_schemas::names::rpc;
 use gf_schemas::rpc::{CompleteReply, CompleteRequest};
 use gf_schemas::{AttemptOutcome, ErrorKind, JobState, Timestamp, WorkerId};
 use gf_testkit::{eventually, NatsServer};
@@ -87,7 +86,7 @@ async fn killed_worker_job_recovers_elsewhere() -> anyhow::Result<()> {
     };
     let err = client
         .rpc
-        .call::<_, CompleteReply>(rpc::COMPLETE, &stale)
+        .call_factory::<_, CompleteReply>(&stale)
         .await
         .expect_err("refused");
     assert_eq!(err.kind(), Some(ErrorKind::StaleEpoch), "{err}");

@@ -407,7 +407,7 @@ async fn budgets_gate_and_account_exactly() -> anyhow::Result<()> {
             cost: 0.125,
         }),
     };
-    let r: CompleteReply = client.rpc.call(rpc::COMPLETE, &again).await?;
+    let r: CompleteReply = client.rpc.call_factory(&again).await?;
     assert_eq!(r.state, JobState::Succeeded);
     let marker = client.submit(&costly(0.5, 1, "bulk")).await?.job_id;
     client

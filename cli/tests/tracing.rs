@@ -73,11 +73,11 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
         "process gf.rpc.submit",
         "send gf.dispatch.",
         "process gf.dispatch.",
-        "send gf.rpc.claim",
-        "process gf.rpc.claim",
+        "send gf.rpc.w.*.claim",
+        "process gf.rpc.w.*.claim",
         "run",
-        "send gf.rpc.complete",
-        "process gf.rpc.complete",
+        "send gf.rpc.w.*.complete",
+        "process gf.rpc.w.*.complete",
     ];
     let in_trace = eventually(Duration::from_secs(10), "every step in one trace", || {
         let spans = exporter.get_finished_spans().unwrap_or_default();

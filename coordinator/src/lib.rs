@@ -9,11 +9,13 @@
 
 pub mod clock;
 pub mod config;
+pub mod consumers;
 pub mod cron;
 pub mod error;
 pub mod events;
 pub mod fsm;
 pub mod http;
+pub mod identity;
 pub mod lane;
 pub mod leader;
 pub mod metrics;

@@ -1,14 +1,21 @@
 //! The RPC plane: one queue subscription on `gf.rpc.>` shared by every coordinator
 //! replica. Each request is decoded, handed to [`Service`], and answered with a reply
 //! envelope. Requests run concurrently up to `max_inflight_rpc`.
+//!
+//! A factory's own requests (`gf.rpc.w.<factory>.<verb>`) are first checked against
+//! the sender the subject names ([`crate::identity`]); operator and client requests
+//! keep their fixed subjects.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use gf_schemas::names::{self, rpc};
-use gf_schemas::rpc::{CancelRequest, GetJobRequest};
-use gf_schemas::{ErrorKind, Reply, RpcError};
+use gf_schemas::names::{self, rpc, FactoryRpc, FactorySubjectError, FactoryVerb};
+use gf_schemas::rpc::{
+    CancelRequest, ClaimRequest, CompleteRequest, GetJobRequest, HeartbeatRequest, RegisterRequest,
+    ReleaseRequest, RenewRequest,
+};
+use gf_schemas::{ErrorKind, Reply, RpcError, WorkerId};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,7 +49,11 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
         tracker.spawn(async move {
             let subject = msg.subject.to_string();
             let started = std::time::Instant::now();
-            let span = gf_telemetry::trace::rpc_server_span(&subject, msg.headers.as_ref());
+            let span = gf_telemetry::trace::rpc_server_span(
+                &names::rpc_name(&subject),
+                &subject,
+                msg.headers.as_ref(),
+            );
             let body = handle(&service, &subject, &msg.payload)
                 .instrument(span)
                 .await;
@@ -61,20 +72,51 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
 
 /// Answers one request; the body is always a reply envelope.
 pub async fn handle(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
-    match rpc::batched(subject) {
-        Some(single) => handle_batch(service, subject, single, payload).await,
-        None => handle_one(service, subject, payload).await,
+    match names::parse_factory_rpc(subject) {
+        Ok(FactoryRpc { factory, verb }) => match verb.batched() {
+            Some(single) => {
+                let item_subject = names::factory_rpc(&factory, single);
+                handle_batch(service, subject, payload, |item| {
+                    handle_factory(service, &item_subject, &factory, single, item)
+                })
+                .await
+            }
+            None => handle_factory(service, subject, &factory, verb, payload).await,
+        },
+        Err(FactorySubjectError::NotFactory) => match rpc::batched(subject) {
+            Some(single) => {
+                handle_batch(service, subject, payload, |item| {
+                    handle_one(service, single, item)
+                })
+                .await
+            }
+            None => handle_one(service, subject, payload).await,
+        },
+        Err(e) => reply::<()>(
+            service,
+            subject,
+            Err(RpcError::new(ErrorKind::Invalid, e.to_string())),
+        ),
     }
 }
 
 /// Items of one batch handled at once.
 const BATCH_ITEMS_IN_FLIGHT: usize = 32;
 
-/// A batch: each item goes through [`handle_one`] as if it had come alone on `single`
-/// (same checks, same audit of refusals), several at once so their store writes are
-/// pipelined; the reply holds each item's envelope in order. Only a batch that is not
-/// an array of 1 to `MAX_BATCH` items is refused as a whole.
-async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &[u8]) -> Bytes {
+/// A batch: each item goes through `one` as if it had come alone on the batch's single
+/// subject (same checks, same audit of refusals), several at once so their store writes
+/// are pipelined; the reply holds each item's envelope in order. Only a batch that is
+/// not an array of 1 to `MAX_BATCH` items is refused as a whole.
+async fn handle_batch<'a, F, Fut>(
+    service: &Service,
+    subject: &str,
+    payload: &'a [u8],
+    one: F,
+) -> Bytes
+where
+    F: Fn(&'a [u8]) -> Fut,
+    Fut: std::future::Future<Output = Bytes>,
+{
     use serde_json::value::RawValue;
     let items = match serde_json::from_slice::<Vec<&RawValue>>(payload) {
         Ok(items) if items.len() > gf_schemas::rpc::MAX_BATCH => Err(RpcError::new(
@@ -103,9 +145,7 @@ async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &
     // against `max_inflight_rpc`, so this keeps the store writes in flight bounded.
     let mut replies: Vec<Bytes> = Vec::with_capacity(items.len());
     for chunk in items.chunks(BATCH_ITEMS_IN_FLIGHT) {
-        let chunk = chunk
-            .iter()
-            .map(|item| handle_one(service, single, item.get().as_bytes()));
+        let chunk = chunk.iter().map(|item| one(item.get().as_bytes()));
         replies.extend(futures::future::join_all(chunk).await);
     }
     // `{"ok":[<envelope>,...]}` from the encoded envelopes, without decoding them again.
@@ -114,6 +154,49 @@ async fn handle_batch(service: &Service, subject: &str, single: &str, payload: &
     gf_schemas::rpc::append_json_array(&mut body, replies.iter().map(|r| r.as_ref()));
     body.push(b'}');
     body.into()
+}
+
+/// One request a factory sent on its own behalf, `sender` being the factory its
+/// subject names: decoded, checked to speak for `sender`, then served.
+async fn handle_factory(
+    service: &Service,
+    subject: &str,
+    sender: &WorkerId,
+    verb: FactoryVerb,
+    payload: &[u8],
+) -> Bytes {
+    let max = service.config.max_submit_bytes;
+    macro_rules! call {
+        ($t:ty, $what:literal, $method:ident) => {
+            match decode::<$t>($what, payload, max) {
+                Err(e) => reply::<()>(service, subject, Err(e)),
+                Ok(req) => match crate::identity::check(sender, &req) {
+                    Ok(()) => reply(service, subject, service.$method(req).await),
+                    Err((why, e)) => {
+                        crate::identity::refused(&service.events, subject, sender, verb, why, &e);
+                        reply::<()>(service, subject, Err(e))
+                    }
+                },
+            }
+        };
+    }
+    match verb {
+        FactoryVerb::Register => call!(RegisterRequest, "register request", register),
+        FactoryVerb::Heartbeat => call!(HeartbeatRequest, "heartbeat", heartbeat),
+        FactoryVerb::Claim => call!(ClaimRequest, "claim request", claim),
+        FactoryVerb::Renew => call!(RenewRequest, "renew request", renew),
+        FactoryVerb::Complete => call!(CompleteRequest, "completion", complete),
+        FactoryVerb::Release => call!(ReleaseRequest, "release request", release),
+        // `handle` unpacks batches; a batch verb here would be a batch inside a batch.
+        FactoryVerb::ClaimBatch | FactoryVerb::CompleteBatch => reply::<()>(
+            service,
+            subject,
+            Err(RpcError::new(
+                ErrorKind::Invalid,
+                "a batch cannot hold batches",
+            )),
+        ),
+    }
 }
 
 async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
@@ -136,12 +219,6 @@ async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
             Ok(r) => reply(service, subject, service.cancel(&r.job_id, r.reason).await),
             Err(e) => reply::<()>(service, subject, Err(e)),
         },
-        rpc::REGISTER => call!("register request", register),
-        rpc::HEARTBEAT => call!("heartbeat", heartbeat),
-        rpc::CLAIM => call!("claim request", claim),
-        rpc::RENEW => call!("renew request", renew),
-        rpc::COMPLETE => call!("completion", complete),
-        rpc::RELEASE => call!("release request", release),
         rpc::SUBMIT_CHILD => call!("child request", submit_child),
         rpc::BUDGET_SET => call!("budget update", budget_set),
         rpc::SCHEDULE_ADD => call!("schedule", schedule_add),
@@ -166,6 +243,16 @@ async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
                 Err(e) => reply::<()>(service, subject, Err(e)),
             }
         }
+        legacy if rpc::LEGACY_FACTORY_SUBJECTS.contains(&legacy) => reply::<()>(
+            service,
+            subject,
+            Err(RpcError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "`{legacy}` is no longer served: worker requests go to gf.rpc.w.<worker id>.<verb>; upgrade this worker"
+                ),
+            )),
+        ),
         other => reply::<()>(
             service,
             subject,
@@ -186,16 +273,13 @@ fn reply<T: serde::Serialize>(service: &Service, subject: &str, r: Result<T, Rpc
 
 /// Bounded operation label for a subject.
 fn operation(subject: &str) -> &'static str {
+    if let Ok(FactoryRpc { verb, .. }) = names::parse_factory_rpc(subject) {
+        return verb.as_str();
+    }
     match subject {
         rpc::SUBMIT => "submit",
         rpc::GET_JOB => "get_job",
         rpc::CANCEL => "cancel",
-        rpc::REGISTER => "register",
-        rpc::HEARTBEAT => "heartbeat",
-        rpc::CLAIM => "claim",
-        rpc::RENEW => "renew",
-        rpc::COMPLETE => "complete",
-        rpc::RELEASE => "release",
         rpc::EXPLAIN => "explain",
         rpc::REQUEUE => "requeue",
         rpc::REJECT => "reject",
@@ -207,8 +291,6 @@ fn operation(subject: &str) -> &'static str {
         rpc::SCHEDULE_LIST => "schedule_list",
         rpc::SCHEDULE_REMOVE => "schedule_remove",
         rpc::SUBMIT_BATCH => "submit_batch",
-        rpc::CLAIM_BATCH => "claim_batch",
-        rpc::COMPLETE_BATCH => "complete_batch",
         _ => "unknown",
     }
 }

@@ -660,6 +660,17 @@ impl Service {
                 "`capabilities.queues` must name at least one queue",
             ));
         }
+        // Queues become tokens of the consumer's filter subjects.
+        if let Some(q) = req
+            .capabilities
+            .queues
+            .iter()
+            .find(|q| !names::is_token(q) || *q == names::ANY)
+        {
+            return Err(invalid(format!(
+                "queue `{q}` is not made of A-Z a-z 0-9 _ - (and not `_` alone)"
+            )));
+        }
         for (k, v) in &req.capabilities.values {
             if !names::is_token(k) || !names::is_token(v) {
                 return Err(invalid(format!(
@@ -667,6 +678,9 @@ impl Service {
                 )));
             }
         }
+        // The consumer first: a worker told to bind it must find it.
+        let consumer =
+            crate::consumers::ensure(&self.store.js, &self.routing, &req.capabilities).await?;
         let now = self.clock.now();
         let rec = WorkerRecord {
             id: req.worker_id.clone(),
@@ -700,6 +714,7 @@ impl Service {
         Ok(RegisterReply {
             routing_dims: self.routing.dims().to_vec(),
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            consumer,
         })
     }
 

@@ -25,6 +25,9 @@ pub enum EventKind {
     WorkerGone,
     LeaderElected,
     RpcRejected,
+    /// A factory's request named another worker than the factory its subject says sent
+    /// it (an impersonation attempt or a broken client); refused with `forbidden`.
+    RpcForbidden,
 }
 
 impl EventKind {
@@ -47,6 +50,7 @@ impl EventKind {
             EventKind::WorkerGone => "worker_gone",
             EventKind::LeaderElected => "leader_elected",
             EventKind::RpcRejected => "rpc_rejected",
+            EventKind::RpcForbidden => "rpc_forbidden",
         }
     }
 }
@@ -102,7 +106,8 @@ pub enum LogStream {
     Stderr,
 }
 
-/// One line a job printed, published on `gf.logs.<job>`.
+/// One line a job printed, published by the factory running it on
+/// `gf.logs.<factory>.<job>` (read a job's lines with `gf.logs.*.<job>`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
     pub job_id: JobId,

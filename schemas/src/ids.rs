@@ -13,6 +13,8 @@ pub enum IdError {
     BadJobId(String),
     #[error("`{0}` is not a valid worker id: use 1-64 characters from A-Z a-z 0-9 _ -")]
     BadWorkerId(String),
+    #[error("`{0}` is not a valid consumer name: use 1-64 characters from A-Z a-z 0-9 _ -")]
+    BadConsumerName(String),
 }
 
 /// A job's id: a UUIDv7, time-ordered, safe as a KV key and a subject token.
@@ -113,6 +115,41 @@ impl FromStr for WorkerId {
     }
 }
 
+/// The name of a durable dispatch consumer on `GF_DISPATCH`, as a coordinator created
+/// it and named it to a worker in its `RegisterReply`. It becomes a subject token in a
+/// factory's permissions (`$JS.API.CONSUMER.MSG.NEXT.GF_DISPATCH.<name>`), so like a
+/// worker id it is a token: no `.`, `*`, `>` or whitespace can widen a grant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ConsumerName(#[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))] String);
+
+impl ConsumerName {
+    pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        if crate::names::is_token(&s) && s.len() <= 64 {
+            Ok(Self(s))
+        } else {
+            Err(IdError::BadConsumerName(s))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ConsumerName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ConsumerName::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ConsumerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +174,15 @@ mod tests {
         let g = WorkerId::generate("my.host name");
         assert!(WorkerId::new(g.as_str()).is_ok(), "{g}");
         assert!(serde_json::from_str::<WorkerId>("\"a.b\"").is_err());
+    }
+
+    /// Consumer names are tokens too: none can widen a permission it is put into.
+    #[test]
+    fn consumer_names_are_tokens() {
+        assert!(ConsumerName::new("gfw_0123abcd").is_ok());
+        for bad in ["", "a.b", "*", ">", "a b", &"x".repeat(65)] {
+            assert!(ConsumerName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(serde_json::from_str::<ConsumerName>("\">\"").is_err());
     }
 }

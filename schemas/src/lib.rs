@@ -10,19 +10,20 @@ pub mod event;
 pub mod ids;
 pub mod job;
 pub mod names;
+pub mod permissions;
 pub mod rpc;
 pub mod time;
 pub mod worker;
 
 pub use budget::{Budget, Explanation, Schedule, SpendPoint, WorkerFit};
 pub use event::{decode_events, Event, EventKind, Level, LogLine, LogStream};
-pub use ids::{IdError, JobId, WorkerId};
+pub use ids::{ConsumerName, IdError, JobId, WorkerId};
 pub use job::{
     Attempt, AttemptOutcome, JobRecord, JobSpec, JobState, Lease, Score, ScoreWeights, SpecError,
     Usage, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PRODUCT, DEFAULT_QUEUE,
 };
-pub use names::Route;
-pub use rpc::{ErrorKind, Reply, RpcError};
+pub use names::{FactoryVerb, Route};
+pub use rpc::{ErrorKind, FactoryRequest, Reply, RpcError};
 pub use time::Timestamp;
 pub use worker::{Capabilities, RunningJob, WorkerRecord, WorkerState};
 
@@ -30,20 +31,41 @@ pub use worker::{Capabilities, RunningJob, WorkerRecord, WorkerState};
 /// schema files of its request and reply, so a client in any language needs nothing
 /// but these files.
 pub fn rpc_index() -> serde_json::Value {
-    use names::rpc;
+    use names::{factory_rpc_pattern, rpc, FactoryVerb};
     let entry = |req: &str, reply: &str| serde_json::json!({"request": format!("{req}.schema.json"), "reply": format!("{reply}.schema.json")});
+    let factory_entry = |verb: FactoryVerb| match verb {
+        FactoryVerb::Register => entry("register_request", "register_reply"),
+        FactoryVerb::Heartbeat => entry("heartbeat_request", "heartbeat_reply"),
+        FactoryVerb::Claim => entry("claim_request", "claim_reply"),
+        FactoryVerb::Renew => entry("renew_request", "renew_reply"),
+        FactoryVerb::Complete => entry("complete_request", "complete_reply"),
+        FactoryVerb::Release => entry("release_request", "release_reply"),
+        FactoryVerb::ClaimBatch | FactoryVerb::CompleteBatch => serde_json::Value::Null,
+    };
+    let factory_verbs: serde_json::Map<String, serde_json::Value> = FactoryVerb::ALL
+        .into_iter()
+        .filter(|v| v.batched().is_none())
+        .map(|v| (v.as_str().to_string(), factory_entry(v)))
+        .collect();
+    let batch_pattern = |v: FactoryVerb| {
+        let single = v.batched().expect("a batch verb");
+        (
+            factory_rpc_pattern(v),
+            serde_json::Value::from(factory_rpc_pattern(single)),
+        )
+    };
+    let mut batches: serde_json::Map<String, serde_json::Value> =
+        [FactoryVerb::ClaimBatch, FactoryVerb::CompleteBatch]
+            .into_iter()
+            .map(batch_pattern)
+            .collect();
+    batches.insert(rpc::SUBMIT_BATCH.into(), rpc::SUBMIT.into());
     serde_json::json!({
         "description": "Gigafactory RPC plane: NATS request/reply subjects served by the coordinators. Replies are {\"ok\": ...} or {\"error\": {\"kind\", \"message\"}}.",
         "subjects": {
             rpc::SUBMIT: entry("job_spec", "submit_reply"),
             rpc::GET_JOB: entry("get_job_request", "get_job_reply"),
             rpc::CANCEL: entry("cancel_request", "cancel_reply"),
-            rpc::REGISTER: entry("register_request", "register_reply"),
-            rpc::HEARTBEAT: entry("heartbeat_request", "heartbeat_reply"),
-            rpc::CLAIM: entry("claim_request", "claim_reply"),
-            rpc::RENEW: entry("renew_request", "renew_reply"),
-            rpc::COMPLETE: entry("complete_request", "complete_reply"),
-            rpc::RELEASE: entry("release_request", "release_reply"),
             rpc::EXPLAIN: entry("job_action", "explain_reply"),
             rpc::REQUEUE: entry("job_action", "cancel_reply"),
             rpc::REJECT: entry("job_action", "cancel_reply"),
@@ -55,18 +77,20 @@ pub fn rpc_index() -> serde_json::Value {
             rpc::SCHEDULE_LIST: entry("empty_request", "schedule_list_reply"),
             rpc::SCHEDULE_REMOVE: entry("schedule_name", "release_reply"),
         },
+        "factory_subjects": {
+            "description": "Requests a factory (worker) sends on its own behalf, on gf.rpc.w.<factory>.<verb>: <factory> is the worker id, and the coordinators take the sender from the subject. A request whose worker_id names another worker is refused with kind `forbidden`.",
+            "pattern": format!("{}.{{factory}}.{{verb}}", names::FACTORY_RPC_PREFIX),
+            "factory": {"description": "the worker id: 1 to 64 of A-Z a-z 0-9 _ - (but not `_` alone)", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "verbs": factory_verbs,
+        },
         "batches": {
-            "description": "A batch subject's request is a JSON array (at most MAX_BATCH items) of its single subject's requests; its reply is {\"ok\": [each item's own envelope, in order]}. Each item is applied exactly as if sent alone.",
+            "description": "A batch subject's request is a JSON array (at most MAX_BATCH items) of its single subject's requests; its reply is {\"ok\": [each item's own envelope, in order]}. Each item is applied exactly as if sent alone. In factory subjects `*` stands for the factory.",
             "max_items": crate::rpc::MAX_BATCH,
-            "subjects": {
-                rpc::SUBMIT_BATCH: rpc::SUBMIT,
-                rpc::CLAIM_BATCH: rpc::CLAIM,
-                rpc::COMPLETE_BATCH: rpc::COMPLETE,
-            },
+            "subjects": batches,
         },
         "streams": {
             "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json", "batch": "under load a message may hold a JSON array of events of its subject's kind"},
-            "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json"},
+            "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json", "pattern": "gf.logs.{factory}.{job}", "read_one_job": "gf.logs.*.{job}"},
             "dispatch": {"subject": names::DISPATCH_ALL, "message": "dispatch_notice.schema.json"},
         }
     })

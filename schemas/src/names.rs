@@ -35,21 +35,25 @@ pub const LOGS_ALL: &str = "gf.logs.>";
 pub const RPC_QUEUE_GROUP: &str = "gf-coordinators";
 
 /// The RPC plane: request/reply subjects served by the coordinators.
+///
+/// Two kinds of subject share it. Operator and client requests (submit, job queries,
+/// cancel, budgets, schedules…) are the constants here. Requests a factory sends on its
+/// own behalf (register, heartbeat, claim, renew, complete, release and their batches)
+/// carry the sender in the subject, `gf.rpc.w.<factory>.<verb>`: built by
+/// [`super::factory_rpc`], parsed back by [`super::parse_factory_rpc`].
 pub mod rpc {
     /// Wildcard covering every RPC subject (what coordinators subscribe to).
     pub const ALL: &str = "gf.rpc.>";
     pub const SUBMIT: &str = "gf.rpc.submit";
     pub const GET_JOB: &str = "gf.rpc.job.get";
     pub const CANCEL: &str = "gf.rpc.job.cancel";
-    pub const REGISTER: &str = "gf.rpc.register";
-    pub const HEARTBEAT: &str = "gf.rpc.heartbeat";
-    pub const CLAIM: &str = "gf.rpc.claim";
-    pub const RENEW: &str = "gf.rpc.renew";
-    pub const COMPLETE: &str = "gf.rpc.complete";
-    pub const RELEASE: &str = "gf.rpc.release";
     pub const EXPLAIN: &str = "gf.rpc.job.explain";
     pub const REQUEUE: &str = "gf.rpc.job.requeue";
     pub const REJECT: &str = "gf.rpc.job.reject";
+    /// A child job under a running parent. A client RPC, not a factory one: the job's
+    /// own process sends it (`gf submit --parent $GF_JOB_ID`) with whatever client
+    /// credentials it was given, never with its factory's, so a job cannot act as the
+    /// factory it runs on (claim, complete, read its consumers).
     pub const SUBMIT_CHILD: &str = "gf.rpc.job.child";
     pub const DAG: &str = "gf.rpc.job.dag";
     pub const BUDGET_LIST: &str = "gf.rpc.budget.list";
@@ -59,19 +63,218 @@ pub mod rpc {
     pub const SCHEDULE_REMOVE: &str = "gf.rpc.schedule.remove";
     /// Batches: the body is a JSON array of the single subject's requests (at most
     /// [`crate::rpc::MAX_BATCH`]); the reply is `{"ok": [...]}` holding each item's own
-    /// envelope, in order. Each item is applied exactly as if sent alone.
+    /// envelope, in order. Each item is applied exactly as if sent alone. The factory
+    /// batches are the verbs [`super::FactoryVerb::ClaimBatch`] and
+    /// [`super::FactoryVerb::CompleteBatch`].
     pub const SUBMIT_BATCH: &str = "gf.rpc.batch.submit";
-    pub const CLAIM_BATCH: &str = "gf.rpc.batch.claim";
-    pub const COMPLETE_BATCH: &str = "gf.rpc.batch.complete";
 
     /// The single-request subject a batch subject carries items of.
     pub fn batched(subject: &str) -> Option<&'static str> {
         match subject {
             SUBMIT_BATCH => Some(SUBMIT),
-            CLAIM_BATCH => Some(CLAIM),
-            COMPLETE_BATCH => Some(COMPLETE),
             _ => None,
         }
+    }
+
+    /// Where the worker RPCs were before they moved under `gf.rpc.w.<factory>`: a
+    /// coordinator answers a request on one of them with a hint to upgrade the worker.
+    pub const LEGACY_FACTORY_SUBJECTS: [&str; 8] = [
+        "gf.rpc.register",
+        "gf.rpc.heartbeat",
+        "gf.rpc.claim",
+        "gf.rpc.renew",
+        "gf.rpc.complete",
+        "gf.rpc.release",
+        "gf.rpc.batch.claim",
+        "gf.rpc.batch.complete",
+    ];
+}
+
+/// First tokens of every factory RPC subject: `gf.rpc.w.<factory>.<verb>`.
+pub const FACTORY_RPC_PREFIX: &str = "gf.rpc.w";
+
+/// What a factory asks the coordinators on its own behalf: the last token of
+/// `gf.rpc.w.<factory>.<verb>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FactoryVerb {
+    Register,
+    Heartbeat,
+    Claim,
+    Renew,
+    Complete,
+    Release,
+    /// A JSON array of claims (see [`rpc::SUBMIT_BATCH`] for the batch rules).
+    ClaimBatch,
+    /// A JSON array of completions.
+    CompleteBatch,
+}
+
+impl FactoryVerb {
+    pub const ALL: [FactoryVerb; 8] = [
+        FactoryVerb::Register,
+        FactoryVerb::Heartbeat,
+        FactoryVerb::Claim,
+        FactoryVerb::Renew,
+        FactoryVerb::Complete,
+        FactoryVerb::Release,
+        FactoryVerb::ClaimBatch,
+        FactoryVerb::CompleteBatch,
+    ];
+
+    /// The subject token, also a bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactoryVerb::Register => "register",
+            FactoryVerb::Heartbeat => "heartbeat",
+            FactoryVerb::Claim => "claim",
+            FactoryVerb::Renew => "renew",
+            FactoryVerb::Complete => "complete",
+            FactoryVerb::Release => "release",
+            FactoryVerb::ClaimBatch => "claim_batch",
+            FactoryVerb::CompleteBatch => "complete_batch",
+        }
+    }
+
+    pub fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == token)
+    }
+
+    /// For a batch verb, the verb of its items.
+    pub fn batched(self) -> Option<Self> {
+        match self {
+            FactoryVerb::ClaimBatch => Some(FactoryVerb::Claim),
+            FactoryVerb::CompleteBatch => Some(FactoryVerb::Complete),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FactoryVerb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The subject a factory sends `verb` on: `gf.rpc.w.<factory>.<verb>`.
+pub fn factory_rpc(factory: &WorkerId, verb: FactoryVerb) -> String {
+    format!("{FACTORY_RPC_PREFIX}.{factory}.{verb}")
+}
+
+/// The pattern of `verb`'s subjects with the factory as a wildcard,
+/// `gf.rpc.w.*.<verb>`: for span names, documentation and the published index.
+pub fn factory_rpc_pattern(verb: FactoryVerb) -> String {
+    format!("{FACTORY_RPC_PREFIX}.*.{verb}")
+}
+
+/// Every RPC subject a factory may publish: `gf.rpc.w.<factory>.>`.
+pub fn factory_rpc_all(factory: &WorkerId) -> String {
+    format!("{FACTORY_RPC_PREFIX}.{factory}.>")
+}
+
+/// A factory RPC subject, parsed: who sent it (as the server authorised the
+/// publisher for that subject) and what it asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactoryRpc {
+    pub factory: WorkerId,
+    pub verb: FactoryVerb,
+}
+
+/// Why a subject is not a factory RPC subject.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FactorySubjectError {
+    /// Not under `gf.rpc.w.` at all (an operator or client subject, or garbage).
+    #[error("not a factory RPC subject")]
+    NotFactory,
+    #[error("`{0}` is not a valid factory id in a factory RPC subject")]
+    BadFactory(String),
+    #[error("unknown factory RPC verb `{0}`")]
+    UnknownVerb(String),
+    #[error("a factory RPC subject is gf.rpc.w.<factory>.<verb>, not `{0}`")]
+    Shape(String),
+}
+
+/// Parses `gf.rpc.w.<factory>.<verb>`. Total over any input (no panics, no
+/// allocation beyond the result and error text): the coordinator runs it on every
+/// subject it receives.
+pub fn parse_factory_rpc(subject: &str) -> Result<FactoryRpc, FactorySubjectError> {
+    let Some(rest) = subject
+        .strip_prefix(FACTORY_RPC_PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return Err(FactorySubjectError::NotFactory);
+    };
+    let mut tokens = rest.split('.');
+    let (Some(factory), Some(verb), None) = (tokens.next(), tokens.next(), tokens.next()) else {
+        return Err(FactorySubjectError::Shape(
+            subject.chars().take(200).collect(),
+        ));
+    };
+    let factory = WorkerId::new(factory)
+        .map_err(|_| FactorySubjectError::BadFactory(factory.chars().take(80).collect()))?;
+    let verb = FactoryVerb::parse(verb)
+        .ok_or_else(|| FactorySubjectError::UnknownVerb(verb.chars().take(80).collect()))?;
+    Ok(FactoryRpc { factory, verb })
+}
+
+/// The inbox prefix a factory's connection uses (`ConnectOptions::custom_inbox_prefix`)
+/// for every reply it waits for: RPC replies, JetStream API replies, pulled messages,
+/// publish acks. A factory may subscribe `<prefix>.>` and nothing like `_INBOX.>`, so it
+/// cannot read other connections' replies.
+pub fn factory_inbox_prefix(factory: &WorkerId) -> String {
+    format!("_INBOX_{factory}")
+}
+
+/// The JetStream API and ack subjects a client touches on a stream's consumer; what a
+/// factory's permissions grant on the consumers approved for it.
+pub mod js {
+    /// `CONSUMER.INFO`: binding an existing consumer (`get_consumer_from_stream`), and
+    /// what a pull re-reads after a reconnect.
+    pub fn consumer_info(stream: &str, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")
+    }
+    /// `CONSUMER.MSG.NEXT`: a pull request (fetch, batch, messages).
+    pub fn consumer_next(stream: &str, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+    }
+    /// Every ack subject of the consumer in the classic form,
+    /// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`.
+    pub fn acks(stream: &str, consumer: &str) -> String {
+        format!("$JS.ACK.{stream}.{consumer}.>")
+    }
+    /// Every ack subject of the consumer in the v2 form (domain and account hash first,
+    /// `$JS.ACK.<domain|_>.<account hash>.<stream>.<consumer>.…`), which a server with
+    /// the `js_ack_fc_v2` feature flag uses and later ones will by default.
+    pub fn acks_v2(stream: &str, consumer: &str) -> String {
+        format!("$JS.ACK.*.*.{stream}.{consumer}.>")
+    }
+    /// `CONSUMER.CREATE` (what a factory must never be granted: a consumer's creator
+    /// picks its filter and so reads any subject of the stream).
+    pub fn consumer_create(stream: &str, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}")
+    }
+    pub fn stream_info(stream: &str) -> String {
+        format!("$JS.API.STREAM.INFO.{stream}")
+    }
+    /// Every subject of a KV bucket (`$KV.<bucket>.>`).
+    pub fn kv_all(bucket: &str) -> String {
+        format!("$KV.{bucket}.>")
+    }
+    /// The subject a KV put of `key` publishes to.
+    pub fn kv(bucket: &str, key: &str) -> String {
+        format!("$KV.{bucket}.{key}")
+    }
+    /// A direct get on a stream (how KV values are read).
+    pub fn direct_get(stream: &str) -> String {
+        format!("$JS.API.DIRECT.GET.{stream}")
+    }
+}
+
+/// The span and label name of an RPC subject: the subject itself, except that a
+/// factory subject's factory becomes `*` (`gf.rpc.w.*.claim`), so names stay bounded.
+pub fn rpc_name(subject: &str) -> std::borrow::Cow<'_, str> {
+    match parse_factory_rpc(subject) {
+        Ok(FactoryRpc { verb, .. }) => factory_rpc_pattern(verb).into(),
+        Err(_) => subject.into(),
     }
 }
 
@@ -89,9 +292,29 @@ pub fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Subject of one job's log lines.
-pub fn logs(job: &JobId) -> String {
-    format!("gf.logs.{job}")
+/// Subject a factory publishes one job's log lines on: `gf.logs.<factory>.<job>`.
+/// The factory is in the subject so the server can let each factory publish only its
+/// own (`gf.logs.<factory>.>`), and a reader knows which factory wrote a line.
+pub fn logs(factory: &WorkerId, job: &JobId) -> String {
+    format!("gf.logs.{factory}.{job}")
+}
+
+/// Filter for one job's log lines whichever factory wrote them: `gf.logs.*.<job>`.
+/// Every reader uses it (a job's attempts may run on several factories).
+pub fn job_logs(job: &JobId) -> String {
+    format!("gf.logs.*.{job}")
+}
+
+/// Every log subject a factory may publish: `gf.logs.<factory>.>`.
+pub fn factory_logs_all(factory: &WorkerId) -> String {
+    format!("gf.logs.{factory}.>")
+}
+
+/// The factory and job of a log subject, `None` for anything else.
+pub fn parse_logs(subject: &str) -> Option<(WorkerId, JobId)> {
+    let rest = subject.strip_prefix("gf.logs.")?;
+    let (factory, job) = rest.split_once('.')?;
+    Some((WorkerId::new(factory).ok()?, job.parse().ok()?))
 }
 
 /// Subject an event is published on: `gf.events.<kind>`.
@@ -273,6 +496,101 @@ mod tests {
         }
         assert!(!f.contains(&r.route_of(&spec("default", &[("os", "plan9")])).subject()));
         assert!(!f.contains(&r.route_of(&spec("other", &[])).subject()));
+    }
+
+    /// Every factory subject parses back to the factory and verb it was built from.
+    #[test]
+    fn factory_rpc_round_trips() {
+        let f = WorkerId::new("host-1_a").unwrap();
+        for verb in FactoryVerb::ALL {
+            let subject = factory_rpc(&f, verb);
+            assert_eq!(subject, format!("gf.rpc.w.host-1_a.{}", verb.as_str()));
+            assert_eq!(
+                parse_factory_rpc(&subject),
+                Ok(FactoryRpc {
+                    factory: f.clone(),
+                    verb
+                })
+            );
+            assert_eq!(rpc_name(&subject), format!("gf.rpc.w.*.{verb}"));
+        }
+        assert_eq!(factory_rpc_all(&f), "gf.rpc.w.host-1_a.>");
+        assert_eq!(FactoryVerb::ClaimBatch.batched(), Some(FactoryVerb::Claim));
+        assert_eq!(FactoryVerb::Claim.batched(), None);
+    }
+
+    /// Operator subjects, foreign subjects and every malformed factory subject are
+    /// told apart, and the factory token obeys the worker id rules.
+    #[test]
+    fn factory_rpc_parse_refuses_what_is_not_one() {
+        use FactorySubjectError::*;
+        for s in [
+            rpc::SUBMIT,
+            rpc::SUBMIT_BATCH,
+            "",
+            "gf",
+            "gf.rpc.w",
+            "gf.rpc.wx.a.claim",
+            "x.gf.rpc.w.a.claim",
+        ] {
+            assert_eq!(parse_factory_rpc(s), Err(NotFactory), "{s:?}");
+        }
+        for s in [
+            "gf.rpc.w.",
+            "gf.rpc.w.a",
+            "gf.rpc.w.a.claim.x",
+            "gf.rpc.w.a.b.claim",
+        ] {
+            assert!(matches!(parse_factory_rpc(s), Err(Shape(_))), "{s:?}");
+        }
+        for s in [
+            "gf.rpc.w..claim",
+            "gf.rpc.w.*.claim",
+            "gf.rpc.w.>.claim",
+            "gf.rpc.w._.claim",
+            "gf.rpc.w.a b.claim",
+            "gf.rpc.w.\u{e9}.claim",
+        ] {
+            assert!(matches!(parse_factory_rpc(s), Err(BadFactory(_))), "{s:?}");
+        }
+        let long = format!("gf.rpc.w.{}.claim", "a".repeat(65));
+        assert!(matches!(parse_factory_rpc(&long), Err(BadFactory(_))));
+        for s in [
+            "gf.rpc.w.a.submit",
+            "gf.rpc.w.a.",
+            "gf.rpc.w.a.Claim",
+            "gf.rpc.w.a.>",
+        ] {
+            assert!(matches!(parse_factory_rpc(s), Err(UnknownVerb(_))), "{s:?}");
+        }
+        assert_eq!(rpc_name(rpc::SUBMIT), rpc::SUBMIT);
+        assert_eq!(rpc_name("gf.rpc.w.*.claim"), "gf.rpc.w.*.claim");
+    }
+
+    /// Log subjects carry the factory first; readers filter on any factory.
+    #[test]
+    fn log_subjects() {
+        let f = WorkerId::new("w1").unwrap();
+        let job: JobId = "019a0000-0000-7000-8000-000000000001".parse().unwrap();
+        let s = logs(&f, &job);
+        assert_eq!(s, format!("gf.logs.w1.{job}"));
+        assert_eq!(job_logs(&job), format!("gf.logs.*.{job}"));
+        assert_eq!(factory_logs_all(&f), "gf.logs.w1.>");
+        assert_eq!(parse_logs(&s), Some((f, job)));
+        for bad in [
+            "gf.logs",
+            "gf.logs.w1",
+            "gf.logs.w1.nope",
+            "gf.logs.*.x",
+            "gf.logs.a.b.c",
+            "other",
+        ] {
+            assert_eq!(parse_logs(bad), None, "{bad:?}");
+        }
+        assert!(
+            LOGS_ALL.ends_with(".>"),
+            "the stream captures every factory's lines"
+        );
     }
 
     #[test]

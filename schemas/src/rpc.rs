@@ -1,4 +1,5 @@
-//! The RPC plane: request and reply bodies on `gf.rpc.*`, control messages on
+//! The RPC plane: request and reply bodies on `gf.rpc.*` (a factory's own requests on
+//! `gf.rpc.w.<factory>.<verb>`, see [`FactoryRequest`]), control messages on
 //! `gf.ctl.worker.<id>`, and dispatch notices on `gf.dispatch.…`.
 //!
 //! Every reply is an envelope: `{"ok": …}` or `{"error": {"kind": …, "message": …}}`.
@@ -6,10 +7,46 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::names::FactoryVerb;
 use crate::{
-    AttemptOutcome, Capabilities, JobId, JobSpec, JobState, Lease, RunningJob, Timestamp, Usage,
-    WorkerId, WorkerState,
+    AttemptOutcome, Capabilities, ConsumerName, JobId, JobSpec, JobState, Lease, RunningJob,
+    Timestamp, Usage, WorkerId, WorkerState,
 };
+
+/// A request a factory sends on its own behalf, on `gf.rpc.w.<factory>.<verb>`.
+///
+/// Its payload still names the worker (`worker_id`), which older clients relied on; the
+/// coordinator takes the sender from the subject (which the server authorised) and
+/// refuses the request with [`ErrorKind::Forbidden`] when the two differ.
+pub trait FactoryRequest: Serialize + serde::de::DeserializeOwned {
+    const VERB: FactoryVerb;
+    /// The worker the payload says sent it.
+    fn sender(&self) -> &WorkerId;
+    /// The subject this request goes on: its sender's own.
+    fn subject(&self) -> String {
+        crate::names::factory_rpc(self.sender(), Self::VERB)
+    }
+}
+
+macro_rules! factory_request {
+    ($($t:ty => $verb:ident),* $(,)?) => {$(
+        impl FactoryRequest for $t {
+            const VERB: FactoryVerb = FactoryVerb::$verb;
+            fn sender(&self) -> &WorkerId {
+                &self.worker_id
+            }
+        }
+    )*};
+}
+
+factory_request! {
+    RegisterRequest => Register,
+    HeartbeatRequest => Heartbeat,
+    ClaimRequest => Claim,
+    RenewRequest => Renew,
+    CompleteRequest => Complete,
+    ReleaseRequest => Release,
+}
 
 /// Reply envelope.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -59,6 +96,10 @@ pub enum ErrorKind {
     WrongState,
     /// The coordinator cannot serve right now (store unreachable); retry later.
     Unavailable,
+    /// The sender may not do this: a factory's request names another worker than the
+    /// factory its subject (`gf.rpc.w.<factory>.<verb>`) says sent it. Not retryable;
+    /// audited as an `rpc_forbidden` event.
+    Forbidden,
     Internal,
 }
 
@@ -75,6 +116,7 @@ impl ErrorKind {
             ErrorKind::NotEligible => "not_eligible",
             ErrorKind::WrongState => "wrong_state",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::Internal => "internal",
         }
     }
@@ -96,7 +138,7 @@ impl RpcError {
     }
 }
 
-/// Most items one batch request (`gf.rpc.batch.*`) may carry. Bounded so one batch is
+/// Most items one batch request (`gf.rpc.batch.submit`, `gf.rpc.w.<factory>.*_batch`) may carry. Bounded so one batch is
 /// one modest burst of store writes and its reply stays far below NATS' payload limit.
 pub const MAX_BATCH: usize = 256;
 
@@ -161,6 +203,11 @@ pub struct RegisterReply {
     /// Routing dimensions in subject order; the worker derives its filters from them.
     pub routing_dims: Vec<String>,
     pub heartbeat_interval_ms: u64,
+    /// The durable pull consumer on `GF_DISPATCH` the coordinator created for this
+    /// worker's profile (identical profiles share it and compete for its notices). The
+    /// worker only binds it (`CONSUMER.INFO`) and pulls; if it is ever missing the
+    /// worker registers again and the coordinator creates it again.
+    pub consumer: ConsumerName,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -337,10 +384,45 @@ mod tests {
             ErrorKind::NotEligible,
             ErrorKind::WrongState,
             ErrorKind::Unavailable,
+            ErrorKind::Forbidden,
             ErrorKind::Internal,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
+        // Pinned: clients in other languages branch on these names.
+        assert_eq!(
+            serde_json::to_value(ErrorKind::Forbidden).unwrap(),
+            "forbidden"
+        );
+    }
+
+    /// Each factory request names its verb, and its subject is its own worker's.
+    #[test]
+    fn factory_requests_know_their_subject() {
+        let w = WorkerId::new("w7").unwrap();
+        let claim = ClaimRequest {
+            job_id: JobId::new(),
+            epoch: 1,
+            worker_id: w.clone(),
+        };
+        assert_eq!(claim.subject(), "gf.rpc.w.w7.claim");
+        assert_eq!(claim.sender(), &w);
+        assert_eq!(
+            crate::names::parse_factory_rpc(&claim.subject())
+                .unwrap()
+                .verb,
+            ClaimRequest::VERB
+        );
+        let verbs = [
+            RegisterRequest::VERB,
+            HeartbeatRequest::VERB,
+            ClaimRequest::VERB,
+            RenewRequest::VERB,
+            CompleteRequest::VERB,
+            ReleaseRequest::VERB,
+        ];
+        let distinct: std::collections::BTreeSet<_> = verbs.iter().collect();
+        assert_eq!(distinct.len(), verbs.len());
     }
 
     #[test]

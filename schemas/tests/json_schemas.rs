@@ -54,3 +54,37 @@ fn index_names_only_published_files() {
         }
     }
 }
+
+/// The index describes every factory verb: single verbs with published request and
+/// reply schemas, batch verbs as batches of a single verb.
+#[test]
+fn index_describes_factory_subjects() {
+    use gf_schemas::names::{factory_rpc_pattern, FactoryVerb};
+    let files: Vec<String> = gf_schemas::json_schemas()
+        .into_iter()
+        .map(|(s, _)| format!("{s}.schema.json"))
+        .collect();
+    let index = gf_schemas::rpc_index();
+    let f = &index["factory_subjects"];
+    assert_eq!(f["pattern"], "gf.rpc.w.{factory}.{verb}");
+    for verb in FactoryVerb::ALL {
+        match verb.batched() {
+            None => {
+                for side in ["request", "reply"] {
+                    let file = f["verbs"][verb.as_str()][side].as_str().expect("named");
+                    assert!(files.contains(&file.to_string()), "{verb} {side}: {file}");
+                }
+            }
+            Some(single) => assert_eq!(
+                index["batches"]["subjects"][factory_rpc_pattern(verb)],
+                factory_rpc_pattern(single).as_str()
+            ),
+        }
+    }
+    for legacy in gf_schemas::names::rpc::LEGACY_FACTORY_SUBJECTS {
+        assert!(
+            index["subjects"].get(legacy).is_none(),
+            "{legacy} is no longer served"
+        );
+    }
+}

@@ -37,6 +37,7 @@ pub mod names {
     pub const LEADER_CHANGES: &str = "gf_scheduler_leader_changes_total";
     pub const RPC_DURATION: &str = "gf_rpc_request_duration_seconds";
     pub const RPC_REQUESTS: &str = "gf_rpc_requests_total";
+    pub const RPC_FORBIDDEN: &str = "gf_rpc_forbidden_total";
     pub const MODEL_TOKENS: &str = "gf_model_tokens_total";
     pub const MODEL_CALLS: &str = "gf_model_calls_total";
     pub const MODEL_COST: &str = "gf_model_cost_microunits_total";
@@ -198,6 +199,12 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Counter,
             &["operation", "result"],
             "RPC requests by operation and result (ok or error kind).",
+        ),
+        (
+            RPC_FORBIDDEN,
+            Counter,
+            &["operation", "reason"],
+            "Factory requests refused as forbidden, by operation and reason (identity_mismatch: the payload named another worker than the subject's factory).",
         ),
         (
             MODEL_TOKENS,

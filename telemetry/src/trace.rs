@@ -90,33 +90,37 @@ fn operation_name(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or(subject)
 }
 
-/// Span for a request sent to the coordinators (`send gf.rpc.submit`).
-pub fn rpc_client_span(subject: &str) -> Span {
+/// Span for a request sent to the coordinators (`send gf.rpc.submit`). `name` is the
+/// subject's bounded form (a factory subject's factory as `*`: `gf.rpc.w.*.claim`),
+/// `subject` the subject itself.
+pub fn rpc_client_span(name: &str, subject: &str) -> Span {
     tracing::info_span!(
         "rpc.send",
-        otel.name = %format!("send {subject}"),
+        otel.name = %format!("send {name}"),
         otel.kind = "client",
         messaging.system = "nats",
         messaging.destination.name = %subject,
+        messaging.destination.template = %name,
         messaging.operation.type = "send",
         messaging.operation.name = "send",
-        rpc.method = operation_name(subject),
+        rpc.method = operation_name(name),
         otel.status_code = tracing::field::Empty,
     )
 }
 
 /// Span for a coordinator answering a request, parented by the request's headers
-/// (`process gf.rpc.submit`).
-pub fn rpc_server_span(subject: &str, headers: Option<&HeaderMap>) -> Span {
+/// (`process gf.rpc.submit`); `name` as for [`rpc_client_span`].
+pub fn rpc_server_span(name: &str, subject: &str, headers: Option<&HeaderMap>) -> Span {
     let span = tracing::info_span!(
         "rpc.process",
-        otel.name = %format!("process {subject}"),
+        otel.name = %format!("process {name}"),
         otel.kind = "server",
         messaging.system = "nats",
         messaging.destination.name = %subject,
+        messaging.destination.template = %name,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        rpc.method = operation_name(subject),
+        rpc.method = operation_name(name),
     );
     parent(&span, extract(headers));
     span
@@ -314,10 +318,10 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let mut headers = HeaderMap::new();
             let stored = {
-                let client = rpc_client_span("gf.rpc.submit");
+                let client = rpc_client_span("gf.rpc.submit", "gf.rpc.submit");
                 let _e = client.enter();
                 inject(&mut headers);
-                let server = rpc_server_span("gf.rpc.submit", Some(&headers));
+                let server = rpc_server_span("gf.rpc.submit", "gf.rpc.submit", Some(&headers));
                 let _s = server.enter();
                 current_traceparent().expect("a traceparent inside a span")
             };
@@ -367,7 +371,7 @@ mod tests {
             .expect("pipeline");
         let subscriber = tracing_subscriber::registry().with(guard.layer());
         tracing::subscriber::with_default(subscriber, || {
-            let span = rpc_client_span("gf.rpc.submit");
+            let span = rpc_client_span("gf.rpc.submit", "gf.rpc.submit");
             drop(span.enter());
         });
         drop(guard);
@@ -384,7 +388,7 @@ mod tests {
     #[test]
     fn nothing_is_injected_without_a_pipeline() {
         let mut headers = HeaderMap::new();
-        let span = rpc_client_span("gf.rpc.submit");
+        let span = rpc_client_span("gf.rpc.submit", "gf.rpc.submit");
         inject_span(&span, &mut headers);
         assert!(headers.get(TRACEPARENT).is_none());
         assert!(current_traceparent().is_none());

@@ -20,6 +20,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     log: PathBuf,
+    /// A config file (`-c`) the server reads, e.g. users and their permissions.
+    config: Option<PathBuf>,
 }
 
 /// The client port from a ports file (`{"nats": ["nats://127.0.0.1:PORT"], …}`).
@@ -43,13 +45,33 @@ impl NatsServer {
     /// The server picks the port (`-p -1`) and reports it in its ports file, which is
     /// named by its pid: probing a port we guessed could reach another test's server.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`NatsServer::start`], with `config` (nats-server config syntax, e.g. an
+    /// `authorization { users: [...] }` block) written to a file the server reads. The
+    /// port, listen address and store stay the ones this harness picks.
+    pub fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> anyhow::Result<Self> {
         let store = tempfile::Builder::new().prefix("gf-nats-").tempdir()?;
         let log = store.path().join("nats.log");
+        let config = match config {
+            Some(text) => {
+                let path = store.path().join("nats.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut s = Self {
             child: None,
             port: 0,
             store,
             log,
+            config,
         };
         s.spawn()?;
         Ok(s)
@@ -67,7 +89,11 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port, "--ports_file_dir"])
             .arg(&ports_dir)
             .arg("-sd")
@@ -106,6 +132,17 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with a user's name and password in it (for a server started with
+    /// [`NatsServer::start_with_config`] that has password users).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far (permission violations are logged with user and subject).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {

@@ -1,4 +1,5 @@
-//! Coalescing the worker's claims and completions into batch RPCs (`gf.rpc.batch.*`).
+//! Coalescing the worker's claims and completions into batch RPCs
+//! (`gf.rpc.w.<worker>.claim_batch`, `…complete_batch`).
 //!
 //! There is no timer and no background task: a caller queues its request, then either
 //! finds a send permit free and sends everything queued (its own request and any that
@@ -17,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use gf_schemas::names::{self, FactoryVerb};
 use gf_schemas::rpc::MAX_BATCH;
-use gf_schemas::{ErrorKind, Reply};
+use gf_schemas::{ErrorKind, Reply, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};
@@ -40,8 +42,8 @@ struct Queued<Resp> {
 
 pub struct Batcher<Resp> {
     rpc: RpcClient,
-    single: &'static str,
-    batch: &'static str,
+    single: String,
+    batch: String,
     queue: Mutex<Vec<Queued<Resp>>>,
     senders: Semaphore,
     /// Set when a coordinator refused the batch subject as unknown.
@@ -49,8 +51,21 @@ pub struct Batcher<Resp> {
 }
 
 impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
-    pub fn new(rpc: RpcClient, single: &'static str, batch: &'static str) -> Self {
-        debug_assert_eq!(gf_schemas::names::rpc::batched(batch), Some(single));
+    /// Sends `verb` requests of `factory` (a single verb with a batch form: claim,
+    /// complete), batched on the verb's batch subject.
+    pub fn new(rpc: RpcClient, factory: &WorkerId, verb: FactoryVerb) -> Self {
+        let batch = FactoryVerb::ALL
+            .into_iter()
+            .find(|b| b.batched() == Some(verb))
+            .expect("a verb with a batch form");
+        Self::on_subjects(
+            rpc,
+            names::factory_rpc(factory, verb),
+            names::factory_rpc(factory, batch),
+        )
+    }
+
+    fn on_subjects(rpc: RpcClient, single: String, batch: String) -> Self {
         Self {
             rpc,
             single,
@@ -75,7 +90,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
             return self
                 .rpc
                 .with_timeout(timeout)
-                .call_raw(self.single, body)
+                .call_raw(&self.single, body)
                 .await;
         }
         let (answer, mut answered) = oneshot::channel();
@@ -119,7 +134,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
                 let r = self
                     .rpc
                     .with_timeout(q.timeout)
-                    .call_raw(self.single, q.body)
+                    .call_raw(&self.single, q.body)
                     .await;
                 let _ = q.answer.send(r);
             });
@@ -133,7 +148,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
         let reply = self
             .rpc
             .with_timeout(timeout)
-            .call_raw::<Vec<Reply<Resp>>>(self.batch, body.into())
+            .call_raw::<Vec<Reply<Resp>>>(&self.batch, body.into())
             .await;
         match reply {
             Ok(replies) if replies.len() == items.len() => {
@@ -143,7 +158,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
             }
             Ok(replies) => {
                 let e = CallError::BadReply {
-                    subject: self.batch.into(),
+                    subject: self.batch.clone(),
                     error: format!("{} answers for {} requests", replies.len(), items.len()),
                 };
                 for q in items {
@@ -153,7 +168,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
             Err(CallError::Refused(e)) if e.kind == ErrorKind::Invalid => {
                 // Only a coordinator without batch subjects refuses a well-formed batch
                 // as a whole: fall back to single requests for good.
-                tracing::info!(subject = self.batch, error = %e.message, "batches refused; sending requests one by one");
+                tracing::info!(subject = %self.batch, error = %e.message, "batches refused; sending requests one by one");
                 self.unsupported.store(true, Ordering::Relaxed);
                 Box::pin(self.send(items)).await;
             }
@@ -170,9 +185,17 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use gf_schemas::names::rpc;
+    use gf_schemas::names::{parse_factory_rpc, rpc};
     use gf_schemas::RpcError;
     use std::sync::Arc;
+
+    fn factory() -> WorkerId {
+        WorkerId::new("batcher").unwrap()
+    }
+
+    fn claim_batch() -> String {
+        names::factory_rpc(&factory(), FactoryVerb::ClaimBatch)
+    }
 
     /// A stand-in coordinator on a real NATS server: answers each claim with its own
     /// job id as text (so answers can be matched to requests), batch or single, and
@@ -192,8 +215,9 @@ mod tests {
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 let answer = |v: &serde_json::Value| Reply::<String>::Ok(v["job_id"].to_string());
-                let body = match msg.subject.as_str() {
-                    rpc::CLAIM_BATCH if knows_batches => {
+                let verb = parse_factory_rpc(&msg.subject).map(|f| f.verb);
+                let body = match verb {
+                    Ok(FactoryVerb::ClaimBatch) if knows_batches => {
                         let items: Vec<serde_json::Value> =
                             serde_json::from_slice(&msg.payload).unwrap();
                         log.lock()
@@ -201,13 +225,14 @@ mod tests {
                             .push((msg.subject.to_string(), items.len()));
                         serde_json::to_vec(&Reply::Ok(items.iter().map(answer).collect::<Vec<_>>()))
                     }
-                    rpc::CLAIM => {
+                    Ok(FactoryVerb::Claim) => {
                         log.lock().unwrap().push((msg.subject.to_string(), 1));
                         let item: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
                         serde_json::to_vec(&answer(&item))
                     }
-                    other => {
-                        log.lock().unwrap().push((other.to_string(), 0));
+                    _ => {
+                        let other = msg.subject.to_string();
+                        log.lock().unwrap().push((other.clone(), 0));
                         serde_json::to_vec(&Reply::<()>::Error(RpcError::new(
                             ErrorKind::Invalid,
                             format!("unknown RPC subject `{other}`"),
@@ -248,8 +273,8 @@ mod tests {
         let (task, seen) = fake_coordinator(client.clone(), knows_batches).await?;
         let batcher = Batcher::new(
             RpcClient::new(client, Duration::from_secs(10)),
-            rpc::CLAIM,
-            rpc::CLAIM_BATCH,
+            &factory(),
+            FactoryVerb::Claim,
         );
         for (want, got) in twenty_claims(&batcher).await {
             assert_eq!(got.expect("answered"), want);
@@ -266,7 +291,7 @@ mod tests {
         // and leave together.
         assert_eq!(seen.iter().map(|s| s.1).sum::<usize>(), 20, "{seen:?}");
         assert!(
-            seen.iter().any(|(s, n)| s == rpc::CLAIM_BATCH && *n > 1),
+            seen.iter().any(|(s, n)| *s == claim_batch() && *n > 1),
             "{seen:?}"
         );
         assert!(seen.len() < 20, "{seen:?}");
@@ -277,10 +302,12 @@ mod tests {
     async fn falls_back_to_single_requests_when_batches_are_refused() -> anyhow::Result<()> {
         let (batcher, seen) = twenty_claims_answered(false).await?;
         assert!(batcher.unsupported.load(Ordering::Relaxed));
-        let refused = seen.iter().filter(|(s, _)| s == rpc::CLAIM_BATCH).count();
+        let refused = seen.iter().filter(|(s, _)| *s == claim_batch()).count();
         assert_eq!(refused, 1, "one refusal is enough: {seen:?}");
         assert_eq!(
-            seen.iter().filter(|(s, _)| s == rpc::CLAIM).count(),
+            seen.iter()
+                .filter(|(s, _)| *s == names::factory_rpc(&factory(), FactoryVerb::Claim))
+                .count(),
             20,
             "{seen:?}"
         );

@@ -6,10 +6,54 @@
 
 use std::time::Duration;
 
-use gf_schemas::{ErrorKind, Reply, RpcError};
+use gf_schemas::names::rpc_name;
+use gf_schemas::{ErrorKind, FactoryRequest, Reply, RpcError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
+
+/// Connection options for `url`, with the user and password a
+/// `nats://user:password@host:port` URL carries (async-nats ignores them; other NATS
+/// clients use them), and the URL as it may be shown: without the password.
+pub fn connect_options(url: &str) -> (async_nats::ConnectOptions, String) {
+    let options = async_nats::ConnectOptions::new();
+    let Ok(addr) = url.parse::<async_nats::ServerAddr>() else {
+        return (options, url.to_string());
+    };
+    match addr.username() {
+        Some(user) => {
+            let user = percent_decode(user);
+            let password = percent_decode(addr.password().unwrap_or_default());
+            let shown = format!("{}://{user}@{}:{}", addr.scheme(), addr.host(), addr.port());
+            (options.user_and_password(user, password), shown)
+        }
+        None => (options, url.to_string()),
+    }
+}
+
+/// Undoes a URL's `%XX` escapes (a user or password may hold `@`, `:` or `/`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
@@ -86,20 +130,29 @@ impl RpcClient {
     /// Sends `req` as JSON and decodes the reply envelope.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        subject: &'static str,
+        subject: &str,
         req: &Req,
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(req).expect("wire types serialize");
         self.call_raw(subject, body.into()).await
     }
 
+    /// Sends a factory's own request on its sender's subject,
+    /// `gf.rpc.w.<worker>.<verb>`.
+    pub async fn call_factory<Req: FactoryRequest, Resp: DeserializeOwned>(
+        &self,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        self.call(&req.subject(), req).await
+    }
+
     /// Like [`RpcClient::call`] with a pre-encoded body.
     pub async fn call_raw<Resp: DeserializeOwned>(
         &self,
-        subject: &'static str,
+        subject: &str,
         body: bytes::Bytes,
     ) -> Result<Resp, CallError> {
-        let span = gf_telemetry::trace::rpc_client_span(subject);
+        let span = gf_telemetry::trace::rpc_client_span(&rpc_name(subject), subject);
         let result = self.send(subject, body).instrument(span.clone()).await;
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
@@ -109,13 +162,15 @@ impl RpcClient {
 
     async fn send<Resp: DeserializeOwned>(
         &self,
-        subject: &'static str,
+        subject: &str,
         body: bytes::Bytes,
     ) -> Result<Resp, CallError> {
         // The request carries this span's context (W3C `traceparent`) to the server.
         let mut headers = async_nats::HeaderMap::new();
         gf_telemetry::trace::inject(&mut headers);
-        let request = self.client.request_with_headers(subject, headers, body);
+        let request = self
+            .client
+            .request_with_headers(subject.to_string(), headers, body);
         let msg = match tokio::time::timeout(self.timeout, request).await {
             Err(_) => {
                 return Err(CallError::Timeout {
@@ -143,5 +198,20 @@ impl RpcClient {
                 error: e.to_string(),
             })?;
         reply.into_result().map_err(CallError::Refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL's user and password are used (decoded) and never shown.
+    #[test]
+    fn url_credentials_are_used_and_hidden() {
+        let (_, shown) = connect_options("nats://f1:p%40ss%3Aw@127.0.0.1:4333");
+        assert_eq!(shown, "nats://f1@127.0.0.1:4333");
+        assert_eq!(percent_decode("p%40ss%3Aw%zz%4"), "p@ss:w%zz%4");
+        let (_, shown) = connect_options("nats://127.0.0.1:4222");
+        assert_eq!(shown, "nats://127.0.0.1:4222");
     }
 }

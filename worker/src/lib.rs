@@ -1,12 +1,15 @@
 //! The Gigafactory worker.
 //!
-//! Registers its capabilities through the coordinators, binds a durable pull consumer
-//! filtered on the dispatch subjects it can serve (shared with every identical worker,
-//! so they compete for notices), claims jobs with the notice's epoch, runs them
-//! ([`runner`]), heartbeats, and on shutdown drains: no new claims, running jobs finish
-//! within the grace period or are given back.
+//! Registers its capabilities through the coordinators, binds the durable pull consumer
+//! a coordinator created for its profile (filtered on the dispatch subjects it can
+//! serve, shared with every identical worker, so they compete for notices), claims jobs
+//! with the notice's epoch, runs them ([`runner`]), heartbeats, and on shutdown drains:
+//! no new claims, running jobs finish within the grace period or are given back.
 //!
-//! A worker never writes the KV store; everything goes through the RPC plane.
+//! A worker never writes the KV store and never creates a consumer; it asks on its own
+//! RPC subjects (`gf.rpc.w.<id>.<verb>`), publishes its jobs' lines on its own log
+//! subjects, and waits for replies on its own inbox prefix (`_INBOX_<id>`): exactly what
+//! [`gf_schemas::permissions::factory`] grants a factory.
 
 mod batch;
 pub mod caps;
@@ -22,14 +25,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use gf_schemas::names::{self, rpc, Routing};
+use gf_schemas::names::{self, FactoryVerb};
 use gf_schemas::rpc::{
     ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, ControlAck, ControlMessage,
     DispatchNotice, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest,
     ReleaseRequest,
 };
 use gf_schemas::{Capabilities, ErrorKind, JobId, RunningJob, WorkerId, WorkerState};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,6 +161,18 @@ impl Worker {
     }
 }
 
+/// What a worker with `config` offers: the detected `os`, `arch`, `cpus`, `memory_mb`,
+/// overridden and extended by the configured values, with its tags and queues.
+pub fn capabilities(config: &WorkerConfig) -> Capabilities {
+    let mut values = caps::detect();
+    values.extend(config.capabilities.clone());
+    Capabilities {
+        values,
+        tags: config.tags.clone(),
+        queues: config.queues.clone(),
+    }
+}
+
 /// Connects, registers and binds the consumer, then runs until `shutdown`.
 pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Worker> {
     let host = caps::hostname();
@@ -166,31 +180,26 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         .id
         .clone()
         .unwrap_or_else(|| WorkerId::generate(&host));
-    let client = async_nats::ConnectOptions::new()
+    let (options, shown_url) = client::connect_options(&config.nats_url);
+    let client = options
         .name(format!("gf-worker {id}"))
+        // Every reply this worker waits for (RPC, JetStream API, pulls, publish acks)
+        // comes to its own prefix, the only inbox a factory may subscribe to.
+        .custom_inbox_prefix(names::factory_inbox_prefix(&id))
         .event_callback(|event| async move { tracing::info!(%event, "nats") })
         .connect(&config.nats_url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+        .with_context(|| format!("cannot connect to NATS at {shown_url}"))?;
     let rpc = RpcClient::new(client.clone(), config.rpc_timeout);
-    let mut values = caps::detect();
-    values.extend(config.capabilities.clone());
-    let capabilities = Capabilities {
-        values,
-        tags: config.tags.clone(),
-        queues: config.queues.clone(),
-    };
     let register = RegisterRequest {
         worker_id: id.clone(),
-        capabilities: capabilities.clone(),
+        capabilities: capabilities(&config),
         slots: config.slots,
         version: env!("CARGO_PKG_VERSION").into(),
         hostname: host,
     };
-    let reply = register_until_answered(&rpc, &register, &shutdown).await?;
-    let routing = Routing::new(reply.routing_dims.clone()).map_err(anyhow::Error::msg)?;
     let js = jetstream::new(client.clone());
-    let consumer = bind_consumer(&js, &routing, &capabilities).await?;
+    let (reply, consumer) = register_and_bind(&rpc, &js, &register, &shutdown).await?;
     let scratch = match &config.scratch_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("gf-worker-{id}")),
@@ -200,8 +209,8 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         .with_context(|| format!("cannot create scratch directory {}", scratch.display()))?;
     let shared = Arc::new(Shared {
         id: id.clone(),
-        claims: batch::Batcher::new(rpc.clone(), rpc::CLAIM, rpc::CLAIM_BATCH),
-        completions: batch::Batcher::new(rpc.clone(), rpc::COMPLETE, rpc::COMPLETE_BATCH),
+        claims: batch::Batcher::new(rpc.clone(), &id, FactoryVerb::Claim),
+        completions: batch::Batcher::new(rpc.clone(), &id, FactoryVerb::Complete),
         rpc,
         js,
         slots: config.slots,
@@ -278,7 +287,7 @@ async fn register_until_answered(
 ) -> anyhow::Result<RegisterReply> {
     let mut wait = Duration::from_millis(200);
     loop {
-        match rpc.call::<_, RegisterReply>(rpc::REGISTER, req).await {
+        match rpc.call_factory::<_, RegisterReply>(req).await {
             Ok(r) => return Ok(r),
             Err(e) if e.retryable() => {
                 tracing::warn!(error = %e, "registration not answered; retrying");
@@ -293,42 +302,50 @@ async fn register_until_answered(
     }
 }
 
-/// Binds the durable consumer of this worker's profile. Identical workers (same queues,
-/// capabilities, tags and routing) share it and so compete for the same notices;
-/// differing workers get their own copy of every notice that matches them.
+/// Registers, then binds the dispatch consumer the coordinator named (`CONSUMER.INFO`
+/// only: a worker never creates one). A consumer that is gone by the time the worker
+/// looks (removed by the server or an operator) is made again by registering again.
+async fn register_and_bind(
+    rpc: &RpcClient,
+    js: &jetstream::Context,
+    req: &RegisterRequest,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(RegisterReply, consumer::PullConsumer)> {
+    let mut tries = 0;
+    loop {
+        let reply = register_until_answered(rpc, req, shutdown).await?;
+        match bind_consumer(js, &reply).await {
+            Ok(c) => return Ok((reply, c)),
+            Err(e) if consumer_missing(&e) && tries < 5 => {
+                tries += 1;
+                tracing::warn!(consumer = %reply.consumer, "dispatch consumer missing; registering again");
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot bind dispatch consumer {}", reply.consumer))
+            }
+        }
+    }
+}
+
 async fn bind_consumer(
     js: &jetstream::Context,
-    routing: &Routing,
-    caps: &Capabilities,
-) -> anyhow::Result<consumer::PullConsumer> {
-    let filters = routing.worker_filters(&caps.queues, &caps.values);
-    let profile = serde_json::to_string(&(routing.dims(), caps)).expect("serializes");
-    let name = format!(
-        "gfw_{}",
-        &hex::encode(Sha256::digest(profile.as_bytes()))[..16]
-    );
-    let stream = js
-        .get_stream(names::STREAM_DISPATCH)
-        .await
-        .context("dispatch stream missing: has a coordinator started against this NATS?")?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("gigafactory workers: {}", filters.join(" "))),
-                filter_subjects: filters,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 10,
-                deliver_policy: consumer::DeliverPolicy::New,
-                inactive_threshold: Duration::from_secs(3600),
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("cannot bind dispatch consumer {name}"))?;
-    Ok(consumer)
+    reply: &RegisterReply,
+) -> Result<consumer::PullConsumer, jetstream::stream::ConsumerError> {
+    js.get_consumer_from_stream::<consumer::pull::Config, _, _>(
+        reply.consumer.as_str(),
+        names::STREAM_DISPATCH,
+    )
+    .await
+}
+
+/// The server says the consumer does not exist (as opposed to not answering).
+fn consumer_missing(e: &jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::stream::ConsumerErrorKind::JetStream(err)
+            if err.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
 }
 
 async fn run_worker(
@@ -352,7 +369,7 @@ async fn run_worker(
     // Become active at once rather than a heartbeat later.
     heartbeat(&shared, WorkerState::Active).await;
 
-    fetch_loop(&shared, &consumer, &jobs, &shutdown).await;
+    fetch_loop(&shared, consumer, &jobs, &shutdown).await;
 
     // Drain: no new claims; running jobs get the grace period, then are given back.
     draining.cancel();
@@ -381,7 +398,7 @@ async fn run_worker(
 
 async fn fetch_loop(
     shared: &Arc<Shared>,
-    consumer: &consumer::PullConsumer,
+    mut consumer: consumer::PullConsumer,
     jobs: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
@@ -420,6 +437,7 @@ async fn fetch_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot pull notices; retrying");
+                rebind_if_gone(shared, &mut consumer, shutdown).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -440,11 +458,38 @@ async fn fetch_loop(
                     on_notice(shared, jobs, m, shutdown).instrument(span).await
                 }
                 Err(e) => {
+                    // A pull ends in an error status when its consumer was deleted
+                    // (409) or does not exist (503): check which before pulling again.
                     tracing::debug!(error = %e, "pull ended");
+                    rebind_if_gone(shared, &mut consumer, shutdown).await;
                     break;
                 }
             }
         }
+    }
+}
+
+/// After a failed pull: if the server says the consumer no longer exists, registers
+/// again (the coordinator creates it again) and binds what the reply names. Anything
+/// else (a reconnect, a slow server) is left to the next pull.
+async fn rebind_if_gone(
+    shared: &Shared,
+    consumer: &mut consumer::PullConsumer,
+    shutdown: &CancellationToken,
+) {
+    let name = consumer.cached_info().name.clone();
+    match shared
+        .js
+        .get_consumer_from_stream::<consumer::pull::Config, _, _>(&name, names::STREAM_DISPATCH)
+        .await
+    {
+        Err(e) if consumer_missing(&e) => {}
+        _ => return,
+    }
+    tracing::warn!(consumer = %name, "dispatch consumer gone; registering again");
+    match register_and_bind(&shared.rpc, &shared.js, &shared.register, shutdown).await {
+        Ok((_, bound)) => *consumer = bound,
+        Err(e) => tracing::warn!(error = %e, "could not bind a dispatch consumer; retrying"),
     }
 }
 
@@ -584,7 +629,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
             }
             runner::RunEnd::GivenBack => {
                 let req = ReleaseRequest { job_id, epoch, worker_id: shared.id.clone(), reason: "worker shutting down".into() };
-                if let Err(e) = shared.rpc.call::<_, ()>(rpc::RELEASE, &req).await {
+                if let Err(e) = shared.rpc.call_factory::<_, ()>(&req).await {
                     tracing::warn!(job = %job_id, error = %e, "release failed; the lease will expire instead");
                 }
             }
@@ -633,11 +678,7 @@ async fn heartbeat(shared: &Shared, state: WorkerState) {
         free_slots: shared.free_slots(),
         running: shared.running_jobs(),
     };
-    match shared
-        .rpc
-        .call::<_, HeartbeatReply>(rpc::HEARTBEAT, &req)
-        .await
-    {
+    match shared.rpc.call_factory::<_, HeartbeatReply>(&req).await {
         Ok(reply) => {
             for r in reply.revoked {
                 shared.revoke(&r.job_id, r.epoch);
@@ -646,7 +687,7 @@ async fn heartbeat(shared: &Shared, state: WorkerState) {
                 tracing::warn!("coordinators do not know this worker; registering again");
                 if shared
                     .rpc
-                    .call::<_, RegisterReply>(rpc::REGISTER, &shared.register)
+                    .call_factory::<_, RegisterReply>(&shared.register)
                     .await
                     .is_ok()
                 {

@@ -161,7 +161,13 @@ async fn run_process(
             lines_tx,
         )),
     ];
-    let logs = tokio::spawn(publish_logs(js, job.id, epoch, lines_rx));
+    let logs = tokio::spawn(publish_logs(
+        js,
+        job.worker.clone(),
+        job.id,
+        epoch,
+        lines_rx,
+    ));
 
     let end = keep_lease(&job, &rpc, Some(&usage_file), async {
         match child.wait().await {
@@ -248,7 +254,7 @@ async fn keep_lease(
                 if let Some(path) = usage_file {
                     renew_req.usage = read_usage(path).await;
                 }
-                let renewed = rpc.with_timeout(renew_every).call::<_, RenewReply>(gf_schemas::names::rpc::RENEW, &renew_req).await;
+                let renewed = rpc.with_timeout(renew_every).call_factory::<_, RenewReply>(&renew_req).await;
                 let label = match &renewed {
                     Ok(_) => "ok",
                     Err(e) if e.lost_lease() => "lost",
@@ -383,11 +389,12 @@ async fn pump(
 /// Publishes lines in order with a window of unacknowledged publishes.
 async fn publish_logs(
     js: async_nats::jetstream::Context,
+    worker: WorkerId,
     job: JobId,
     epoch: u64,
     mut rx: mpsc::Receiver<(LogStream, String)>,
 ) {
-    let subject = names::logs(&job);
+    let subject = names::logs(&worker, &job);
     let mut acks = FuturesOrdered::new();
     let mut seq = 0;
     while let Some((stream, line)) = rx.recv().await {

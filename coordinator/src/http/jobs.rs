@@ -164,7 +164,7 @@ pub async fn logs_stream(
     let messages = super::resume_after(
         &st,
         names::STREAM_LOGS,
-        names::logs(&id),
+        names::job_logs(&id),
         &headers,
         DeliverPolicy::All,
     )

@@ -166,6 +166,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::WrongState
         | ErrorKind::NotEligible => StatusCode::CONFLICT,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
