@@ -77,7 +77,7 @@ pub fn describe(name: &str) -> &'static str {
         "cluster-node-kill" => "3-node JetStream cluster, R3: kill one node mid-run, bring it back: no job lost or run twice",
         "worker-partition" => "cut a worker off NATS (proxy) past its TTL, reconnect: jobs re-leased in bound, the worker rejoins",
         "idempotency" => "many clients submit the same idempotency keys at once: one job per key",
-        "poison" => "garbage and truncated JSON on every gf.rpc.* subject and malformed dispatch notices: refused, the fleet keeps working",
+        "poison" => "garbage and truncated JSON on every gf.rpc.* subject (factory subjects with garbage tokens too), requests naming another worker (forbidden) and malformed dispatch notices: refused, the fleet keeps working",
         "race-50" => "50 workers race for the same notices: every job claimed and run exactly once",
         "complete-vs-reap" => "completions sent right at lease expiry, as the reaper re-leases: each is either accepted or refused, never both",
         "clock-skew" => "workers whose clocks are 5 minutes ahead and behind (faketime): no false expiry, no job lost",
