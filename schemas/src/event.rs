@@ -25,8 +25,10 @@ pub enum EventKind {
     WorkerGone,
     LeaderElected,
     RpcRejected,
-    /// A factory's request named another worker than the factory its subject says sent
-    /// it (an impersonation attempt or a broken client); refused with `forbidden`.
+    // A factory's request named another worker than the factory its subject says sent
+    // it (an impersonation attempt or a broken client); refused with `forbidden`. (A
+    // plain comment: the other kinds have none, and a doc comment would turn the
+    // published enum into a `oneOf`.)
     RpcForbidden,
 }
 
