@@ -83,6 +83,11 @@ pub struct JobSpec {
     /// the job with reason `budget_exceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost: Option<f64>,
+    /// A profile from the coordinators' configuration: its values fill what this
+    /// submission leaves at the defaults, and its command is a prefix of this one's
+    /// (see `gf_schemas::profile::resolve`). Kept in the record: the job's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// Weights of the score terms. Missing fields take the next level's value
@@ -170,6 +175,7 @@ impl JobSpec {
             parent: None,
             not_before: None,
             max_cost: None,
+            profile: None,
         }
     }
 
@@ -259,6 +265,14 @@ impl JobSpec {
             ];
             if all.iter().flatten().any(|x| !x.is_finite()) {
                 return Err(bad("weights", "must be finite numbers"));
+            }
+        }
+        if let Some(p) = &self.profile {
+            if !is_token(p) {
+                return Err(bad(
+                    "profile",
+                    "must be 1-128 characters from A-Z a-z 0-9 _ -",
+                ));
             }
         }
         if let Some(k) = &self.idempotency_key {
@@ -466,6 +480,11 @@ pub struct JobRecord {
     /// submitter's trace. Absent when tracing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// For a job submitted with a profile: where each value of the resolved `spec` came
+    /// from (`profile`, `submission`, `default`, or `merged`). Absent without a
+    /// profile (every value is then the submission's or the default).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provenance: BTreeMap<String, crate::profile::Provenance>,
     pub submitted_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -488,6 +507,7 @@ impl JobRecord {
             children: Vec::new(),
             score: None,
             trace_parent: None,
+            provenance: BTreeMap::new(),
             submitted_at: now,
             updated_at: now,
         }

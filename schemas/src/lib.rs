@@ -7,10 +7,13 @@
 
 pub mod budget;
 pub mod event;
+pub mod bridge;
 pub mod ids;
 pub mod job;
+pub mod manifest;
 pub mod names;
 pub mod permissions;
+pub mod profile;
 pub mod rpc;
 pub mod time;
 pub mod worker;
@@ -22,7 +25,9 @@ pub use job::{
     Attempt, AttemptOutcome, JobRecord, JobSpec, JobState, Lease, Score, ScoreWeights, SpecError,
     Usage, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PRODUCT, DEFAULT_QUEUE,
 };
+pub use manifest::{Manifest, ManifestJob, ManifestStatus};
 pub use names::{FactoryVerb, Route};
+pub use profile::{NamedProfile, Profile, Provenance};
 pub use rpc::{ErrorKind, FactoryRequest, Reply, RpcError};
 pub use time::Timestamp;
 pub use worker::{Capabilities, RunningJob, WorkerRecord, WorkerState};
@@ -60,7 +65,7 @@ pub fn rpc_index() -> serde_json::Value {
             .map(batch_pattern)
             .collect();
     batches.insert(rpc::SUBMIT_BATCH.into(), rpc::SUBMIT.into());
-    serde_json::json!({
+    let mut index = serde_json::json!({
         "description": "Gigafactory RPC plane: NATS request/reply subjects served by the coordinators. Replies are {\"ok\": ...} or {\"error\": {\"kind\", \"message\"}}.",
         "subjects": {
             rpc::SUBMIT: entry("job_spec", "submit_reply"),
@@ -92,8 +97,32 @@ pub fn rpc_index() -> serde_json::Value {
             "events": {"subject": names::EVENTS_ALL, "message": "event.schema.json", "batch": "under load a message may hold a JSON array of events of its subject's kind"},
             "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json", "pattern": "gf.logs.{factory}.{job}", "read_one_job": "gf.logs.*.{job}"},
             "dispatch": {"subject": names::DISPATCH_ALL, "message": "dispatch_notice.schema.json"},
+            "bridge": {"subject": names::BRIDGE_OUT_ALL, "message": "echo.schema.json"},
         }
-    })
+    });
+    // Workflow subjects (profiles, manifests, the tracker bridge's deliveries).
+    let workflow = [
+        (rpc::MANIFEST_SUBMIT, entry("manifest", "manifest_reply")),
+        (rpc::MANIFEST_GET, entry("manifest_name", "manifest_reply")),
+        (
+            rpc::PROFILE_LIST,
+            entry("empty_request", "profile_list_reply"),
+        ),
+        (
+            rpc::BRIDGE_DELIVERIES,
+            entry("delivery_query", "delivery_list_reply"),
+        ),
+        (
+            rpc::BRIDGE_REDELIVER,
+            entry("redeliver_request", "delivery_reply"),
+        ),
+    ];
+    if let Some(subjects) = index["subjects"].as_object_mut() {
+        for (subject, e) in workflow {
+            subjects.insert(subject.into(), e);
+        }
+    }
+    index
 }
 
 /// Every published JSON Schema as `(file stem, schema)`.
@@ -144,6 +173,17 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("schedule_reply", s::<Reply<Schedule>>()),
         ("schedule_list_reply", s::<Reply<Vec<Schedule>>>()),
         ("schedule_name", s::<rpc::ScheduleName>()),
+        ("manifest", s::<Manifest>()),
+        ("manifest_name", s::<manifest::ManifestName>()),
+        ("manifest_reply", s::<Reply<ManifestStatus>>()),
+        ("profile", s::<Profile>()),
+        ("profile_list_reply", s::<Reply<Vec<NamedProfile>>>()),
+        ("echo", s::<bridge::Echo>()),
+        ("webhook_reply", s::<bridge::WebhookReply>()),
+        ("delivery_query", s::<bridge::DeliveryQuery>()),
+        ("delivery_list_reply", s::<Reply<Vec<bridge::Delivery>>>()),
+        ("redeliver_request", s::<bridge::RedeliverRequest>()),
+        ("delivery_reply", s::<Reply<bridge::Delivery>>()),
         (
             "empty_request",
             serde_json::json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "EmptyRequest", "description": "Any body (ignored); send `{}`."}),

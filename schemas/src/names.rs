@@ -18,6 +18,15 @@ pub const BUCKET_IDEM: &str = "gf_idem";
 pub const BUCKET_LEADER: &str = "gf_leader";
 pub const BUCKET_BUDGETS: &str = "gf_budgets";
 pub const BUCKET_SCHEDULES: &str = "gf_schedules";
+/// Manifests by name: their jobs' names and ids.
+pub const BUCKET_MANIFESTS: &str = "gf_manifests";
+/// The tracker bridge: items and their jobs, seen webhook deliveries, and outbound
+/// deliveries (keys from [`bridge_item_key`], [`bridge_seen_key`],
+/// [`bridge_job_key`], [`bridge_delivery_key`]).
+pub const BUCKET_BRIDGE: &str = "gf_bridge";
+/// State changes of bridged jobs waiting to be echoed to their trackers.
+pub const STREAM_BRIDGE: &str = "GF_BRIDGE";
+pub const BRIDGE_OUT_ALL: &str = "gf.bridge.out.>";
 pub const STREAM_USAGE: &str = "GF_USAGE";
 pub const USAGE_ALL: &str = "gf.usage.>";
 pub const STREAM_DISPATCH: &str = "GF_DISPATCH";
@@ -61,6 +70,11 @@ pub mod rpc {
     pub const SCHEDULE_ADD: &str = "gf.rpc.schedule.add";
     pub const SCHEDULE_LIST: &str = "gf.rpc.schedule.list";
     pub const SCHEDULE_REMOVE: &str = "gf.rpc.schedule.remove";
+    pub const MANIFEST_SUBMIT: &str = "gf.rpc.manifest.submit";
+    pub const MANIFEST_GET: &str = "gf.rpc.manifest.get";
+    pub const PROFILE_LIST: &str = "gf.rpc.profile.list";
+    pub const BRIDGE_DELIVERIES: &str = "gf.rpc.bridge.deliveries";
+    pub const BRIDGE_REDELIVER: &str = "gf.rpc.bridge.redeliver";
     /// Batches: the body is a JSON array of the single subject's requests (at most
     /// [`crate::rpc::MAX_BATCH`]); the reply is `{"ok": [...]}` holding each item's own
     /// envelope, in order. Each item is applied exactly as if sent alone. The factory
@@ -336,6 +350,43 @@ pub fn job_key(job: &JobId) -> String {
 /// Hashing keeps arbitrary client keys inside the KV key alphabet.
 pub fn idem_key(product: &str, key_hash_hex: &str) -> String {
     format!("{product}.{key_hash_hex}")
+}
+
+/// Subject of a bridged job's outbound state changes: `gf.bridge.out.<source>.<job>`.
+/// One source's subjects are delivered in order, by one consumer per source.
+pub fn bridge_out(source: &str, job: &JobId) -> String {
+    format!("gf.bridge.out.{source}.{job}")
+}
+
+/// Filter of one source's outbound state changes.
+pub fn bridge_out_source(source: &str) -> String {
+    format!("gf.bridge.out.{source}.>")
+}
+
+/// Durable consumer delivering one source's state changes.
+pub fn bridge_consumer(source: &str) -> String {
+    format!("gf-bridge-{source}")
+}
+
+/// KV key (in [`BUCKET_BRIDGE`]) of a tracker item's job: `item.<source>.<sha256 hex
+/// of the item key and revision>` (hashed: item keys hold `/`, `#`, spaces).
+pub fn bridge_item_key(source: &str, item_hash_hex: &str) -> String {
+    format!("item.{source}.{item_hash_hex}")
+}
+
+/// KV key of a handled webhook delivery id (replay protection).
+pub fn bridge_seen_key(source: &str, delivery_hash_hex: &str) -> String {
+    format!("seen.{source}.{delivery_hash_hex}")
+}
+
+/// KV key of a bridged job's link to its item.
+pub fn bridge_job_key(job: &JobId) -> String {
+    format!("job.{job}")
+}
+
+/// KV key of one outbound delivery; `id` is `<job>.<revision>` (KV-safe).
+pub fn bridge_delivery_key(id: &str) -> String {
+    format!("delivery.{id}")
 }
 
 /// The routing dimensions, in subject order. `queue` is the job's queue; every other
