@@ -48,6 +48,10 @@ pub struct CoordinatorConfig {
     /// Who may use the HTTP API. Default (in code): disabled, for embedding and tests;
     /// `gf coordinator` refuses to start without tokens unless `--no-auth` is given.
     pub auth: AuthConfig,
+    /// Named job templates (`[profiles.<name>]`), resolved at submission.
+    pub profiles: std::collections::BTreeMap<String, gf_schemas::Profile>,
+    /// The tracker bridge's sources and rules (`[bridge]`); none by default.
+    pub bridge: gf_bridge::BridgeConfig,
 }
 
 /// A limit on jobs sharing a label value, e.g. `repo` with `max_running = 3`: at most
@@ -158,6 +162,8 @@ impl Default for CoordinatorConfig {
             limits: Vec::new(),
             refuse_over_budget: false,
             auth: AuthConfig::default(),
+            profiles: Default::default(),
+            bridge: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! [`start`] builds and starts every part; [`run`] also waits for it to stop.
 
+pub mod bridged;
 pub mod clock;
 pub mod config;
 pub mod consumers;
@@ -18,8 +19,10 @@ pub mod http;
 pub mod identity;
 pub mod lane;
 pub mod leader;
+pub mod manifest;
 pub mod metrics;
 pub mod plan;
+pub mod profiles;
 pub mod rpc;
 pub mod scheduler;
 pub mod score;
@@ -53,6 +56,7 @@ pub struct Coordinator {
     scheduler: JoinHandle<()>,
     events: events::EventTask,
     stats: JoinHandle<()>,
+    bridge: gf_bridge::BridgeTask,
 }
 
 /// Connects to NATS, creates or checks buckets and streams, and starts the RPC plane,
@@ -93,6 +97,9 @@ pub async fn start(
     let service = Arc::new(Service::new(store, client, clock, events, config.clone())?);
     let leader = Arc::new(scheduler::LeaderStatus::default());
 
+    let bridge = bridged::start(&service, shutdown.clone())
+        .await
+        .context("cannot start the tracker bridge")?;
     let (stats, stats_feed, stats_task) =
         stats::start(service.store.jobs.clone(), shutdown.clone());
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
@@ -150,12 +157,14 @@ pub async fn start(
         scheduler,
         events: events_task,
         stats: stats_task,
+        bridge,
     })
 }
 
 impl Coordinator {
     /// Waits for the shutdown, in order: intake (RPC, HTTP) drains first, then the
-    /// scheduler steps down, then the audit trail is flushed.
+    /// scheduler steps down, then the bridge's echo tasks stop, then the audit trail
+    /// is flushed.
     pub async fn join(self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
         // The router's state holds the service; nothing serves with it any more.
@@ -167,6 +176,8 @@ impl Coordinator {
         };
         self.scheduler.await.ok();
         self.stats.await.ok();
+        // The bridge's echo tasks hand back a message in flight (nak) and stop.
+        self.bridge.join().await;
         let client = self.service.client.clone();
         drop(self.service);
         // Every part that narrates has stopped; a service handle someone still holds

@@ -223,6 +223,16 @@ async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
         rpc::BUDGET_SET => call!("budget update", budget_set),
         rpc::SCHEDULE_ADD => call!("schedule", schedule_add),
         rpc::BUDGET_LIST => reply(service, subject, service.budget_list().await),
+        rpc::MANIFEST_SUBMIT => call!("manifest", manifest_submit),
+        rpc::MANIFEST_GET => {
+            match decode::<gf_schemas::manifest::ManifestName>("manifest name", payload, max) {
+                Ok(r) => reply(service, subject, service.manifest_get(&r.name).await),
+                Err(e) => reply::<()>(service, subject, Err(e)),
+            }
+        }
+        rpc::PROFILE_LIST => reply(service, subject, service.profile_list().await),
+        rpc::BRIDGE_DELIVERIES => call!("delivery query", bridge_deliveries),
+        rpc::BRIDGE_REDELIVER => call!("redeliver request", bridge_redeliver),
         rpc::SCHEDULE_LIST => reply(service, subject, service.schedule_list().await),
         rpc::SCHEDULE_REMOVE => {
             match decode::<gf_schemas::rpc::ScheduleName>("schedule name", payload, max) {
@@ -290,6 +300,11 @@ fn operation(subject: &str) -> &'static str {
         rpc::SCHEDULE_ADD => "schedule_add",
         rpc::SCHEDULE_LIST => "schedule_list",
         rpc::SCHEDULE_REMOVE => "schedule_remove",
+        rpc::MANIFEST_SUBMIT => "manifest_submit",
+        rpc::MANIFEST_GET => "manifest_get",
+        rpc::PROFILE_LIST => "profile_list",
+        rpc::BRIDGE_DELIVERIES => "bridge_deliveries",
+        rpc::BRIDGE_REDELIVER => "bridge_redeliver",
         rpc::SUBMIT_BATCH => "submit_batch",
         _ => "unknown",
     }

@@ -38,6 +38,8 @@ pub struct Service {
     caps: Mutex<HashMap<WorkerId, Capabilities>>,
     /// Slots the leader's last pass left free, for dispatch at submission.
     pub lane: crate::lane::DirectLane,
+    /// The tracker bridge, set once at start (it submits through this service).
+    pub bridge: std::sync::OnceLock<Arc<gf_bridge::Bridge>>,
 }
 
 fn invalid(msg: impl Into<String>) -> RpcError {
@@ -77,6 +79,7 @@ impl Service {
             routing,
             caps: Mutex::new(HashMap::new()),
             lane: crate::lane::DirectLane::default(),
+            bridge: std::sync::OnceLock::new(),
         })
     }
 
@@ -87,8 +90,19 @@ impl Service {
 
     /// [`Service::submit`], with `id` for the job if it is new. Separate so a test can
     /// put a racing submission's job in the store before this one creates it.
-    async fn submit_as(&self, body: &[u8], mut id: JobId) -> Result<SubmitReply, RpcError> {
+    async fn submit_as(&self, body: &[u8], id: JobId) -> Result<SubmitReply, RpcError> {
         let spec: JobSpec = decode("job spec", body, self.config.max_submit_bytes)?;
+        self.submit_spec_as(spec, id).await
+    }
+
+    /// Accepts a decoded submission: resolves its profile, validates, and creates the
+    /// job (or, for a repeated idempotency key, returns the first one).
+    pub async fn submit_spec(&self, spec: JobSpec) -> Result<SubmitReply, RpcError> {
+        self.submit_spec_as(spec, JobId::new()).await
+    }
+
+    async fn submit_spec_as(&self, spec: JobSpec, mut id: JobId) -> Result<SubmitReply, RpcError> {
+        let (spec, provenance) = crate::profiles::apply(&self.config.profiles, spec)?;
         spec.validate().map_err(|e| invalid(e.to_string()))?;
         self.check_references(&spec).await?;
         if self.config.refuse_over_budget {
@@ -147,6 +161,7 @@ impl Service {
         }
         let now = self.clock.now();
         let mut rec = JobRecord::new(id, spec, now);
+        rec.provenance = provenance;
         rec.trace_parent = gf_telemetry::trace::current_traceparent();
         let rules = crate::lane::Rules {
             scoring: &self.config.scoring,

@@ -58,6 +58,11 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
             "Gigafactory budgets per product: limits, spend, history",
         ),
         base(BUCKET_SCHEDULES, "Gigafactory cron schedules"),
+        base(
+            names::BUCKET_MANIFESTS,
+            "Gigafactory manifests: their jobs' names and ids",
+        ),
+        gf_bridge::bucket_config(replicas),
     ]
 }
 
@@ -89,6 +94,7 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             duplicate_window: Duration::from_secs(600),
             ..base(names::STREAM_USAGE, names::USAGE_ALL, 30 * 24 * 3600)
         },
+        gf_bridge::stream_config(replicas),
     ]
 }
 

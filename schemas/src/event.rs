@@ -30,6 +30,11 @@ pub enum EventKind {
     // plain comment: the other kinds have none, and a doc comment would turn the
     // published enum into a `oneOf`.)
     RpcForbidden,
+    // The tracker bridge refused a webhook (bad signature, stale, malformed).
+    WebhookRefused,
+    // An echo of a bridged job's state change to its tracker failed an attempt (`warn`)
+    // or was given up (`error`); the job itself is not affected.
+    EchoFailed,
 }
 
 impl EventKind {
@@ -53,6 +58,8 @@ impl EventKind {
             EventKind::LeaderElected => "leader_elected",
             EventKind::RpcRejected => "rpc_rejected",
             EventKind::RpcForbidden => "rpc_forbidden",
+            EventKind::WebhookRefused => "webhook_refused",
+            EventKind::EchoFailed => "echo_failed",
         }
     }
 }

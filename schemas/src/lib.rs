@@ -5,9 +5,9 @@
 //! ([`json_schemas`]). This crate does no I/O: the coordinator, the worker, the CLI and
 //! clients in other languages all agree on the shapes defined here and nothing else.
 
+pub mod bridge;
 pub mod budget;
 pub mod event;
-pub mod bridge;
 pub mod ids;
 pub mod job;
 pub mod manifest;

@@ -141,8 +141,8 @@ impl Manifest {
         let mut placed = vec![false; self.jobs.len()];
         let mut order = Vec::with_capacity(self.jobs.len());
         while order.len() < self.jobs.len() {
-            let next = (0..self.jobs.len())
-                .find(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]));
+            let next =
+                (0..self.jobs.len()).find(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]));
             match next {
                 Some(i) => {
                     placed[i] = true;
@@ -315,10 +315,7 @@ mod tests {
             manifest(&[("a", &[]), ("a", &[])]).plan(),
             Err(ManifestError::Duplicate(_))
         ));
-        assert!(matches!(
-            manifest(&[]).plan(),
-            Err(ManifestError::Empty(_))
-        ));
+        assert!(matches!(manifest(&[]).plan(), Err(ManifestError::Empty(_))));
     }
 
     /// A job's spec: the JobSpec rules (unknown fields refused), command optional with
@@ -338,7 +335,11 @@ mod tests {
             serde_json::json!({"name": "a", "command": ["x"], "idempotency_key": "k"}),
         )
         .unwrap();
-        assert!(job.spec().unwrap_err().to_string().contains("idempotency_key"));
+        assert!(job
+            .spec()
+            .unwrap_err()
+            .to_string()
+            .contains("idempotency_key"));
         let job: ManifestJob = serde_json::from_value(serde_json::json!({"name": "a"})).unwrap();
         assert!(job.spec().unwrap_err().to_string().contains("command"));
     }
@@ -354,7 +355,13 @@ mod tests {
         .unwrap();
         assert_eq!(m.jobs[1].depends_on, ["build"]);
         assert_eq!(m.jobs[1].spec["priority"], 1);
-        assert!(serde_json::from_value::<Manifest>(serde_json::json!({"name": "x", "jobs": [], "extra": 1})).is_err());
-        assert_eq!(idempotency_key("release", "build"), "manifest:release:build");
+        assert!(serde_json::from_value::<Manifest>(
+            serde_json::json!({"name": "x", "jobs": [], "extra": 1})
+        )
+        .is_err());
+        assert_eq!(
+            idempotency_key("release", "build"),
+            "manifest:release:build"
+        );
     }
 }

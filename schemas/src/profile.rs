@@ -132,7 +132,10 @@ fn merge_map(
     let mut m = profile.clone();
     m.extend(submitted.iter().map(|(k, v)| (k.clone(), v.clone())));
     *out = m;
-    from.insert(field.into(), both(!submitted.is_empty(), !profile.is_empty()));
+    from.insert(
+        field.into(),
+        both(!submitted.is_empty(), !profile.is_empty()),
+    );
 }
 
 fn both(submission: bool, profile: bool) -> Provenance {
@@ -413,7 +416,10 @@ mod tests {
         s.profile = Some("agent".into());
         assert_eq!(kind(&s), "agent");
         assert_eq!(kind(&JobSpec::command(["gf:noop"])), "gf:noop");
-        assert_eq!(kind(&JobSpec::command([r"C:\tools\build.exe"])), "build.exe");
+        assert_eq!(
+            kind(&JobSpec::command([r"C:\tools\build.exe"])),
+            "build.exe"
+        );
     }
 
     /// Without a profile every value is the submission's or the default.

@@ -48,6 +48,9 @@ pub mod names {
     pub const WORKER_LOG_LINES: &str = "gf_worker_log_lines_total";
     pub const BUDGET_SPENT: &str = "gf_budget_spent";
     pub const BUDGET_LIMIT: &str = "gf_budget_limit";
+    pub const BRIDGE_WEBHOOKS: &str = "gf_bridge_webhooks_total";
+    pub const BRIDGE_DELIVERY_ATTEMPTS: &str = "gf_bridge_delivery_attempts_total";
+    pub const BRIDGE_DELIVERIES_FAILED: &str = "gf_bridge_deliveries_failed_total";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +258,24 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Gauge,
             &["product"],
             "Budget limit for the current period, in cost units.",
+        ),
+        (
+            BRIDGE_WEBHOOKS,
+            Counter,
+            &["source", "outcome"],
+            "Tracker webhooks received by outcome (created, existing, duplicate_delivery, ignored, or why refused).",
+        ),
+        (
+            BRIDGE_DELIVERY_ATTEMPTS,
+            Counter,
+            &["source", "result"],
+            "Attempts to echo a bridged job's state change to its tracker (ok, error).",
+        ),
+        (
+            BRIDGE_DELIVERIES_FAILED,
+            Counter,
+            &["source"],
+            "Echoes given up after their last attempt (an operator can redeliver them).",
         ),
     ]
 };
