@@ -179,8 +179,14 @@ fn dur(key: &str, text: &str) -> Result<Duration, ConfigError> {
 }
 
 impl BridgeSettings {
-    /// Checks everything and reads the secrets from `env`.
-    pub fn resolve(&self, env: &BTreeMap<String, String>) -> Result<BridgeConfig, ConfigError> {
+    /// Checks everything and reads the secrets from `env`. With `require_secrets`
+    /// false (checking a file for a command that runs no coordinator), a secret whose
+    /// variable is not set is left empty instead of being an error.
+    pub fn resolve(
+        &self,
+        env: &BTreeMap<String, String>,
+        require_secrets: bool,
+    ) -> Result<BridgeConfig, ConfigError> {
         let mut sources = BTreeMap::new();
         for (name, s) in &self.sources {
             let at = |k: &str| format!("bridge.sources.{name}.{k}");
@@ -194,6 +200,7 @@ impl BridgeSettings {
             let secret_of = |key: &str, var: &str| -> Result<String, ConfigError> {
                 match env.get(var).filter(|v| !v.is_empty()) {
                     Some(v) => Ok(v.clone()),
+                    None if !require_secrets => Ok(String::new()),
                     None => Err(bad(key, format!("environment variable `{var}` is not set"))),
                 }
             };
@@ -339,7 +346,7 @@ mod tests {
         let s = BridgeSettings {
             sources: [("github".to_string(), source())].into(),
         };
-        let c = s.resolve(&env()).unwrap();
+        let c = s.resolve(&env(), true).unwrap();
         let g = &c.sources["github"];
         assert_eq!(g.secret, b"s3cret");
         assert_eq!(g.tolerance, Duration::from_secs(300));
@@ -354,13 +361,13 @@ mod tests {
         let e = BridgeSettings {
             sources: [("github".to_string(), s)].into(),
         }
-        .resolve(&env())
+        .resolve(&env(), true)
         .unwrap_err();
         assert_eq!(e.key, "bridge.sources.github.rules.0.command");
         let e = BridgeSettings {
             sources: [("github".to_string(), source())].into(),
         }
-        .resolve(&BTreeMap::new())
+        .resolve(&BTreeMap::new(), true)
         .unwrap_err();
         assert_eq!(e.key, "bridge.sources.github.secret_env");
         assert!(e.problem.contains("GH_SECRET"), "{e}");
@@ -369,7 +376,7 @@ mod tests {
         let e = BridgeSettings {
             sources: [("github".to_string(), s)].into(),
         }
-        .resolve(&env())
+        .resolve(&env(), true)
         .unwrap_err();
         assert_eq!(e.key, "bridge.sources.github.echo.secret_env");
     }

@@ -56,7 +56,87 @@ pub enum KeyKind {
     Map,
     Float,
     Bool,
+    /// A tree of named tables (`[profiles.<name>]`, `[bridge.sources.<name>]`): its
+    /// keys are checked against a [`Shape`], its values by their typed settings. Files
+    /// only: no environment variable.
+    Tree(&'static Shape),
 }
+
+/// The keys allowed inside a [`KeyKind::Tree`] key, so an unknown one is an error
+/// naming the file and the full key (`profiles.agent.comand`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A value (any TOML type; the typed settings check it).
+    Leaf,
+    /// A table with free keys (a map such as `env` or `labels`).
+    Free,
+    /// A table with these keys.
+    Table(&'static [(&'static str, Shape)]),
+    /// A table of named tables, each of this shape.
+    Named(&'static Shape),
+    /// An array of tables, each of this shape.
+    Array(&'static Shape),
+}
+
+const WEIGHTS: Shape = Shape::Table(&[
+    ("priority", Shape::Leaf),
+    ("waiting", Shape::Leaf),
+    ("retry", Shape::Leaf),
+    ("product", Shape::Leaf),
+    ("affinity", Shape::Leaf),
+    ("cost", Shape::Leaf),
+]);
+
+const PROFILE: Shape = Shape::Table(&[
+    ("description", Shape::Leaf),
+    ("command", Shape::Leaf),
+    ("queue", Shape::Leaf),
+    ("requires", Shape::Free),
+    ("tags", Shape::Leaf),
+    ("priority", Shape::Leaf),
+    ("timeout", Shape::Leaf),
+    ("max_attempts", Shape::Leaf),
+    ("lease_ttl", Shape::Leaf),
+    ("env", Shape::Free),
+    ("product", Shape::Leaf),
+    ("labels", Shape::Free),
+    ("prefer", Shape::Free),
+    ("weights", WEIGHTS),
+    ("max_cost", Shape::Leaf),
+]);
+
+const PROFILES: Shape = Shape::Named(&PROFILE);
+
+const RULE: Shape = Shape::Table(&[
+    ("events", Shape::Leaf),
+    ("label", Shape::Leaf),
+    ("profile", Shape::Leaf),
+    ("command", Shape::Leaf),
+    ("revision", Shape::Leaf),
+    ("labels", Shape::Free),
+]);
+
+const ECHO: Shape = Shape::Table(&[
+    ("url", Shape::Leaf),
+    ("secret_env", Shape::Leaf),
+    ("github_api", Shape::Leaf),
+    ("token_env", Shape::Leaf),
+    ("max_attempts", Shape::Leaf),
+    ("backoff", Shape::Leaf),
+    ("backoff_max", Shape::Leaf),
+]);
+
+const SOURCE: Shape = Shape::Table(&[
+    ("format", Shape::Leaf),
+    ("secret_env", Shape::Leaf),
+    ("tolerance", Shape::Leaf),
+    ("item", Shape::Leaf),
+    ("labels_at", Shape::Leaf),
+    ("rules", Shape::Array(&RULE)),
+    ("echo", ECHO),
+]);
+
+const BRIDGE: Shape = Shape::Table(&[("sources", Shape::Named(&SOURCE))]);
 
 /// One configuration key.
 pub struct Key {
@@ -71,6 +151,9 @@ pub struct Key {
 }
 
 macro_rules! key {
+    ($path:literal, Tree($shape:expr)) => {
+        Key { path: $path, kind: KeyKind::Tree($shape), env: &[], secret: false }
+    };
     ($path:literal, $kind:ident, [$($env:literal),*]) => {
         Key { path: $path, kind: KeyKind::$kind, env: &[$($env),*], secret: false }
     };
@@ -183,6 +266,8 @@ pub const KEYS: &[Key] = &[
     ),
     key!("worker.rpc_timeout", Str, ["GF_WORKER_RPC_TIMEOUT"]),
     key!("worker.metrics_addr", Str, ["GF_WORKER_METRICS_ADDR"]),
+    key!("profiles", Tree(&PROFILES)),
+    key!("bridge", Tree(&BRIDGE)),
 ];
 
 pub fn key(path: &str) -> Option<&'static Key> {
@@ -198,6 +283,73 @@ pub struct Settings {
     pub tracing: TracingSettings,
     pub coordinator: CoordinatorSettings,
     pub worker: WorkerSettings,
+    /// Named job templates, resolved by the coordinators at submission.
+    pub profiles: BTreeMap<String, ProfileSettings>,
+    /// The tracker bridge.
+    pub bridge: gf_bridge::BridgeSettings,
+}
+
+/// `[profiles.<name>]` as written: like a job spec, with durations as text.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileSettings {
+    pub description: Option<String>,
+    pub command: Vec<String>,
+    pub queue: Option<String>,
+    pub requires: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub priority: Option<u8>,
+    /// e.g. `"2h"`.
+    pub timeout: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub lease_ttl: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub product: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub prefer: BTreeMap<String, String>,
+    pub weights: Option<gf_schemas::ScoreWeights>,
+    pub max_cost: Option<f64>,
+}
+
+impl ProfileSettings {
+    /// The profile as the coordinator applies it; an error names the field.
+    pub fn profile(&self) -> Result<gf_schemas::Profile, (String, String)> {
+        let secs = |k: &str, d: &Option<String>| -> Result<Option<u64>, (String, String)> {
+            d.as_deref()
+                .map(|t| {
+                    humantime::parse_duration(t)
+                        .map(|d| d.as_secs().max(1))
+                        .map_err(|e| (k.to_string(), format!("`{t}` is not a duration ({e})")))
+                })
+                .transpose()
+        };
+        let p = gf_schemas::Profile {
+            description: self.description.clone(),
+            command: self.command.clone(),
+            queue: self.queue.clone(),
+            requires: self.requires.clone(),
+            tags: self.tags.iter().cloned().collect(),
+            priority: self.priority,
+            timeout_secs: secs("timeout", &self.timeout)?,
+            max_attempts: self.max_attempts,
+            lease_ttl_secs: secs("lease_ttl", &self.lease_ttl)?,
+            env: self.env.clone(),
+            product: self.product.clone(),
+            labels: self.labels.clone(),
+            prefer: self.prefer.clone(),
+            weights: self.weights.clone(),
+            max_cost: self.max_cost,
+        };
+        p.validate().map_err(|e| {
+            let field = match e.field.as_str() {
+                "timeout_secs" => "timeout".to_string(),
+                "lease_ttl_secs" => "lease_ttl".to_string(),
+                f => f.to_string(),
+            };
+            (field, e.problem)
+        })?;
+        Ok(p)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -400,6 +552,8 @@ pub struct Loader {
 #[derive(Clone, Debug)]
 pub struct Loaded {
     pub settings: Settings,
+    /// The environment it was loaded with (the bridge's secrets are read from it).
+    pub env: BTreeMap<String, String>,
     pub sources: BTreeMap<String, Source>,
     /// The merged table (defaults included): what `show` prints.
     pub table: Table,
@@ -503,9 +657,10 @@ impl Loader {
                 key: String::new(),
                 error: e.to_string(),
             })?;
-        validate(&settings, &sources)?;
+        validate(&settings, &sources, &self.env)?;
         Ok(Loaded {
             settings,
+            env: self.env.clone(),
             sources,
             table,
             base,
@@ -539,6 +694,10 @@ fn check_keys(table: &Table, prefix: &str, file: &Path) -> Result<(), ConfigErro
             format!("{prefix}.{k}")
         };
         if let Some(key) = key(&path) {
+            if let KeyKind::Tree(shape) = key.kind {
+                check_shape(v, shape, &path, file)?;
+                continue;
+            }
             if key.kind == KeyKind::Map && !v.is_table() {
                 return Err(ConfigError::Parse {
                     file: file.into(),
@@ -559,6 +718,48 @@ fn check_keys(table: &Table, prefix: &str, file: &Path) -> Result<(), ConfigErro
         }
     }
     Ok(())
+}
+
+/// Checks the keys of a tree value against its shape; the error names the full key.
+fn check_shape(v: &Value, shape: &Shape, path: &str, file: &Path) -> Result<(), ConfigError> {
+    let must_be = |what: &str| ConfigError::Parse {
+        file: file.into(),
+        error: format!("key `{path}` must be {what}"),
+    };
+    match shape {
+        Shape::Leaf => Ok(()),
+        Shape::Free => v.is_table().then_some(()).ok_or_else(|| must_be("a table")),
+        Shape::Table(fields) => {
+            let t = v.as_table().ok_or_else(|| must_be("a table"))?;
+            for (k, child) in t {
+                let at = format!("{path}.{k}");
+                match fields.iter().find(|(name, _)| name == k) {
+                    Some((_, s)) => check_shape(child, s, &at, file)?,
+                    None => {
+                        return Err(ConfigError::UnknownKey {
+                            file: file.into(),
+                            key: at,
+                        })
+                    }
+                }
+            }
+            Ok(())
+        }
+        Shape::Named(each) => {
+            let t = v.as_table().ok_or_else(|| must_be("a table of named tables"))?;
+            for (k, child) in t {
+                check_shape(child, each, &format!("{path}.{k}"), file)?;
+            }
+            Ok(())
+        }
+        Shape::Array(each) => {
+            let a = v.as_array().ok_or_else(|| must_be("an array of tables (`[[...]]`)"))?;
+            for (i, child) in a.iter().enumerate() {
+                check_shape(child, each, &format!("{path}.{i}"), file)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn env_value(k: &Key, text: &str) -> Result<Value, String> {
@@ -586,6 +787,7 @@ fn env_value(k: &Key, text: &str) -> Result<Value, String> {
             "false" | "0" | "no" | "" => false,
             _ => return Err(format!("`{text}` is not true or false")),
         }),
+        KeyKind::Tree(_) => return Err("set in a configuration file, not the environment".into()),
         KeyKind::Map => {
             let mut t = Table::new();
             for item in items() {
@@ -599,7 +801,11 @@ fn env_value(k: &Key, text: &str) -> Result<Value, String> {
     })
 }
 
-fn validate(s: &Settings, sources: &BTreeMap<String, Source>) -> Result<(), ConfigError> {
+fn validate(
+    s: &Settings,
+    sources: &BTreeMap<String, Source>,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
     let bad = |key: &str, error: String| ConfigError::Invalid {
         source_: sources
             .get(key)
@@ -655,6 +861,24 @@ fn validate(s: &Settings, sources: &BTreeMap<String, Source>) -> Result<(), Conf
             format!("`{k}={v}`: use A-Z a-z 0-9 _ -"),
         ));
     }
+    for (name, p) in &s.profiles {
+        gf_schemas::profile::check_name(name).map_err(|e| bad("profiles", e))?;
+        p.profile().map_err(|(field, problem)| {
+            bad(
+                "profiles",
+                format!("`profiles.{name}.{field}`: {problem}"),
+            )
+        })?;
+    }
+    if s.bridge.sources.contains_key("deliveries") {
+        return Err(bad(
+            "bridge",
+            "`bridge.sources.deliveries`: that name is taken by /api/bridge/deliveries".into(),
+        ));
+    }
+    s.bridge
+        .resolve(env, false)
+        .map_err(|e| bad("bridge", e.to_string()))?;
     if !matches!(
         s.nats.url.split("://").next(),
         Some("nats" | "tls" | "ws" | "wss")
@@ -737,6 +961,17 @@ impl Loaded {
         for k in KEYS {
             let source = self.sources.get(k.path).cloned().unwrap_or(Source::Default);
             let value = lookup(&self.table, k.path);
+            if let (KeyKind::Tree(_), Some(Value::Table(t))) = (k.kind, value) {
+                // One line per named part: `profiles.agent = { … }`.
+                if t.is_empty() {
+                    out.push_str(&format!("{:<56} # {source}\n", format!("# {} (none)", k.path)));
+                }
+                for (name, v) in t {
+                    let text = format!("{}.{name} = {}", k.path, inline(v));
+                    out.push_str(&format!("{text:<56} # {source}\n"));
+                }
+                continue;
+            }
             let text = match value {
                 None => format!("# {} (unset)", k.path),
                 Some(v) => {
@@ -762,7 +997,16 @@ impl Loaded {
         out
     }
 
-    pub fn coordinator(&self) -> gf_coordinator::CoordinatorConfig {
+    /// The coordinator's configuration, with the bridge's secrets read from the
+    /// environment (an error names the key and the variable).
+    pub fn coordinator(&self) -> anyhow::Result<gf_coordinator::CoordinatorConfig> {
+        let mut cfg = self.coordinator_policy();
+        cfg.bridge = self.settings.bridge.resolve(&self.env, true)?;
+        Ok(cfg)
+    }
+
+    /// [`Loaded::coordinator`] without the bridge (no secrets needed).
+    pub fn coordinator_policy(&self) -> gf_coordinator::CoordinatorConfig {
         let c = &self.settings.coordinator;
         let mut cfg = gf_coordinator::CoordinatorConfig {
             nats_url: self.settings.nats.url.clone(),
@@ -798,6 +1042,13 @@ impl Loaded {
             .filter_map(|w| crate::parse_weight(w).ok())
             .collect();
         cfg.refuse_over_budget = c.refuse_over_budget;
+        // Validated at load.
+        cfg.profiles = self
+            .settings
+            .profiles
+            .iter()
+            .filter_map(|(n, p)| Some((n.clone(), p.profile().ok()?)))
+            .collect();
         cfg
     }
 
@@ -1113,7 +1364,7 @@ engine = "docker"
         let c = Loader::new(Some(base.clone()), env(&[]))
             .load()
             .unwrap()
-            .coordinator();
+            .coordinator_policy();
         assert_eq!(c.preemption_margin, Some(30.0));
         assert_eq!(c.limits.len(), 2);
         assert_eq!(
@@ -1131,7 +1382,7 @@ engine = "docker"
         let c = Loader::new(Some(base.clone()), vars)
             .load()
             .unwrap()
-            .coordinator();
+            .coordinator_policy();
         assert_eq!(
             (c.limits.len(), c.preemption_margin, c.refuse_over_budget),
             (1, Some(12.5), false)
@@ -1146,6 +1397,57 @@ engine = "docker"
             .unwrap_err()
             .to_string();
         assert!(e.contains("coordinator.limits"), "{e}");
+    }
+
+    /// Profiles and bridge sources load from the file; an unknown key inside them
+    /// names the file and the full key; a bad template or duration names the key; a
+    /// missing secret only stops the coordinator, not other commands.
+    #[test]
+    fn profiles_and_bridge() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = r#"
+[profiles.agent]
+command = ["run-agent"]
+queue = "agents"
+timeout = "2h"
+env = { MODEL = "big" }
+weights = { waiting = 2.0 }
+
+[bridge.sources.github]
+secret_env = "GH_SECRET"
+[[bridge.sources.github.rules]]
+events = ["issues.labeled"]
+label = "agent"
+profile = "agent"
+command = ["{issue.number}"]
+"#;
+        let base = write(dir.path(), "gigafactory.toml", good);
+        let l = Loader::new(Some(base.clone()), env(&[])).load().unwrap();
+        let c = l.coordinator_policy();
+        assert_eq!(c.profiles["agent"].timeout_secs, Some(7200));
+        assert_eq!(c.profiles["agent"].queue.as_deref(), Some("agents"));
+        let e = l.coordinator().unwrap_err().to_string();
+        assert!(e.contains("GH_SECRET") && e.contains("bridge.sources.github.secret_env"), "{e}");
+        let l = Loader::new(Some(base), env(&[("GH_SECRET", "s")])).load().unwrap();
+        assert_eq!(l.coordinator().unwrap().bridge.sources.len(), 1);
+        assert!(l.show().contains("profiles.agent = {"), "{}", l.show());
+
+        for (text, want) in [
+            ("[profiles.agent]\ncomand = [\"x\"]\n", "unknown key `profiles.agent.comand`"),
+            ("[profiles.agent.weights]\nwaitng = 1.0\n", "unknown key `profiles.agent.weights.waitng`"),
+            ("[bridge.sources.gh]\nsecret = \"x\"\n", "unknown key `bridge.sources.gh.secret`"),
+            ("[[bridge.sources.gh.rules]]\nevent = []\n", "unknown key `bridge.sources.gh.rules.0.event`"),
+            ("[profiles.agent]\ntimeout = \"soon\"\n", "profiles.agent.timeout"),
+            ("[profiles.agent]\nqueue = \"a b\"\n", "profiles.agent.queue"),
+            ("[bridge.sources.gh]\nsecret_env = \"S\"\n[[bridge.sources.gh.rules]]\ncommand = [\"{issue.number\"]\n", "bridge.sources.gh.rules.0.command"),
+        ] {
+            let f = write(dir.path(), "bad.toml", text);
+            let e = Loader::new(Some(f), env(&[])).load().unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            if want.starts_with("unknown") {
+                assert!(e.contains("bad.toml"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -516,7 +516,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(a) => dev::run(&url, a).await,
         Command::Coordinator(a) => {
-            let mut config = loaded.coordinator();
+            let mut config = loaded.coordinator()?;
             a.apply_policy(&mut config)?;
             gf_coordinator::run(config, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)

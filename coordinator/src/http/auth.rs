@@ -59,6 +59,16 @@ impl Auth {
     }
 }
 
+/// Routes served without a token: the API's description, and trackers' webhooks
+/// (`POST /api/bridge/{source}`, authenticated by their signature).
+pub fn is_public(method: &Method, path: &str) -> bool {
+    path == "/api/openapi.json"
+        || (method == Method::POST
+            && path
+                .strip_prefix("/api/bridge/")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')))
+}
+
 /// The role a request needs: reads are for viewers, everything else for operators.
 pub fn needed(method: &Method) -> Role {
     if method == Method::GET || method == Method::HEAD {
@@ -69,8 +79,9 @@ pub fn needed(method: &Method) -> Role {
 }
 
 pub async fn require(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    // The API's description is public, like the dashboard's static files.
-    if req.uri().path() == "/api/openapi.json" {
+    // The API's description is public, like the dashboard's static files; a tracker's
+    // webhook carries its own credential, the signature the bridge verifies.
+    if is_public(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     let header = req

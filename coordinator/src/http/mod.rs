@@ -16,6 +16,7 @@ pub mod openapi;
 mod sched;
 mod stats;
 mod workers;
+mod workflow;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,6 +85,15 @@ pub fn router(state: AppState) -> Router {
             "/api/schedules/{name}",
             axum::routing::delete(sched::remove_schedule),
         )
+        .route("/api/profiles", get(workflow::profiles))
+        .route("/api/manifests", post(workflow::submit_manifest))
+        .route("/api/manifests/{name}", get(workflow::manifest))
+        .route("/api/bridge/deliveries", get(workflow::deliveries))
+        .route(
+            "/api/bridge/deliveries/{id}/redeliver",
+            post(workflow::redeliver),
+        )
+        .route("/api/bridge/{source}", post(workflow::webhook))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,

@@ -70,6 +70,12 @@ pub fn operations() -> Vec<Op> {
         op("get", "/api/schedules", "Cron schedules", V),
         op("post", "/api/schedules", "Add a cron schedule", O),
         op("delete", "/api/schedules/{name}", "Remove a cron schedule", O),
+        op("get", "/api/profiles", "Job profiles (named templates) from the coordinators' configuration", V),
+        op("post", "/api/manifests", "Submit a manifest: named jobs with dependencies by name, as one unit; 201 if it created jobs, 200 if all existed", O),
+        op("get", "/api/manifests/{name}", "A manifest's jobs (dependencies first) and their states", V),
+        op("get", "/api/bridge/deliveries", "Echoes of bridged jobs' state changes to their trackers, with attempts and last error", V),
+        op("post", "/api/bridge/deliveries/{id}/redeliver", "Send a delivery again (same id), at the end of its source's queue", O),
+        op("post", "/api/bridge/{source}", "A tracker's webhook (public: authenticated by its signature, GitHub X-Hub-Signature-256 or Standard Webhooks); 201 if it created a job", None),
     ]
 }
 
@@ -149,10 +155,14 @@ pub fn document() -> Value {
         let mut params: Vec<Value> = Vec::new();
         if op.path.contains("{id}") {
             params.push(json!({"name": "id", "in": "path", "required": true,
-                "description": if op.path.starts_with("/api/workers") { "worker id" } else { "job id (UUID)" },
+                "description": if op.path.starts_with("/api/workers") { "worker id" } else if op.path.starts_with("/api/bridge") { "delivery id" } else { "job id (UUID)" },
                 "schema": {"type": "string"}}));
         }
-        for (name, desc) in [("product", "product name"), ("name", "schedule name")] {
+        for (name, desc) in [
+            ("product", "product name"),
+            ("name", "schedule or manifest name"),
+            ("source", "bridge source name"),
+        ] {
             if op.path.contains(&format!("{{{name}}}")) {
                 params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
             }
@@ -256,6 +266,33 @@ pub fn document() -> Value {
                 )
             }
             ("delete", "/api/schedules/{name}") => ("204", json!({"type": "string"})),
+            ("get", "/api/profiles") => (
+                "200",
+                out.subschema_for::<Vec<gf_schemas::NamedProfile>>().to_value(),
+            ),
+            ("post", "/api/manifests") => {
+                body = Some(input_schema::<gf_schemas::Manifest>(&mut components));
+                ("201", out.subschema_for::<gf_schemas::ManifestStatus>().to_value())
+            }
+            ("get", "/api/manifests/{name}") => (
+                "200",
+                out.subschema_for::<gf_schemas::ManifestStatus>().to_value(),
+            ),
+            ("get", "/api/bridge/deliveries") => {
+                params.extend(query_params::<gf_schemas::bridge::DeliveryQuery>(&mut components));
+                (
+                    "200",
+                    out.subschema_for::<Vec<gf_schemas::bridge::Delivery>>().to_value(),
+                )
+            }
+            ("post", "/api/bridge/deliveries/{id}/redeliver") => (
+                "200",
+                out.subschema_for::<gf_schemas::bridge::Delivery>().to_value(),
+            ),
+            ("post", "/api/bridge/{source}") => {
+                body = Some(json!({"type": "object", "description": "the tracker's JSON payload"}));
+                ("201", out.subschema_for::<gf_schemas::bridge::WebhookReply>().to_value())
+            }
             _ => ("200", json!({"type": "string"})),
         };
         if op.sse {
@@ -274,6 +311,15 @@ pub fn document() -> Value {
                 json!({"description": "success", "content": json_content(ok)}),
             );
         }
+        if op.method == "post" && (op.path == "/api/manifests" || op.path == "/api/bridge/{source}") {
+            let what = if op.path == "/api/manifests" { "every job existed already" } else { "nothing new: an existing item, a repeated delivery, or no matching rule" };
+            let schema = if op.path == "/api/manifests" {
+                out.subschema_for::<gf_schemas::ManifestStatus>().to_value()
+            } else {
+                out.subschema_for::<gf_schemas::bridge::WebhookReply>().to_value()
+            };
+            responses.insert("200".into(), json!({"description": what, "content": json_content(schema)}));
+        }
         if op.method == "post" && op.path == "/api/jobs" {
             responses.insert("200".into(), json!({"description": "a repeat of an idempotency key: the first job",
                 "content": json_content(out.subschema_for::<gf_schemas::rpc::SubmitReply>().to_value())}));
@@ -281,7 +327,14 @@ pub fn document() -> Value {
         }
         if op.path != "/health" && op.path != "/api/openapi.json" {
             responses.insert("400".into(), error("malformed or invalid input"));
-            responses.insert("401".into(), error("no or unknown API token"));
+            responses.insert(
+                "401".into(),
+                error(if op.role.is_none() {
+                    "missing or wrong signature"
+                } else {
+                    "no or unknown API token"
+                }),
+            );
             responses.insert(
                 "503".into(),
                 error("the job store is unreachable; retry later"),
