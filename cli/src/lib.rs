@@ -8,6 +8,7 @@ pub mod nats_bin;
 pub mod ops;
 pub mod ops_admin;
 pub mod ops_sched;
+pub mod ops_workflow;
 pub mod output;
 
 use std::net::SocketAddr;
@@ -51,8 +52,15 @@ pub enum Command {
     Coordinator(CoordinatorArgs),
     /// Run a worker that claims and runs jobs matching its capabilities.
     Worker(WorkerArgs),
-    /// Submit a job: `gf submit [OPTIONS] -- CMD ARGS...`. Prints the job id.
+    /// Submit a job: `gf submit [OPTIONS] -- CMD ARGS...` (prints the job id), or a
+    /// manifest of jobs with dependencies: `gf submit -f jobs.toml`.
     Submit(ops::SubmitArgs),
+    /// Manifests: `gf manifest show NAME` lists its jobs and their states.
+    Manifest(ops_workflow::ManifestArgs),
+    /// Job profiles (named templates) the coordinators know.
+    Profiles(ops_workflow::ProfilesArgs),
+    /// The tracker bridge: `gf bridge deliveries`, `gf bridge redeliver ID`.
+    Bridge(ops_workflow::BridgeArgs),
     /// List jobs, newest first.
     Jobs(ops::JobsArgs),
     /// Show one job.
@@ -525,7 +533,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             gf_worker::run(loaded.worker()?, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit(a) => ops::submit(&url, a).await,
+        Command::Submit(a) => match &a.file {
+            Some(f) => ops_workflow::submit_manifest(&url, f, a.wait, a.json).await,
+            None => ops::submit(&url, a).await,
+        },
+        Command::Manifest(a) => ops_workflow::manifest(&url, a).await,
+        Command::Profiles(a) => ops_workflow::profiles(&url, a).await,
+        Command::Bridge(a) => ops_workflow::bridge(&url, a).await,
         Command::Jobs(a) => ops::jobs(&url, a).await,
         Command::Job(a) => ops::job(&url, a).await,
         Command::Logs(a) => ops::logs(&url, a).await,

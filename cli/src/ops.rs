@@ -21,6 +21,14 @@ use crate::{connect, output, parse_kv};
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
+    /// A profile from the coordinators' configuration (`gf profiles`): its values fill
+    /// what these options leave at their defaults, its command is a prefix of CMD.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Submit a manifest (TOML, or JSON with a `.json` name): named jobs with
+    /// dependencies by name, as one unit. Re-submitting it creates nothing new.
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "command")]
+    pub file: Option<std::path::PathBuf>,
     /// Queue to submit to.
     #[arg(long, default_value = "default")]
     pub queue: String,
@@ -78,8 +86,8 @@ pub struct SubmitArgs {
     /// Print JSON instead of the job id.
     #[arg(long)]
     pub json: bool,
-    /// The program and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The program and its arguments (with `--profile`, arguments to its command).
+    #[arg(last = true, required_unless_present = "file", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -114,6 +122,7 @@ impl SubmitArgs {
         spec.not_before = self.not_before;
         spec.prefer = self.prefer.iter().cloned().collect();
         spec.max_cost = self.max_cost;
+        spec.profile = self.profile.clone();
         spec.validate()?;
         Ok(spec)
     }

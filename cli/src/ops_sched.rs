@@ -86,6 +86,18 @@ pub async fn explain(url: &str, a: ExplainArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         print!("{}", render_explanation(&e));
+        // Where the job's values came from (its profile, the submission, defaults).
+        let rec: gf_schemas::JobRecord = client(url)
+            .await?
+            .call(rpc::GET_JOB, &gf_schemas::rpc::GetJobRequest { job_id: a.id })
+            .await?;
+        let profile = rec
+            .spec
+            .profile
+            .as_deref()
+            .map_or("no profile".to_string(), |p| format!("profile {p}"));
+        println!("kind {} ({profile})", gf_schemas::profile::kind(&rec.spec));
+        print!("{}", output::provenance(&rec));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -87,6 +87,10 @@ pub fn job_detail(j: &JobRecord, now: Timestamp) -> String {
         kv("reason", r.clone());
     }
     kv("command", j.spec.command.join(" "));
+    kv("kind", gf_schemas::profile::kind(&j.spec));
+    if let Some(p) = &j.spec.profile {
+        kv("profile", p.clone());
+    }
     kv("queue", j.spec.queue.clone());
     kv("priority", j.spec.priority.to_string());
     if !j.spec.requires.is_empty() {
@@ -128,6 +132,11 @@ pub fn job_detail(j: &JobRecord, now: Timestamp) -> String {
     }
     if let Some(u) = &j.usage {
         kv("usage", serde_json::to_string(u).unwrap_or_default());
+    }
+    for line in provenance(j).lines() {
+        if let Some((k, v)) = line.split_at_checked(12) {
+            kv(k.trim_end(), v.to_string());
+        }
     }
     for a in &j.history {
         let end = match (&a.outcome, &a.ended_because) {
@@ -189,4 +198,31 @@ mod tests {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y");
     }
+}
+
+/// Where each resolved value of a job came from: a line per source (profile,
+/// submission, merged), defaults left out. Without a profile, it follows from the spec.
+pub fn provenance(j: &JobRecord) -> String {
+    use gf_schemas::profile::{provenance_without_profile, Provenance, PROFILE_FIELDS};
+    let from = if j.provenance.is_empty() {
+        provenance_without_profile(&j.spec)
+    } else {
+        j.provenance.clone()
+    };
+    let mut s = String::new();
+    for (label, p) in [
+        ("from profile", Provenance::Profile),
+        ("merged", Provenance::Merged),
+        ("from you", Provenance::Submission),
+    ] {
+        let fields: Vec<&str> = PROFILE_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| from.get(*f) == Some(&p))
+            .collect();
+        if !fields.is_empty() {
+            s.push_str(&format!("{label:<12}{}\n", fields.join(" ")));
+        }
+    }
+    s
 }
