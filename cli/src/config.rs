@@ -746,14 +746,18 @@ fn check_shape(v: &Value, shape: &Shape, path: &str, file: &Path) -> Result<(), 
             Ok(())
         }
         Shape::Named(each) => {
-            let t = v.as_table().ok_or_else(|| must_be("a table of named tables"))?;
+            let t = v
+                .as_table()
+                .ok_or_else(|| must_be("a table of named tables"))?;
             for (k, child) in t {
                 check_shape(child, each, &format!("{path}.{k}"), file)?;
             }
             Ok(())
         }
         Shape::Array(each) => {
-            let a = v.as_array().ok_or_else(|| must_be("an array of tables (`[[...]]`)"))?;
+            let a = v
+                .as_array()
+                .ok_or_else(|| must_be("an array of tables (`[[...]]`)"))?;
             for (i, child) in a.iter().enumerate() {
                 check_shape(child, each, &format!("{path}.{i}"), file)?;
             }
@@ -864,10 +868,7 @@ fn validate(
     for (name, p) in &s.profiles {
         gf_schemas::profile::check_name(name).map_err(|e| bad("profiles", e))?;
         p.profile().map_err(|(field, problem)| {
-            bad(
-                "profiles",
-                format!("`profiles.{name}.{field}`: {problem}"),
-            )
+            bad("profiles", format!("`profiles.{name}.{field}`: {problem}"))
         })?;
     }
     if s.bridge.sources.contains_key("deliveries") {
@@ -964,7 +965,10 @@ impl Loaded {
             if let (KeyKind::Tree(_), Some(Value::Table(t))) = (k.kind, value) {
                 // One line per named part: `profiles.agent = { … }`.
                 if t.is_empty() {
-                    out.push_str(&format!("{:<56} # {source}\n", format!("# {} (none)", k.path)));
+                    out.push_str(&format!(
+                        "{:<56} # {source}\n",
+                        format!("# {} (none)", k.path)
+                    ));
                 }
                 for (name, v) in t {
                     let text = format!("{}.{name} = {}", k.path, inline(v));
@@ -1427,8 +1431,13 @@ command = ["{issue.number}"]
         assert_eq!(c.profiles["agent"].timeout_secs, Some(7200));
         assert_eq!(c.profiles["agent"].queue.as_deref(), Some("agents"));
         let e = l.coordinator().unwrap_err().to_string();
-        assert!(e.contains("GH_SECRET") && e.contains("bridge.sources.github.secret_env"), "{e}");
-        let l = Loader::new(Some(base), env(&[("GH_SECRET", "s")])).load().unwrap();
+        assert!(
+            e.contains("GH_SECRET") && e.contains("bridge.sources.github.secret_env"),
+            "{e}"
+        );
+        let l = Loader::new(Some(base), env(&[("GH_SECRET", "s")]))
+            .load()
+            .unwrap();
         assert_eq!(l.coordinator().unwrap().bridge.sources.len(), 1);
         assert!(l.show().contains("profiles.agent = {"), "{}", l.show());
 

@@ -27,7 +27,12 @@ pub struct SubmitArgs {
     pub profile: Option<String>,
     /// Submit a manifest (TOML, or JSON with a `.json` name): named jobs with
     /// dependencies by name, as one unit. Re-submitting it creates nothing new.
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "command")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "command"
+    )]
     pub file: Option<std::path::PathBuf>,
     /// Queue to submit to.
     #[arg(long, default_value = "default")]

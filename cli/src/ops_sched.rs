@@ -89,7 +89,10 @@ pub async fn explain(url: &str, a: ExplainArgs) -> anyhow::Result<ExitCode> {
         // Where the job's values came from (its profile, the submission, defaults).
         let rec: gf_schemas::JobRecord = client(url)
             .await?
-            .call(rpc::GET_JOB, &gf_schemas::rpc::GetJobRequest { job_id: a.id })
+            .call(
+                rpc::GET_JOB,
+                &gf_schemas::rpc::GetJobRequest { job_id: a.id },
+            )
             .await?;
         let profile = rec
             .spec

@@ -59,7 +59,12 @@ pub fn manifest_table(m: &ManifestStatus) -> String {
 }
 
 /// `gf submit -f FILE`.
-pub async fn submit_manifest(url: &str, file: &Path, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn submit_manifest(
+    url: &str,
+    file: &Path,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let m = read_manifest(file)?;
     let c = client(url).await?;
     let status: ManifestStatus = c
@@ -96,7 +101,11 @@ pub async fn submit_manifest(url: &str, file: &Path, wait: bool, json: bool) -> 
     } else {
         println!("{}", manifest_table(&status));
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[derive(Args, Debug)]
@@ -159,7 +168,10 @@ pub async fn profiles(url: &str, a: ProfilesArgs) -> anyhow::Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            output::table(&["PROFILE", "COMMAND PREFIX", "QUEUE", "DESCRIPTION"], &rows)
+            output::table(
+                &["PROFILE", "COMMAND PREFIX", "QUEUE", "DESCRIPTION"],
+                &rows
+            )
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -211,12 +223,26 @@ pub fn deliveries_table(ds: &[Delivery], now: Timestamp) -> String {
                     .unwrap_or_default(),
                 d.attempts.to_string(),
                 format!("{} ago", output::age(d.updated_at, now)),
-                d.last_error.clone().unwrap_or_default().chars().take(60).collect(),
+                d.last_error
+                    .clone()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect(),
             ]
         })
         .collect();
     output::table(
-        &["ID", "SOURCE", "ITEM", "STATE", "STATUS", "ATTEMPTS", "UPDATED", "LAST ERROR"],
+        &[
+            "ID",
+            "SOURCE",
+            "ITEM",
+            "STATE",
+            "STATUS",
+            "ATTEMPTS",
+            "UPDATED",
+            "LAST ERROR",
+        ],
         &rows,
     )
 }
@@ -252,7 +278,10 @@ pub async fn bridge(url: &str, a: BridgeArgs) -> anyhow::Result<ExitCode> {
                 .call(rpc::BRIDGE_REDELIVER, &RedeliverRequest { id: id.clone() })
                 .await
                 .with_context(|| format!("cannot redeliver {id}"))?;
-            println!("{} queued again ({} to {})", d.echo.id, d.echo.state, d.echo.item);
+            println!(
+                "{} queued again ({} to {})",
+                d.echo.id, d.echo.state, d.echo.item
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -268,30 +268,42 @@ pub fn document() -> Value {
             ("delete", "/api/schedules/{name}") => ("204", json!({"type": "string"})),
             ("get", "/api/profiles") => (
                 "200",
-                out.subschema_for::<Vec<gf_schemas::NamedProfile>>().to_value(),
+                out.subschema_for::<Vec<gf_schemas::NamedProfile>>()
+                    .to_value(),
             ),
             ("post", "/api/manifests") => {
                 body = Some(input_schema::<gf_schemas::Manifest>(&mut components));
-                ("201", out.subschema_for::<gf_schemas::ManifestStatus>().to_value())
+                (
+                    "201",
+                    out.subschema_for::<gf_schemas::ManifestStatus>().to_value(),
+                )
             }
             ("get", "/api/manifests/{name}") => (
                 "200",
                 out.subschema_for::<gf_schemas::ManifestStatus>().to_value(),
             ),
             ("get", "/api/bridge/deliveries") => {
-                params.extend(query_params::<gf_schemas::bridge::DeliveryQuery>(&mut components));
+                params.extend(query_params::<gf_schemas::bridge::DeliveryQuery>(
+                    &mut components,
+                ));
                 (
                     "200",
-                    out.subschema_for::<Vec<gf_schemas::bridge::Delivery>>().to_value(),
+                    out.subschema_for::<Vec<gf_schemas::bridge::Delivery>>()
+                        .to_value(),
                 )
             }
             ("post", "/api/bridge/deliveries/{id}/redeliver") => (
                 "200",
-                out.subschema_for::<gf_schemas::bridge::Delivery>().to_value(),
+                out.subschema_for::<gf_schemas::bridge::Delivery>()
+                    .to_value(),
             ),
             ("post", "/api/bridge/{source}") => {
                 body = Some(json!({"type": "object", "description": "the tracker's JSON payload"}));
-                ("201", out.subschema_for::<gf_schemas::bridge::WebhookReply>().to_value())
+                (
+                    "201",
+                    out.subschema_for::<gf_schemas::bridge::WebhookReply>()
+                        .to_value(),
+                )
             }
             _ => ("200", json!({"type": "string"})),
         };
@@ -311,14 +323,23 @@ pub fn document() -> Value {
                 json!({"description": "success", "content": json_content(ok)}),
             );
         }
-        if op.method == "post" && (op.path == "/api/manifests" || op.path == "/api/bridge/{source}") {
-            let what = if op.path == "/api/manifests" { "every job existed already" } else { "nothing new: an existing item, a repeated delivery, or no matching rule" };
+        if op.method == "post" && (op.path == "/api/manifests" || op.path == "/api/bridge/{source}")
+        {
+            let what = if op.path == "/api/manifests" {
+                "every job existed already"
+            } else {
+                "nothing new: an existing item, a repeated delivery, or no matching rule"
+            };
             let schema = if op.path == "/api/manifests" {
                 out.subschema_for::<gf_schemas::ManifestStatus>().to_value()
             } else {
-                out.subschema_for::<gf_schemas::bridge::WebhookReply>().to_value()
+                out.subschema_for::<gf_schemas::bridge::WebhookReply>()
+                    .to_value()
             };
-            responses.insert("200".into(), json!({"description": what, "content": json_content(schema)}));
+            responses.insert(
+                "200".into(),
+                json!({"description": what, "content": json_content(schema)}),
+            );
         }
         if op.method == "post" && op.path == "/api/jobs" {
             responses.insert("200".into(), json!({"description": "a repeat of an idempotency key: the first job",

@@ -22,7 +22,8 @@ pub async fn submit_manifest(
     State(st): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m: Manifest = crate::service::decode("manifest", &body?, st.service.config.max_submit_bytes)?;
+    let m: Manifest =
+        crate::service::decode("manifest", &body?, st.service.config.max_submit_bytes)?;
     let status = st.service.manifest_submit(m).await?;
     let code = if status.created > 0 {
         StatusCode::CREATED
@@ -93,7 +94,9 @@ pub async fn deliveries(
     q: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
     let Query(q) = q?;
-    Ok(Json(bridge(&st)?.deliveries(q).await.map_err(bridge_error)?))
+    Ok(Json(
+        bridge(&st)?.deliveries(q).await.map_err(bridge_error)?,
+    ))
 }
 
 pub async fn redeliver(
@@ -101,5 +104,7 @@ pub async fn redeliver(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Delivery>, ApiError> {
     let id = id?.0;
-    Ok(Json(bridge(&st)?.redeliver(&id).await.map_err(bridge_error)?))
+    Ok(Json(
+        bridge(&st)?.redeliver(&id).await.map_err(bridge_error)?,
+    ))
 }
