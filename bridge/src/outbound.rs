@@ -435,7 +435,7 @@ pub(crate) async fn list(bridge: &Bridge, q: DeliveryQuery) -> Result<Vec<Delive
     out.retain(|d| {
         q.status.is_none_or(|s| s == d.status) && q.job_id.is_none_or(|j| j == d.echo.job_id)
     });
-    out.sort_by(|a, b| (b.echo.time, b.echo.revision).cmp(&(a.echo.time, a.echo.revision)));
+    out.sort_by_key(|d| std::cmp::Reverse((d.echo.time, d.echo.revision)));
     out.truncate(limit);
     Ok(out)
 }

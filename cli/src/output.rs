@@ -181,25 +181,6 @@ pub fn workers_table(ws: &[WorkerRecord], now: Timestamp) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages() {
-        let t0 = Timestamp::from_unix_millis(0);
-        assert_eq!(age(t0, Timestamp::from_unix_millis(59_000)), "59s");
-        assert_eq!(age(t0, Timestamp::from_unix_millis(125_000)), "2m");
-        assert_eq!(age(t0, Timestamp::from_unix_millis(7_300_000)), "2h");
-    }
-
-    #[test]
-    fn table_aligns() {
-        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y");
-    }
-}
-
 /// Where each resolved value of a job came from: a line per source (profile,
 /// submission, merged), defaults left out. Without a profile, it follows from the spec.
 pub fn provenance(j: &JobRecord) -> String {
@@ -225,4 +206,23 @@ pub fn provenance(j: &JobRecord) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        let t0 = Timestamp::from_unix_millis(0);
+        assert_eq!(age(t0, Timestamp::from_unix_millis(59_000)), "59s");
+        assert_eq!(age(t0, Timestamp::from_unix_millis(125_000)), "2m");
+        assert_eq!(age(t0, Timestamp::from_unix_millis(7_300_000)), "2h");
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y");
+    }
 }

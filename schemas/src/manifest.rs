@@ -159,10 +159,7 @@ impl Manifest {
         let start = (0..placed.len()).find(|&i| !placed[i]).unwrap_or(0);
         let mut path = vec![start];
         let mut at = start;
-        loop {
-            let Some(&next) = deps[at].iter().find(|&&d| !placed[d]) else {
-                break;
-            };
+        while let Some(&next) = deps[at].iter().find(|&&d| !placed[d]) {
             if let Some(pos) = path.iter().position(|&p| p == next) {
                 let mut names: Vec<String> = path[pos..]
                     .iter()
