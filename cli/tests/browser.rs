@@ -32,6 +32,42 @@ fn with_token(cfg: &mut gf_coordinator::CoordinatorConfig, token: &str) {
     };
 }
 
+const WEBHOOK_SECRET: &str = "browser-webhook-secret";
+
+/// A profile, and a GitHub bridge source whose echoes go to a port nothing listens on
+/// (so its deliveries show attempts and an error).
+fn with_workflow(cfg: &mut gf_coordinator::CoordinatorConfig) -> anyhow::Result<()> {
+    let settings: gf_cli::config::Settings = toml::from_str(
+        r#"
+[profiles.agent]
+description = "an agent on a ticket"
+command = ["sh", "-c", "echo agent on $0"]
+labels = { team = "core" }
+
+[bridge.sources.github]
+secret_env = "SECRET"
+[[bridge.sources.github.rules]]
+label = "agent"
+profile = "agent"
+command = ["{issue.number}"]
+[bridge.sources.github.echo]
+url = "http://127.0.0.1:9/hook"
+secret_env = "SECRET"
+backoff = "500ms"
+backoff_max = "2s"
+"#,
+    )?;
+    for (name, p) in &settings.profiles {
+        cfg.profiles.insert(
+            name.clone(),
+            p.profile().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    let env = [("SECRET".to_string(), WEBHOOK_SECRET.to_string())].into();
+    cfg.bridge = settings.bridge.resolve(&env, true)?;
+    Ok(())
+}
+
 /// Runs a command with a deadline, returning its exit status and output.
 async fn run(mut cmd: Command, limit: Duration) -> anyhow::Result<(bool, String)> {
     let out = tokio::time::timeout(limit, tokio::task::spawn_blocking(move || cmd.output()))
@@ -55,7 +91,9 @@ fn python_has(module: &str) -> bool {
 
 /// In a real browser: the token prompt; a submitted job appears and the processed
 /// counter moves; a job page shows live log lines; the cancel button cancels; an
-/// unplaceable job shows as an error event; the drain button drains and undrains.
+/// unplaceable job shows as an error event; the drain button drains and undrains;
+/// profiles are listed and a job page shows where its values came from; a tracker
+/// delivery shows its attempts and error, and can be redelivered.
 #[tokio::test]
 async fn dashboard_in_headless_chromium() -> anyhow::Result<()> {
     init_tracing();
@@ -67,6 +105,7 @@ async fn dashboard_in_headless_chromium() -> anyhow::Result<()> {
     let token = "browser-test-token";
     let mut cfg = coordinator_config(&nats.url());
     with_token(&mut cfg, token);
+    with_workflow(&mut cfg)?;
     let coord = Running::coordinator(cfg).await?;
     let worker = Running::worker(worker_config(&nats.url(), 4)).await?;
     let shots = workspace().join("target/screenshots");
@@ -74,7 +113,8 @@ async fn dashboard_in_headless_chromium() -> anyhow::Result<()> {
     cmd.arg(workspace().join("tests/browser/dashboard.py"))
         .arg(coord.http())
         .arg(token)
-        .arg(&shots);
+        .arg(&shots)
+        .arg(WEBHOOK_SECRET);
     let (ok, out) = run(cmd, Duration::from_secs(150)).await?;
     println!("{out}");
     assert!(ok, "browser scenarios failed:\n{out}");

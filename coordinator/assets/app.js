@@ -355,6 +355,57 @@ async function loadBudgets() {
   }).join("")}</tbody></table>`;
 }
 
+// ---------- profiles and tracker deliveries ----------
+async function loadProfiles() {
+  const el = $("#profiles");
+  let ps;
+  try { ps = await optional("/api/profiles"); } catch (e) { el.innerHTML = `<p class="error-text">${esc(e.message)}</p>`; return; }
+  if (!ps || !ps.length) { el.innerHTML = `<p class="muted">No profiles: declare them under <code>[profiles.NAME]</code> in gigafactory.toml.</p>`; return; }
+  el.innerHTML = `<table class="data"><thead><tr><th>Profile</th><th>Command prefix</th><th>Queue</th><th>Requires</th><th>Description</th></tr></thead><tbody>${ps.map(p =>
+    `<tr data-profile="${esc(p.name)}"><td class="mono">${esc(p.name)}</td><td class="mono">${esc((p.command || []).join(" "))}</td><td>${esc(p.queue || "")}</td>
+     <td>${esc(Object.entries(p.requires || {}).map(([k, v]) => `${k}=${v}`).concat(p.tags || []).join(" "))}</td><td>${esc(p.description || "")}</td></tr>`).join("")}</tbody></table>`;
+}
+
+async function loadDeliveries() {
+  const el = $("#deliveries");
+  let ds;
+  try { ds = await optional("/api/bridge/deliveries?limit=20"); } catch (e) { el.innerHTML = `<p class="error-text">${esc(e.message)}</p>`; return; }
+  if (!ds || !ds.length) { el.innerHTML = `<p class="muted">No deliveries: jobs made from tracker webhooks echo their state changes here.</p>`; return; }
+  const op = app.role === "operator";
+  el.innerHTML = `<table class="data"><thead><tr><th>Item</th><th>State</th><th>Status</th><th class="num">Att.</th><th>Last error</th><th>Updated</th><th></th></tr></thead><tbody>${ds.map(d =>
+    `<tr data-delivery="${esc(d.echo.id)}" data-status="${esc(d.status)}"><td><a href="#/job/${esc(d.echo.job_id)}">${esc(d.echo.item)}</a></td><td>${badge(d.echo.state)}</td>
+     <td><span class="badge ${d.status === "delivered" ? "succeeded" : d.status === "failed" ? "dead" : "pending"}">${esc(d.status)}</span></td>
+     <td class="num">${esc(d.attempts)}</td><td class="error-text" title="${esc(d.last_error || "")}">${esc((d.last_error || "").slice(0, 60))}</td><td>${esc(ago(d.updated_at))}</td>
+     <td>${op ? `<button class="ghost act-redeliver" type="button" data-id="${esc(d.echo.id)}">Redeliver</button>` : ""}</td></tr>`).join("")}</tbody></table>`;
+  for (const b of el.querySelectorAll("button.act-redeliver")) {
+    b.onclick = async () => {
+      try { await api("POST", `/api/bridge/deliveries/${encodeURIComponent(b.dataset.id)}/redeliver`); toast(`queued again: ${b.dataset.id}`); loadDeliveries(); }
+      catch (e) { toast(e.message, true); }
+    };
+  }
+}
+
+/// Where each value of a job came from: its record's provenance (jobs with a profile),
+/// else the submission where it differs from the default.
+function renderProvenance(j) {
+  const fields = ["command", "queue", "requires", "tags", "priority", "timeout_secs", "max_attempts", "lease_ttl_secs", "env", "product", "labels", "prefer", "weights", "max_cost"];
+  const prov = j.provenance && Object.keys(j.provenance).length ? j.provenance : null;
+  const shown = v => v == null ? "–" : Array.isArray(v) ? v.join(" ") : typeof v === "object" ? Object.entries(v).map(([k, x]) => `${k}=${x}`).join(" ") : String(v);
+  const rows = fields.filter(f => !prov || prov[f] !== "default").map(f => {
+    const from = prov ? prov[f] : "submission";
+    return `<tr data-field="${esc(f)}"><td class="mono">${esc(f)}</td><td class="mono">${esc(shown(j.spec[f]))}</td><td><span class="pill from-${esc(from)}">${esc(from)}</span></td></tr>`;
+  }).filter((_, i) => prov || i < 3);
+  const head = prov ? `<p>profile <b class="mono">${esc(j.spec.profile)}</b>: the submission overrides it; defaults not shown.</p>` : `<p class="muted">No profile: every value is the submission's or a default.</p>`;
+  return head + `<table class="data"><thead><tr><th>Field</th><th>Value</th><th>From</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+}
+
+function jobKind(spec) {
+  if (spec.profile) return spec.profile;
+  if (spec.labels && spec.labels.kind) return spec.labels.kind;
+  const p = (spec.command || [""])[0] || "";
+  return p.split(/[\\/]/).filter(Boolean).pop() || p;
+}
+
 // ---------- events ----------
 function eventItem(e, fresh) {
   const ctx = [e.job_id ? `job ${short(e.job_id)}` : "", e.worker_id ? `worker ${e.worker_id}` : "", e.state ? `→ ${e.state}` : "", e.epoch != null ? `epoch ${e.epoch}` : "", e.message || ""].filter(Boolean).join(" · ");
@@ -430,6 +481,8 @@ async function loadJob(id, withLog) {
   tl.push(`<li class="${j.state === "succeeded" ? "good" : ["dead", "cancelled"].includes(j.state) ? "bad" : ""}"><div>now ${badge(j.state)} ${esc(j.reason || "")}</div><div class="when">${esc(new Date(j.updated_at).toLocaleString())}</div></li>`);
   $("#job-timeline").innerHTML = tl.join("");
   $("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
+  $("#job-kind").textContent = `kind ${jobKind(j.spec)}`;
+  $("#job-provenance").innerHTML = renderProvenance(j);
   if (withLog) {
     optional(`/api/jobs/${id}/explain`).then(x => { $("#job-explain").innerHTML = x == null ? `<p class="muted">No score breakdown on this coordinator yet.</p>` : renderExplain(x); }).catch(e => { $("#job-explain").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
     optional(`/api/jobs/${id}/dag`).then(x => { $("#job-dag").innerHTML = x == null ? `<p class="muted">No DAG on this coordinator yet.</p>` : renderDag(x); }).catch(e => { $("#job-dag").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
@@ -532,12 +585,14 @@ async function boot() {
   route();
   loadStats().catch(() => {});
   loadBudgets();
+  loadProfiles();
+  loadDeliveries();
   startEvents();
   clearInterval(app.timers);
   app.timers = setInterval(() => {
     if (document.hidden) return;
     loadStats().catch(() => {});
-    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); loadBudgets(); }
+    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); loadBudgets(); loadDeliveries(); }
   }, 2000);
 }
 boot();

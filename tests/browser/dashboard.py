@@ -1,13 +1,16 @@
 """Drives the dashboard in real headless Chromium (Debian's `chromium`, through
 Playwright with `executable_path`; no browser download).
 
-Usage: dashboard.py BASE_URL OPERATOR_TOKEN SCREENSHOT_DIR
+Usage: dashboard.py BASE_URL OPERATOR_TOKEN SCREENSHOT_DIR WEBHOOK_SECRET
 
 Run by cli/tests/browser.rs against a real NATS, coordinator (auth on) and worker.
 Each scenario waits on what a person would see, with deadlines; any failure exits
 non-zero with the reason, and screenshots are saved for a person to look at.
 """
 
+import hashlib
+import hmac
+import json
 import os
 import re
 import shutil
@@ -15,7 +18,7 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-BASE, TOKEN, SHOTS = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, TOKEN, SHOTS, WEBHOOK_SECRET = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 os.makedirs(SHOTS, exist_ok=True)
 chromium = os.environ.get("GF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -125,6 +128,34 @@ with sync_playwright() as p:
     expect(wrow.locator(".badge")).to_have_text("draining", timeout=10_000)
     wrow.locator("button.act-drain").click()
     expect(wrow.locator(".badge")).to_have_text("active", timeout=10_000)
+
+    step("profiles are listed; a job page shows where its values came from")
+    expect(page.locator('#profiles tr[data-profile="agent"]')).to_contain_text("an agent on a ticket", timeout=10_000)
+    profiled = submit(page, {"command": ["7"], "profile": "agent", "priority": 2})
+    page.goto(f"{BASE}/#/job/{profiled}")
+    expect(page.locator("#job-kind")).to_have_text("kind agent", timeout=10_000)
+    prov = page.locator("#job-provenance")
+    expect(prov.locator('tr[data-field="command"]')).to_contain_text("merged")
+    expect(prov.locator('tr[data-field="labels"]')).to_contain_text("profile")
+    expect(prov.locator('tr[data-field="priority"]')).to_contain_text("submission")
+    page.screenshot(path=f"{SHOTS}/job-page-profile.png", full_page=True)
+    page.goto(f"{BASE}/#/")
+
+    step("a tracker webhook's job echoes to a tracker that is down: attempts and error show; redeliver")
+    body = json.dumps({"action": "labeled", "issue": {"number": 7, "labels": [{"name": "agent"}]},
+                       "repository": {"full_name": "acme/api"}}).encode()
+    sig = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    r = page.request.post(f"{BASE}/api/bridge/github", data=body, headers={
+        "Content-Type": "application/json", "X-GitHub-Event": "issues", "X-GitHub-Delivery": "browser-1",
+        "X-Hub-Signature-256": sig})
+    assert r.status == 201, f"webhook: {r.status} {r.text()}"
+    # The oldest change is being retried (the later ones wait behind it, in order).
+    drow = page.locator("#deliveries tr[data-delivery]", has_text="POST").first
+    expect(drow).to_contain_text("acme/api#7", timeout=20_000)
+    expect(drow).to_have_attribute("data-status", "pending")
+    page.screenshot(path=f"{SHOTS}/deliveries.png", full_page=True)
+    drow.locator("button.act-redeliver").click()
+    expect(page.locator("#toast")).to_contain_text("queued again", timeout=10_000)
 
     page.wait_for_timeout(2_500)  # let the 2 s stats refresh draw the charts for the picture
     page.screenshot(path=f"{SHOTS}/overview.png", full_page=True)
