@@ -59,10 +59,11 @@ impl Auth {
     }
 }
 
-/// Routes served without a token: the API's description, and trackers' webhooks
+/// Routes served without a token: `/health`, the API's description, and trackers' webhooks
 /// (`POST /api/bridge/{source}`, authenticated by their signature).
 pub fn is_public(method: &Method, path: &str) -> bool {
     path == "/api/openapi.json"
+        || path == "/health"
         || (method == Method::POST
             && path
                 .strip_prefix("/api/bridge/")

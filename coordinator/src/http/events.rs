@@ -122,7 +122,7 @@ pub async fn recent(
 pub async fn stream(
     State(st): State<AppState>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<aide::NoApi<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>>, ApiError> {
     let messages = super::resume_after(
         &st,
         names::STREAM_EVENTS,
@@ -151,5 +151,7 @@ pub async fn stream(
             Some(futures::stream::iter(sse))
         })
         .flatten();
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(aide::NoApi(
+        Sse::new(events).keep_alive(KeepAlive::default()),
+    ))
 }

@@ -4,19 +4,19 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::IntoResponse;
 use axum::Json;
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use gf_schemas::{names, JobId, JobRecord, JobState};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::doc::{Created, JsonBody};
 use super::{parse_job_id, ApiError, AppState};
+use aide::NoApi;
 
 /// Largest page.
 pub const MAX_LIMIT: usize = 500;
@@ -104,15 +104,10 @@ pub async fn list(
 
 pub async fn submit(
     State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let reply = st.service.submit(&body?).await?;
-    let code = if reply.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((code, Json(reply)))
+    body: JsonBody<gf_schemas::JobSpec>,
+) -> Result<Created<gf_schemas::rpc::SubmitReply>, ApiError> {
+    let reply = st.service.submit(&body.0).await?;
+    Ok(Created(!reply.duplicate, reply))
 }
 
 pub async fn get(
@@ -133,10 +128,10 @@ pub struct CancelBody {
 pub async fn cancel(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody<CancelBody>,
 ) -> Result<Json<gf_schemas::rpc::CancelReply>, ApiError> {
     let id = parse_job_id(&id?.0)?;
-    let body = body?;
+    let body = body.0;
     let reason = if body.is_empty() {
         None
     } else {
@@ -157,7 +152,7 @@ pub async fn logs_stream(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<NoApi<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>>, ApiError> {
     let id = parse_job_id(&id?.0)?;
     // 404 for a job that does not exist, rather than an endless empty stream.
     st.service.get_job(&id).await?;
@@ -183,7 +178,7 @@ pub async fn logs_stream(
         let ev = f.next_event().await?;
         Some((Ok(ev), f))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(NoApi(Sse::new(events).keep_alive(KeepAlive::default())))
 }
 
 type Messages = std::pin::Pin<

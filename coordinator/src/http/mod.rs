@@ -10,6 +10,7 @@
 
 mod auth;
 mod dashboard;
+pub mod doc;
 mod events;
 mod jobs;
 pub mod openapi;
@@ -26,7 +27,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use gf_schemas::{ErrorKind, JobId, RpcError, WorkerId};
 use schemars::JsonSchema;
@@ -54,59 +55,66 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.service.config.max_submit_bytes * 2;
-    let api = Router::new()
-        .route("/api/openapi.json", get(openapi::serve))
-        .route("/api/whoami", get(auth::whoami))
-        .route("/api/jobs", post(jobs::submit).get(jobs::list))
-        .route("/api/jobs/{id}", get(jobs::get))
-        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/api/jobs/{id}/logs/stream", get(jobs::logs_stream))
-        .route("/api/workers", get(workers::list))
-        .route("/api/workers/{id}/drain", post(workers::drain))
-        .route("/api/workers/{id}/undrain", post(workers::undrain))
-        .route("/api/events", get(events::recent))
-        .route("/api/events/stream", get(events::stream))
-        .route("/api/stats", get(stats::get))
-        .route("/api/jobs/{id}/requeue", post(sched::requeue))
-        .route("/api/jobs/{id}/reject", post(sched::reject))
-        .route("/api/jobs/{id}/explain", get(sched::explain))
-        .route("/api/jobs/{id}/dag", get(sched::dag))
-        .route("/api/jobs/{id}/children", post(sched::child))
-        .route("/api/budgets", get(sched::budgets))
-        .route(
-            "/api/budgets/{product}",
-            get(sched::budget).put(sched::put_budget),
-        )
-        .route(
-            "/api/schedules",
-            get(sched::schedules).post(sched::add_schedule),
-        )
-        .route(
-            "/api/schedules/{name}",
-            axum::routing::delete(sched::remove_schedule),
-        )
-        .route("/api/profiles", get(workflow::profiles))
-        .route("/api/manifests", post(workflow::submit_manifest))
-        .route("/api/manifests/{name}", get(workflow::manifest))
-        .route("/api/bridge/deliveries", get(workflow::deliveries))
-        .route(
-            "/api/bridge/deliveries/{id}/redeliver",
-            post(workflow::redeliver),
-        )
-        .route("/api/bridge/{source}", post(workflow::webhook))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require,
-        ));
     Router::new()
-        .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .merge(dashboard::routes())
-        .merge(api)
+        .merge(api(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Every route of the API (and `/health`), each with its summary: the OpenAPI document
+/// is generated from these registrations (see [`openapi`]).
+fn api(state: AppState) -> Router<AppState> {
+    use aide::axum::routing::{delete_with, get_with, post_with};
+    use aide::axum::ApiRouter;
+    let mut doc = aide::openapi::OpenApi::default();
+    let router = ApiRouter::new()
+        .api_route("/health", get_with(health, |o| o.summary("Status, uptime and readiness of NATS, JetStream, buckets and the scheduler leader")))
+        .api_route("/api/openapi.json", get_with(openapi::serve, |o| o.summary("This document")))
+        .api_route("/api/whoami", get_with(auth::whoami, |o| o.summary("The caller's token name and role")))
+        .api_route(
+            "/api/jobs",
+            post_with(jobs::submit, |o| o.summary("Submit a job (body: a job spec; `profile` names a template); 201, or 200 for a repeat of an idempotency key"))
+                .get_with(jobs::list, |o| o.summary("List jobs, newest first, filtered and paged")),
+        )
+        .api_route("/api/jobs/{id}", get_with(jobs::get, |o| o.summary("One job: spec, state, lease, epoch, attempts, provenance of a profiled job")))
+        .api_route("/api/jobs/{id}/cancel", post_with(jobs::cancel, |o| o.summary("Cancel a job; a running process is killed")))
+        .api_route("/api/jobs/{id}/logs/stream", get_with(jobs::logs_stream, |o| o.summary("A job's log over SSE: replays from the start (or after Last-Event-ID), then follows; id = GF_LOGS stream sequence; `end` event when the job is over")))
+        .api_route("/api/workers", get_with(workers::list, |o| o.summary("List workers with capabilities, slots and heartbeat")))
+        .api_route("/api/workers/{id}/drain", post_with(workers::drain, |o| o.summary("Drain a worker: it finishes running jobs and claims nothing new")))
+        .api_route("/api/workers/{id}/undrain", post_with(workers::undrain, |o| o.summary("Undrain a worker: it claims jobs again")))
+        .api_route("/api/events", get_with(events::recent, |o| o.summary("Recent events from GF_EVENTS, newest first")))
+        .api_route("/api/events/stream", get_with(events::stream, |o| o.summary("Every event as it is published, over SSE; id = GF_EVENTS stream sequence")))
+        .api_route("/api/stats", get_with(stats::get, |o| o.summary("Counters, throughput and latency series, model usage")))
+        .api_route("/api/jobs/{id}/requeue", post_with(sched::requeue, |o| o.summary("Send a dead, cancelled or rejected job round again (attempts reset, new epoch)")))
+        .api_route("/api/jobs/{id}/reject", post_with(sched::reject, |o| o.summary("Refuse a pending or blocked job: it ends rejected with the reason")))
+        .api_route("/api/jobs/{id}/explain", get_with(sched::explain, |o| o.summary("Why the job is where it is: score terms, each live worker's fit, what it waits for")))
+        .api_route("/api/jobs/{id}/dag", get_with(sched::dag, |o| o.summary("The job with its dependencies and children, transitively")))
+        .api_route("/api/jobs/{id}/children", post_with(sched::child, |o| o.summary("Submit a child job under this one; the parent's completion waits for it")))
+        .api_route("/api/budgets", get_with(sched::budgets, |o| o.summary("Budgets of every product: limits, spend, history")))
+        .api_route(
+            "/api/budgets/{product}",
+            get_with(sched::budget, |o| o.summary("One product's budget"))
+                .put_with(sched::put_budget, |o| o.summary("Change a product's limits, period or pause")),
+        )
+        .api_route(
+            "/api/schedules",
+            get_with(sched::schedules, |o| o.summary("Cron schedules"))
+                .post_with(sched::add_schedule, |o| o.summary("Add a cron schedule")),
+        )
+        .api_route("/api/schedules/{name}", delete_with(sched::remove_schedule, |o| o.summary("Remove a cron schedule")))
+        .api_route("/api/profiles", get_with(workflow::profiles, |o| o.summary("Job profiles (named templates) from the coordinators' configuration")))
+        .api_route("/api/manifests", post_with(workflow::submit_manifest, |o| o.summary("Submit a manifest: named jobs with dependencies by name, as one unit; 201 if it created jobs, 200 if all existed")))
+        .api_route("/api/manifests/{name}", get_with(workflow::manifest, |o| o.summary("A manifest's jobs (dependencies first) and their states")))
+        .api_route("/api/bridge/deliveries", get_with(workflow::deliveries, |o| o.summary("Echoes of bridged jobs' state changes to their trackers, with attempts and last error")))
+        .api_route("/api/bridge/deliveries/{id}/redeliver", post_with(workflow::redeliver, |o| o.summary("Send a delivery again (same id), at the end of its source's queue")))
+        .api_route("/api/bridge/{source}", post_with(workflow::webhook, |o| o.summary("A tracker's webhook (public: authenticated by its signature, GitHub X-Hub-Signature-256 or Standard Webhooks); 201 if it created a job")))
+        .route_layer(axum::middleware::from_fn_with_state(state, auth::require))
+        .finish_api(&mut doc);
+    router.layer(axum::Extension(Arc::new(openapi::finish(doc))))
 }
 
 /// An API failure: a status, a stable machine-readable `kind`, and a message for people.
@@ -313,6 +321,7 @@ pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError
     }
 }
 
+/// `/health`: 200 when NATS and the buckets answer, 503 (same body) when not.
 #[derive(Serialize, JsonSchema)]
 pub struct Health {
     status: &'static str,
@@ -342,7 +351,7 @@ async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn health(State(st): State<AppState>) -> impl IntoResponse {
+async fn health(State(st): State<AppState>) -> (StatusCode, Json<Health>) {
     let svc = &st.service;
     let nats = svc.client.connection_state() == async_nats::connection::State::Connected;
     // A fresh stream info round trip (the KV handle's status is cached).

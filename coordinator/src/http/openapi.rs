@@ -1,460 +1,203 @@
-//! `GET /api/openapi.json`: the API's OpenAPI 3.0 document, generated from the code.
+//! `GET /api/openapi.json`: the API's OpenAPI document, derived from the router.
 //!
-//! The schemas come from the same `schemars` derives that produce the published JSON
-//! Schemas of the wire types (so HTTP and NATS clients see one contract); query
-//! parameters are generated from the handlers' query structs. Each operation is listed
-//! once in [`operations`]; a test checks every listed route exists in the router.
+//! Every route of the API is registered through `aide` (`api_route` with the
+//! operation's summary), so the document is generated from the routes themselves: a
+//! route cannot be served without being described. Request bodies, query parameters
+//! and responses come from the handlers' types (the same `schemars` derives as the
+//! published JSON Schemas, so HTTP and NATS clients see one contract); [`finish`] adds
+//! what follows from a route's path, method and role by rule: path parameters, the
+//! role it needs (`x-required-role`, or `security: []` when public), the error
+//! responses, and the event-stream responses of SSE routes.
 
-use axum::Json;
-use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, SchemaGenerator};
+use std::sync::Arc;
+
+use aide::openapi::OpenApi;
+use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 
-use super::{events, jobs, sched, stats, workers, ErrorBody, Health};
+use super::auth;
 
-/// One documented operation.
-pub struct Op {
-    pub method: &'static str,
-    /// Axum path syntax: `/api/jobs/{id}`.
-    pub path: &'static str,
-    pub summary: &'static str,
-    /// `None`: public; `Some("viewer" | "operator")`: the role it needs.
-    pub role: Option<&'static str>,
-    /// Streams Server-Sent Events rather than returning JSON.
-    pub sse: bool,
+/// Describes a path parameter by its name in the route's template.
+fn path_param(path: &str, name: &str) -> Value {
+    let description = match name {
+        "id" if path.starts_with("/api/workers") => "worker id",
+        "id" if path.starts_with("/api/bridge") => "delivery id",
+        "id" => "job id (UUID)",
+        "product" => "product name",
+        "name" if path.starts_with("/api/manifests") => "manifest name",
+        "name" => "schedule name",
+        "source" => "bridge source name",
+        _ => "",
+    };
+    json!({"name": name, "in": "path", "required": true, "description": description,
+           "schema": {"type": "string"}})
 }
 
-const fn op(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    role: Option<&'static str>,
-) -> Op {
-    Op {
-        method,
-        path,
-        summary,
-        role,
-        sse: false,
+fn error_response(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+}
+
+/// Completes the generated document by rule (see the module's documentation).
+pub fn finish(api: OpenApi) -> Value {
+    let mut doc = serde_json::to_value(&api).expect("the document serializes");
+    doc["info"] = json!({
+        "title": "Gigafactory coordinator API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "Jobs, workers, events, stats, profiles, manifests and the tracker bridge of a Gigafactory fleet. Errors are {\"error\": {\"kind\", \"message\"}}. Reads need a viewer token, actions an operator token (Authorization: Bearer), unless auth is disabled; x-required-role names the role of each operation."
+    });
+    doc["security"] = json!([{"bearer": []}]);
+    let mut components = match doc.get_mut("components").map(Value::take) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    components.insert(
+        "securitySchemes".into(),
+        json!({"bearer": {"type": "http", "scheme": "bearer"}}),
+    );
+    let schemas = components
+        .entry("schemas")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("schemas is an object");
+    if !schemas.contains_key("ErrorBody") {
+        let mut g = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+        schemas.insert(
+            "ErrorBody".into(),
+            g.root_schema_for::<super::ErrorBody>().to_value(),
+        );
     }
-}
+    doc["components"] = Value::Object(components);
 
-const V: Option<&str> = Some("viewer");
-const O: Option<&str> = Some("operator");
-
-/// Every route of the API.
-pub fn operations() -> Vec<Op> {
-    vec![
-        op("get", "/health", "Status, uptime and readiness of NATS, JetStream, buckets and the scheduler leader", None),
-        op("get", "/api/openapi.json", "This document", None),
-        op("get", "/api/whoami", "The caller's token name and role", V),
-        op("get", "/api/jobs", "List jobs, newest first, filtered and paged", V),
-        op("post", "/api/jobs", "Submit a job (body: a job spec); 201, or 200 for a repeat of an idempotency key", O),
-        op("get", "/api/jobs/{id}", "One job: spec, state, lease, epoch, attempts", V),
-        op("post", "/api/jobs/{id}/cancel", "Cancel a job; a running process is killed", O),
-        Op { sse: true, ..op("get", "/api/jobs/{id}/logs/stream", "A job's log over SSE: replays from the start (or after Last-Event-ID), then follows; id = GF_LOGS stream sequence; `end` event when the job is over", V) },
-        op("get", "/api/workers", "List workers with capabilities, slots and heartbeat", V),
-        op("post", "/api/workers/{id}/drain", "Drain a worker: it finishes running jobs and claims nothing new", O),
-        op("post", "/api/workers/{id}/undrain", "Undrain a worker: it claims jobs again", O),
-        op("get", "/api/events", "Recent events from GF_EVENTS, newest first", V),
-        Op { sse: true, ..op("get", "/api/events/stream", "Every event as it is published, over SSE; id = GF_EVENTS stream sequence", V) },
-        op("get", "/api/stats", "Counters, throughput and latency series, model usage", V),
-        op("post", "/api/jobs/{id}/requeue", "Send a dead, cancelled or rejected job round again (attempts reset, new epoch)", O),
-        op("post", "/api/jobs/{id}/reject", "Refuse a pending or blocked job: it ends rejected with the reason", O),
-        op("get", "/api/jobs/{id}/explain", "Why the job is where it is: score terms, each live worker's fit, what it waits for", V),
-        op("get", "/api/jobs/{id}/dag", "The job with its dependencies and children, transitively", V),
-        op("post", "/api/jobs/{id}/children", "Submit a child job under this one; the parent's completion waits for it", O),
-        op("get", "/api/budgets", "Budgets of every product: limits, spend, history", V),
-        op("get", "/api/budgets/{product}", "One product's budget", V),
-        op("put", "/api/budgets/{product}", "Change a product's limits, period or pause", O),
-        op("get", "/api/schedules", "Cron schedules", V),
-        op("post", "/api/schedules", "Add a cron schedule", O),
-        op("delete", "/api/schedules/{name}", "Remove a cron schedule", O),
-        op("get", "/api/profiles", "Job profiles (named templates) from the coordinators' configuration", V),
-        op("post", "/api/manifests", "Submit a manifest: named jobs with dependencies by name, as one unit; 201 if it created jobs, 200 if all existed", O),
-        op("get", "/api/manifests/{name}", "A manifest's jobs (dependencies first) and their states", V),
-        op("get", "/api/bridge/deliveries", "Echoes of bridged jobs' state changes to their trackers, with attempts and last error", V),
-        op("post", "/api/bridge/deliveries/{id}/redeliver", "Send a delivery again (same id), at the end of its source's queue", O),
-        op("post", "/api/bridge/{source}", "A tracker's webhook (public: authenticated by its signature, GitHub X-Hub-Signature-256 or Standard Webhooks); 201 if it created a job", None),
-    ]
-}
-
-/// A JSON Schema generator configured for OpenAPI 3.0.
-fn generator(serialize: bool) -> SchemaGenerator {
-    let s = SchemaSettings::openapi3();
-    if serialize {
-        s.for_serialize().into_generator()
-    } else {
-        s.into_generator()
-    }
-}
-
-/// The inline schema of an input type (deserialize contract), and the definitions it
-/// refers to (added to `components`).
-fn input_schema<T: JsonSchema>(components: &mut Map<String, Value>) -> Value {
-    let mut v = generator(false).into_root_schema_for::<T>().to_value();
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("$schema");
-        if let Some(Value::Object(defs)) = obj
-            .remove("components")
-            .and_then(|mut c| c.get_mut("schemas").map(Value::take))
-        {
-            for (k, d) in defs {
-                components.entry(k).or_insert(d);
-            }
-        }
-    }
-    v
-}
-
-/// Query parameters from a query struct's fields.
-fn query_params<T: JsonSchema>(components: &mut Map<String, Value>) -> Vec<Value> {
-    let s = input_schema::<T>(components);
-    let required: Vec<&str> = s["required"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    s["properties"]
-        .as_object()
-        .map(|props| {
-            props
-                .iter()
-                .map(|(name, schema)| {
-                    let mut schema = schema.clone();
-                    let description = schema
-                        .as_object_mut()
-                        .and_then(|o| o.remove("description"))
-                        .unwrap_or(Value::Null);
-                    // `nullable` means nothing for a query parameter: absent is "none".
-                    if let Some(o) = schema.as_object_mut() {
-                        o.remove("nullable");
-                        o.remove("default");
-                    }
-                    json!({"name": name, "in": "query", "required": required.contains(&name.as_str()),
-                           "description": description, "schema": schema})
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn json_content(schema: Value) -> Value {
-    json!({"application/json": {"schema": schema}})
-}
-
-/// The whole document.
-pub fn document() -> Value {
-    let mut out = generator(true);
-    let mut components = Map::new();
-    let error_ref = out.subschema_for::<ErrorBody>().to_value();
-    let error =
-        |desc: &str| json!({"description": desc, "content": json_content(error_ref.clone())});
-
-    let mut paths = Map::new();
-    for op in operations() {
-        let mut params: Vec<Value> = Vec::new();
-        if op.path.contains("{id}") {
-            params.push(json!({"name": "id", "in": "path", "required": true,
-                "description": if op.path.starts_with("/api/workers") { "worker id" } else if op.path.starts_with("/api/bridge") { "delivery id" } else { "job id (UUID)" },
-                "schema": {"type": "string"}}));
-        }
-        for (name, desc) in [
-            ("product", "product name"),
-            ("name", "schedule or manifest name"),
-            ("source", "bridge source name"),
-        ] {
-            if op.path.contains(&format!("{{{name}}}")) {
-                params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
-            }
-        }
-        let mut body = None;
-        let (code, ok): (&str, Value) = match (op.method, op.path) {
-            ("get", "/health") => ("200", out.subschema_for::<Health>().to_value()),
-            ("get", "/api/openapi.json") => ("200", json!({"type": "object"})),
-            ("get", "/api/whoami") => (
-                "200",
-                out.subschema_for::<super::auth::Identity>().to_value(),
-            ),
-            ("get", "/api/jobs") => {
-                params.extend(query_params::<jobs::ListQuery>(&mut components));
-                ("200", out.subschema_for::<jobs::JobPage>().to_value())
-            }
-            ("post", "/api/jobs") => {
-                body = Some(input_schema::<gf_schemas::JobSpec>(&mut components));
-                (
-                    "201",
-                    out.subschema_for::<gf_schemas::rpc::SubmitReply>()
-                        .to_value(),
-                )
-            }
-            ("get", "/api/jobs/{id}") => (
-                "200",
-                out.subschema_for::<gf_schemas::JobRecord>().to_value(),
-            ),
-            ("post", "/api/jobs/{id}/cancel") => {
-                body = Some(input_schema::<jobs::CancelBody>(&mut components));
-                (
-                    "200",
-                    out.subschema_for::<gf_schemas::rpc::CancelReply>()
-                        .to_value(),
-                )
-            }
-            ("get", "/api/workers") => {
-                params.extend(query_params::<workers::ListQuery>(&mut components));
-                (
-                    "200",
-                    out.subschema_for::<Vec<workers::WorkerView>>().to_value(),
-                )
-            }
-            ("post", p) if p.starts_with("/api/workers/") => {
-                ("200", out.subschema_for::<workers::DrainReply>().to_value())
-            }
-            ("get", "/api/events") => {
-                params.extend(query_params::<events::RecentQuery>(&mut components));
-                ("200", out.subschema_for::<events::EventPage>().to_value())
-            }
-            ("get", "/api/stats") => ("200", out.subschema_for::<stats::Stats>().to_value()),
-            ("post", "/api/jobs/{id}/requeue") => (
-                "200",
-                out.subschema_for::<gf_schemas::rpc::CancelReply>()
-                    .to_value(),
-            ),
-            ("post", "/api/jobs/{id}/reject") => {
-                body = Some(input_schema::<sched::ReasonBody>(&mut components));
-                (
-                    "200",
-                    out.subschema_for::<gf_schemas::rpc::CancelReply>()
-                        .to_value(),
-                )
-            }
-            ("get", "/api/jobs/{id}/explain") => (
-                "200",
-                out.subschema_for::<gf_schemas::Explanation>().to_value(),
-            ),
-            ("get", "/api/jobs/{id}/dag") => (
-                "200",
-                out.subschema_for::<gf_schemas::rpc::Dag>().to_value(),
-            ),
-            ("post", "/api/jobs/{id}/children") => {
-                body = Some(input_schema::<gf_schemas::JobSpec>(&mut components));
-                (
-                    "201",
-                    out.subschema_for::<gf_schemas::rpc::SubmitReply>()
-                        .to_value(),
-                )
-            }
-            ("get", "/api/budgets") => (
-                "200",
-                out.subschema_for::<Vec<gf_schemas::Budget>>().to_value(),
-            ),
-            ("get", "/api/budgets/{product}") => {
-                ("200", out.subschema_for::<gf_schemas::Budget>().to_value())
-            }
-            ("put", "/api/budgets/{product}") => {
-                body = Some(input_schema::<sched::BudgetBody>(&mut components));
-                ("200", out.subschema_for::<gf_schemas::Budget>().to_value())
-            }
-            ("get", "/api/schedules") => (
-                "200",
-                out.subschema_for::<Vec<gf_schemas::Schedule>>().to_value(),
-            ),
-            ("post", "/api/schedules") => {
-                body = Some(input_schema::<gf_schemas::Schedule>(&mut components));
-                (
-                    "201",
-                    out.subschema_for::<gf_schemas::Schedule>().to_value(),
-                )
-            }
-            ("delete", "/api/schedules/{name}") => ("204", json!({"type": "string"})),
-            ("get", "/api/profiles") => (
-                "200",
-                out.subschema_for::<Vec<gf_schemas::NamedProfile>>()
-                    .to_value(),
-            ),
-            ("post", "/api/manifests") => {
-                body = Some(input_schema::<gf_schemas::Manifest>(&mut components));
-                (
-                    "201",
-                    out.subschema_for::<gf_schemas::ManifestStatus>().to_value(),
-                )
-            }
-            ("get", "/api/manifests/{name}") => (
-                "200",
-                out.subschema_for::<gf_schemas::ManifestStatus>().to_value(),
-            ),
-            ("get", "/api/bridge/deliveries") => {
-                params.extend(query_params::<gf_schemas::bridge::DeliveryQuery>(
-                    &mut components,
-                ));
-                (
-                    "200",
-                    out.subschema_for::<Vec<gf_schemas::bridge::Delivery>>()
-                        .to_value(),
-                )
-            }
-            ("post", "/api/bridge/deliveries/{id}/redeliver") => (
-                "200",
-                out.subschema_for::<gf_schemas::bridge::Delivery>()
-                    .to_value(),
-            ),
-            ("post", "/api/bridge/{source}") => {
-                body = Some(json!({"type": "object", "description": "the tracker's JSON payload"}));
-                (
-                    "201",
-                    out.subschema_for::<gf_schemas::bridge::WebhookReply>()
-                        .to_value(),
-                )
-            }
-            _ => ("200", json!({"type": "string"})),
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
         };
-        if op.sse {
-            params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false,
-                "description": "resume right after this stream sequence", "schema": {"type": "integer", "minimum": 0}}));
-        }
-        let mut responses = Map::new();
-        if op.sse {
-            responses.insert(
-                "200".into(),
-                json!({"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}),
-            );
-        } else {
-            responses.insert(
-                code.into(),
-                json!({"description": "success", "content": json_content(ok)}),
-            );
-        }
-        if op.method == "post" && (op.path == "/api/manifests" || op.path == "/api/bridge/{source}")
-        {
-            let what = if op.path == "/api/manifests" {
-                "every job existed already"
-            } else {
-                "nothing new: an existing item, a repeated delivery, or no matching rule"
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
             };
-            let schema = if op.path == "/api/manifests" {
-                out.subschema_for::<gf_schemas::ManifestStatus>().to_value()
-            } else {
-                out.subschema_for::<gf_schemas::bridge::WebhookReply>()
-                    .to_value()
+            let m: axum::http::Method = match method.to_uppercase().parse() {
+                Ok(m) => m,
+                Err(_) => continue,
             };
-            responses.insert(
-                "200".into(),
-                json!({"description": what, "content": json_content(schema)}),
-            );
-        }
-        if op.method == "post" && op.path == "/api/jobs" {
-            responses.insert("200".into(), json!({"description": "a repeat of an idempotency key: the first job",
-                "content": json_content(out.subschema_for::<gf_schemas::rpc::SubmitReply>().to_value())}));
-            responses.insert("413".into(), error("body too large"));
-        }
-        if op.path != "/health" && op.path != "/api/openapi.json" {
-            responses.insert("400".into(), error("malformed or invalid input"));
-            responses.insert(
-                "401".into(),
-                error(if op.role.is_none() {
-                    "missing or wrong signature"
-                } else {
-                    "no or unknown API token"
-                }),
-            );
-            responses.insert(
-                "503".into(),
-                error("the job store is unreachable; retry later"),
-            );
-        }
-        if op.role == O {
-            responses.insert("403".into(), error("the token's role is viewer"));
-        }
-        if op.path.contains('{') {
-            responses.insert(
-                "404".into(),
-                error("no such job, worker, budget or schedule"),
-            );
-        }
-        if op.path.ends_with("cancel")
-            || op.path.contains("drain")
-            || op.path.ends_with("requeue")
-            || op.path.ends_with("reject")
-            || op.path.ends_with("children")
-            || op.path == "/api/schedules"
-        {
-            responses.insert(
-                "409".into(),
-                error("the job or worker is in a state that does not allow it"),
-            );
-        }
-        let mut o = json!({
-            "summary": op.summary,
-            "operationId": format!("{}_{}", op.method, op.path.trim_start_matches('/').replace(['/', '{', '}', '.'], "_")),
-            "parameters": params,
-            "responses": responses,
-        });
-        match op.role {
-            None => o["security"] = json!([]),
-            Some(role) => o["x-required-role"] = json!(role),
-        }
-        if let Some(b) = body {
-            let required = !(op.path.ends_with("cancel") || op.path.ends_with("reject"));
-            o["requestBody"] = json!({"required": required, "content": json_content(b)});
-        }
-        paths
-            .entry(op.path.to_string())
-            .or_insert_with(|| json!({}))[op.method] = o;
-    }
-    for (k, v) in out.take_definitions(true) {
-        components.insert(k, v);
-    }
-    json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Gigafactory coordinator API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Jobs, workers, events and stats of a Gigafactory fleet. Errors are {\"error\": {\"kind\", \"message\"}}. Reads need a viewer token, actions an operator token (Authorization: Bearer), unless auth is disabled."
-        },
-        "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
-        },
-        "security": [{"bearer": []}],
-    })
-}
-
-pub async fn serve() -> Json<Value> {
-    Json(document())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every `$ref` in the document points at a schema it defines.
-    #[test]
-    fn refs_resolve() {
-        let doc = document();
-        let defs = doc["components"]["schemas"].as_object().unwrap().clone();
-        fn walk(v: &Value, defs: &Map<String, Value>, bad: &mut Vec<String>) {
-            match v {
-                Value::Object(o) => {
-                    if let Some(Value::String(r)) = o.get("$ref") {
-                        let name = r.trim_start_matches("#/components/schemas/");
-                        if !defs.contains_key(name) {
-                            bad.push(r.clone());
-                        }
-                    }
-                    o.values().for_each(|x| walk(x, defs, bad));
+            let public = auth::is_public(&m, path) || path == "/health";
+            let sse = path.ends_with("/stream");
+            // Path parameters, from the template.
+            let params = op
+                .entry("parameters")
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .expect("parameters is an array");
+            for name in path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            {
+                if !params
+                    .iter()
+                    .any(|p| p["name"] == name && p["in"] == "path")
+                {
+                    params.push(path_param(path, name));
                 }
-                Value::Array(a) => a.iter().for_each(|x| walk(x, defs, bad)),
-                _ => {}
+            }
+            if sse {
+                params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false,
+                    "description": "resume right after this stream sequence", "schema": {"type": "integer", "minimum": 0}}));
+            }
+            // The role.
+            if public {
+                op.insert("security".into(), json!([]));
+            } else {
+                op.insert("x-required-role".into(), json!(auth::needed(&m).as_str()));
+            }
+            // Responses.
+            let has_body = op.contains_key("requestBody");
+            let responses = op
+                .entry("responses")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("responses is an object");
+            if sse {
+                responses.insert(
+                    "200".into(),
+                    json!({"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}),
+                );
+            }
+            if path == "/api/schedules/{name}" && method == "delete" {
+                responses.insert("204".into(), json!({"description": "removed"}));
+            }
+            if responses.is_empty() {
+                responses.insert("200".into(), json!({"description": "success"}));
+            }
+            if path == "/health" {
+                responses.insert(
+                    "503".into(),
+                    json!({"description": "degraded: NATS or the buckets are not reachable", "content": responses.get("200").and_then(|r| r.get("content")).cloned().unwrap_or(json!({}))}),
+                );
+            }
+            if path != "/health" && path != "/api/openapi.json" {
+                responses.insert("400".into(), error_response("malformed or invalid input"));
+                responses.insert(
+                    "401".into(),
+                    error_response(if public {
+                        "missing or wrong signature"
+                    } else {
+                        "no or unknown API token"
+                    }),
+                );
+                responses.insert(
+                    "503".into(),
+                    error_response("the job store is unreachable; retry later"),
+                );
+            }
+            if !public && auth::needed(&m) == crate::config::Role::Operator {
+                responses.insert("403".into(), error_response("the token's role is viewer"));
+            }
+            if path.contains('{') {
+                responses.insert(
+                    "404".into(),
+                    error_response(
+                        "no such job, worker, budget, schedule, manifest, source or delivery",
+                    ),
+                );
+            }
+            if has_body {
+                responses.insert("413".into(), error_response("body too large"));
+                // Bodies that may be left out.
+                let optional = ["/cancel", "/reject"].iter().any(|s| path.ends_with(s));
+                if optional {
+                    op.get_mut("requestBody").expect("checked")["required"] = json!(false);
+                }
+            }
+            let conflicts = [
+                "/cancel",
+                "/drain",
+                "/undrain",
+                "/requeue",
+                "/reject",
+                "/children",
+            ]
+            .iter()
+            .any(|s| path.ends_with(s))
+                || (path == "/api/schedules" && method == "post");
+            if conflicts {
+                let responses = op
+                    .get_mut("responses")
+                    .and_then(Value::as_object_mut)
+                    .expect("responses");
+                responses.insert(
+                    "409".into(),
+                    error_response("the job or worker is in a state that does not allow it"),
+                );
             }
         }
-        let mut bad = Vec::new();
-        walk(&doc, &defs, &mut bad);
-        assert!(bad.is_empty(), "dangling refs: {bad:?}");
-        assert!(doc["paths"]["/api/jobs"]["get"]["parameters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "state"));
-        assert!(defs.contains_key("JobRecord"));
     }
+    doc
+}
+
+/// The document, made once when the router was built.
+pub async fn serve(Extension(doc): Extension<Arc<Value>>) -> Json<Value> {
+    Json((*doc).clone())
 }

@@ -1,17 +1,16 @@
 //! Scheduling routes: requeue, reject, explain, DAG, children, budgets, schedules.
 //! Thin: each decodes, calls the service, and encodes.
 
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
-use bytes::Bytes;
 use gf_schemas::rpc::{BudgetUpdate, CancelReply, ChildRequest, Dag, SubmitReply};
 use gf_schemas::{Budget, Explanation, JobSpec, Schedule};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::doc::{Created, JsonBody};
 use super::{parse_job_id, ApiError, AppState};
 
 /// Optional body of requeue and reject.
@@ -42,10 +41,10 @@ pub async fn requeue(
 pub async fn reject(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody<ReasonBody>,
 ) -> Result<Json<CancelReply>, ApiError> {
     let id = parse_job_id(&id?.0)?;
-    let reason = reason(&body?)?;
+    let reason = reason(&body.0)?;
     Ok(Json(st.service.reject(&id, reason).await?))
 }
 
@@ -68,21 +67,16 @@ pub async fn dag(
 pub async fn child(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+    body: JsonBody<JobSpec>,
+) -> Result<Created<SubmitReply>, ApiError> {
     let parent = parse_job_id(&id?.0)?;
-    let spec: JobSpec = serde_json::from_slice(&body?)
+    let spec: JobSpec = serde_json::from_slice(&body.0)
         .map_err(|e| ApiError::invalid(format!("malformed job spec: {e}")))?;
     let reply: SubmitReply = st
         .service
         .submit_child(ChildRequest { parent, spec })
         .await?;
-    let code = if reply.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((code, Json(reply)))
+    Ok(Created(!reply.duplicate, reply))
 }
 
 pub async fn budgets(State(st): State<AppState>) -> Result<Json<Vec<Budget>>, ApiError> {
@@ -122,10 +116,10 @@ pub struct BudgetBody {
 pub async fn put_budget(
     State(st): State<AppState>,
     product: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody<BudgetBody>,
 ) -> Result<Json<Budget>, ApiError> {
     let product = product?.0;
-    let b: BudgetBody = serde_json::from_slice(&body?)
+    let b: BudgetBody = serde_json::from_slice(&body.0)
         .map_err(|e| ApiError::invalid(format!("malformed budget: {e}")))?;
     let update = BudgetUpdate {
         product,
@@ -143,11 +137,11 @@ pub async fn schedules(State(st): State<AppState>) -> Result<Json<Vec<Schedule>>
 
 pub async fn add_schedule(
     State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let s: Schedule = serde_json::from_slice(&body?)
+    body: JsonBody<Schedule>,
+) -> Result<Created<Schedule>, ApiError> {
+    let s: Schedule = serde_json::from_slice(&body.0)
         .map_err(|e| ApiError::invalid(format!("malformed schedule: {e}")))?;
-    Ok((StatusCode::CREATED, Json(st.service.schedule_add(s).await?)))
+    Ok(Created(true, st.service.schedule_add(s).await?))
 }
 
 pub async fn remove_schedule(

@@ -2,15 +2,14 @@
 //! webhook intake and the operator's view of outbound deliveries). Thin: each decodes,
 //! calls the service or the bridge, and encodes.
 
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use axum::Json;
-use bytes::Bytes;
 use gf_schemas::bridge::{Delivery, DeliveryQuery, WebhookOutcome, WebhookReply};
 use gf_schemas::{Manifest, ManifestStatus, NamedProfile};
 
+use super::doc::{Created, JsonBody};
 use super::{ApiError, AppState};
 
 pub async fn profiles(State(st): State<AppState>) -> Result<Json<Vec<NamedProfile>>, ApiError> {
@@ -20,17 +19,12 @@ pub async fn profiles(State(st): State<AppState>) -> Result<Json<Vec<NamedProfil
 /// `POST /api/manifests`: 201 when it created jobs, 200 when everything existed.
 pub async fn submit_manifest(
     State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+    body: JsonBody<Manifest>,
+) -> Result<Created<ManifestStatus>, ApiError> {
     let m: Manifest =
-        crate::service::decode("manifest", &body?, st.service.config.max_submit_bytes)?;
+        crate::service::decode("manifest", &body.0, st.service.config.max_submit_bytes)?;
     let status = st.service.manifest_submit(m).await?;
-    let code = if status.created > 0 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(status)))
+    Ok(Created(status.created > 0, status))
 }
 
 pub async fn manifest(
@@ -73,20 +67,14 @@ pub async fn webhook(
     State(st): State<AppState>,
     source: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+    body: JsonBody<serde_json::Value>,
+) -> Result<Created<WebhookReply>, ApiError> {
     let source = source?.0;
-    let body = body?;
     let reply: WebhookReply = bridge(&st)?
-        .webhook(&source, &headers, &body)
+        .webhook(&source, &headers, &body.0)
         .await
         .map_err(bridge_error)?;
-    let code = if reply.outcome == WebhookOutcome::Created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(reply)))
+    Ok(Created(reply.outcome == WebhookOutcome::Created, reply))
 }
 
 pub async fn deliveries(
