@@ -39,6 +39,7 @@ async fn run_leaves_expected_metrics() -> anyhow::Result<()> {
         let (code, body) = http_request("GET", &url, b"").await.ok()?;
         (code == 200
             && sample(&body, r#"gf_jobs{state="running"}"#) == 0.0
+            && sample(&body, r#"gf_jobs{state="pending"}"#) == 0.0
             && sample(&body, r#"gf_workers{state="active"}"#) == 1.0)
             .then_some(body)
     })
