@@ -489,6 +489,14 @@ impl Service {
         if u.limit_cost.is_some_and(|c| !c.is_finite()) {
             return Err(invalid("`limit_cost` must be a number"));
         }
+        if u.period_secs
+            .is_some_and(|p| p > gf_schemas::budget::MAX_PERIOD_SECS)
+        {
+            return Err(invalid(format!(
+                "`period_secs` must be at most {} (100 years); 0 means the budget never resets",
+                gf_schemas::budget::MAX_PERIOD_SECS
+            )));
+        }
         let b = self
             .update_budget(&u.product, |b| {
                 if let Some(c) = u.limit_cost {

@@ -46,6 +46,9 @@ pub struct SpendPoint {
 
 /// At most this many points of history are kept per budget.
 pub const MAX_HISTORY: usize = 500;
+/// Longest budget period accepted (100 years): longer ones are refused rather than
+/// stored, so period arithmetic never reaches the edge of representable time.
+pub const MAX_PERIOD_SECS: u64 = 100 * 365 * 24 * 3600;
 
 impl Budget {
     pub fn new(product: &str, now: Timestamp) -> Self {
@@ -96,9 +99,10 @@ impl Budget {
         if self.period_start.plus(len) > now {
             return false;
         }
-        while self.period_start.plus(len) <= now {
-            self.period_start = self.period_start.plus(len);
-        }
+        // Whole periods elapsed, in one step (a 1 s period idle for a year is 31M steps).
+        let elapsed = now.since(self.period_start).as_secs() / len.as_secs();
+        let skip = std::time::Duration::from_secs(elapsed.saturating_mul(len.as_secs()));
+        self.period_start = self.period_start.plus(skip);
         self.spent_cost = 0.0;
         self.spent_tokens = 0;
         true

@@ -36,9 +36,16 @@ impl Timestamp {
     pub fn unix_millis(self) -> i64 {
         (self.0.unix_timestamp_nanos() / 1_000_000) as i64
     }
+    /// `self + d`, saturating at the latest representable time (the end of year 9999):
+    /// a deadline that far away means "never", and no input may overflow into a panic.
     pub fn plus(self, d: Duration) -> Self {
-        Self(self.0 + d)
+        time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| self.0.checked_add(d))
+            .map_or(Self::MAX, Self)
     }
+    /// The latest representable time.
+    pub const MAX: Timestamp = Timestamp(time::PrimitiveDateTime::MAX.assume_utc());
     /// `self - earlier`, zero when `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         let d = self.0 - earlier.0;
@@ -84,6 +91,14 @@ mod tests {
         let back: Timestamp = serde_json::from_str(&s).unwrap();
         assert_eq!(back, t);
         assert_eq!(back.unix_millis(), 1_795_000_000_123);
+    }
+
+    #[test]
+    fn plus_saturates_instead_of_overflowing() {
+        let t = Timestamp::from_unix_millis(1000);
+        assert_eq!(t.plus(Duration::from_secs(u64::MAX)), Timestamp::MAX);
+        assert_eq!(Timestamp::MAX.plus(Duration::from_secs(1)), Timestamp::MAX);
+        assert_eq!(t.plus(Duration::from_secs(1)).unix_millis(), 2000);
     }
 
     #[test]
