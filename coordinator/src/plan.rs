@@ -22,6 +22,11 @@ use gf_schemas::{
 use crate::config::LimitRule;
 use crate::score::{self, ScoringConfig};
 
+mod backlog;
+mod rank;
+
+pub use backlog::Planner;
+
 /// What the leader knows: live jobs, the final state of finished ones (for
 /// dependencies and parents), workers and budgets.
 #[derive(Default)]
@@ -33,13 +38,17 @@ pub struct View {
     /// On the leader, every job record the view takes in also feeds the operator
     /// counters (see [`crate::stats::LeaderFeed`]).
     pub stats: Option<crate::stats::LeaderFeed>,
+    /// Jobs whose record changed (or went) since the [`Planner`] last looked: what its
+    /// next pass re-evaluates. Records must change through [`View::set_job`],
+    /// [`View::apply_job`] and [`View::remove_job`] for it to see them.
+    pub(crate) changed: Vec<JobId>,
 }
 
 impl View {
     pub fn apply_job(&mut self, key: &str, rev: u64, op: kv::Operation, value: &[u8]) {
         let Ok(id) = key.parse::<JobId>() else { return };
         if op != kv::Operation::Put {
-            self.jobs.remove(&id);
+            self.remove_job(&id);
             if let Some(stats) = &self.stats {
                 stats.remove(&id);
             }
@@ -79,6 +88,7 @@ impl View {
         if let Some(stats) = &self.stats {
             stats.ingest(&rec, rev);
         }
+        self.changed.push(rec.id);
         if rec.state.is_terminal() {
             self.jobs.remove(&rec.id);
             self.terminal.insert(rec.id, rec.state);
@@ -97,6 +107,18 @@ impl View {
             return;
         }
         self.set_job(rec, rev);
+    }
+
+    /// Forgets a live job (its key was deleted, or a re-read found nothing).
+    pub fn remove_job(&mut self, id: &JobId) {
+        if self.jobs.remove(id).is_some() {
+            self.changed.push(*id);
+        }
+    }
+
+    /// The jobs changed since the last call, for the [`Planner`].
+    pub(crate) fn take_changes(&mut self) -> Vec<JobId> {
+        std::mem::take(&mut self.changed)
     }
 
     /// A job's state, live or finished; `None` if unknown.
@@ -350,11 +372,13 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
         .values()
         .filter(|w| worker_live(w, policy.worker_timeout, now))
         .collect();
-    let active: Vec<&WorkerRecord> = live
+    // In id order, so that among equal workers the same one is chosen every time.
+    let mut active: Vec<&WorkerRecord> = live
         .iter()
         .copied()
         .filter(|w| w.state == WorkerState::Active)
         .collect();
+    active.sort_by(|a, b| a.id.cmp(&b.id));
     let mut free: HashMap<&WorkerId, i64> = active
         .iter()
         .map(|w| (&w.id, i64::from(w.slots + policy.slack)))
@@ -374,6 +398,10 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
             running_on.entry(&l.worker).or_default().push(rec);
         }
     }
+    // In id order: among equal victims, the same one every time.
+    for jobs in running_on.values_mut() {
+        jobs.sort_by_key(|r| r.id);
+    }
     let fitting = |spec: &JobSpec| -> Vec<&WorkerRecord> {
         active
             .iter()
@@ -381,12 +409,15 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
             .filter(|w| w.capabilities.unmet(spec).is_none())
             .collect()
     };
-    // Notices already out take capacity first.
-    for (rec, _) in view
+    // Notices already out take capacity first (in id order, for the same reason).
+    let mut out_already: Vec<&JobRecord> = view
         .jobs
         .values()
-        .filter(|(r, _)| r.state == JobState::Dispatched)
-    {
+        .map(|(r, _)| r)
+        .filter(|r| r.state == JobState::Dispatched)
+        .collect();
+    out_already.sort_by_key(|r| r.id);
+    for rec in out_already {
         if let Some(w) = fitting(&rec.spec).into_iter().max_by_key(|w| free[&w.id]) {
             *free.get_mut(&w.id).expect("active") -= 1;
         }

@@ -194,6 +194,7 @@ async fn lead(
         ..View::default()
     };
     let mut starts = StartLog::default();
+    let mut planner = crate::plan::Planner::new();
     let mut gauges = ViewGauges::default();
     // The watch marks when it has delivered the snapshot; an empty bucket delivers
     // nothing, so ask the stream whether there is anything to wait for.
@@ -232,8 +233,14 @@ async fn lead(
                 for (rec, rev) in service.lane.drain() {
                     view.offer_job(rec, rev);
                 }
-                let (planning, rooms) =
-                    apply_plan(service, &mut view, &mut starts, &mut notice_acks).await;
+                let (planning, rooms) = apply_plan(
+                    service,
+                    &mut planner,
+                    &mut view,
+                    &mut starts,
+                    &mut notice_acks,
+                )
+                .await;
                 service.lane.open(lease.valid_until(), rooms, blocked_products(&view));
                 dirty = false;
                 next_pass = tokio::time::Instant::now() + pass_spacing(planning);
@@ -333,9 +340,7 @@ fn blocked_products(view: &View) -> HashSet<String> {
 async fn refresh(service: &Service, view: &mut View, id: &JobId) {
     match service.store.load_job(id).await {
         Ok(Some((rec, rev))) => view.set_job(rec, rev),
-        Ok(None) => {
-            view.jobs.remove(id);
-        }
+        Ok(None) => view.remove_job(id),
         Err(e) => tracing::debug!(job = %id, error = %e, "refresh failed"),
     }
 }
@@ -355,6 +360,7 @@ type NoticeAcks = futures::stream::FuturesUnordered<
 /// time spent deciding (CPU, not I/O) and the room the pass left.
 async fn apply_plan(
     service: &Service,
+    planner: &mut crate::plan::Planner,
     view: &mut View,
     starts: &mut StartLog,
     acks: &mut NoticeAcks,
@@ -362,8 +368,7 @@ async fn apply_plan(
     use futures::StreamExt as _;
     let now = service.clock.now();
     let planning = std::time::Instant::now();
-    let crate::plan::Pass { decisions, rooms } =
-        crate::plan::plan_pass(view, &policy(service), starts, now);
+    let crate::plan::Pass { decisions, rooms } = planner.pass(view, &policy(service), starts, now);
     let planning = planning.elapsed();
     // In chunks, so a pass that decides for 100,000 jobs (all unplaceable, say) holds
     // a chunk's worth of record copies at a time, not one per job.

@@ -6,6 +6,7 @@
 //! Weights: per submission, else per product, else the coordinator's defaults.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use gf_schemas::{Capabilities, JobRecord, JobSpec, Score, ScoreWeights, Timestamp};
 
@@ -133,34 +134,76 @@ fn terms(
     cfg: &ScoringConfig,
     now: Timestamp,
 ) -> [(&'static str, f64); 6] {
-    let spec = &rec.spec;
-    let w = cfg.weights_for(spec);
-    let waited_min = (now.since(ready_since(rec)).as_secs_f64() / 60.0).min(30.0);
+    let fixed = Fixed::of(rec, cfg);
     let affinity_hits = worker.map_or(0, |c| {
-        spec.prefer
+        rec.spec
+            .prefer
             .iter()
             .filter(|(k, v)| c.values.get(*k) == Some(*v))
             .count()
     });
-    [
-        (
-            "priority",
-            f64::from(9u8.saturating_sub(spec.priority)) * w.priority,
-        ),
-        ("waiting", waited_min * w.waiting),
-        ("retry", -f64::from(failed_attempts(rec)) * w.retry),
-        (
-            "product",
-            cfg.product_weight
-                .get(&spec.product)
-                .copied()
-                .unwrap_or(0.0)
-                * w.product,
-        ),
-        ("affinity", affinity_hits as f64 * w.affinity),
-        ("cost", -spec.max_cost.unwrap_or(0.0) * w.cost),
-    ]
-    .map(|(k, v)| (k, round(v)))
+    fixed.terms(now.since(ready_since(rec)), affinity_hits)
+}
+
+/// The terms of a job's score that do not change while it waits (each rounded), and
+/// the weights of the two that do: the planner's backlog index keeps these per group
+/// of jobs and scores with [`Fixed::total`], the same arithmetic as [`total`].
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Fixed {
+    pub priority: f64,
+    pub retry: f64,
+    pub product: f64,
+    pub cost: f64,
+    /// The waiting term's weight: the term is `min(minutes waited, 30) × waiting`.
+    pub waiting: f64,
+    affinity: f64,
+}
+
+impl Fixed {
+    pub fn of(rec: &JobRecord, cfg: &ScoringConfig) -> Self {
+        let spec = &rec.spec;
+        let w = cfg.weights_for(spec);
+        Self {
+            priority: round(f64::from(9u8.saturating_sub(spec.priority)) * w.priority),
+            retry: round(-f64::from(failed_attempts(rec)) * w.retry),
+            product: round(
+                cfg.product_weight
+                    .get(&spec.product)
+                    .copied()
+                    .unwrap_or(0.0)
+                    * w.product,
+            ),
+            cost: round(-spec.max_cost.unwrap_or(0.0) * w.cost),
+            waiting: w.waiting,
+            affinity: w.affinity,
+        }
+    }
+
+    /// Every term, for a job that has waited `waited` since it became ready, on a
+    /// worker offering `affinity_hits` of its preferred capabilities.
+    fn terms(&self, waited: Duration, affinity_hits: usize) -> [(&'static str, f64); 6] {
+        let waited_min = (waited.as_secs_f64() / 60.0).min(30.0);
+        [
+            ("priority", self.priority),
+            ("waiting", round(waited_min * self.waiting)),
+            ("retry", self.retry),
+            ("product", self.product),
+            ("affinity", round(affinity_hits as f64 * self.affinity)),
+            ("cost", self.cost),
+        ]
+    }
+
+    /// The score without a worker (as the planner ranks) after waiting `waited`:
+    /// exactly `total(rec, None, cfg, now)` for `waited = now.since(ready_since(rec))`.
+    pub fn total(&self, waited: Duration) -> f64 {
+        sum(&self.terms(waited, 0))
+    }
+
+    /// The sum of the fixed terms: with the waiting term, within rounding of the score
+    /// (the backlog index orders groups by it; [`Fixed::total`] is the exact score).
+    pub fn base(&self) -> f64 {
+        self.priority + self.retry + self.product + self.cost
+    }
 }
 
 fn round(x: f64) -> f64 {
