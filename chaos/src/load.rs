@@ -28,6 +28,9 @@ use gf_worker::RpcClient;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, ClusterSpec, Part, Timings, WorkerSpec};
+// The peers live beside the load suite (kept out of `lib.rs`, which only lists suites).
+#[path = "peers.rs"]
+pub mod peers;
 use crate::harness::connect;
 use crate::process::{GfCommand, ProcessCluster};
 
@@ -73,6 +76,17 @@ pub struct LoadArgs {
     /// job lifecycles as bare messages), no Gigafactory process.
     #[arg(long)]
     pub ceilings_only: bool,
+    /// Run only the comparison with the peers (taskiq + taskiq-nats, Celery + Redis,
+    /// apalis + Redis; installed by scripts/install-peers.sh): `--peer-jobs` no-op jobs
+    /// through each, and through Gigafactory, at the largest `--workers` count.
+    #[arg(long, conflicts_with_all = ["ceilings_only", "rate", "no_peers"])]
+    pub peers: bool,
+    /// Leave the peers out of the full suite.
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Jobs per system in the comparison with the peers.
+    #[arg(long, default_value_t = 20000)]
+    pub peer_jobs: usize,
 }
 
 /// A fixed rate: jobs per second, above 0 and at most 100,000.
@@ -167,6 +181,8 @@ pub struct Raw {
 pub struct Protocol {
     /// Which lifecycle: the design's, or one with fewer steps (see [`Lifecycle`]).
     pub lifecycle: String,
+    /// Whose it is: today's, the candidate new one, or outside the design.
+    pub generation: String,
     /// Record writes per job.
     pub writes_per_job: u32,
     pub jobs: usize,
@@ -196,6 +212,15 @@ pub struct LoadReport {
     pub protocol: Vec<Protocol>,
     pub runs: Vec<Run>,
     pub memory: Option<Memory>,
+    /// The comparison with the peers: Gigafactory's run and theirs, same jobs.
+    pub peers: Option<Comparison>,
+}
+
+/// Gigafactory beside the peers, from one run of the suite.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub gigafactory: Run,
+    pub peers: Vec<peers::PeerRun>,
 }
 
 pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
@@ -207,7 +232,12 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         protocol: Vec::new(),
         runs: Vec::new(),
         memory: None,
+        peers: None,
     };
+    if args.peers {
+        report.peers = Some(compare(gf, &args, &peers_installed()?).await?);
+        return write_report(&args, &report);
+    }
     if let Some(rate) = args.rate {
         let workers = args
             .workers
@@ -321,7 +351,94 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
             p.jobs_per_sec
         );
     }
+    if !args.no_peers {
+        match peers_installed() {
+            Ok(installed) => report.peers = Some(compare(gf, &args, &installed).await?),
+            Err(e) => println!("peers: not measured ({e:#})"),
+        }
+    }
     write_report(&args, &report)
+}
+
+/// The peers as installed by `scripts/install-peers.sh`, found from the working
+/// directory (the repository or a folder in it).
+fn peers_installed() -> anyhow::Result<peers::Installed> {
+    let cwd = std::env::current_dir()?;
+    let root = cwd
+        .ancestors()
+        .find(|d| d.join("benchmarks/peers").is_dir())
+        .with_context(|| format!("no benchmarks/peers in {} or above", cwd.display()))?;
+    peers::Installed::find(root)
+        .map_err(|e| anyhow::anyhow!("{e}; run scripts/install-peers.sh first"))
+}
+
+/// The targets against each peer: Gigafactory's jobs/s must be at least this many
+/// times theirs (issue 20: ≥ 1.5× taskiq, ahead of the others).
+fn peer_target(system: &str) -> f64 {
+    if system.starts_with("taskiq") {
+        1.5
+    } else {
+        1.0
+    }
+}
+
+/// Gigafactory and every peer with the same jobs and worker count, one after the
+/// other on this machine, and the ratios against the targets.
+async fn compare(
+    gf: &GfCommand,
+    args: &LoadArgs,
+    installed: &peers::Installed,
+) -> anyhow::Result<Comparison> {
+    let workers = args.workers.iter().copied().max().unwrap_or(8);
+    let ours = LoadArgs {
+        jobs: args.peer_jobs,
+        ..args.clone()
+    };
+    let label = format!("Gigafactory, {} jobs", args.peer_jobs);
+    let gigafactory = fleet_run(gf, &ours, workers, false, None, &label, NOOP).await?;
+    print_run(&gigafactory);
+    let (jobs, slots) = (args.peer_jobs, args.slots);
+    let installed = peers::Installed {
+        redis_server: installed.redis_server.clone(),
+        venv: installed.venv.clone(),
+        apalis: installed.apalis.clone(),
+        dir: installed.dir.clone(),
+    };
+    let peers =
+        tokio::task::spawn_blocking(move || peers::run_all(&installed, jobs, workers, slots))
+            .await??;
+    println!("\nno-op jobs, {jobs} per system, {workers} workers each, this machine:");
+    println!(
+        "{:<52} {:>9}  {:>8}  {:>7}  {}",
+        "system", "jobs/s", "ratio", "target", "CPU ms per job"
+    );
+    let cpu = |m: &HashMap<String, f64>| {
+        let mut v: Vec<String> = m.iter().map(|(k, x)| format!("{k} {x:.3}")).collect();
+        v.sort();
+        v.join(", ")
+    };
+    println!(
+        "{:<52} {:>9.0}  {:>8}  {:>7}  {}",
+        format!("Gigafactory ({workers} × {slots} slots)"),
+        gigafactory.jobs_per_sec,
+        "",
+        "",
+        cpu(&gigafactory.cpu_ms_per_job)
+    );
+    for p in &peers {
+        let ratio = gigafactory.jobs_per_sec / p.jobs_per_sec;
+        let target = peer_target(&p.system);
+        println!(
+            "{:<52} {:>9.0}  {:>7.2}×  {:>6.1}×  {} [{}]",
+            p.system,
+            p.jobs_per_sec,
+            ratio,
+            target,
+            cpu(&p.cpu_ms_per_job),
+            if ratio >= target { "met" } else { "missed" }
+        );
+    }
+    Ok(Comparison { gigafactory, peers })
 }
 
 /// Each protocol ceiling as a share of the raw ceiling measured in the same run.
@@ -329,12 +446,28 @@ fn print_ceiling_ratios(report: &LoadReport) {
     let Some(raw) = report.raw.iter().find(|r| !r.durable) else {
         return;
     };
+    println!("protocol ceilings, old and new lifecycles side by side:");
     for p in &report.protocol {
         println!(
-            "{}: {:.1}% of the raw ceiling",
+            "    {:<48} {:<38} {:>7.0} jobs/s  {:>5.1}% of the raw ceiling",
+            p.generation,
             p.lifecycle,
+            p.jobs_per_sec,
             100.0 * p.jobs_per_sec / raw.jobs_per_sec
         );
+    }
+    let by = |l: Lifecycle| {
+        report
+            .protocol
+            .iter()
+            .find(|p| p.lifecycle == l.label())
+            .map(|p| p.jobs_per_sec)
+    };
+    if let (Some(old), Some(new)) = (by(Lifecycle::Design), by(Lifecycle::LeaseAtDispatch)) {
+        println!("    new / old, by a pass: {:.2}×", new / old);
+    }
+    if let (Some(old), Some(new)) = (by(Lifecycle::NoticeOnlyDispatch), by(Lifecycle::NoClaim)) {
+        println!("    new / old, at submission: {:.2}×", new / old);
     }
 }
 
@@ -1072,7 +1205,14 @@ enum Lifecycle {
     /// Dispatch as a notice only (no write); the claim is the first write after create.
     NoticeOnlyDispatch,
     /// Also no claim: the worker that takes the notice runs the job and completes it.
+    /// What leasing at dispatch costs for a job that finds a worker with room at
+    /// submission (the direct lane): the create writes the record already leased.
     NoClaim,
+    /// The candidate lifecycle of issue 20 for a job dispatched by a pass: the leader
+    /// writes the record running under the chosen worker's lease (the dispatch write)
+    /// and publishes the notice; the worker runs the job and completes it. No claim
+    /// request, no claim write.
+    LeaseAtDispatch,
     /// No coordinator on the job's path: the submitter creates the record and publishes
     /// the notice itself, the worker writes `running` (its lease) and `done` with
     /// compare-and-sets of its own, and the coordinator only watches. Outside the
@@ -1082,9 +1222,10 @@ enum Lifecycle {
 }
 
 impl Lifecycle {
-    const ALL: [Lifecycle; 4] = [
+    const ALL: [Lifecycle; 5] = [
         Self::Design,
         Self::NoticeOnlyDispatch,
+        Self::LeaseAtDispatch,
         Self::NoClaim,
         Self::WorkersWrite,
     ];
@@ -1093,8 +1234,22 @@ impl Lifecycle {
         match self {
             Self::Design => "the design's lifecycle",
             Self::NoticeOnlyDispatch => "dispatch as a notice only",
+            Self::LeaseAtDispatch => "lease at dispatch",
             Self::NoClaim => "dispatch as a notice only, no claim",
             Self::WorkersWrite => "workers write the records (no coordinator on the path)",
+        }
+    }
+
+    /// Which lifecycle it stands for: today's (a pass's dispatch, and the direct
+    /// lane's), the candidate of issue 20 (leasing at dispatch, by a pass and by the
+    /// lane), or one the design rules out.
+    fn generation(self) -> &'static str {
+        match self {
+            Self::Design => "today, dispatched by a pass",
+            Self::NoticeOnlyDispatch => "today, dispatched at submission (direct lane)",
+            Self::LeaseAtDispatch => "new (lease at dispatch), by a pass",
+            Self::NoClaim => "new (lease at dispatch), at submission",
+            Self::WorkersWrite => "outside the design",
         }
     }
 
@@ -1102,9 +1257,15 @@ impl Lifecycle {
         match self {
             Self::Design => 4,
             Self::NoticeOnlyDispatch => 3,
+            Self::LeaseAtDispatch => 3,
             Self::NoClaim => 2,
             Self::WorkersWrite => 3,
         }
+    }
+
+    /// Whether the worker asks for the job (a claim request) before running it.
+    fn claims(self) -> bool {
+        matches!(self, Self::Design | Self::NoticeOnlyDispatch)
     }
 }
 
@@ -1218,8 +1379,15 @@ async fn protocol_ceiling(
                     // Before the notice goes out: the submit handler may not have
                     // noted the create's revision yet when the claim or completion comes.
                     note(&revs, &e.key, e.revision);
-                    if lifecycle == Lifecycle::Design {
-                        let Ok(rev) = kv.update(&e.key, record(b'S'), e.revision).await else {
+                    // The design's dispatch write; or, leasing at dispatch, the write
+                    // that makes the record running under the chosen worker's lease.
+                    let dispatch_write = match lifecycle {
+                        Lifecycle::Design => Some(b'S'),
+                        Lifecycle::LeaseAtDispatch => Some(b'R'),
+                        _ => None,
+                    };
+                    if let Some(state) = dispatch_write {
+                        let Ok(rev) = kv.update(&e.key, record(state), e.revision).await else {
                             return;
                         };
                         note(&revs, &e.key, rev);
@@ -1277,9 +1445,7 @@ async fn protocol_ceiling(
                         }
                         return;
                     }
-                    if lifecycle != Lifecycle::NoClaim
-                        && client.request(CLAIM, key.clone()).await.is_err()
-                    {
+                    if lifecycle.claims() && client.request(CLAIM, key.clone()).await.is_err() {
                         return;
                     }
                     if client.request(COMPLETE, key).await.is_ok()
@@ -1340,6 +1506,7 @@ async fn protocol_ceiling(
     }
     Ok(Protocol {
         lifecycle: lifecycle.label().into(),
+        generation: lifecycle.generation().into(),
         writes_per_job: lifecycle.writes(),
         jobs: n,
         workers,

@@ -319,10 +319,10 @@ async fn due(at: tokio::time::Instant) {
 const GAUGE_PERIOD: Duration = Duration::from_millis(500);
 
 /// The pause after a plan pass before the next one: three times what deciding took,
-/// so planning takes at most a quarter of the leader's time however deep the backlog
-/// (a pass walks every pending job), while changes arriving meanwhile are batched
-/// into the next pass. With a short backlog a pass takes microseconds and the pause
-/// is nothing; it never exceeds 50 ms.
+/// so planning takes at most a quarter of the leader's time, while changes arriving
+/// meanwhile are batched into the next pass. A pass costs what changed since the last
+/// one (see `plan::Planner`), so the pause is microseconds at any backlog depth, except
+/// after a full recomputation (workers or budgets changed); it never exceeds 50 ms.
 fn pass_spacing(pass: Duration) -> Duration {
     (pass * 3).min(Duration::from_millis(50))
 }
