@@ -84,6 +84,11 @@ pub struct LoadArgs {
     /// Leave the peers out of the full suite.
     #[arg(long)]
     pub no_peers: bool,
+    /// Run only the backlog curve: for each size, that many jobs submitted at once to
+    /// the largest `--workers` count (e.g. `--backlog 5000,20000,50000,100000`), and
+    /// each throughput as a share of the first.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["ceilings_only", "rate", "peers"])]
+    pub backlog: Vec<usize>,
     /// Jobs per system in the comparison with the peers.
     #[arg(long, default_value_t = 20000)]
     pub peer_jobs: usize,
@@ -236,6 +241,31 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
     };
     if args.peers {
         report.peers = Some(compare(gf, &args, &peers_installed()?).await?);
+        return write_report(&args, &report);
+    }
+    if !args.backlog.is_empty() {
+        let workers = args.workers.iter().copied().max().unwrap_or(8);
+        for &n in &args.backlog {
+            let at_once = LoadArgs {
+                jobs: n,
+                ..args.clone()
+            };
+            let label = format!("backlog: {n} jobs at once");
+            let r = fleet_run(gf, &at_once, workers, false, None, &label, NOOP).await?;
+            print_run(&r);
+            report.runs.push(r);
+        }
+        let first = report.runs[0].jobs_per_sec;
+        println!("backlog curve ({workers} workers × {} slots):", args.slots);
+        for r in &report.runs {
+            println!(
+                "    {:>7} jobs at once: {:>7.0} jobs/s, {:>5.1}% of the {}-job figure (target ≥ 90%)",
+                r.jobs,
+                r.jobs_per_sec,
+                100.0 * r.jobs_per_sec / first,
+                report.runs[0].jobs
+            );
+        }
         return write_report(&args, &report);
     }
     if let Some(rate) = args.rate {

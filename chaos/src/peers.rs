@@ -264,12 +264,23 @@ pub fn run_all(
     workers: usize,
     slots: u32,
 ) -> anyhow::Result<Vec<PeerRun>> {
-    Ok(vec![
-        taskiq(installed, jobs, workers, slots)?,
-        celery(installed, jobs, workers)?,
-        apalis(installed, jobs, workers, slots)?,
-    ])
+    let mut out = Vec::new();
+    for (name, run) in [
+        ("taskiq", taskiq as PeerFn),
+        ("celery", |i, j, w, _| celery(i, j, w)),
+        ("apalis", apalis),
+    ] {
+        let r = run(installed, jobs, workers, slots).with_context(|| format!("peer {name}"))?;
+        println!(
+            "peer {:<52} {:>7.0} jobs/s ({} jobs in {:.1} s; {})",
+            r.system, r.jobs_per_sec, r.jobs, r.seconds, r.workers
+        );
+        out.push(r);
+    }
+    Ok(out)
 }
+
+type PeerFn = fn(&Installed, usize, usize, u32) -> anyhow::Result<PeerRun>;
 
 fn per_job(cpu: &[(&str, f64)], jobs: usize) -> HashMap<String, f64> {
     cpu.iter()

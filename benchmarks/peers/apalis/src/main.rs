@@ -75,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             RedisStorageFactory::new(Client::open(format!("{url}?protocol=resp3"))?).await?;
         let storage =
             BackendFactory::<Noop>::create_with_config(&mut factory, worker_config.clone())?;
-        let worker = WorkerBuilder::new(format!("peer-{i}"))
+        let worker = WorkerBuilder::new(format!("peer-{}-{i}", std::process::id()))
             .backend(storage)
             .data(done.clone())
             .concurrency(concurrency)
@@ -113,12 +113,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(Err(e)) = pushed.into_iter().find(|r| r.is_err()) {
         return Err(e.into());
     }
-    if tokio::time::timeout(Duration::from_secs(300), finished)
+    if tokio::time::timeout(Duration::from_secs(120), finished)
         .await
         .is_err()
     {
         return Err(format!(
-            "only {} of {jobs} tasks ran in 300 s",
+            "only {} of {jobs} tasks ran in 120 s",
             done.0.load(Ordering::Relaxed)
         )
         .into());
