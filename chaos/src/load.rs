@@ -439,8 +439,8 @@ async fn compare(
             .await??;
     println!("\nno-op jobs, {jobs} per system, {workers} workers each, this machine:");
     println!(
-        "{:<52} {:>9}  {:>8}  {:>7}  {}",
-        "system", "jobs/s", "ratio", "target", "CPU ms per job"
+        "{:<52} {:>9}  {:>8}  {:>7}  CPU ms per job",
+        "system", "jobs/s", "ratio", "target"
     );
     let cpu = |m: &HashMap<String, f64>| {
         let mut v: Vec<String> = m.iter().map(|(k, x)| format!("{k} {x:.3}")).collect();
