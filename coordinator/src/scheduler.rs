@@ -5,7 +5,7 @@
 //! A conflict on any write only means the view was behind: the job is re-read and
 //! decided again on the next pass.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,14 +40,26 @@ pub fn counts(
     now: Timestamp,
 ) -> ViewCounts {
     let mut c = ViewCounts::default();
+    // Waiting jobs counted per shape (queue and requirements, borrowed) first, and the
+    // labels made once per shape: this walks every live job twice a second, and
+    // allocating a queue name and a route label per job was a tenth of the leader's
+    // CPU with 100,000 waiting (profiled).
+    let mut shapes: HashMap<(&str, &BTreeMap<String, String>), (&gf_schemas::JobSpec, u64)> =
+        HashMap::new();
     for (rec, _) in view.jobs.values() {
         *c.jobs.entry(rec.state).or_default() += 1;
         if matches!(rec.state, JobState::Pending | JobState::Blocked) {
-            *c.queue_depth.entry(rec.spec.queue.clone()).or_default() += 1;
-            *c.route_depth
-                .entry(routing.route_of(&rec.spec).label())
-                .or_default() += 1;
+            shapes
+                .entry((rec.spec.queue.as_str(), &rec.spec.requires))
+                .or_insert((&rec.spec, 0))
+                .1 += 1;
         }
+    }
+    for ((queue, _), (spec, n)) in shapes {
+        *c.queue_depth.entry(queue.to_string()).or_default() += n;
+        *c.route_depth
+            .entry(routing.route_of(spec).label())
+            .or_default() += n;
     }
     for w in view.workers.values() {
         let live = worker_live(w, worker_timeout, now);
@@ -703,6 +715,56 @@ mod tests {
     use tokio::time::Instant;
 
     use super::due;
+
+    /// Queue and route depth count every waiting job once, whatever their shapes;
+    /// other states only count by state.
+    #[test]
+    fn counts_depth_per_queue_and_route() {
+        use gf_schemas::{JobId, JobRecord, JobSpec, JobState, Timestamp};
+        let routing = gf_schemas::names::Routing::default();
+        let mut view = super::View::default();
+        let job = |queue: &str, os: Option<&str>, state: JobState| {
+            let mut s = JobSpec::command(["true"]);
+            s.queue = queue.into();
+            if let Some(os) = os {
+                s.requires.insert("os".into(), os.into());
+            }
+            let mut r = JobRecord::new(JobId::new(), s, Timestamp::from_unix_millis(0));
+            r.state = state;
+            r
+        };
+        for (q, os, state, n) in [
+            ("default", None, JobState::Pending, 3),
+            ("default", Some("linux"), JobState::Blocked, 2),
+            ("batch", None, JobState::Pending, 1),
+            ("batch", None, JobState::Running, 4),
+        ] {
+            for _ in 0..n {
+                view.set_job(job(q, os, state), 1);
+            }
+        }
+        let c = super::counts(
+            &view,
+            &routing,
+            Duration::from_secs(10),
+            Timestamp::from_unix_millis(0),
+        );
+        assert_eq!(c.jobs[&JobState::Pending], 4);
+        assert_eq!(c.jobs[&JobState::Running], 4);
+        assert_eq!(c.queue_depth["default"], 5);
+        assert_eq!(c.queue_depth["batch"], 1);
+        let label = |q: &str, os: Option<&str>| {
+            routing
+                .route_of(&job(q, os, JobState::Pending).spec)
+                .label()
+        };
+        assert_eq!(
+            c.route_depth[&label("default", None)]
+                + c.route_depth[&label("default", Some("linux"))],
+            5
+        );
+        assert_eq!(c.route_depth.values().sum::<u64>(), 6);
+    }
 
     /// A pass that is due runs on the first poll, also off a millisecond boundary (where
     /// the timer wheel would round a deadline of "now" up to the next millisecond); one
