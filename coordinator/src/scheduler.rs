@@ -32,6 +32,9 @@ pub struct LeaderStatus {
     pub leader: Mutex<Option<String>>,
 }
 
+/// A waiting job's queue and requirements: what its queue and route depth depend on.
+type Shape<'a> = (&'a str, &'a BTreeMap<String, String>);
+
 /// What the leader's gauges report, derived from the view.
 pub fn counts(
     view: &View,
@@ -44,8 +47,7 @@ pub fn counts(
     // labels made once per shape: this walks every live job twice a second, and
     // allocating a queue name and a route label per job was a tenth of the leader's
     // CPU with 100,000 waiting (profiled).
-    let mut shapes: HashMap<(&str, &BTreeMap<String, String>), (&gf_schemas::JobSpec, u64)> =
-        HashMap::new();
+    let mut shapes: HashMap<Shape, (&gf_schemas::JobSpec, u64)> = HashMap::new();
     for (rec, _) in view.jobs.values() {
         *c.jobs.entry(rec.state).or_default() += 1;
         if matches!(rec.state, JobState::Pending | JobState::Blocked) {
