@@ -8,6 +8,10 @@
 //! preemption on, a job that passes every gate but finds no slot may revoke the
 //! lowest-scoring running job on a fitting worker, if that one scores at least the
 //! margin less.
+//!
+//! [`plan_pass`] decides by scanning every job; the leader runs [`Planner`], which
+//! decides the same at the cost of what changed since its last pass (`plan/backlog.rs`,
+//! `plan/rank.rs`). The full scan stays as the reference it is tested against.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
