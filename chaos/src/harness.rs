@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Audit, Evidence, Findings, SubmitEntry, Violation};
 use crate::cluster::{Cluster, ClusterSpec, Fault, Part, WorkerSpec};
+use crate::compose::ComposeCluster;
 use crate::process::{GfCommand, ProcessCluster};
 
 pub use gf_testkit::eventually;
@@ -86,9 +87,14 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let spec2 = spec.clone();
-        // The process backend; a docker-compose one would be chosen here.
-        let cluster: Box<dyn Cluster> =
-            Box::new(tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??);
+        let cluster: Box<dyn Cluster> = match gf.compose.clone() {
+            Some(opts) => Box::new(
+                tokio::task::spawn_blocking(move || ComposeCluster::start(spec2, opts)).await??,
+            ),
+            None => Box::new(
+                tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??,
+            ),
+        };
         let nats = connect(&cluster.nats_url()).await?;
         let js = jetstream::new(nats.clone());
         let effects = cluster.work_dir().join("effects");
@@ -174,7 +180,15 @@ impl Harness {
     /// Injects a fault and records it (with its time) in the audit log.
     pub fn fault(&mut self, part: Part, fault: Fault) -> anyhow::Result<Timestamp> {
         let t = self.audit.fault(part, self.cluster.name(part), fault);
-        self.cluster.inject(part, fault)?;
+        // A fault may block for seconds (a graceful stop, a compose start waiting for
+        // health): keep the audit watch running on the other threads meanwhile.
+        let cluster = &mut self.cluster;
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| cluster.inject(part, fault))?
+            }
+            _ => cluster.inject(part, fault)?,
+        }
         Ok(t)
     }
 

@@ -2,13 +2,15 @@
 //!
 //! - [`cluster`]: the interface the suites drive (start parts, inject faults), with the
 //!   [`process`] backend (every part an OS process on loopback) and a TCP [`proxy`]
-//!   that can cut a worker off NATS.
+//!   that can cut a worker off NATS, and the [`compose`] backend (the docker-compose
+//!   deployment, with real network partitions).
 //! - [`audit`]: the audit log a run records and the invariants checked against it.
 //! - [`harness`] and [`scenarios`]: one function per fault scenario.
 //! - [`load`]: throughput, latency, scale-out, and the raw JetStream ceiling.
 
 pub mod audit;
 pub mod cluster;
+pub mod compose;
 pub mod harness;
 pub mod load;
 pub mod process;

@@ -25,6 +25,9 @@ use crate::proxy::Proxy;
 pub struct GfCommand {
     pub program: PathBuf,
     pub prefix: Vec<String>,
+    /// Run the cluster on docker-compose instead (coordinators and workers are
+    /// containers of the gf image; `program` is then unused).
+    pub compose: Option<crate::compose::ComposeOptions>,
 }
 
 impl GfCommand {
@@ -34,6 +37,7 @@ impl GfCommand {
         Ok(Self {
             program: std::env::current_exe()?,
             prefix: vec!["gf".into()],
+            compose: None,
         })
     }
     /// An external `gf` binary.
@@ -41,6 +45,7 @@ impl GfCommand {
         Self {
             program: path,
             prefix: Vec::new(),
+            compose: None,
         }
     }
 }
@@ -85,6 +90,16 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        self.signal(Signal::SIGTERM)?;
+        let deadline = Instant::now() + grace;
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Ok(())
     }
     fn alive(&mut self) -> bool {
         match self.child.as_mut() {
@@ -446,6 +461,7 @@ impl Cluster for ProcessCluster {
                 }
                 Fault::Pause => node.proc.signal(Signal::SIGSTOP),
                 Fault::Resume => node.proc.signal(Signal::SIGCONT),
+                Fault::Stop => node.proc.stop(Duration::from_secs(30)),
                 Fault::Start => {
                     node.proc.kill();
                     self.spawn_nats(i)?;
@@ -490,6 +506,7 @@ impl Cluster for ProcessCluster {
             }
             Fault::Pause => proc.signal(Signal::SIGSTOP),
             Fault::Resume => proc.signal(Signal::SIGCONT),
+            Fault::Stop => proc.stop(Duration::from_secs(30)),
             Fault::Start => {
                 proc.kill();
                 proc.spawn()

@@ -49,6 +49,30 @@ pub const ALL: [&str; 13] = [
     "clock-skew",
 ];
 
+/// The suite on docker-compose (`chaos suite --backend compose`): the scenarios that
+/// mean something on containers, with the ones only compose makes possible (real
+/// partitions of a coordinator and of one NATS node, rolling restarts under load).
+pub const COMPOSE: [&str; 10] = [
+    "worker-kill",
+    "worker-pause",
+    "worker-partition",
+    "leader-kill",
+    "leader-pause",
+    "leader-partition",
+    "cluster-node-kill",
+    "nats-partition",
+    "nats-rolling-restart",
+    "coordinator-rolling-upgrade",
+];
+
+/// Scenarios that need the compose backend (a network partition of any part).
+pub const COMPOSE_ONLY: [&str; 4] = [
+    "leader-partition",
+    "nats-partition",
+    "nats-rolling-restart",
+    "coordinator-rolling-upgrade",
+];
+
 /// The scenarios of the quick suite (CI), with small N. Left out: `leader-pause` and
 /// `cluster-node-kill` (slow: leader TTL, cluster formation) and `clock-skew` (needs
 /// `faketime`); the full suite runs them.
@@ -81,12 +105,19 @@ pub fn describe(name: &str) -> &'static str {
         "race-50" => "50 workers race for the same notices: every job claimed and run exactly once",
         "complete-vs-reap" => "completions sent right at lease expiry, as the reaper re-leases: each is either accepted or refused, never both",
         "clock-skew" => "workers whose clocks are 5 minutes ahead and behind (faketime): no false expiry, no job lost",
+        "leader-partition" => "compose: take the leader coordinator off the network (a real partition from NATS): the standby leads within leader TTL + 3 s, the healed one does not dispatch or reap",
+        "nats-partition" => "compose: take the NATS node leading the jobs bucket off the network (a minority partition), then reconnect it: no job lost or run twice",
+        "nats-rolling-restart" => "compose: stop and start each of the three NATS nodes in turn (each healthy before the next) while jobs are submitted and run",
+        "coordinator-rolling-upgrade" => "compose: stop one coordinator, start it again (healthy), then the other, while jobs are submitted and run",
         _ => "unknown scenario",
     }
 }
 
 pub async fn run(name: &str, scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let started = Instant::now();
+    if COMPOSE_ONLY.contains(&name) && gf.compose.is_none() {
+        anyhow::bail!("scenario {name} needs the compose backend (--backend compose)");
+    }
     eprintln!("chaos: === {name}: {}", describe(name));
     let report = match name {
         "worker-kill" => worker_kill(scale, gf).await,
@@ -102,7 +133,15 @@ pub async fn run(name: &str, scale: &Scale, gf: &GfCommand) -> anyhow::Result<Re
         "race-50" => race_50(scale, gf).await,
         "complete-vs-reap" => complete_vs_reap(scale, gf).await,
         "clock-skew" => clock_skew(scale, gf).await,
-        other => anyhow::bail!("unknown scenario `{other}` (one of: {})", ALL.join(", ")),
+        "leader-partition" => leader_partition(scale, gf).await,
+        "nats-partition" => nats_partition(scale, gf).await,
+        "nats-rolling-restart" => nats_rolling_restart(scale, gf).await,
+        "coordinator-rolling-upgrade" => coordinator_rolling_upgrade(scale, gf).await,
+        other => anyhow::bail!(
+            "unknown scenario `{other}` (one of: {}, {})",
+            ALL.join(", "),
+            COMPOSE_ONLY.join(", ")
+        ),
     };
     report.with_context(|| {
         format!(
@@ -351,9 +390,15 @@ async fn leader_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     h.wait_terminal(&ids, budget(n)).await?;
     let late = h.submit_many(5, |_| h_effect("0")).await?;
     h.wait_terminal(&late, Duration::from_secs(60)).await?;
-    // The zombie must not act as leader after it wakes while the other one leads.
+    zombie_stays_quiet(&mut h, &old, resumed, "resumed").await;
+    h.finish(true).await
+}
+
+/// The old leader must not act as leader after it is back (`since`) while another
+/// one leads: no dispatch, no reap in its name.
+async fn zombie_stays_quiet(h: &mut Harness, old: &str, since: Timestamp, how: &str) {
     let events = crate::audit::read_events(&h.js).await.unwrap_or_default();
-    let grace = resumed.plus(Duration::from_secs(1));
+    let grace = since.plus(Duration::from_secs(1));
     let acts: Vec<JobId> = events
         .iter()
         .filter(|e| e.source == old && e.time > grace)
@@ -366,13 +411,149 @@ async fn leader_pause(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
         .filter_map(|e| e.job_id)
         .collect();
     let still = h.leader().await.map(|l| l.1);
-    if !acts.is_empty() && still.as_deref() != Some(old.as_str()) {
+    if !acts.is_empty() && still.as_deref() != Some(old) {
         h.fail(format!(
-            "the resumed zombie leader {old} dispatched or reaped {} jobs after waking: {:?}",
+            "the {how} zombie leader {old} dispatched or reaped {} jobs after coming back: {:?}",
             acts.len(),
             &acts[..acts.len().min(10)]
         ));
     }
+}
+
+async fn leader_partition(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet(
+        "leader-partition",
+        gf,
+        ClusterSpec::default(),
+        three_workers(),
+    )
+    .await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    let (part, old) = leader_takeover(&mut h, Fault::Cut, "the partitioned ").await?;
+    let done = h.audit.terminal_count(&ids);
+    let _ = h
+        .wait_some_terminal(&ids, (done + n / 8).min(n), Duration::from_secs(30))
+        .await;
+    let healed = h.fault(part, Fault::Heal)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let late = h.submit_many(5, |_| h_effect("0")).await?;
+    h.wait_terminal(&late, Duration::from_secs(60)).await?;
+    zombie_stays_quiet(&mut h, &old, healed, "healed").await;
+    h.finish(true).await
+}
+
+/// The NATS node that leads the jobs bucket's stream (by the server name the cluster
+/// reports), as a part.
+async fn jobs_stream_leader(h: &Harness) -> anyhow::Result<(Part, String)> {
+    let kv = h.js.get_key_value(names::BUCKET_JOBS).await?;
+    let mut stream = h.js.get_stream(&kv.stream_name).await?;
+    let info = stream.info().await?;
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .context("the jobs stream reports no leader")?;
+    let part = h
+        .cluster
+        .parts()
+        .into_iter()
+        .find(|p| matches!(p, Part::Nats(_)) && h.cluster.name(*p).as_deref() == Some(&leader))
+        .with_context(|| format!("no NATS part named {leader}"))?;
+    Ok((part, leader))
+}
+
+async fn nats_partition(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet(
+        "nats-partition",
+        gf,
+        ClusterSpec::default(),
+        three_workers(),
+    )
+    .await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    let (part, leader) = jobs_stream_leader(&h).await?;
+    h.fault(part, Fault::Cut)?;
+    let done = h.audit.terminal_count(&ids);
+    // The majority elects a new stream leader and the fleet goes on without the node.
+    h.wait_some_terminal(&ids, (done + n / 8).min(n), budget(n))
+        .await?;
+    h.note(format!(
+        "{} more jobs finished with {leader} (the jobs stream's leader) partitioned",
+        h.audit.terminal_count(&ids) - done
+    ));
+    h.fault(part, Fault::Heal)?;
+    h.wait_terminal(&ids, budget(n)).await?;
+    let late = h.submit_many(5, |_| h_effect("0")).await?;
+    h.wait_terminal(&late, Duration::from_secs(60)).await?;
+    h.finish(true).await
+}
+
+/// Restarts `parts` one after the other (graceful stop, start, healthy) while batches
+/// of jobs are submitted: a batch before each restart, so every restart happens
+/// under load, and one at the end.
+async fn rolling(h: &mut Harness, n: usize, parts: &[Part]) -> anyhow::Result<Vec<JobId>> {
+    let batch = n / (parts.len() + 1);
+    let mut ids = Vec::new();
+    for (k, part) in parts.iter().enumerate() {
+        let more = h.submit_many(batch, |_| h_effect("0.2")).await?;
+        ids.extend(more);
+        h.wait_some_terminal(&ids, k * batch + batch / 4, budget(n))
+            .await?;
+        let t0 = Instant::now();
+        h.fault(*part, Fault::Stop)?;
+        h.fault(*part, Fault::Start)?;
+        let running = h.audit.terminal_count(&ids);
+        h.note(format!(
+            "{part} restarted (stop, start, healthy) in {:.1} s with {} of {} jobs done",
+            t0.elapsed().as_secs_f64(),
+            running,
+            ids.len()
+        ));
+    }
+    let rest = h
+        .submit_many(n - batch * parts.len(), |_| h_effect("0.2"))
+        .await?;
+    ids.extend(rest);
+    h.wait_terminal(&ids, budget(n)).await?;
+    Ok(ids)
+}
+
+async fn nats_rolling_restart(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet(
+        "nats-rolling-restart",
+        gf,
+        ClusterSpec::default(),
+        three_workers(),
+    )
+    .await?;
+    let nodes: Vec<Part> = h
+        .cluster
+        .parts()
+        .into_iter()
+        .filter(|p| matches!(p, Part::Nats(_)))
+        .collect();
+    rolling(&mut h, scale.jobs, &nodes).await?;
+    h.finish(true).await
+}
+
+async fn coordinator_rolling_upgrade(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet(
+        "coordinator-rolling-upgrade",
+        gf,
+        ClusterSpec::default(),
+        three_workers(),
+    )
+    .await?;
+    rolling(
+        &mut h,
+        scale.jobs,
+        &[Part::Coordinator(0), Part::Coordinator(1)],
+    )
+    .await?;
     h.finish(true).await
 }
 

@@ -1,0 +1,459 @@
+//! The docker-compose backend: the suites drive the repository's `docker-compose.yml`
+//! (three NATS nodes, two coordinators, workers, Prometheus, Alertmanager) through the
+//! `docker` and `docker-compose` CLIs.
+//!
+//! Each cluster is its own compose project (`<prefix><random>`), so runs never share a
+//! container, network or volume, and `down -v` removes all of it when the cluster is
+//! dropped (`CHAOS_KEEP=1` keeps it for a post-mortem). Faults are the engine's own:
+//! `docker kill -s KILL`, `docker stop` (SIGTERM, then KILL after the grace period),
+//! `docker pause`/`unpause` (the cgroup freezer: the process stops like SIGSTOP and its
+//! sockets stay open), `docker start`, and real partitions: `docker network disconnect`
+//! takes the container off the project's only network (its peers see packets to it
+//! vanish), `docker network connect` puts it back with the DNS aliases it had.
+//!
+//! Coordinators are the file's `coordinator-1` and `coordinator-2` services (at most
+//! two). A worker is a one-off container of the `worker` service (`docker-compose run`)
+//! with the id and slots of its [`WorkerSpec`]. Jobs write their side effects to the
+//! run's work directory, which is bind-mounted into every worker at the same path.
+//!
+//! The suite on the host reaches NATS, the coordinators, Prometheus and Alertmanager at
+//! their container addresses (Docker on Linux routes the bridge networks to the host),
+//! so a project publishes no port and cannot collide with another one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::cluster::{Cluster, ClusterSpec, Fault, Part, WorkerSpec};
+
+/// Where and how to run a compose cluster.
+#[derive(Clone, Debug)]
+pub struct ComposeOptions {
+    /// The deployment's compose file (the repository's `docker-compose.yml`).
+    pub file: PathBuf,
+    /// Image of coordinators and workers (`GF_IMAGE` in the compose file).
+    pub gf_image: String,
+    /// Project names start with this; must start with a letter or digit.
+    pub project_prefix: String,
+}
+
+impl ComposeOptions {
+    /// The repository's compose file and the default image, or the environment's
+    /// `CHAOS_COMPOSE_FILE`, `GF_IMAGE` and `CHAOS_COMPOSE_PREFIX`.
+    pub fn from_env() -> Self {
+        let file = std::env::var_os("CHAOS_COMPOSE_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join("docker-compose.yml")
+            });
+        Self {
+            file,
+            gf_image: std::env::var("GF_IMAGE").unwrap_or_else(|_| "gigafactory/gf:local".into()),
+            project_prefix: std::env::var("CHAOS_COMPOSE_PREFIX")
+                .unwrap_or_else(|_| "gfchaos".into()),
+        }
+    }
+}
+
+/// The NATS services of the compose file, in [`Part::Nats`] order.
+const NATS: [&str; 3] = ["nats-1", "nats-2", "nats-3"];
+/// The coordinator services, in [`Part::Coordinator`] order.
+const COORDINATORS: [&str; 2] = ["coordinator-1", "coordinator-2"];
+
+struct Container {
+    /// Compose service (or, for a worker, the worker id).
+    name: String,
+    /// Container id.
+    id: String,
+    /// DNS aliases on the project network, re-applied when a partition heals.
+    aliases: Vec<String>,
+}
+
+pub struct ComposeCluster {
+    spec: ClusterSpec,
+    opts: ComposeOptions,
+    project: String,
+    override_file: PathBuf,
+    dir: tempfile::TempDir,
+    keep: bool,
+    nats: Vec<Container>,
+    coordinators: Vec<Container>,
+    workers: Vec<Container>,
+}
+
+/// Runs a command; its stdout on success, an error with its stderr otherwise.
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?} (is docker installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("docker").args(args))
+}
+
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+impl ComposeCluster {
+    /// Starts the NATS nodes, Prometheus and Alertmanager of a new project and waits
+    /// until every NATS node is healthy (current with the JetStream meta group).
+    pub fn start(spec: ClusterSpec, opts: ComposeOptions) -> anyhow::Result<Self> {
+        for image in [
+            opts.gf_image.as_str(),
+            "gigafactory/nats:local",
+            "gigafactory/prometheus:local",
+            "gigafactory/alertmanager:local",
+        ] {
+            docker(&["image", "inspect", "-f", "{{.Id}}", image]).with_context(|| {
+                format!("image {image} is missing: build it with scripts/docker-images.sh")
+            })?;
+        }
+        let keep = std::env::var_os("CHAOS_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("gf-chaos-compose-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        let project = format!("{}{:08x}", opts.project_prefix, rand::random::<u32>());
+        let override_file = dir.path().join("chaos.compose.yml");
+        let mut c = Self {
+            spec,
+            opts,
+            project,
+            override_file,
+            dir,
+            keep,
+            nats: Vec::new(),
+            coordinators: Vec::new(),
+            workers: Vec::new(),
+        };
+        if keep {
+            eprintln!(
+                "chaos: keeping compose project {} and {}",
+                c.project,
+                c.dir.path().display()
+            );
+        }
+        c.write_override()?;
+        let mut up = vec!["up", "-d"];
+        up.extend(NATS);
+        up.extend(["prometheus", "alertmanager"]);
+        c.compose(&up)?;
+        for svc in NATS {
+            let id = c.service_container(svc)?;
+            let aliases = c.aliases(&id)?;
+            c.nats.push(Container {
+                name: svc.into(),
+                id,
+                aliases,
+            });
+        }
+        for i in 0..NATS.len() {
+            c.wait_healthy(&c.nats[i].id, Duration::from_secs(90))?;
+        }
+        Ok(c)
+    }
+
+    /// The project's file on top of the deployment's: the suite's timings for the
+    /// coordinators, and the work directory mounted into the workers.
+    fn write_override(&self) -> anyhow::Result<()> {
+        let t = &self.spec.timings;
+        let mut coord_env = format!(
+            "      GF_COORDINATOR_LEASE_TTL: \"{}\"\n      GF_COORDINATOR_CLAIM_TIMEOUT: \"{}\"\n      GF_COORDINATOR_REAPER_PERIOD: \"{}\"\n",
+            millis(t.lease_ttl),
+            millis(t.claim_timeout),
+            millis(t.reaper_period)
+        );
+        if let Some(slack) = self.spec.dispatch_slack {
+            coord_env.push_str(&format!(
+                "      GF_COORDINATOR_DISPATCH_SLACK: \"{slack}\"\n"
+            ));
+        }
+        let log = std::env::var("CHAOS_GF_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
+        let dir = self.dir.path().display();
+        let mut text = String::from("# Written by the chaos suite for one run.\nservices:\n");
+        for svc in COORDINATORS {
+            text.push_str(&format!(
+                "  {svc}:\n    environment:\n{coord_env}      GF_LOG: \"{log}\"\n"
+            ));
+        }
+        text.push_str(&format!(
+            "  worker:\n    environment:\n      GF_WORKER_DRAIN_GRACE: \"2s\"\n      GF_LOG: \"{log}\"\n    volumes:\n      - \"{dir}:{dir}\"\n"
+        ));
+        std::fs::write(&self.override_file, text)?;
+        Ok(())
+    }
+
+    fn compose_cmd(&self) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(&self.opts.file)
+            .arg("-f")
+            .arg(&self.override_file)
+            .env("GF_IMAGE", &self.opts.gf_image);
+        cmd
+    }
+
+    fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(self.compose_cmd().args(args))
+    }
+
+    /// The compose project's name.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The project's network.
+    fn network(&self) -> String {
+        format!("{}_default", self.project)
+    }
+
+    fn service_container(&self, svc: &str) -> anyhow::Result<String> {
+        let id = self.compose(&["ps", "-q", svc])?;
+        let id = id.lines().next().unwrap_or_default().to_string();
+        if id.is_empty() {
+            bail!("service {svc} has no container in project {}", self.project);
+        }
+        Ok(id)
+    }
+
+    fn aliases(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        let format = format!(
+            "{{{{json (index .NetworkSettings.Networks \"{}\").Aliases}}}}",
+            self.network()
+        );
+        let json = docker(&["inspect", "-f", &format, id])?;
+        let aliases: Option<Vec<String>> = serde_json::from_str(&json).unwrap_or_default();
+        // Docker adds the short container id itself on every connect.
+        Ok(aliases
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| !id.starts_with(a.as_str()))
+            .collect())
+    }
+
+    /// The container's address on the project network (empty while disconnected).
+    pub fn address(&self, part: Part) -> Option<String> {
+        let c = self.container(part)?;
+        let format = format!(
+            "{{{{with index .NetworkSettings.Networks \"{}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}",
+            self.network()
+        );
+        docker(&["inspect", "-f", &format, &c.id])
+            .ok()
+            .filter(|ip| !ip.is_empty())
+    }
+
+    /// Address of a service that is not a [`Part`] (`prometheus`, `alertmanager`).
+    pub fn service_address(&self, svc: &str) -> anyhow::Result<String> {
+        let id = self.service_container(svc)?;
+        let format = format!(
+            "{{{{with index .NetworkSettings.Networks \"{}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}",
+            self.network()
+        );
+        docker(&["inspect", "-f", &format, &id])
+    }
+
+    fn container(&self, part: Part) -> Option<&Container> {
+        match part {
+            Part::Nats(i) => self.nats.get(i),
+            Part::Coordinator(i) => self.coordinators.get(i),
+            Part::Worker(i) => self.workers.get(i),
+        }
+    }
+
+    /// Waits until the container's healthcheck passes.
+    fn wait_healthy(&self, id: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = docker(&[
+                "inspect",
+                "-f",
+                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                id,
+            ])?;
+            if status == "healthy" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let logs = docker_logs(id, 20);
+                bail!("container {id} not healthy after {timeout:?} ({status}):\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn docker_logs(id: &str, lines: usize) -> String {
+    let out = Command::new("docker")
+        .args(["logs", "--tail", &lines.to_string(), id])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("(no logs: {e})"),
+    }
+}
+
+impl Cluster for ComposeCluster {
+    fn nats_url(&self) -> String {
+        (0..self.nats.len())
+            .map(|i| self.node_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn node_url(&self, i: usize) -> String {
+        let ip = self
+            .address(Part::Nats(i))
+            .unwrap_or_else(|| "0.0.0.0".into());
+        format!("nats://{ip}:4222")
+    }
+
+    fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    fn add_coordinator(&mut self) -> anyhow::Result<(Part, String)> {
+        let i = self.coordinators.len();
+        let svc = *COORDINATORS
+            .get(i)
+            .context("the compose deployment has two coordinators")?;
+        self.compose(&["up", "-d", "--no-deps", svc])?;
+        let id = self.service_container(svc)?;
+        let aliases = self.aliases(&id)?;
+        self.coordinators.push(Container {
+            name: svc.into(),
+            id,
+            aliases,
+        });
+        Ok((Part::Coordinator(i), svc.to_string()))
+    }
+
+    fn add_worker(&mut self, spec: WorkerSpec) -> anyhow::Result<Part> {
+        if spec.clock_offset.is_some() {
+            bail!("a worker with a clock offset needs the process backend (faketime)");
+        }
+        let i = self.workers.len();
+        let name = format!("{}_w_{}", self.project, spec.id);
+        let worker_id = format!("GF_WORKER_ID={}", spec.id);
+        let slots = format!("GF_WORKER_SLOTS={}", spec.slots);
+        let id = self.compose(&[
+            "run",
+            "-d",
+            "--no-deps",
+            "--name",
+            &name,
+            "-e",
+            &worker_id,
+            "-e",
+            &slots,
+            "worker",
+        ])?;
+        let id = id.lines().last().unwrap_or_default().to_string();
+        let id = if id.is_empty() { name } else { id };
+        let aliases = self.aliases(&id)?;
+        self.workers.push(Container {
+            name: spec.id,
+            id,
+            aliases,
+        });
+        Ok(Part::Worker(i))
+    }
+
+    fn inject(&mut self, part: Part, fault: Fault) -> anyhow::Result<()> {
+        let c = self
+            .container(part)
+            .with_context(|| format!("no such part {part}"))?;
+        let id = c.id.clone();
+        match fault {
+            Fault::Kill => docker(&["kill", "-s", "KILL", &id]).map(drop),
+            Fault::Stop => docker(&["stop", "-t", "30", &id]).map(drop),
+            Fault::Pause => docker(&["pause", &id]).map(drop),
+            Fault::Resume => docker(&["unpause", &id]).map(drop),
+            Fault::Start => {
+                docker(&["start", &id])?;
+                // A restarted part is back when its healthcheck says so: NATS current
+                // with the cluster, a coordinator serving /health, a worker registered.
+                self.wait_healthy(&id, Duration::from_secs(90))
+            }
+            Fault::Cut => docker(&["network", "disconnect", &self.network(), &id]).map(drop),
+            Fault::Heal => {
+                let net = self.network();
+                let mut args = vec!["network", "connect"];
+                for a in &c.aliases {
+                    args.push("--alias");
+                    args.push(a);
+                }
+                args.push(&net);
+                args.push(&id);
+                docker(&args).map(drop)
+            }
+        }
+    }
+
+    fn alive(&mut self, part: Part) -> bool {
+        self.container(part).is_some_and(|c| {
+            docker(&["inspect", "-f", "{{.State.Running}}", &c.id]).is_ok_and(|s| s == "true")
+        })
+    }
+
+    fn name(&self, part: Part) -> Option<String> {
+        self.container(part).map(|c| c.name.clone())
+    }
+
+    fn parts(&self) -> Vec<Part> {
+        let mut v: Vec<Part> = (0..self.nats.len()).map(Part::Nats).collect();
+        v.extend((0..self.coordinators.len()).map(Part::Coordinator));
+        v.extend((0..self.workers.len()).map(Part::Worker));
+        v
+    }
+
+    fn log_tail(&self, part: Part) -> String {
+        self.container(part)
+            .map(|c| docker_logs(&c.id, 15))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ComposeCluster {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // One-off worker containers first: `down` only knows the services' own.
+        for w in &self.workers {
+            let _ = docker(&["rm", "-f", "-v", &w.id]);
+        }
+        if let Err(e) = self.compose(&["down", "-v", "--remove-orphans", "-t", "5"]) {
+            eprintln!(
+                "chaos: cannot remove compose project {}: {e:#}",
+                self.project
+            );
+        }
+    }
+}
