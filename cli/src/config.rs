@@ -249,6 +249,10 @@ pub const KEYS: &[Key] = &[
         Bool,
         ["GF_COORDINATOR_REFUSE_OVER_BUDGET", "GF_REFUSE_OVER_BUDGET"]
     ),
+    key!("history.succeeded", Str, ["GF_HISTORY_SUCCEEDED"]),
+    key!("history.cancelled", Str, ["GF_HISTORY_CANCELLED"]),
+    key!("history.rejected", Str, ["GF_HISTORY_REJECTED"]),
+    key!("history.dead", Str, ["GF_HISTORY_DEAD"]),
     key!("worker.id", Str, ["GF_WORKER_ID"]),
     key!("worker.queues", List, ["GF_WORKER_QUEUES"]),
     key!("worker.capabilities", Map, ["GF_WORKER_CAPABILITIES"]),
@@ -282,6 +286,8 @@ pub struct Settings {
     pub log: LogSettings,
     pub tracing: TracingSettings,
     pub coordinator: CoordinatorSettings,
+    /// How long finished jobs stay in the live store (docs/history.md).
+    pub history: HistorySettings,
     pub worker: WorkerSettings,
     /// Named job templates, resolved by the coordinators at submission.
     pub profiles: BTreeMap<String, ProfileSettings>,
@@ -459,6 +465,50 @@ impl Default for CoordinatorSettings {
             product_weights: Vec::new(),
             refuse_over_budget: d.refuse_over_budget,
         }
+    }
+}
+
+/// `[history]`: grace periods per outcome, each a duration (`"24h"`, `"7d"`) or
+/// `"never"`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySettings {
+    pub succeeded: String,
+    pub cancelled: String,
+    pub rejected: String,
+    pub dead: String,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        let d = gf_coordinator::history::HistoryConfig::default();
+        let show = |g: Option<Duration>| match g {
+            None => "never".to_string(),
+            Some(d) if d.as_secs() % 86_400 == 0 => format!("{}d", d.as_secs() / 86_400),
+            Some(d) if d.as_secs() % 3600 == 0 => format!("{}h", d.as_secs() / 3600),
+            Some(d) => format!("{}s", d.as_secs()),
+        };
+        Self {
+            succeeded: show(d.succeeded),
+            cancelled: show(d.cancelled),
+            rejected: show(d.rejected),
+            dead: show(d.dead),
+        }
+    }
+}
+
+impl HistorySettings {
+    /// Each grace period, parsed; an error names the key.
+    fn parsed(&self) -> Result<gf_coordinator::history::HistoryConfig, (&'static str, String)> {
+        let p = |key: &'static str, v: &str| {
+            gf_coordinator::history::parse_grace(v).map_err(|e| (key, e))
+        };
+        Ok(gf_coordinator::history::HistoryConfig {
+            succeeded: p("history.succeeded", &self.succeeded)?,
+            cancelled: p("history.cancelled", &self.cancelled)?,
+            rejected: p("history.rejected", &self.rejected)?,
+            dead: p("history.dead", &self.dead)?,
+        })
     }
 }
 
@@ -824,6 +874,9 @@ fn validate(
     if s.coordinator.replicas == 0 {
         return Err(bad("coordinator.replicas", "must be at least 1".into()));
     }
+    if let Err((key, e)) = s.history.parsed() {
+        return Err(bad(key, e));
+    }
     for l in &s.coordinator.limits {
         crate::parse_limit(l).map_err(|e| bad("coordinator.limits", e))?;
     }
@@ -1046,6 +1099,10 @@ impl Loaded {
             .filter_map(|w| crate::parse_weight(w).ok())
             .collect();
         cfg.refuse_over_budget = c.refuse_over_budget;
+        // Validated at load, so this parses.
+        if let Ok(h) = self.settings.history.parsed() {
+            cfg.history = h;
+        }
         // Validated at load.
         cfg.profiles = self
             .settings
@@ -1352,6 +1409,34 @@ engine = "docker"
         );
         assert!(shown.contains("# coordinator.id (unset)"), "{shown}");
         assert_eq!(shown.lines().count(), KEYS.len());
+    }
+
+    /// Grace periods per outcome from the file and the environment, `never` keeps a
+    /// finished job for ever, and a bad value names its key.
+    #[test]
+    fn history_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(
+            dir.path(),
+            "gigafactory.toml",
+            "[history]\nsucceeded = \"2h\"\ndead = \"never\"\n",
+        );
+        let c = Loader::new(Some(base.clone()), env(&[("GF_HISTORY_CANCELLED", "90s")]))
+            .load()
+            .unwrap()
+            .coordinator_policy();
+        assert_eq!(c.history.succeeded, Some(Duration::from_secs(7200)));
+        assert_eq!(c.history.dead, None);
+        assert_eq!(c.history.cancelled, Some(Duration::from_secs(90)));
+        assert_eq!(c.history.rejected, Some(Duration::from_secs(86_400)));
+        let err = Loader::new(Some(base), env(&[("GF_HISTORY_REJECTED", "soon")]))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("history.rejected") && err.contains("soon"),
+            "{err}"
+        );
     }
 
     /// The example gigafactory.toml at the repo root parses and documents every key.

@@ -333,6 +333,8 @@ async fn check_storage(r: &mut Report, js: &jetstream::Context, replicas: usize)
             ("max_value_size", limit(want.max_value_size.into())),
             ("storage", format!("{:?}", want.storage)),
             ("replicas", want.num_replicas.to_string()),
+            // Retention of finished jobs needs them (docs/history.md).
+            ("limit_markers", format!("{:?}", want.limit_markers)),
         ];
         let h = [
             ("history", have.max_messages_per_subject.to_string()),
@@ -340,6 +342,14 @@ async fn check_storage(r: &mut Report, js: &jetstream::Context, replicas: usize)
             ("max_value_size", limit(have.max_message_size.into())),
             ("storage", format!("{:?}", have.storage)),
             ("replicas", have.num_replicas.to_string()),
+            (
+                "limit_markers",
+                format!(
+                    "{:?}",
+                    have.subject_delete_marker_ttl
+                        .filter(|_| have.allow_message_ttl)
+                ),
+            ),
         ];
         report_diff(r, name, &differences(&w, &h));
     }

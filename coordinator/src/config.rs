@@ -52,6 +52,8 @@ pub struct CoordinatorConfig {
     pub profiles: std::collections::BTreeMap<String, gf_schemas::Profile>,
     /// The tracker bridge's sources and rules (`[bridge]`); none by default.
     pub bridge: gf_bridge::BridgeConfig,
+    /// How long finished jobs stay in the live store (`[history]`, docs/history.md).
+    pub history: crate::history::HistoryConfig,
 }
 
 /// A limit on jobs sharing a label value, e.g. `repo` with `max_running = 3`: at most
@@ -164,6 +166,7 @@ impl Default for CoordinatorConfig {
             auth: AuthConfig::default(),
             profiles: Default::default(),
             bridge: Default::default(),
+            history: Default::default(),
         }
     }
 }

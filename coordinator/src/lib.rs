@@ -15,6 +15,7 @@ pub mod cron;
 pub mod error;
 pub mod events;
 pub mod fsm;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod lane;
@@ -85,7 +86,8 @@ pub async fn start(
     let js = async_nats::jetstream::new(client.clone());
     let store = store::Store::open(js.clone(), config.replicas)
         .await
-        .context("cannot create or open the JetStream buckets and streams")?;
+        .context("cannot create or open the JetStream buckets and streams")?
+        .with_history(config.history.clone());
     let clock = clock::ServerClock::anchored(Timestamp::now_local());
     if let Err(e) = clock
         .sync(&store.leader, &format!("clock.{}", config.id))

@@ -36,7 +36,15 @@ pub use backlog::Planner;
 #[derive(Default)]
 pub struct View {
     pub jobs: HashMap<JobId, (JobRecord, u64)>,
+    /// Finished jobs still in `gf_jobs` (their grace period), and those that left it
+    /// while a live job still names them (see `retained`).
     pub terminal: HashMap<JobId, JobState>,
+    /// How many live jobs name each id as a dependency or a child.
+    pub(crate) refs: HashMap<JobId, u32>,
+    /// Finished jobs whose record expired from `gf_jobs` but which a live job still
+    /// names: their state stays in `terminal` until no live job names them. So the
+    /// view follows the live jobs and the grace window, not all history.
+    pub(crate) retained: std::collections::HashSet<JobId>,
     pub workers: HashMap<WorkerId, WorkerRecord>,
     pub budgets: HashMap<String, Budget>,
     /// On the leader, every job record the view takes in also feeds the operator
@@ -52,7 +60,10 @@ impl View {
     pub fn apply_job(&mut self, key: &str, rev: u64, op: kv::Operation, value: &[u8]) {
         let Ok(id) = key.parse::<JobId>() else { return };
         if op != kv::Operation::Put {
+            // A deleted key, or a finished job's grace period ended (the server's
+            // limit marker reads as a purge).
             self.remove_job(&id);
+            self.forget_finished(&id);
             if let Some(stats) = &self.stats {
                 stats.remove(&id);
             }
@@ -94,11 +105,50 @@ impl View {
         }
         self.changed.push(rec.id);
         if rec.state.is_terminal() {
-            self.jobs.remove(&rec.id);
+            if let Some((old, _)) = self.jobs.remove(&rec.id) {
+                self.count_refs(&old, false);
+            }
             self.terminal.insert(rec.id, rec.state);
         } else {
             self.terminal.remove(&rec.id);
-            self.jobs.insert(rec.id, (rec, rev));
+            self.retained.remove(&rec.id);
+            // The new references first, so an id named by both never drops to zero.
+            self.count_refs(&rec, true);
+            if let Some((old, _)) = self.jobs.insert(rec.id, (rec, rev)) {
+                self.count_refs(&old, false);
+            }
+        }
+    }
+
+    /// Counts (or uncounts) the ids a live record names.
+    fn count_refs(&mut self, rec: &JobRecord, add: bool) {
+        for id in rec.spec.depends_on.iter().chain(&rec.children) {
+            if add {
+                *self.refs.entry(*id).or_default() += 1;
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Occupied(mut e) = self.refs.entry(*id) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                    if self.retained.remove(id) {
+                        self.terminal.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A finished job's record left `gf_jobs`: forget its state unless a live job
+    /// still names it.
+    fn forget_finished(&mut self, id: &JobId) {
+        if !self.terminal.contains_key(id) {
+            return;
+        }
+        if self.refs.contains_key(id) {
+            self.retained.insert(*id);
+        } else {
+            self.terminal.remove(id);
         }
     }
 
@@ -115,7 +165,8 @@ impl View {
 
     /// Forgets a live job (its key was deleted, or a re-read found nothing).
     pub fn remove_job(&mut self, id: &JobId) {
-        if self.jobs.remove(id).is_some() {
+        if let Some((old, _)) = self.jobs.remove(id) {
+            self.count_refs(&old, false);
             self.changed.push(*id);
         }
     }
@@ -766,6 +817,42 @@ mod tests {
         s.priority = priority;
         JobRecord::new(JobId::new(), s, t(at))
     }
+    /// A finished job leaves the view when its grace period ends (the marker reads
+    /// as a purge), unless a live job names it: then its state stays until no live
+    /// job does, so the dependent still sees how its dependency ended.
+    #[test]
+    fn finished_jobs_leave_the_view_when_they_expire_unless_named() {
+        let mut v = View::default();
+        let mut dep = job(0, 0);
+        let mut other = job(0, 1);
+        let mut waiting = job(0, 2);
+        waiting.spec.depends_on = vec![dep.id];
+        v.set_job(dep.clone(), 1);
+        v.set_job(other.clone(), 2);
+        v.set_job(waiting.clone(), 3);
+        dep.state = JobState::Succeeded;
+        other.state = JobState::Dead;
+        v.set_job(dep.clone(), 4);
+        v.set_job(other.clone(), 5);
+        let expire =
+            |v: &mut View, id: &JobId| v.apply_job(&id.to_string(), 9, kv::Operation::Purge, b"");
+        expire(&mut v, &other.id);
+        expire(&mut v, &dep.id);
+        assert_eq!(v.state_of(&other.id), None, "nobody names it: forgotten");
+        assert_eq!(
+            v.state_of(&dep.id),
+            Some(JobState::Succeeded),
+            "named: kept"
+        );
+        // The dependent finishes: nothing names the dependency any more.
+        waiting.state = JobState::Succeeded;
+        v.set_job(waiting.clone(), 6);
+        assert_eq!(v.state_of(&dep.id), None);
+        expire(&mut v, &waiting.id);
+        assert!(v.terminal.is_empty() && v.jobs.is_empty());
+        assert!(v.refs.is_empty() && v.retained.is_empty());
+    }
+
     fn running_on(mut j: JobRecord, w: &str) -> JobRecord {
         j.state = JobState::Running;
         j.epoch = 1;

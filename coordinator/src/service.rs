@@ -153,6 +153,15 @@ impl Service {
                             state: rec.state,
                         });
                     }
+                    if crate::history::may_have_expired(self.store.history(), &id, self.clock.now())
+                    {
+                        // The job may have finished and left the store: creating it
+                        // again would run it twice.
+                        return Err(RpcError::new(
+                            ErrorKind::Conflict,
+                            format!("idempotency key already used by job {id}, which has finished and left the live store"),
+                        ));
+                    }
                     // The first submission stored the key but not the job (it crashed in
                     // between): this repeat carries the same spec, so finish the job.
                 }

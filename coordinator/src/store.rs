@@ -31,6 +31,9 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
     vec![
         kv::Config {
             max_value_size: 1024 * 1024,
+            // Finished jobs are written with a TTL (their grace period); the marker the
+            // server leaves when one expires lives this long (crate::history).
+            limit_markers: Some(crate::history::LIMIT_MARKER_TTL),
             ..base(BUCKET_JOBS, "Gigafactory jobs: spec, state, lease, result")
         },
         kv::Config {
@@ -42,7 +45,8 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
             )
         },
         kv::Config {
-            // The idempotency window.
+            // The idempotency window: a key expires this long after it was written
+            // (docs/history.md).
             max_age: Duration::from_secs(7 * 24 * 3600),
             ..base(BUCKET_IDEM, "Gigafactory idempotency keys -> job id")
         },
@@ -110,6 +114,8 @@ pub struct Store {
     pub schedules: kv::Store,
     /// The last record this coordinator wrote for each live job, with its revision.
     recent: Arc<Mutex<RecentJobs>>,
+    /// How long a finished job stays in `gf_jobs` ([`crate::history`]).
+    history: Arc<crate::history::HistoryConfig>,
 }
 
 /// Most entries [`RecentJobs`] keeps; past it the map starts over (it is only a hint).
@@ -167,16 +173,24 @@ impl Store {
             }
         }
         let mut stores = Vec::new();
+        let mut jobs_existed = false;
         for cfg in bucket_configs(replicas) {
             let name = cfg.bucket.clone();
             let store = match js.get_key_value(&name).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    jobs_existed |= name == BUCKET_JOBS;
+                    s
+                }
                 Err(_) => js
                     .create_key_value(cfg)
                     .await
                     .map_err(|e| transport(format!("creating bucket {name}: {e}")))?,
             };
             stores.push(store);
+        }
+        if jobs_existed {
+            // A bucket made by an earlier version: turn on what retention needs.
+            crate::history::ensure_bucket_settings(&js).await?;
         }
         let mut it = stores.into_iter();
         Ok(Self {
@@ -188,7 +202,18 @@ impl Store {
             budgets: it.next().expect("budgets"),
             schedules: it.next().expect("schedules"),
             recent: Arc::default(),
+            history: Arc::default(),
         })
+    }
+
+    /// The same store, writing finished jobs with `history`'s grace periods.
+    pub fn with_history(mut self, history: crate::history::HistoryConfig) -> Self {
+        self.history = Arc::new(history);
+        self
+    }
+
+    pub fn history(&self) -> &crate::history::HistoryConfig {
+        &self.history
     }
 
     pub async fn load_job(&self, id: &JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
@@ -208,14 +233,20 @@ impl Store {
 
     pub async fn create_job(&self, rec: &JobRecord) -> Result<u64, StoreError> {
         let key = names::job_key(&rec.id);
-        let rev = self
-            .jobs
-            .create(&key, encode(rec))
-            .await
-            .map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => StoreError::Conflict(key.clone()),
-                _ => transport(e),
-            })?;
+        let rev = match self.history.grace(rec.state) {
+            // Created already finished: only if the key has never been written.
+            Some(grace) => {
+                crate::history::write_terminal(&self.js, &key, encode(rec), 0, grace).await?
+            }
+            None => self
+                .jobs
+                .create(&key, encode(rec))
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => StoreError::Conflict(key.clone()),
+                    _ => transport(e),
+                })?,
+        };
         // A job dispatched at submission is claimed next, usually here.
         if rec.state == JobState::Dispatched {
             self.recent.lock().expect("recent").remember(rec, rev);
@@ -223,19 +254,26 @@ impl Store {
         Ok(rev)
     }
 
-    /// Writes `rec` only if the stored revision is still `revision`.
+    /// Writes `rec` only if the stored revision is still `revision`. A finished
+    /// record is written with its outcome's grace period as TTL (the one hook of
+    /// [`crate::history`] into the lifecycle): the server removes it when that ends.
     pub async fn update_job(&self, rec: &JobRecord, revision: u64) -> Result<u64, StoreError> {
         let key = names::job_key(&rec.id);
-        let new_rev = self
-            .jobs
-            .update(&key, encode(rec), revision)
-            .await
-            // Any failure of a revision-checked update may be a conflict (also under
-            // load on R3 buckets), and a timeout may have been applied: callers re-read.
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(key.clone()),
-                _ => transport(e),
-            })?;
+        let new_rev = match self.history.grace(rec.state) {
+            Some(grace) => {
+                crate::history::write_terminal(&self.js, &key, encode(rec), revision, grace).await?
+            }
+            None => self
+                .jobs
+                .update(&key, encode(rec), revision)
+                .await
+                // Any failure of a revision-checked update may be a conflict (also under
+                // load on R3 buckets), and a timeout may have been applied: callers re-read.
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(key.clone()),
+                    _ => transport(e),
+                })?,
+        };
         self.recent.lock().expect("recent").remember(rec, new_rev);
         Ok(new_rev)
     }

@@ -1,0 +1,220 @@
+//! Retention against a real `nats-server`: a finished job leaves `gf_jobs` when its
+//! grace period ends, by the server's clock; a requeue within it brings the job back;
+//! the terminal write stays revision-checked; an old bucket is converted in place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use gf_schemas::{names, ErrorKind, JobId, JobRecord, JobSpec, JobState, Timestamp};
+
+use super::*;
+use crate::clock::ServerClock;
+use crate::events::EventSink;
+use crate::store::{encode, Store};
+use crate::{CoordinatorConfig, Service};
+
+/// Polls `cond` until it holds or `within` passes.
+async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn short() -> HistoryConfig {
+    HistoryConfig {
+        succeeded: Some(Duration::from_secs(1)),
+        cancelled: Some(Duration::from_secs(1)),
+        rejected: Some(Duration::from_secs(1)),
+        dead: None,
+    }
+}
+
+async fn service(
+    nats: &gf_testkit::NatsServer,
+    history: HistoryConfig,
+) -> anyhow::Result<(Service, Store, jetstream::Context)> {
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::new(client.clone());
+    let store = Store::open(js.clone(), 1)
+        .await?
+        .with_history(history.clone());
+    let (events, _task) = EventSink::start(client.clone(), "test".into());
+    let clock = ServerClock::anchored(Timestamp::now_local());
+    let config = Arc::new(CoordinatorConfig {
+        history,
+        ..Default::default()
+    });
+    let service = Service::new(store.clone(), client, clock, events, config)?;
+    Ok((service, store, js))
+}
+
+/// Criterion 2 of issue 19 with a short grace: the store keeps only live jobs and
+/// those inside their grace period. A cancelled job is removed by the server (a
+/// watcher sees the removal); a requeue within the grace period makes it live again
+/// and nothing removes it; an outcome kept `never` stays.
+#[tokio::test]
+async fn finished_jobs_leave_the_store_after_their_grace_period() -> anyhow::Result<()> {
+    let nats = gf_testkit::NatsServer::start()?;
+    let (service, store, _js) = service(&nats, short()).await?;
+    let mut watch = store.jobs.watch_all().await?;
+
+    let gone = service
+        .submit_spec(JobSpec::command(["true"]))
+        .await?
+        .job_id;
+    let back = service
+        .submit_spec(JobSpec::command(["true"]))
+        .await?
+        .job_id;
+    let live = service
+        .submit_spec(JobSpec::command(["true"]))
+        .await?
+        .job_id;
+    for id in [gone, back] {
+        service.cancel(&id, None).await?;
+    }
+    // Within the grace period the finished records are still there, and a requeue
+    // brings one back (an ordinary write: no TTL is left on it).
+    assert_eq!(service.get_job(&back).await?.state, JobState::Cancelled);
+    service.requeue(&back).await?;
+
+    let expired = eventually(Duration::from_secs(15), || async {
+        matches!(store.load_job(&gone).await, Ok(None))
+    })
+    .await;
+    assert!(expired, "the cancelled job outlived its 1s grace period");
+    // The watcher was told (the server's marker reads as a purge).
+    let mut purged = false;
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        if e.key == gone.to_string() && e.operation == kv::Operation::Purge {
+            purged = true;
+            break;
+        }
+    }
+    assert!(purged, "no watcher saw the finished job leave");
+    // Two grace periods later the requeued and the live job are still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(service.get_job(&back).await?.state, JobState::Pending);
+    assert_eq!(service.get_job(&live).await?.state, JobState::Pending);
+    let err = service.requeue(&gone).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    Ok(())
+}
+
+/// The terminal write is revision-checked like any other: a stale revision is refused
+/// as a conflict and changes nothing.
+#[tokio::test]
+async fn the_terminal_write_is_revision_checked() -> anyhow::Result<()> {
+    let nats = gf_testkit::NatsServer::start()?;
+    let (_service, store, js) = service(&nats, short()).await?;
+    let mut rec = JobRecord::new(
+        JobId::new(),
+        JobSpec::command(["true"]),
+        Timestamp::now_local(),
+    );
+    let rev = store.create_job(&rec).await?;
+    rec.state = JobState::Succeeded;
+    let key = names::job_key(&rec.id);
+    let stale = write_terminal(&js, &key, encode(&rec), rev + 7, DAY).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    assert_eq!(
+        store.load_job(&rec.id).await?.map(|(r, _)| r.state),
+        Some(JobState::Pending)
+    );
+    let new = store.update_job(&rec, rev).await?;
+    assert!(new > rev);
+    assert_eq!(
+        store.load_job(&rec.id).await?.map(|(r, _)| r.state),
+        Some(JobState::Succeeded)
+    );
+    Ok(())
+}
+
+/// A repeat of an idempotent submission after its job finished and left the store is
+/// refused, not run again.
+#[tokio::test]
+async fn an_idempotent_repeat_after_expiry_does_not_run_the_job_again() -> anyhow::Result<()> {
+    let nats = gf_testkit::NatsServer::start()?;
+    let (service, store, _js) = service(&nats, short()).await?;
+    let mut spec = JobSpec::command(["true"]);
+    spec.idempotency_key = Some("ticket-7".into());
+    let first = service.submit_spec(spec.clone()).await?;
+    service.cancel(&first.job_id, None).await?;
+    let expired = eventually(Duration::from_secs(15), || async {
+        matches!(store.load_job(&first.job_id).await, Ok(None))
+    })
+    .await;
+    assert!(expired);
+    let err = service.submit_spec(spec).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err:?}");
+    assert!(err.message.contains(&first.job_id.to_string()));
+    Ok(())
+}
+
+/// A bucket from the previous version (no per-message TTLs, no markers) is converted
+/// when a coordinator of this version opens it; its records stay.
+#[tokio::test]
+async fn an_old_jobs_bucket_is_converted_in_place() -> anyhow::Result<()> {
+    let nats = gf_testkit::NatsServer::start()?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::new(client);
+    let old = js
+        .create_key_value(kv::Config {
+            bucket: names::BUCKET_JOBS.into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await?;
+    let rec = JobRecord::new(
+        JobId::new(),
+        JobSpec::command(["true"]),
+        Timestamp::now_local(),
+    );
+    old.create(names::job_key(&rec.id), encode(&rec)).await?;
+    let cfg = js
+        .get_stream("KV_gf_jobs")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    assert!(!cfg.allow_message_ttl);
+
+    let store = Store::open(js.clone(), 1).await?.with_history(short());
+    let cfg = js
+        .get_stream("KV_gf_jobs")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    assert!(cfg.allow_message_ttl);
+    assert_eq!(cfg.subject_delete_marker_ttl, Some(LIMIT_MARKER_TTL));
+    assert_eq!(cfg.max_messages_per_subject, 1);
+    assert!(
+        !ensure_bucket_settings(&js).await?,
+        "a second start changes nothing"
+    );
+    let (mut r, rev) = store.load_job(&rec.id).await?.expect("kept");
+    r.state = JobState::Cancelled;
+    store.update_job(&r, rev).await?;
+    let expired = eventually(Duration::from_secs(15), || async {
+        matches!(store.load_job(&rec.id).await, Ok(None))
+    })
+    .await;
+    assert!(expired, "a converted bucket expires finished jobs");
+    Ok(())
+}
