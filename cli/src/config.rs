@@ -1131,6 +1131,9 @@ impl Loaded {
             rpc_timeout: w.rpc_timeout,
             metrics_addr: w.metrics_addr,
             handlers: gf_worker::Handlers::default(),
+            // Flags and environment only (`gf worker --key-dir --enroll`).
+            key_dir: None,
+            enroll: None,
         })
     }
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dev;
 pub mod doctor;
+pub mod factory;
 pub mod nats_bin;
 pub mod ops;
 pub mod ops_admin;
@@ -100,6 +101,10 @@ pub enum Command {
     Stats(ops_admin::StatsArgs),
     /// Make a random HTTP API token and print the hash line for `--api-token`.
     ApiToken(ops_admin::ApiTokenArgs),
+    /// Factories on a secured NATS: enrollment tokens, enrolled factories.
+    Factory(factory::FactoryArgs),
+    /// A secured deployment's secrets: `gf admin init DIR`.
+    Admin(factory::AdminArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,6 +163,10 @@ pub struct CoordinatorArgs {
     /// Serve the HTTP API and dashboard without authentication (local use only).
     #[arg(long, env = "GF_NO_AUTH")]
     pub no_auth: bool,
+    /// A secured NATS: the folder `gf admin init` wrote. The coordinator connects as
+    /// its nkey user and answers the auth callout (enrolls and admits factories).
+    #[arg(long, env = "GF_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 pub fn parse_limit(s: &str) -> Result<gf_coordinator::config::LimitRule, String> {
@@ -225,6 +234,11 @@ impl CoordinatorArgs {
             enabled: !self.no_auth,
             tokens,
         };
+        if let Some(dir) = &self.secrets_dir {
+            let secrets = gf_auth::Secrets::read(dir)
+                .with_context(|| format!("--secrets-dir {}", dir.display()))?;
+            c.security = Some(gf_coordinator::auth::Security::new(secrets));
+        }
         Ok(())
     }
 
@@ -332,6 +346,16 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics [worker.metrics_addr].
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// A secured NATS: the folder holding this factory's key and id (made, with a
+    /// fresh key, on first use; the seed never leaves it). The worker connects with
+    /// this key alone once enrolled.
+    #[arg(long, env = "GF_WORKER_KEY_DIR", value_name = "DIR")]
+    pub key_dir: Option<PathBuf>,
+    /// Enroll this factory with a token from `gf factory token create` (once; the
+    /// key in --key-dir is what it connects with afterwards).
+    #[arg(long, env = "GF_ENROLL_TOKEN", value_name = "TOKEN", requires = "key_dir",
+          value_parser = |s: &str| gf_auth::EnrollToken::parse(s).map_err(|e| e.to_string()))]
+    pub enroll: Option<gf_auth::EnrollToken>,
 }
 
 impl WorkerArgs {
@@ -529,8 +553,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             gf_coordinator::run(config, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker(_) => {
-            gf_worker::run(loaded.worker()?, shutdown_on_signals()).await?;
+        Command::Worker(a) => {
+            let mut config = loaded.worker()?;
+            config.key_dir = a.key_dir;
+            config.enroll = a.enroll;
+            gf_worker::run(config, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => match &a.file {
@@ -563,17 +590,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(a) => ops_admin::events(&url, a).await,
         Command::Stats(a) => ops_admin::stats(&url, a).await,
         Command::ApiToken(a) => ops_admin::api_token(a),
+        Command::Factory(a) => factory::run(&url, a).await,
+        Command::Admin(a) => factory::admin(a),
     }
 }
 
 /// Connects for a short operator command, with an error that says what to check.
+/// A `nats://user:password@…` URL (an operator on a secured NATS) logs in as that user.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    let (options, shown) = gf_auth::url::connect_options(url);
+    options
         .name("gf cli")
         .connection_timeout(Duration::from_secs(3))
         .connect(url)
         .await
         .with_context(|| {
-            format!("cannot reach NATS at {url} (is it running? set --nats-url or GF_NATS_URL)")
+            format!("cannot reach NATS at {shown} (is it running? set --nats-url or GF_NATS_URL)")
         })
 }

@@ -24,7 +24,7 @@ impl Client {
 
     /// Connects with a URL of its own (e.g. one carrying a user and password).
     pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
-        let c = async_nats::connect(url).await?;
+        let c = gf_testkit::connect(url).await?;
         Ok(Self {
             rpc: RpcClient::new(c.clone(), Duration::from_secs(5)),
             nats: c,

@@ -54,6 +54,9 @@ pub struct CoordinatorConfig {
     pub bridge: gf_bridge::BridgeConfig,
     /// How long finished jobs stay in the live store (`[history]`, docs/history.md).
     pub history: crate::history::HistoryConfig,
+    /// A secured NATS (issue #15): connect as the coordinators' nkey user and answer
+    /// the auth callout. `None`: the URL's credentials, if any, and no callout.
+    pub security: Option<crate::auth::Security>,
 }
 
 /// A limit on jobs sharing a label value, e.g. `repo` with `max_running = 3`: at most
@@ -167,6 +170,7 @@ impl Default for CoordinatorConfig {
             profiles: Default::default(),
             bridge: Default::default(),
             history: Default::default(),
+            security: None,
         }
     }
 }

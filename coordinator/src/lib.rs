@@ -7,6 +7,7 @@
 //!
 //! [`start`] builds and starts every part; [`run`] also waits for it to stop.
 
+pub mod auth;
 pub mod bridged;
 pub mod clock;
 pub mod config;
@@ -58,6 +59,7 @@ pub struct Coordinator {
     events: events::EventTask,
     stats: JoinHandle<()>,
     bridge: gf_bridge::BridgeTask,
+    callout: Option<auth::CalloutTask>,
 }
 
 /// Connects to NATS, creates or checks buckets and streams, and starts the RPC plane,
@@ -69,7 +71,7 @@ pub async fn start(
 ) -> anyhow::Result<Coordinator> {
     let config = Arc::new(config);
     let (reconnect_tx, reconnect_rx) = tokio::sync::watch::channel(0u64);
-    let client = async_nats::ConnectOptions::new()
+    let client = auth::connect_options(&config.nats_url, config.security.as_ref())
         .name(format!("gf-coordinator {}", config.id))
         .event_callback(move |event| {
             let tx = reconnect_tx.clone();
@@ -96,7 +98,24 @@ pub async fn start(
         tracing::warn!(error = %e, "first clock sync failed; retrying in the scheduler loop");
     }
     let (events, events_task) = events::EventSink::start(client.clone(), config.id.clone());
-    let service = Arc::new(Service::new(store, client, clock, events, config.clone())?);
+    let (factories, callout) = match &config.security {
+        Some(security) => {
+            let (f, task) = auth::start(
+                security,
+                &config.nats_url,
+                config.replicas,
+                &js,
+                events.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            (Some(f), Some(task))
+        }
+        None => (None, None),
+    };
+    let mut service = Service::new(store, client, clock, events, config.clone())?;
+    service.factories = factories;
+    let service = Arc::new(service);
     let leader = Arc::new(scheduler::LeaderStatus::default());
 
     let bridge = bridged::start(&service, shutdown.clone())
@@ -160,6 +179,7 @@ pub async fn start(
         events: events_task,
         stats: stats_task,
         bridge,
+        callout,
     })
 }
 
@@ -178,6 +198,11 @@ impl Coordinator {
         };
         self.scheduler.await.ok();
         self.stats.await.ok();
+        if let Some(c) = self.callout {
+            if let Err(e) = c.join().await {
+                tracing::warn!(error = %e, "the auth callout responder failed");
+            }
+        }
         // The bridge's echo tasks hand back a message in flight (nak) and stop.
         self.bridge.join().await;
         let client = self.service.client.clone();

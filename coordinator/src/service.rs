@@ -40,6 +40,9 @@ pub struct Service {
     pub lane: crate::lane::DirectLane,
     /// The tracker bridge, set once at start (it submits through this service).
     pub bridge: std::sync::OnceLock<Arc<gf_bridge::Bridge>>,
+    /// Enrolled factories (a secured deployment): registration is narrowed to what
+    /// enrollment approved. `None` on an open NATS.
+    pub factories: Option<crate::auth::Factories>,
 }
 
 fn invalid(msg: impl Into<String>) -> RpcError {
@@ -80,6 +83,7 @@ impl Service {
             caps: Mutex::new(HashMap::new()),
             lane: crate::lane::DirectLane::default(),
             bridge: std::sync::OnceLock::new(),
+            factories: None,
         })
     }
 
@@ -683,7 +687,10 @@ impl Service {
         }
     }
 
-    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterReply, RpcError> {
+    pub async fn register(&self, mut req: RegisterRequest) -> Result<RegisterReply, RpcError> {
+        if let Some(f) = &self.factories {
+            req.capabilities = f.approve(&req.worker_id, &req.capabilities).await?;
+        }
         if req.slots == 0 || req.slots > 10_000 {
             return Err(invalid("`slots` must be between 1 and 10000"));
         }
@@ -713,6 +720,11 @@ impl Service {
         // The consumer first: a worker told to bind it must find it.
         let consumer =
             crate::consumers::ensure(&self.store.js, &self.routing, &req.capabilities).await?;
+        // An enrolled factory may bind it from its next connection on (the worker
+        // reconnects for a consumer its connection was not granted).
+        if let Some(f) = &self.factories {
+            f.grant(&req.worker_id, &consumer).await?;
+        }
         let now = self.clock.now();
         let rec = WorkerRecord {
             id: req.worker_id.clone(),

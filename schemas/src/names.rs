@@ -652,3 +652,36 @@ mod tests {
         assert!(Routing::new(vec!["queue".into(), "gpu".into()]).is_ok());
     }
 }
+
+/// Authentication (issue #15): the auth callout's subject, its buckets and keys, and the
+/// system subjects the coordinators use on factories' connections.
+pub mod auth {
+    use crate::WorkerId;
+
+    /// Where nats-server asks who a connecting client is (config-mode auth callout).
+    pub const CALLOUT: &str = "$SYS.REQ.USER.AUTH";
+    /// The queue group every coordinator replica answers the callout in.
+    pub const CALLOUT_GROUP: &str = "gf-auth";
+    /// Enrollment tokens by id (only their secrets' hashes).
+    pub const BUCKET_ENROLL: &str = "gf_enroll";
+    /// Enrolled factories (`f.<id>`) and the index of their public keys (`k.<nkey>`).
+    pub const BUCKET_FACTORIES: &str = "gf_factories";
+    /// The account a factory's user JWT places it in (the JWT's `aud`).
+    pub const ACCOUNT: &str = "GF";
+
+    /// KV key of a factory's record in [`BUCKET_FACTORIES`].
+    pub fn factory_key(id: &WorkerId) -> String {
+        format!("f.{id}")
+    }
+    /// The prefix of every factory record's key in [`BUCKET_FACTORIES`].
+    pub const FACTORY_PREFIX: &str = "f.";
+    /// KV key of the public-key index entry of `nkey` in [`BUCKET_FACTORIES`]
+    /// (an nkey is base32: never a `.`, `*` or `>`).
+    pub fn nkey_key(nkey: &str) -> String {
+        format!("k.{nkey}")
+    }
+    /// Disconnects a client on one server (system account): `{"cid": N}`.
+    pub fn server_kick(server_id: &str) -> String {
+        format!("$SYS.REQ.SERVER.{server_id}.KICK")
+    }
+}

@@ -55,6 +55,16 @@ impl NatsServer {
         Self::start_with(Some(config))
     }
 
+    /// A secured server (issue #15): fresh secrets, static users for the coordinators
+    /// (nkey), operators (`gf-admin`) and the callout (`gf-auth`), and every other
+    /// client sent to the auth callout the coordinators answer. Use
+    /// [`secured_coordinator_config`] and `secrets.admin_url(&server.url())`.
+    pub fn start_secured() -> anyhow::Result<(Self, gf_auth::Secrets)> {
+        let secrets = gf_auth::Secrets::generate();
+        let server = Self::start_with_config(&secrets.server_config(None)?)?;
+        Ok((server, secrets))
+    }
+
     fn start_with(config: Option<&str>) -> anyhow::Result<Self> {
         let store = tempfile::Builder::new().prefix("gf-nats-").tempdir()?;
         let log = store.path().join("nats.log");
@@ -205,6 +215,20 @@ pub fn coordinator_config(nats_url: &str) -> CoordinatorConfig {
         retry_max: Duration::from_secs(2),
         ..Default::default()
     }
+}
+
+/// [`coordinator_config`] on a secured server: the coordinator connects as its nkey
+/// user and answers the auth callout.
+pub fn secured_coordinator_config(nats_url: &str, secrets: &gf_auth::Secrets) -> CoordinatorConfig {
+    CoordinatorConfig {
+        security: Some(gf_coordinator::auth::Security::new(secrets.clone())),
+        ..coordinator_config(nats_url)
+    }
+}
+
+/// A client of `url`, logged in as the URL's user if it names one.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    Ok(gf_auth::url::connect_options(url).0.connect(url).await?)
 }
 
 pub fn worker_config(nats_url: &str, slots: u32) -> WorkerConfig {

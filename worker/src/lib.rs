@@ -61,6 +61,12 @@ pub struct WorkerConfig {
     /// In-process job kinds by command name (default: the built-in `gf:noop` and
     /// `gf:sleep`); every other command runs as a subprocess.
     pub handlers: Handlers,
+    /// A secured NATS: the folder with this factory's key and id (created, with a
+    /// fresh key, if empty). The worker then connects with its key alone.
+    pub key_dir: Option<PathBuf>,
+    /// Enroll with this token (the key in `key_dir` is registered by its first
+    /// connection).
+    pub enroll: Option<gf_auth::EnrollToken>,
 }
 
 impl Default for WorkerConfig {
@@ -77,6 +83,8 @@ impl Default for WorkerConfig {
             rpc_timeout: Duration::from_secs(5),
             metrics_addr: None,
             handlers: Handlers::default(),
+            key_dir: None,
+            enroll: None,
         }
     }
 }
@@ -113,6 +121,8 @@ struct Shared {
     /// Set by an operator's drain (`ControlMessage::Drain`): claim nothing new until
     /// undrained. Unlike shutdown, it can be undone and the worker keeps running.
     drained: tokio::sync::watch::Sender<bool>,
+    /// An enrolled factory's connection renewal (see [`Reauth`]).
+    reauth: Option<Arc<Reauth>>,
 }
 
 impl Shared {
@@ -176,20 +186,63 @@ pub fn capabilities(config: &WorkerConfig) -> Capabilities {
 /// Connects, registers and binds the consumer, then runs until `shutdown`.
 pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Worker> {
     let host = caps::hostname();
-    let id = config
-        .id
-        .clone()
-        .unwrap_or_else(|| WorkerId::generate(&host));
-    let (options, shown_url) = client::connect_options(&config.nats_url);
+    let key = match &config.key_dir {
+        Some(dir) => {
+            let key = gf_auth::FactoryKey::load_or_create(dir, config.id.as_ref(), || {
+                WorkerId::generate(&host)
+            })?;
+            if let Some(token) = &config.enroll {
+                key.enroll_with(token);
+            }
+            Some(key)
+        }
+        None if config.enroll.is_some() => {
+            anyhow::bail!("enrolling needs a folder for the factory's key (--key-dir)")
+        }
+        None => None,
+    };
+    let id = match &key {
+        Some(k) => k.id().clone(),
+        None => config
+            .id
+            .clone()
+            .unwrap_or_else(|| WorkerId::generate(&host)),
+    };
+    let (options, shown_url) = match &key {
+        Some(k) => (
+            k.connect_options(),
+            client::connect_options(&config.nats_url).1,
+        ),
+        None => client::connect_options(&config.nats_url),
+    };
+    let (connected_tx, connected) = tokio::sync::watch::channel(0u64);
     let client = options
         .name(format!("gf-worker {id}"))
         // Every reply this worker waits for (RPC, JetStream API, pulls, publish acks)
         // comes to its own prefix, the only inbox a factory may subscribe to.
         .custom_inbox_prefix(names::factory_inbox_prefix(&id))
-        .event_callback(|event| async move { tracing::info!(%event, "nats") })
+        .event_callback(move |event| {
+            let tx = connected_tx.clone();
+            async move {
+                tracing::info!(%event, "nats");
+                if matches!(event, async_nats::Event::Connected) {
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        })
         .connect(&config.nats_url)
         .await
+        .map_err(|e| refused_hint(e, key.as_ref(), config.enroll.as_ref()))
         .with_context(|| format!("cannot connect to NATS at {shown_url}"))?;
+    let reauth = key.as_ref().map(|k| {
+        // Enrolled: from now on the key alone.
+        k.enrolled();
+        Arc::new(Reauth {
+            client: client.clone(),
+            connected,
+            granted: Mutex::new(None),
+        })
+    });
     let rpc = RpcClient::new(client.clone(), config.rpc_timeout);
     let register = RegisterRequest {
         worker_id: id.clone(),
@@ -199,7 +252,8 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         hostname: host,
     };
     let js = jetstream::new(client.clone());
-    let (reply, consumer) = register_and_bind(&rpc, &js, &register, &shutdown).await?;
+    let (reply, consumer) =
+        register_and_bind(&rpc, &js, &register, reauth.as_deref(), &shutdown).await?;
     let scratch = match &config.scratch_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("gf-worker-{id}")),
@@ -221,6 +275,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         handlers: config.handlers.clone(),
         register,
         drained: tokio::sync::watch::Sender::new(false),
+        reauth,
     });
     let control = client.subscribe(names::worker_control(&id)).await?;
     let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
@@ -309,11 +364,15 @@ async fn register_and_bind(
     rpc: &RpcClient,
     js: &jetstream::Context,
     req: &RegisterRequest,
+    reauth: Option<&Reauth>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(RegisterReply, consumer::PullConsumer)> {
     let mut tries = 0;
     loop {
         let reply = register_until_answered(rpc, req, shutdown).await?;
+        if let Some(r) = reauth {
+            r.granted(&reply.consumer).await?;
+        }
         match bind_consumer(js, &reply).await {
             Ok(c) => return Ok((reply, c)),
             Err(e) if consumer_missing(&e) && tries < 5 => {
@@ -326,6 +385,66 @@ async fn register_and_bind(
             }
         }
     }
+}
+
+/// An enrolled factory's user JWT grants the dispatch consumers its record named when
+/// it connected. A registration that names one this connection was not granted (the
+/// first one, or a new profile) is followed by a reconnect: the coordinator recorded
+/// the grant before answering, so the new connection's JWT carries it.
+struct Reauth {
+    client: async_nats::Client,
+    /// Counts `Connected` events.
+    connected: tokio::sync::watch::Receiver<u64>,
+    /// The consumer the current connection was granted, once known.
+    granted: Mutex<Option<gf_schemas::ConsumerName>>,
+}
+
+impl Reauth {
+    async fn granted(&self, consumer: &gf_schemas::ConsumerName) -> anyhow::Result<()> {
+        if self.granted.lock().expect("granted").as_ref() == Some(consumer) {
+            return Ok(());
+        }
+        let mut connected = self.connected.clone();
+        let before = *connected.borrow_and_update();
+        self.client
+            .force_reconnect()
+            .await
+            .context("cannot reconnect for the consumer's grant")?;
+        tokio::time::timeout(Duration::from_secs(30), connected.wait_for(|n| *n > before))
+            .await
+            .context("no new connection within 30s (is a coordinator answering the auth callout?)")?
+            .context("connection closed")?;
+        *self.granted.lock().expect("granted") = Some(consumer.clone());
+        Ok(())
+    }
+}
+
+/// The server says only "authorization violation"; say what to check.
+fn refused_hint(
+    e: async_nats::ConnectError,
+    key: Option<&gf_auth::FactoryKey>,
+    token: Option<&gf_auth::EnrollToken>,
+) -> anyhow::Error {
+    let Some(key) = key else {
+        return e.into();
+    };
+    if e.kind() != async_nats::ConnectErrorKind::AuthorizationViolation {
+        return e.into();
+    }
+    let why = match token {
+        Some(t) => format!(
+            "the server refused to enroll factory `{}` with token {}: the token may be expired, revoked, used up or not valid from this address, or the id taken (see `gf factory token list` and `gf events`)",
+            key.id(),
+            t.id
+        ),
+        None => format!(
+            "the server refused factory `{}` (key {} in {}): it may not be enrolled yet (run with --enroll TOKEN), or it was revoked (see `gf factory list` and `gf events`); a coordinator must be running to let factories in",
+            key.id(),
+            key.public_key(),
+            key.dir().display()
+        ),
+    };
+    anyhow::Error::new(e).context(why)
 }
 
 async fn bind_consumer(
@@ -487,7 +606,15 @@ async fn rebind_if_gone(
         _ => return,
     }
     tracing::warn!(consumer = %name, "dispatch consumer gone; registering again");
-    match register_and_bind(&shared.rpc, &shared.js, &shared.register, shutdown).await {
+    match register_and_bind(
+        &shared.rpc,
+        &shared.js,
+        &shared.register,
+        shared.reauth.as_deref(),
+        shutdown,
+    )
+    .await
+    {
         Ok((_, bound)) => *consumer = bound,
         Err(e) => tracing::warn!(error = %e, "could not bind a dispatch consumer; retrying"),
     }

@@ -1,0 +1,332 @@
+//! `gf factory …` (enrollment tokens, enrolled factories) and `gf admin init` (the
+//! secrets of a secured deployment). Operators act on the enrollment buckets directly:
+//! they are static users with full rights in the `GF` account.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use gf_auth::store::{Cidr, Store};
+use gf_auth::{Secrets, TokenSpec};
+use gf_schemas::Timestamp;
+
+use crate::output::{age, table};
+
+#[derive(Args, Debug)]
+pub struct FactoryArgs {
+    #[command(subcommand)]
+    pub command: FactoryCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FactoryCommand {
+    /// Enrollment tokens: a factory enrolls with one (`gf worker --enroll TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled factories: id, pool, approved capabilities, state, last connection.
+    List(FactoryListArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it once (only its hash is stored).
+    Create(TokenCreateArgs),
+    /// Every token: uses left, expiry, state, the factories it enrolled, and why its
+    /// latest enrollment was refused.
+    List(FactoryListArgs),
+    /// Refuse every further enrollment with a token (factories it enrolled stay).
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenCreateArgs {
+    /// How long the token may be used.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// How many factories may enroll with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// The queue its factories serve (their only one) [default: what they register].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Approved capability `key=value` (repeatable). With any `--cap` or `--tag`, a
+    /// factory gets only these, plus its detected os, arch, cpus and memory_mb.
+    #[arg(long = "cap", value_name = "KEY=VALUE", value_parser = crate::parse_kv)]
+    pub caps: Vec<(String, String)>,
+    /// Approved tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Network it may be used from, e.g. 10.0.0.0/8 (repeatable) [default: anywhere].
+    #[arg(long = "cidr", value_name = "CIDR")]
+    pub cidrs: Vec<Cidr>,
+    /// Print JSON (the token and its record).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenRevokeArgs {
+    /// The token's id (the hex part after `gfe_`, as `gf factory token list` shows it).
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct FactoryListArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn store(url: &str) -> anyhow::Result<Store> {
+    let client = crate::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    Store::open(&js, 1)
+        .await
+        .context("cannot open the enrollment buckets (is this an operator's connection?)")
+}
+
+pub async fn run(url: &str, a: FactoryArgs) -> anyhow::Result<ExitCode> {
+    match a.command {
+        FactoryCommand::Token(TokenCommand::Create(t)) => create(url, t).await,
+        FactoryCommand::Token(TokenCommand::List(l)) => tokens(url, l).await,
+        FactoryCommand::Token(TokenCommand::Revoke(r)) => revoke_token(url, r).await,
+        FactoryCommand::List(l) => factories(url, l).await,
+    }
+}
+
+async fn create(url: &str, t: TokenCreateArgs) -> anyhow::Result<ExitCode> {
+    if t.uses == 0 {
+        bail!("--uses must be at least 1");
+    }
+    if t.ttl < Duration::from_secs(1) {
+        bail!("--ttl must be at least 1s");
+    }
+    if let Some(p) = &t.pool {
+        if !gf_schemas::names::is_token(p) || p == gf_schemas::names::ANY {
+            bail!("--pool `{p}` is not a queue name (A-Z a-z 0-9 _ -)");
+        }
+    }
+    if let Some(tag) = t.tags.iter().find(|t| !gf_schemas::names::is_token(t)) {
+        bail!("--tag `{tag}` is not made of A-Z a-z 0-9 _ -");
+    }
+    let spec = TokenSpec {
+        ttl: t.ttl,
+        uses: t.uses,
+        pool: t.pool,
+        caps: t.caps.into_iter().collect::<BTreeMap<_, _>>(),
+        tags: t.tags.into_iter().collect::<BTreeSet<_>>(),
+        cidrs: t.cidrs,
+    };
+    let (token, rec) = store(url)
+        .await?
+        .create_token(&spec, Timestamp::now_local())
+        .await?;
+    if t.json {
+        println!(
+            "{}",
+            serde_json::json!({"token": token.reveal(), "record": rec})
+        );
+    } else {
+        println!("{}", token.reveal());
+        eprintln!(
+            "token {} ({} use(s), expires {}): shown once; enroll with `gf worker --key-dir DIR --enroll TOKEN`",
+            rec.id, rec.uses_left, rec.expires_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tokens(url: &str, l: FactoryListArgs) -> anyhow::Result<ExitCode> {
+    let all = store(url).await?.tokens().await?;
+    if l.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Timestamp::now_local();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|t| {
+            let approved = approved(&t.pool, &t.caps, &t.tags);
+            vec![
+                t.id.clone(),
+                t.state(now).into(),
+                format!("{}/{}", t.used, t.used + t.uses_left),
+                t.expires_at.to_string(),
+                approved,
+                if t.cidrs.is_empty() {
+                    "any".into()
+                } else {
+                    t.cidrs.join(",")
+                },
+                t.factories
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                t.last_refusal.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "STATE",
+                "USED",
+                "EXPIRES",
+                "APPROVED",
+                "FROM",
+                "FACTORIES",
+                "LAST REFUSAL"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn approved(
+    pool: &Option<String>,
+    caps: &BTreeMap<String, String>,
+    tags: &BTreeSet<String>,
+) -> String {
+    let mut parts: Vec<String> = pool.iter().map(|p| format!("pool={p}")).collect();
+    parts.extend(caps.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.extend(tags.iter().map(|t| format!("+{t}")));
+    if parts.is_empty() {
+        "any".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+async fn revoke_token(url: &str, r: TokenRevokeArgs) -> anyhow::Result<ExitCode> {
+    let id = r.id.trim().trim_start_matches("gfe_");
+    let id = id.split('_').next().unwrap_or_default();
+    if !gf_auth::token::valid_id(id) {
+        bail!(
+            "`{}` is not a token id (16 hex digits; see `gf factory token list`)",
+            r.id
+        );
+    }
+    let t = store(url)
+        .await?
+        .revoke_token(id)
+        .await
+        .with_context(|| format!("cannot revoke token {id}"))?;
+    println!("token {} revoked (it enrolled: {:?})", t.id, t.factories);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn factories(url: &str, l: FactoryListArgs) -> anyhow::Result<ExitCode> {
+    let s = store(url).await?;
+    let all = s.factories().await?;
+    if l.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Timestamp::now_local();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|f| {
+            let (seen, connected) = match &f.connection {
+                Some(c) => (
+                    format!("{} ago from {}", age(c.at, now), c.host),
+                    // The JWT of its last connection is still valid: it may be on.
+                    if now < c.expires_at && f.state == gf_auth::store::FactoryState::Active {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                ),
+                None => ("never".into(), "no"),
+            };
+            vec![
+                f.id.to_string(),
+                f.pool.clone().unwrap_or_else(|| "any".into()),
+                approved(&None, &f.caps, &f.tags),
+                f.state.as_str().into(),
+                seen,
+                connected.into(),
+                f.keys.len().to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "POOL",
+                "APPROVED",
+                "STATE",
+                "LAST SEEN",
+                "CONNECTED",
+                "KEYS"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Write a secured deployment's secrets and nats-server config into a folder:
+    /// the callout issuer key, the coordinators' nkey, the callout, operator and
+    /// system users' passwords, and nats.conf (each file 0600).
+    Init(AdminInitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AdminInitArgs {
+    /// The secrets folder (give it to coordinators as --secrets-dir).
+    pub dir: PathBuf,
+    /// Replace secrets already there (every credential changes).
+    #[arg(long)]
+    pub force: bool,
+    /// TLS on the client listener: the server's certificate file (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    /// TLS on the client listener: the server's key file (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<String>,
+}
+
+pub fn admin(a: AdminArgs) -> anyhow::Result<ExitCode> {
+    let AdminCommand::Init(a) = a.command;
+    if a.dir.join("issuer.nk").exists() && !a.force {
+        bail!(
+            "{} already holds secrets; pass --force to replace them all",
+            a.dir.display()
+        );
+    }
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert_file), Some(key_file)) => Some(gf_auth::secrets::ServerTls {
+            cert_file,
+            key_file,
+        }),
+        _ => None,
+    };
+    let secrets = Secrets::generate();
+    secrets.write(&a.dir, tls.as_ref())?;
+    let d = a.dir.display();
+    println!("wrote {d}/{{issuer.nk,coordinator.nk,auth.pass,admin.pass,sys.pass,nats.conf}}");
+    println!("server:       nats-server -js -c {d}/nats.conf");
+    println!("coordinator:  gf coordinator --secrets-dir {d} …");
+    println!(
+        "operators:    GF_NATS_URL=nats://{}:$(cat {d}/admin.pass)@HOST:4222 gf …",
+        gf_auth::secrets::ADMIN_USER
+    );
+    println!("factories:    gf factory token create, then gf worker --key-dir DIR --enroll TOKEN");
+    Ok(ExitCode::SUCCESS)
+}

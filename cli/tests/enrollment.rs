@@ -1,0 +1,232 @@
+//! Factory enrollment on a secured NATS (issue #15, phase B), against a real
+//! nats-server with the auth callout that the coordinators answer, real `gf`
+//! commands and real workers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gf_auth::store::Store;
+use gf_auth::{FactoryKey, TokenSpec};
+use gf_schemas::{JobState, Timestamp, WorkerId};
+use gf_testkit::{secured_coordinator_config, NatsServer};
+
+/// `gf factory token create ARGS` as an operator; the token it printed.
+fn create_token(admin_url: &str, args: &[&str]) -> anyhow::Result<gf_auth::EnrollToken> {
+    let mut all = vec!["factory", "token", "create"];
+    all.extend_from_slice(args);
+    let (code, out, err) = gf(admin_url, &all)?;
+    anyhow::ensure!(code == 0, "token create failed: {err}");
+    Ok(gf_auth::EnrollToken::parse(out.trim())?)
+}
+
+fn enrolling(
+    url: &str,
+    id: &str,
+    dir: &std::path::Path,
+    token: &gf_auth::EnrollToken,
+) -> gf_worker::WorkerConfig {
+    let mut w = worker_config(url, 2);
+    w.id = Some(WorkerId::new(id).expect("id"));
+    w.key_dir = Some(dir.to_path_buf());
+    w.enroll = Some(token.clone());
+    w
+}
+
+/// A factory enrolls once with a one-use token (its key generated on its side, 0600,
+/// its id beside it), runs jobs, and from then on connects with its key alone; the
+/// token's second use is refused and the refusal is on the token; the enrolled key's
+/// connection holds only the factory grant; coordinators and operators connect as
+/// static users.
+#[tokio::test]
+async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    // Coordinators and operators are static users: no callout needed to connect.
+    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
+    // Without credentials nothing connects.
+    // (async-nats may hand out the client before the server's refusal arrives; a
+    // flush is answered only on an authorised connection.)
+    if let Ok(anonymous) = gf_testkit::connect(&nats.url()).await {
+        let flushed = tokio::time::timeout(Duration::from_secs(2), anonymous.flush()).await;
+        assert!(!matches!(flushed, Ok(Ok(()))), "an anonymous client got in");
+    }
+    let client = Client::connect_url(&admin).await?;
+
+    let token = create_token(&admin, &["--uses", "1", "--ttl", "10m"])?;
+    let dir = tempfile::tempdir()?;
+    let worker = Running::worker(enrolling(&nats.url(), "f1", dir.path(), &token)).await?;
+    wait_workers(&client, 1).await?;
+    let job = client.submit(&sh("echo enrolled")).await?.job_id;
+    let rec = client.wait_terminal(job, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!(rec.history[0].worker.as_str(), "f1");
+
+    // The key stays on the factory: a 0600 seed and the id beside it.
+    let seed = dir.path().join(gf_auth::key::SEED_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&seed)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(gf_auth::key::ID_FILE))?.trim(),
+        "f1"
+    );
+    let (code, out, err) = gf(&admin, &["factory", "list"])?;
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("f1 "))
+        .expect("f1 listed");
+    assert!(line.contains("active") && line.contains("yes"), "{out}");
+
+    // A second use of the one-use token (another host, another key) is refused, and
+    // the worker says what to check; the token records why.
+    let other = tempfile::tempdir()?;
+    let err = match Running::worker(enrolling(&nats.url(), "f2", other.path(), &token)).await {
+        Ok(_) => anyhow::bail!("a used-up token enrolled a second factory"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("refused to enroll factory `f2`"), "{err}");
+    assert!(err.contains("gf factory token list"), "{err}");
+    let (_, out, _) = gf(&admin, &["factory", "token", "list"])?;
+    assert!(
+        out.contains("used up") && out.contains("is used up"),
+        "{out}"
+    );
+    assert!(out.contains(&token.id) && out.contains("f1"), "{out}");
+
+    // Restarted without the token, the key alone lets it in; it runs jobs again.
+    worker.stop().await?;
+    let mut again = worker_config(&nats.url(), 2);
+    again.key_dir = Some(dir.path().to_path_buf());
+    let worker = Running::worker(again).await?;
+    assert_eq!(worker.id().as_str(), "f1");
+    let job = client.submit(&sh("echo again")).await?.job_id;
+    let rec = client.wait_terminal(job, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+
+    // The key's connection holds the factory grant, not more: the server refuses
+    // other factories' subjects and everyone's inboxes.
+    let key = FactoryKey::load_or_create(dir.path(), None, || unreachable!())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let raw = key
+        .connect_options()
+        .custom_inbox_prefix(gf_schemas::names::factory_inbox_prefix(key.id()))
+        .event_callback(move |e| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = e {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url())
+        .await?;
+    let _sub = raw.subscribe("_INBOX.>").await?;
+    raw.publish("gf.rpc.w.f2.claim", "{}".into()).await?;
+    raw.flush().await?;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(seen.iter().any(|e: &String| e.contains("\"_INBOX.>\""))
+        && seen.iter().any(|e| e.contains("\"gf.rpc.w.f2.claim\"")))
+    {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => seen.push(e),
+            _ => anyhow::bail!("expected two permission violations, saw {seen:?}"),
+        }
+    }
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A token is refused after its expiry, after `gf factory token revoke`, and from
+/// outside its networks; `gf factory token list` says why; a factory that registers
+/// with more than its token approved gets only what was approved.
+#[tokio::test]
+async fn tokens_refused_when_expired_revoked_or_outside_cidr() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
+    let client = Client::connect_url(&admin).await?;
+    let store = Store::open(&async_nats::jetstream::new(client.nats.clone()), 1).await?;
+
+    // Expired: made an hour ago with a minute to live.
+    let spec = TokenSpec {
+        ttl: Duration::from_secs(60),
+        uses: 5,
+        ..Default::default()
+    };
+    let an_hour_ago = Timestamp::from_unix_millis(Timestamp::now_local().unix_millis() - 3_600_000);
+    let (expired, _) = store.create_token(&spec, an_hour_ago).await?;
+    let revoked = create_token(&admin, &["--uses", "5"])?;
+    let (code, _, err) = gf(&admin, &["factory", "token", "revoke", &revoked.id])?;
+    assert_eq!(code, 0, "{err}");
+    let outside = create_token(&admin, &["--cidr", "10.0.0.0/8"])?;
+    for (token, why) in [
+        (&expired, "expired at"),
+        (&revoked, "was revoked"),
+        (&outside, "does not allow connections from 127.0.0.1"),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let r = Running::worker(enrolling(&nats.url(), "fx", dir.path(), token)).await;
+        assert!(r.is_err(), "token {} enrolled", token.id);
+        let (_, out, _) = gf(&admin, &["factory", "token", "list"])?;
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&token.id))
+            .expect("listed");
+        assert!(line.contains(why), "{why}: {line}");
+    }
+    assert!(store.factories().await?.is_empty());
+
+    // Approved: pool `ci`, engine=codex, tag big. The worker asks for more.
+    let approved = create_token(
+        &admin,
+        &["--pool", "ci", "--cap", "engine=codex", "--tag", "big"],
+    )?;
+    let dir = tempfile::tempdir()?;
+    let mut w = enrolling(&nats.url(), "f9", dir.path(), &approved);
+    w.queues = vec!["default".into(), "gpu".into()];
+    w.capabilities.insert("engine".into(), "claude".into());
+    w.capabilities.insert("secret".into(), "x".into());
+    w.tags = ["big", "gpu"].iter().map(|t| t.to_string()).collect();
+    let worker = Running::worker(w).await?;
+    wait_workers(&client, 1).await?;
+    let rec: gf_schemas::WorkerRecord = serde_json::from_slice(
+        &async_nats::jetstream::new(client.nats.clone())
+            .get_key_value(gf_schemas::names::BUCKET_WORKERS)
+            .await?
+            .get("f9")
+            .await?
+            .expect("registered"),
+    )?;
+    assert_eq!(rec.capabilities.queues, ["ci"]);
+    assert_eq!(
+        rec.capabilities.values.get("engine").map(String::as_str),
+        Some("codex")
+    );
+    assert!(!rec.capabilities.values.contains_key("secret"));
+    assert!(
+        rec.capabilities.values.contains_key("os"),
+        "detected values stay"
+    );
+    assert_eq!(rec.capabilities.tags.iter().collect::<Vec<_>>(), ["big"]);
+    // And it runs the pool's jobs.
+    let mut spec = sh("echo in ci");
+    spec.queue = "ci".into();
+    let job = client.submit(&spec).await?.job_id;
+    let done = client.wait_terminal(job, Duration::from_secs(30)).await?;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
