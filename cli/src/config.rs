@@ -253,6 +253,7 @@ pub const KEYS: &[Key] = &[
     key!("history.cancelled", Str, ["GF_HISTORY_CANCELLED"]),
     key!("history.rejected", Str, ["GF_HISTORY_REJECTED"]),
     key!("history.dead", Str, ["GF_HISTORY_DEAD"]),
+    key!("history.archive", Str, ["GF_HISTORY_ARCHIVE"]),
     key!("worker.id", Str, ["GF_WORKER_ID"]),
     key!("worker.queues", List, ["GF_WORKER_QUEUES"]),
     key!("worker.capabilities", Map, ["GF_WORKER_CAPABILITIES"]),
@@ -477,6 +478,8 @@ pub struct HistorySettings {
     pub cancelled: String,
     pub rejected: String,
     pub dead: String,
+    /// How long the archive keeps a finished job (a duration, not `never`).
+    pub archive: String,
 }
 
 impl Default for HistorySettings {
@@ -493,6 +496,7 @@ impl Default for HistorySettings {
             cancelled: show(d.cancelled),
             rejected: show(d.rejected),
             dead: show(d.dead),
+            archive: show(Some(d.archive)),
         }
     }
 }
@@ -508,6 +512,10 @@ impl HistorySettings {
             cancelled: p("history.cancelled", &self.cancelled)?,
             rejected: p("history.rejected", &self.rejected)?,
             dead: p("history.dead", &self.dead)?,
+            archive: p("history.archive", &self.archive)?.ok_or((
+                "history.archive",
+                "the archive cannot keep jobs for ever: give a duration such as 30d".to_string(),
+            ))?,
         })
     }
 }

@@ -263,6 +263,7 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
     };
     if js_ok {
         check_storage(&mut r, &js, replicas).await;
+        check_archive(&mut r, &js).await;
         check_clock(&mut r, &js, args.max_skew).await;
     } else {
         r.add(Status::Skip, "buckets", "JetStream is off");
@@ -377,6 +378,67 @@ async fn check_storage(r: &mut Report, js: &jetstream::Context, replicas: usize)
             name,
             &differences(&stream_settings(&want), &stream_settings(&have)),
         );
+    }
+}
+
+/// The archive of finished jobs and its archiver (docs/history.md).
+async fn check_archive(r: &mut Report, js: &jetstream::Context) {
+    use gf_coordinator::history::archive;
+    let name = format!("stream {}", gf_schemas::names::STREAM_ARCHIVE);
+    match js.get_stream(gf_schemas::names::STREAM_ARCHIVE).await {
+        Ok(mut s) => match s.info().await {
+            Ok(i) => {
+                let c = &i.config;
+                let mut diffs = Vec::new();
+                if c.max_messages_per_subject != 1 {
+                    diffs.push(format!(
+                        "max_msgs_per_subject is {} (expected 1)",
+                        c.max_messages_per_subject
+                    ));
+                }
+                if !c.allow_direct {
+                    diffs.push("allow_direct is off (lookups by id need it)".into());
+                }
+                if diffs.is_empty() {
+                    r.add(
+                        Status::Pass,
+                        name,
+                        format!(
+                            "{} finished jobs, kept {}",
+                            i.state.messages,
+                            humantime::format_duration(c.max_age)
+                        ),
+                    );
+                } else {
+                    r.add(Status::Fail, name, diffs.join("; "));
+                }
+            }
+            Err(e) => r.add(Status::Fail, name, format!("cannot read its settings: {e}")),
+        },
+        Err(_) => r.add(
+            Status::Fail,
+            name,
+            "missing (a coordinator creates it at start)",
+        ),
+    }
+    match archive::lag(js).await {
+        Ok(lag) if lag < Duration::from_secs(3600) => r.add(
+            Status::Pass,
+            "archiver lag",
+            format!(
+                "{}",
+                humantime::format_duration(Duration::from_secs(lag.as_secs()))
+            ),
+        ),
+        Ok(lag) => r.add(
+            Status::Warn,
+            "archiver lag",
+            format!(
+                "{} behind: finished jobs past their grace period before being archived are lost",
+                humantime::format_duration(Duration::from_secs(lag.as_secs()))
+            ),
+        ),
+        Err(e) => r.add(Status::Warn, "archiver lag", format!("cannot measure: {e}")),
     }
 }
 

@@ -58,6 +58,7 @@ pub struct Coordinator {
     scheduler: JoinHandle<()>,
     events: events::EventTask,
     stats: JoinHandle<()>,
+    archiver: JoinHandle<()>,
     bridge: gf_bridge::BridgeTask,
     callout: Option<auth::CalloutTask>,
 }
@@ -90,6 +91,9 @@ pub async fn start(
         .await
         .context("cannot create or open the JetStream buckets and streams")?
         .with_history(config.history.clone());
+    history::archive::ensure_stream(&js, config.replicas, config.history.archive)
+        .await
+        .context("cannot create or update the archive stream")?;
     let clock = clock::ServerClock::anchored(Timestamp::now_local());
     if let Err(e) = clock
         .sync(&store.leader, &format!("clock.{}", config.id))
@@ -123,6 +127,7 @@ pub async fn start(
         .context("cannot start the tracker bridge")?;
     let (stats, stats_feed, stats_task) =
         stats::start(service.store.jobs.clone(), shutdown.clone());
+    let archiver = tokio::spawn(history::archive::run(js.clone(), shutdown.clone()));
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(scheduler::run(
         service.clone(),
@@ -178,6 +183,7 @@ pub async fn start(
         scheduler,
         events: events_task,
         stats: stats_task,
+        archiver,
         bridge,
         callout,
     })
@@ -203,6 +209,7 @@ impl Coordinator {
                 tracing::warn!(error = %e, "the auth callout responder failed");
             }
         }
+        self.archiver.await.ok();
         // The bridge's echo tasks hand back a message in flight (nak) and stop.
         self.bridge.join().await;
         let client = self.service.client.clone();

@@ -48,6 +48,14 @@ pub fn finished(queue: &str, state: JobState) {
     }
 }
 
+pub fn archived(state: JobState) {
+    counter!(ARCHIVED, "state" => state.as_str()).increment(1);
+}
+
+pub fn archive_lag(lag: Duration) {
+    gauge!(ARCHIVE_LAG).set(lag.as_secs_f64());
+}
+
 pub fn claim(result: Result<(), ErrorKind>) {
     let r = match result {
         Ok(()) => "won",

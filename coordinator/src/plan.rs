@@ -139,6 +139,29 @@ impl View {
         }
     }
 
+    /// Ids live jobs name (dependencies, children) whose state the view does not
+    /// know: a job that finished and left `gf_jobs` before this view saw it (after a
+    /// takeover, or named by a new submission). At most `max`.
+    pub fn unknown_references(&self, max: usize) -> Vec<JobId> {
+        self.refs
+            .keys()
+            .filter(|id| self.state_of(id).is_none())
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    /// Takes in the final state of a job found outside the view (the archive), for
+    /// the live jobs that name it; the planner looks at them again.
+    pub fn resolve_finished(&mut self, id: JobId, state: JobState) {
+        if !state.is_terminal() || self.jobs.contains_key(&id) || !self.refs.contains_key(&id) {
+            return;
+        }
+        self.terminal.insert(id, state);
+        self.retained.insert(id);
+        self.changed.push(id);
+    }
+
     /// A finished job's record left `gf_jobs`: forget its state unless a live job
     /// still names it.
     fn forget_finished(&mut self, id: &JobId) {
@@ -851,6 +874,29 @@ mod tests {
         expire(&mut v, &waiting.id);
         assert!(v.terminal.is_empty() && v.jobs.is_empty());
         assert!(v.refs.is_empty() && v.retained.is_empty());
+    }
+
+    /// A live job names a job the view never saw (it left the store before this
+    /// leader started): the view reports it, and takes in its final state once found.
+    #[test]
+    fn unknown_references_are_reported_and_resolved() {
+        let mut v = View::default();
+        let gone = JobId::new();
+        let mut dependent = job(0, 0);
+        dependent.spec.depends_on = vec![gone];
+        v.set_job(dependent.clone(), 1);
+        assert_eq!(v.unknown_references(10), vec![gone]);
+        v.take_changes();
+        v.resolve_finished(gone, JobState::Succeeded);
+        assert_eq!(v.state_of(&gone), Some(JobState::Succeeded));
+        assert_eq!(v.take_changes(), vec![gone], "the planner looks again");
+        assert!(v.unknown_references(10).is_empty());
+        // An id nobody names is not taken in.
+        v.resolve_finished(JobId::new(), JobState::Dead);
+        assert_eq!(v.terminal.len(), 1);
+        dependent.state = JobState::Succeeded;
+        v.set_job(dependent, 2);
+        assert_eq!(v.state_of(&gone), None, "dropped once nobody names it");
     }
 
     fn running_on(mut j: JobRecord, w: &str) -> JobRecord {

@@ -306,6 +306,7 @@ async fn lead(
             }
             _ = reap.tick() => {
                 if jobs_current && lease.valid() {
+                    crate::history::resolve_references(&service.store, &mut view).await;
                     reap_expired(service, &mut view).await;
                     fire_schedules(service).await;
                     starts.prune(service.clock.now());

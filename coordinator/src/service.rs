@@ -157,6 +157,13 @@ impl Service {
                             state: rec.state,
                         });
                     }
+                    if let Some(rec) = crate::history::archive::find(&self.store.js, &id).await? {
+                        return Ok(SubmitReply {
+                            job_id: id,
+                            duplicate,
+                            state: rec.state,
+                        });
+                    }
                     if crate::history::may_have_expired(self.store.history(), &id, self.clock.now())
                     {
                         // The job may have finished and left the store: creating it
@@ -281,7 +288,11 @@ impl Service {
     /// job can only point at jobs created before it), and the parent must not be done.
     async fn check_references(&self, spec: &JobSpec) -> Result<(), RpcError> {
         for dep in &spec.depends_on {
-            if self.store.load_job(dep).await?.is_none() {
+            if self.store.load_job(dep).await?.is_none()
+                && crate::history::archive::find(&self.store.js, dep)
+                    .await?
+                    .is_none()
+            {
                 return Err(invalid(format!("`depends_on`: no job {dep}")));
             }
         }
@@ -330,10 +341,22 @@ impl Service {
     }
 
     pub async fn requeue(&self, id: &JobId) -> Result<CancelReply, RpcError> {
-        let (_, rec, _) = self
+        let rec = match self
             .store
             .modify_job(id, |rec| Ok((fsm::requeue(rec)?, true)))
-            .await?;
+            .await
+        {
+            Ok((_, rec, _)) => rec,
+            // Past its grace period: back from the archive.
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                crate::history::requeue_archived(&self.store, id).await?
+            }
+            Err(e) => return Err(e),
+        };
+        // Live again: its archived copy (if the archiver made one) no longer describes it.
+        if let Err(e) = crate::history::archive::forget(&self.store.js, id).await {
+            tracing::warn!(job = %id, error = %e, "requeued job's archived copy not removed");
+        }
         self.events
             .job(EventKind::JobSubmitted, &rec, "requeued by operator");
         Ok(CancelReply { state: rec.state })
@@ -623,9 +646,14 @@ impl Service {
         Ok(())
     }
 
+    /// A job wherever it is: the live store (live or in its grace period), else the
+    /// archive.
     pub async fn get_job(&self, id: &JobId) -> Result<JobRecord, RpcError> {
-        match self.store.load_job(id).await? {
-            Some((rec, _)) => Ok(rec),
+        if let Some((rec, _)) = self.store.load_job(id).await? {
+            return Ok(rec);
+        }
+        match crate::history::archive::find(&self.store.js, id).await? {
+            Some(rec) => Ok(rec),
             None => Err(RpcError::new(ErrorKind::NotFound, format!("no job {id}"))),
         }
     }

@@ -188,6 +188,10 @@ impl Store {
             };
             stores.push(store);
         }
+        // The archive (its retention is set by the coordinator's config at start).
+        if js.get_stream(names::STREAM_ARCHIVE).await.is_err() {
+            crate::history::archive::ensure_stream(&js, replicas, 30 * crate::history::DAY).await?;
+        }
         if jobs_existed {
             // A bucket made by an earlier version: turn on what retention needs.
             crate::history::ensure_bucket_settings(&js).await?;

@@ -51,6 +51,8 @@ pub mod names {
     pub const BRIDGE_WEBHOOKS: &str = "gf_bridge_webhooks_total";
     pub const BRIDGE_DELIVERY_ATTEMPTS: &str = "gf_bridge_delivery_attempts_total";
     pub const BRIDGE_DELIVERIES_FAILED: &str = "gf_bridge_deliveries_failed_total";
+    pub const ARCHIVED: &str = "gf_archived_jobs_total";
+    pub const ARCHIVE_LAG: &str = "gf_archive_lag_seconds";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +278,18 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Counter,
             &["source"],
             "Echoes given up after their last attempt (an operator can redeliver them).",
+        ),
+        (
+            ARCHIVED,
+            Counter,
+            &["state"],
+            "Finished job records this coordinator copied into the archive (GF_ARCHIVE).",
+        ),
+        (
+            ARCHIVE_LAG,
+            Gauge,
+            &[],
+            "Age of the oldest job write the archiver has not handled yet (0 when caught up); a finished job is lost from history if this exceeds its grace period.",
         ),
     ]
 };

@@ -34,6 +34,8 @@ use gf_schemas::JobState;
 
 use crate::error::StoreError;
 
+pub mod archive;
+
 /// How long the marker a server leaves when a finished job expires stays visible. A
 /// watcher away for less than this sees the removal when it resumes; one away longer
 /// replays the (small) bucket instead.
@@ -47,6 +49,9 @@ pub struct HistoryConfig {
     pub cancelled: Option<Duration>,
     pub rejected: Option<Duration>,
     pub dead: Option<Duration>,
+    /// How long a finished job's record is kept in the archive (`GF_ARCHIVE`),
+    /// counted from when it was archived.
+    pub archive: Duration,
 }
 
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -60,6 +65,7 @@ impl Default for HistoryConfig {
             cancelled: Some(DAY),
             rejected: Some(DAY),
             dead: Some(7 * DAY),
+            archive: 30 * DAY,
         }
     }
 }
@@ -72,6 +78,7 @@ impl HistoryConfig {
             cancelled: None,
             rejected: None,
             dead: None,
+            archive: 30 * DAY,
         }
     }
 
@@ -116,6 +123,43 @@ pub fn may_have_expired(
         (Some(grace), Some(created)) => created.plus(grace) <= now,
         (Some(_), None) => true,
         (None, _) => false,
+    }
+}
+
+/// Requeues a finished job that has left `gf_jobs`, from its archived record: the
+/// record is requeued as within the grace period and created again under its id.
+pub async fn requeue_archived(
+    store: &crate::store::Store,
+    id: &gf_schemas::JobId,
+) -> Result<gf_schemas::JobRecord, gf_schemas::RpcError> {
+    let Some(mut rec) = archive::find(&store.js, id).await? else {
+        return Err(StoreError::NotFound(format!("job {id}")).into());
+    };
+    crate::fsm::requeue(&mut rec)?;
+    store.create_job(&rec).await?;
+    Ok(rec)
+}
+
+/// Looks up, in the live store and then the archive, the finished jobs that live jobs
+/// of the leader's `view` name but the view does not know (they left `gf_jobs` before
+/// this leader saw them), so dependents and parents can be decided. Run by the leader
+/// on its reaper tick; a bounded number per tick.
+pub async fn resolve_references(store: &crate::store::Store, view: &mut crate::plan::View) {
+    for id in view.unknown_references(64) {
+        let state = match store.load_job(&id).await {
+            // Live, or finished within its grace: the watch brings it.
+            Ok(Some(_)) => continue,
+            Ok(None) => match archive::find(&store.js, &id).await {
+                Ok(Some(rec)) => rec.state,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(job = %id, error = %e, "archive lookup");
+                    continue;
+                }
+            },
+            Err(_) => continue,
+        };
+        view.resolve_finished(id, state);
     }
 }
 

@@ -39,6 +39,7 @@ fn short() -> HistoryConfig {
         cancelled: Some(Duration::from_secs(1)),
         rejected: Some(Duration::from_secs(1)),
         dead: None,
+        archive: DAY,
     }
 }
 
@@ -217,4 +218,133 @@ async fn an_old_jobs_bucket_is_converted_in_place() -> anyhow::Result<()> {
     .await;
     assert!(expired, "a converted bucket expires finished jobs");
     Ok(())
+}
+
+/// Criterion 3 of issue 19: jobs that finish while no archiver runs (it was killed, or
+/// this is the first start on an old store) are all archived once one starts, within
+/// their grace period; after they leave the live store they are found by id in the
+/// archive, and one can be requeued from there.
+#[tokio::test]
+async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> anyhow::Result<()> {
+    let nats = gf_testkit::NatsServer::start()?;
+    let history = HistoryConfig {
+        cancelled: Some(Duration::from_secs(4)),
+        ..short()
+    };
+    let (service, store, js) = service(&nats, history.clone()).await?;
+    archive::ensure_stream(&js, 1, history.archive).await?;
+
+    // A first archiver runs, then stops (killed) before the rest finish.
+    let first = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(archive::run(js.clone(), first.clone()));
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let id = service
+            .submit_spec(JobSpec::command(["true"]))
+            .await?
+            .job_id;
+        service.cancel(&id, None).await?;
+        ids.push(id);
+    }
+    let all_archived = |ids: Vec<JobId>| {
+        let js = js.clone();
+        async move {
+            for id in &ids {
+                if !matches!(archive::find(&js, id).await, Ok(Some(_))) {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    assert!(eventually(Duration::from_secs(10), || all_archived(ids.clone())).await);
+    first.cancel();
+    task.await?;
+    for _ in 0..20 {
+        let id = service
+            .submit_spec(JobSpec::command(["true"]))
+            .await?
+            .job_id;
+        service.cancel(&id, None).await?;
+        ids.push(id);
+    }
+    assert!(
+        archive::lag(&js).await? > Duration::ZERO,
+        "writes wait for the archiver"
+    );
+    let second = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(archive::run(js.clone(), second.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || all_archived(ids.clone())).await,
+        "a finished job is missing from the archive"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            archive::lag(&js).await.ok() == Some(Duration::ZERO)
+        })
+        .await
+    );
+
+    // Past the grace period: gone from the live store, found in the archive.
+    let gone = eventually(Duration::from_secs(20), || async {
+        for id in &ids {
+            if !matches!(store.load_job(id).await, Ok(None)) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(gone);
+    for id in &ids {
+        assert_eq!(service.get_job(id).await?.state, JobState::Cancelled);
+    }
+    // One copy per job: the archive holds exactly these.
+    let info = js
+        .get_stream(names::STREAM_ARCHIVE)
+        .await?
+        .info()
+        .await?
+        .state
+        .clone();
+    assert_eq!(info.messages, ids.len() as u64);
+
+    // A requeue after the grace period brings the job back from the archive, and its
+    // archived copy goes.
+    let back = ids[0];
+    assert_eq!(service.requeue(&back).await?.state, JobState::Pending);
+    assert_eq!(
+        store.load_job(&back).await?.map(|(r, _)| r.state),
+        Some(JobState::Pending)
+    );
+    assert!(archive::find(&js, &back).await?.is_none());
+    // A new job may depend on an archived one.
+    let mut spec = JobSpec::command(["true"]);
+    spec.depends_on = vec![ids[1]];
+    service.submit_spec(spec).await?;
+    second.cancel();
+    task.await?;
+    Ok(())
+}
+
+#[test]
+fn archive_subjects_partition_by_creation_day() {
+    let id = JobId::new();
+    let day = archive::day_of(&id);
+    assert_eq!(day.len(), 8);
+    assert_eq!(
+        day,
+        chrono::Utc::now().format("%Y%m%d").to_string(),
+        "a new id was made today (UTC)"
+    );
+    let s = names::archive(&day, JobState::Dead, "gpu", &id);
+    assert_eq!(s, format!("gf.archive.{day}.dead.gpu.{id}"));
+    assert_eq!(
+        names::parse_archive(&s),
+        Some((day.as_str(), "dead", "gpu", id))
+    );
+    assert_eq!(
+        names::archive_job(&day, &id),
+        format!("gf.archive.{day}.*.*.{id}")
+    );
 }
