@@ -490,6 +490,47 @@ impl Route {
     }
 }
 
+/// The archive of finished jobs (docs/history.md): one message per job on
+/// [`archive`]'s subject, kept for the archive retention.
+pub const STREAM_ARCHIVE: &str = "GF_ARCHIVE";
+pub const ARCHIVE_ALL: &str = "gf.archive.>";
+/// The durable consumer on the jobs bucket's stream that feeds the archive, shared by
+/// the coordinators.
+pub const ARCHIVER_CONSUMER: &str = "gf_archiver";
+
+/// Subject of a finished job in [`STREAM_ARCHIVE`]:
+/// `gf.archive.<yyyymmdd>.<state>.<queue>.<job>`, the day being the job's creation day
+/// (from its UUIDv7 id), so the id alone finds it ([`archive_job`]) and a listing by
+/// state and queue walks one day's partition. The queue is a token (validated at
+/// submission).
+pub fn archive(day: &str, state: crate::JobState, queue: &str, job: &JobId) -> String {
+    format!("gf.archive.{day}.{}.{queue}.{job}", state.as_str())
+}
+
+/// Filter matching a job's archived record whatever its state and queue.
+pub fn archive_job(day: &str, job: &JobId) -> String {
+    format!("gf.archive.{day}.*.*.{job}")
+}
+
+/// Filter of one day's archived jobs, optionally of one state and queue.
+pub fn archive_day(day: &str, state: Option<crate::JobState>, queue: Option<&str>) -> String {
+    format!(
+        "gf.archive.{day}.{}.{}.*",
+        state.map(|s| s.as_str()).unwrap_or("*"),
+        queue.unwrap_or("*")
+    )
+}
+
+/// The day, state and queue of an archive subject.
+pub fn parse_archive(subject: &str) -> Option<(&str, &str, &str, JobId)> {
+    let mut t = subject.strip_prefix("gf.archive.")?.split('.');
+    let (day, state, queue, job) = (t.next()?, t.next()?, t.next()?, t.next()?);
+    if t.next().is_some() {
+        return None;
+    }
+    Some((day, state, queue, job.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,43 +725,4 @@ pub mod auth {
     pub fn server_kick(server_id: &str) -> String {
         format!("$SYS.REQ.SERVER.{server_id}.KICK")
     }
-/// The archive of finished jobs (docs/history.md): one message per job on
-/// [`archive`]'s subject, kept for the archive retention.
-pub const STREAM_ARCHIVE: &str = "GF_ARCHIVE";
-pub const ARCHIVE_ALL: &str = "gf.archive.>";
-/// The durable consumer on the jobs bucket's stream that feeds the archive, shared by
-/// the coordinators.
-pub const ARCHIVER_CONSUMER: &str = "gf_archiver";
-
-/// Subject of a finished job in [`STREAM_ARCHIVE`]:
-/// `gf.archive.<yyyymmdd>.<state>.<queue>.<job>`, the day being the job's creation day
-/// (from its UUIDv7 id), so the id alone finds it ([`archive_job`]) and a listing by
-/// state and queue walks one day's partition. The queue is a token (validated at
-/// submission).
-pub fn archive(day: &str, state: crate::JobState, queue: &str, job: &JobId) -> String {
-    format!("gf.archive.{day}.{}.{queue}.{job}", state.as_str())
-}
-
-/// Filter matching a job's archived record whatever its state and queue.
-pub fn archive_job(day: &str, job: &JobId) -> String {
-    format!("gf.archive.{day}.*.*.{job}")
-}
-
-/// Filter of one day's archived jobs, optionally of one state and queue.
-pub fn archive_day(day: &str, state: Option<crate::JobState>, queue: Option<&str>) -> String {
-    format!(
-        "gf.archive.{day}.{}.{}.*",
-        state.map(|s| s.as_str()).unwrap_or("*"),
-        queue.unwrap_or("*")
-    )
-}
-
-/// The day, state and queue of an archive subject.
-pub fn parse_archive(subject: &str) -> Option<(&str, &str, &str, JobId)> {
-    let mut t = subject.strip_prefix("gf.archive.")?.split('.');
-    let (day, state, queue, job) = (t.next()?, t.next()?, t.next()?, t.next()?);
-    if t.next().is_some() {
-        return None;
-    }
-    Some((day, state, queue, job.parse().ok()?))
 }
