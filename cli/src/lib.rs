@@ -8,6 +8,7 @@ pub mod factory;
 pub mod nats_bin;
 pub mod ops;
 pub mod ops_admin;
+pub mod ops_outcomes;
 pub mod ops_sched;
 pub mod ops_workflow;
 pub mod output;
@@ -105,6 +106,8 @@ pub enum Command {
     Factory(factory::FactoryArgs),
     /// A secured deployment's secrets: `gf admin init DIR`.
     Admin(factory::AdminArgs),
+    /// Finished attempts as feature rows: `gf outcomes export > outcomes.jsonl`.
+    Outcomes(ops_outcomes::OutcomesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -592,6 +595,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ApiToken(a) => ops_admin::api_token(a),
         Command::Factory(a) => factory::run(&url, a).await,
         Command::Admin(a) => factory::admin(a),
+        Command::Outcomes(a) => ops_outcomes::outcomes(&url, a).await,
     }
 }
 

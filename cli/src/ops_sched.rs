@@ -194,6 +194,10 @@ pub enum BudgetAction {
         /// Period, e.g. `1d`, `30d`; `0s` never resets.
         #[arg(long, value_parser = humantime::parse_duration)]
         period: Option<Duration>,
+        /// Worker-hours per period: attempts' wall time summed over workers (negative
+        /// removes the limit).
+        #[arg(long, allow_hyphen_values = true)]
+        worker_hours: Option<f64>,
     },
     /// Stop dispatching the product's jobs.
     Pause { product: String },
@@ -211,6 +215,10 @@ fn budget_rows(bs: &[Budget]) -> String {
                 b.limit_cost.map_or("-".into(), |l| format!("{l}")),
                 b.spent_tokens.to_string(),
                 b.limit_tokens.map_or("-".into(), |l| l.to_string()),
+                match b.limit_worker_hours {
+                    Some(l) => format!("{:.2}/{l}", b.spent_worker_hours),
+                    None => format!("{:.2}/-", b.spent_worker_hours),
+                },
                 b.period_secs.map_or("none".into(), |p| {
                     humantime::format_duration(Duration::from_secs(p)).to_string()
                 }),
@@ -229,6 +237,7 @@ fn budget_rows(bs: &[Budget]) -> String {
             "LIMIT",
             "TOKENS",
             "TOKEN LIMIT",
+            "WORKER-H",
             "PERIOD",
             "STATUS",
         ],
@@ -256,12 +265,14 @@ pub async fn budgets(url: &str, a: BudgetsArgs) -> anyhow::Result<ExitCode> {
             limit_cost,
             limit_tokens,
             period,
+            worker_hours,
         }) => BudgetUpdate {
             product,
             limit_cost,
             limit_tokens,
             period_secs: period.map(|p| p.as_secs()),
             paused: None,
+            limit_worker_hours: worker_hours,
         },
         Some(BudgetAction::Pause { product }) => BudgetUpdate {
             product,

@@ -23,6 +23,7 @@ pub mod lane;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;
+pub mod outcomes;
 pub mod plan;
 pub mod profiles;
 pub mod rpc;

@@ -50,6 +50,8 @@ pub struct View {
     /// On the leader, every job record the view takes in also feeds the operator
     /// counters (see [`crate::stats::LeaderFeed`]).
     pub stats: Option<crate::stats::LeaderFeed>,
+    /// On the leader, attempts that end become outcome rows (see [`crate::outcomes`]).
+    pub outcomes: Option<crate::outcomes::Recorder>,
     /// Jobs whose record changed (or went) since the [`Planner`] last looked: what its
     /// next pass re-evaluates. Records must change through [`View::set_job`],
     /// [`View::apply_job`] and [`View::remove_job`] for it to see them.
@@ -102,6 +104,10 @@ impl View {
     pub fn set_job(&mut self, rec: JobRecord, rev: u64) {
         if let Some(stats) = &self.stats {
             stats.ingest(&rec, rev);
+        }
+        if let Some(o) = &mut self.outcomes {
+            let old = self.jobs.get(&rec.id).map(|(r, _)| r);
+            o.observe(old, &rec, &self.workers, &self.budgets);
         }
         self.changed.push(rec.id);
         if rec.state.is_terminal() {

@@ -205,8 +205,11 @@ async fn lead(
     reconnects.borrow_and_update();
     let mut view = View {
         stats: Some(stats.lead()),
+        outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
         ..View::default()
     };
+    let mut outcome_tick = tokio::time::interval(crate::outcomes::FLUSH_PERIOD);
+    outcome_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut starts = StartLog::default();
     let mut planner = crate::plan::Planner::new();
     let mut gauges = ViewGauges::default();
@@ -270,6 +273,11 @@ async fn lead(
                         cfg.worker_timeout,
                         service.clock.now(),
                     ));
+                }
+            }
+            _ = outcome_tick.tick() => {
+                if let Some(o) = view.outcomes.as_mut().filter(|o| o.pending() > 0) {
+                    o.flush(&store.js).await;
                 }
             }
             Some(ack) = notice_acks.next(), if !notice_acks.is_empty() => {
@@ -654,7 +662,13 @@ async fn account(
         // history point older than its period start.
         let result = service
             .update_budget(&entry.product, |b| {
-                Ok(b.add(seq, entry.cost, entry.tokens, service.clock.now()))
+                Ok(b.add_entry(
+                    seq,
+                    entry.cost,
+                    entry.tokens,
+                    entry.worker_secs,
+                    service.clock.now(),
+                ))
             })
             .await;
         match result {

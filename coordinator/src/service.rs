@@ -525,6 +525,9 @@ impl Service {
         if u.limit_cost.is_some_and(|c| !c.is_finite()) {
             return Err(invalid("`limit_cost` must be a number"));
         }
+        if u.limit_worker_hours.is_some_and(|h| !h.is_finite()) {
+            return Err(invalid("`limit_worker_hours` must be a number"));
+        }
         if u.period_secs
             .is_some_and(|p| p > gf_schemas::budget::MAX_PERIOD_SECS)
         {
@@ -546,6 +549,9 @@ impl Service {
                 }
                 if let Some(p) = u.paused {
                     b.paused = p;
+                }
+                if let Some(h) = u.limit_worker_hours {
+                    b.limit_worker_hours = (h >= 0.0).then_some(h);
                 }
                 Ok(true)
             })
@@ -627,6 +633,7 @@ impl Service {
             product: rec.spec.product.clone(),
             cost: usage.cost,
             tokens: usage.input_tokens + usage.output_tokens,
+            worker_secs: 0.0,
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{}:{epoch}", rec.id).as_str());

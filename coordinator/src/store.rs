@@ -98,6 +98,11 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             duplicate_window: Duration::from_secs(600),
             ..base(names::STREAM_USAGE, names::USAGE_ALL, 30 * 24 * 3600)
         },
+        // Outcome rows (one per finished attempt), kept for learning and export.
+        stream::Config {
+            max_bytes: 1 << 30,
+            ..base(names::STREAM_OUTCOMES, names::OUTCOMES_ALL, 30 * 24 * 3600)
+        },
         gf_bridge::stream_config(replicas),
     ]
 }

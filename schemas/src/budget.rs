@@ -18,6 +18,10 @@ pub struct Budget {
     /// Tokens (input + output) per period; `None` is unlimited.
     #[serde(default)]
     pub limit_tokens: Option<u64>,
+    /// Worker-hours (attempt wall time summed over workers) per period; `None` is
+    /// unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_worker_hours: Option<f64>,
     /// Period length in seconds; `None` never resets.
     #[serde(default)]
     pub period_secs: Option<u64>,
@@ -26,6 +30,8 @@ pub struct Budget {
     pub spent_cost: f64,
     #[serde(default)]
     pub spent_tokens: u64,
+    #[serde(default)]
+    pub spent_worker_hours: f64,
     /// No dispatches while paused.
     #[serde(default)]
     pub paused: bool,
@@ -42,6 +48,8 @@ pub struct SpendPoint {
     pub time: Timestamp,
     pub cost: f64,
     pub tokens: u64,
+    #[serde(default)]
+    pub worker_hours: f64,
 }
 
 /// At most this many points of history are kept per budget.
@@ -56,10 +64,12 @@ impl Budget {
             product: product.into(),
             limit_cost: None,
             limit_tokens: None,
+            limit_worker_hours: None,
             period_secs: None,
             period_start: now,
             spent_cost: 0.0,
             spent_tokens: 0,
+            spent_worker_hours: 0.0,
             paused: false,
             last_seq: 0,
             history: Vec::new(),
@@ -87,6 +97,14 @@ impl Budget {
                 ));
             }
         }
+        if let Some(l) = self.limit_worker_hours {
+            if self.spent_worker_hours >= l {
+                return Some(format!(
+                    "budget: product {} used {:.2} of {l} worker-hours",
+                    self.product, self.spent_worker_hours
+                ));
+            }
+        }
         None
     }
 
@@ -105,11 +123,24 @@ impl Budget {
         self.period_start = self.period_start.plus(skip);
         self.spent_cost = 0.0;
         self.spent_tokens = 0;
+        self.spent_worker_hours = 0.0;
         true
     }
 
     /// Adds one usage entry with stream sequence `seq`; `false` if already added.
     pub fn add(&mut self, seq: u64, cost: f64, tokens: u64, now: Timestamp) -> bool {
+        self.add_entry(seq, cost, tokens, 0.0, now)
+    }
+
+    /// [`Budget::add`] with worker time as well (seconds of attempts that ran).
+    pub fn add_entry(
+        &mut self,
+        seq: u64,
+        cost: f64,
+        tokens: u64,
+        worker_secs: f64,
+        now: Timestamp,
+    ) -> bool {
         if seq <= self.last_seq {
             return false;
         }
@@ -117,10 +148,12 @@ impl Budget {
         self.last_seq = seq;
         self.spent_cost += cost;
         self.spent_tokens += tokens;
+        self.spent_worker_hours += worker_secs.max(0.0) / 3600.0;
         self.history.push(SpendPoint {
             time: now,
             cost: self.spent_cost,
             tokens: self.spent_tokens,
+            worker_hours: self.spent_worker_hours,
         });
         if self.history.len() > MAX_HISTORY {
             let drop = self.history.len() - MAX_HISTORY;
@@ -139,6 +172,10 @@ pub struct UsageEntry {
     pub product: String,
     pub cost: f64,
     pub tokens: u64,
+    /// Seconds of worker time (attempts that ended), for worker-hour limits. Published
+    /// by the scheduler leader, summed per product, apart from cost and tokens.
+    #[serde(default)]
+    pub worker_secs: f64,
 }
 
 /// A cron schedule (value of `gf_schedules.<name>`) that submits `spec` at each tick.
@@ -211,5 +248,23 @@ mod tests {
         assert!(b.blocked().is_none());
         b.paused = true;
         assert!(b.blocked().unwrap().contains("paused"));
+    }
+
+    /// Worker time blocks at its limit like cost, and resets with the period.
+    #[test]
+    fn worker_hour_budget() {
+        let mut b = Budget::new("p", t(0));
+        b.limit_worker_hours = Some(1.0);
+        b.period_secs = Some(100);
+        assert!(b.add_entry(1, 0.0, 0, 1800.0, t(1)));
+        assert!(b.blocked().is_none());
+        assert!(!b.add_entry(1, 0.0, 0, 1800.0, t(2)), "same entry twice");
+        assert!(b.add_entry(2, 0.0, 0, 1800.0, t(3)));
+        let why = b.blocked().expect("at the limit");
+        assert!(why.contains("used 1.00 of 1 worker-hours"), "{why}");
+        assert_eq!(b.history.last().map(|p| p.worker_hours), Some(1.0));
+        assert!(b.roll_period(t(150)));
+        assert_eq!(b.spent_worker_hours, 0.0);
+        assert!(b.blocked().is_none());
     }
 }

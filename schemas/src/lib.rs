@@ -12,6 +12,7 @@ pub mod ids;
 pub mod job;
 pub mod manifest;
 pub mod names;
+pub mod outcome;
 pub mod permissions;
 pub mod profile;
 pub mod rpc;
@@ -184,6 +185,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("delivery_list_reply", s::<Reply<Vec<bridge::Delivery>>>()),
         ("redeliver_request", s::<bridge::RedeliverRequest>()),
         ("delivery_reply", s::<Reply<bridge::Delivery>>()),
+        ("outcome_row", s::<outcome::OutcomeRow>()),
         (
             "empty_request",
             serde_json::json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "EmptyRequest", "description": "Any body (ignored); send `{}`."}),

@@ -32,6 +32,9 @@ pub const USAGE_ALL: &str = "gf.usage.>";
 pub const STREAM_DISPATCH: &str = "GF_DISPATCH";
 pub const STREAM_EVENTS: &str = "GF_EVENTS";
 pub const STREAM_LOGS: &str = "GF_LOGS";
+/// One row per finished attempt (see `outcome::OutcomeRow`), what placement learns from.
+pub const STREAM_OUTCOMES: &str = "GF_OUTCOMES";
+pub const OUTCOMES_ALL: &str = "gf.outcomes.>";
 
 /// KV key (in [`BUCKET_LEADER`]) holding the scheduler leader's lease.
 pub const LEADER_KEY: &str = "scheduler";
@@ -290,6 +293,11 @@ pub fn rpc_name(subject: &str) -> std::borrow::Cow<'_, str> {
         Ok(FactoryRpc { verb, .. }) => factory_rpc_pattern(verb).into(),
         Err(_) => subject.into(),
     }
+}
+
+/// Subject a product's outcome rows are published on.
+pub fn outcomes(product: &str) -> String {
+    format!("gf.outcomes.{product}")
 }
 
 /// Subject a product's usage entries are published on.

@@ -477,6 +477,9 @@ pub struct BudgetUpdate {
     pub period_secs: Option<u64>,
     #[serde(default)]
     pub paused: Option<bool>,
+    /// Worker-hours per period; a negative value removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_worker_hours: Option<f64>,
 }
 
 /// A node of a job's graph: its dependencies and children, with their states.

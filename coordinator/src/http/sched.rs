@@ -111,6 +111,8 @@ pub struct BudgetBody {
     /// Period in seconds; 0 never resets.
     pub period_secs: Option<u64>,
     pub paused: Option<bool>,
+    /// Worker-hours per period; negative removes the limit.
+    pub limit_worker_hours: Option<f64>,
 }
 
 pub async fn put_budget(
@@ -127,6 +129,7 @@ pub async fn put_budget(
         limit_tokens: b.limit_tokens,
         period_secs: b.period_secs,
         paused: b.paused,
+        limit_worker_hours: b.limit_worker_hours,
     };
     Ok(Json(st.service.budget_set(update).await?))
 }
