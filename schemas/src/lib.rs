@@ -99,6 +99,7 @@ pub fn rpc_index() -> serde_json::Value {
             "logs": {"subject": names::LOGS_ALL, "message": "log_line.schema.json", "pattern": "gf.logs.{factory}.{job}", "read_one_job": "gf.logs.*.{job}"},
             "dispatch": {"subject": names::DISPATCH_ALL, "message": "dispatch_notice.schema.json"},
             "bridge": {"subject": names::BRIDGE_OUT_ALL, "message": "echo.schema.json"},
+            "outcomes": {"subject": names::OUTCOMES_ALL, "message": "outcome_row.schema.json", "pattern": "gf.outcomes.{product}", "batch": "a message holds a JSON array of rows; keep the first per job_id and epoch"},
         }
     });
     // Workflow subjects (profiles, manifests, the tracker bridge's deliveries).
