@@ -160,4 +160,15 @@ pub trait Cluster: Send {
     fn parts(&self) -> Vec<Part>;
     /// Last lines of the part's log, for failure reports.
     fn log_tail(&self, part: Part) -> String;
+    /// Prometheus and Alertmanager of the deployment, if it has them (compose).
+    fn monitoring(&self) -> Option<Monitoring> {
+        None
+    }
+}
+
+/// Base URLs (`http://host:port`) of a deployment's monitoring.
+#[derive(Clone, Debug)]
+pub struct Monitoring {
+    pub prometheus: String,
+    pub alertmanager: String,
 }

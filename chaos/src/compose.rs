@@ -16,6 +16,13 @@
 //! with the id and slots of its [`WorkerSpec`]. Jobs write their side effects to the
 //! run's work directory, which is bind-mounted into every worker at the same path.
 //!
+//! Prometheus runs the deployment's alert rules with every duration divided by
+//! [`ALERT_TIME_SCALE`] (`for: 5m` becomes 30 s, `[10m]` becomes `[60s]`), scraping every
+//! 3 s: the same expressions, so a fault raises the alerts the rules define within a
+//! scenario's minutes instead of an operator's quarter hour. Prometheus and
+//! Alertmanager start once both coordinators run, so no alert fires for a deployment
+//! that is still starting.
+//!
 //! The suite on the host reaches NATS, the coordinators, Prometheus and Alertmanager at
 //! their container addresses (Docker on Linux routes the bridge networks to the host),
 //! so a project publishes no port and cannot collide with another one.
@@ -26,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::cluster::{Cluster, ClusterSpec, Fault, Part, WorkerSpec};
+use crate::cluster::{Cluster, ClusterSpec, Fault, Monitoring, Part, WorkerSpec};
 
 /// Where and how to run a compose cluster.
 #[derive(Clone, Debug)]
@@ -57,6 +64,75 @@ impl ComposeOptions {
                 .unwrap_or_else(|_| "gfchaos".into()),
         }
     }
+}
+
+/// Alert rule durations are divided by this on compose runs.
+pub const ALERT_TIME_SCALE: u64 = 10;
+
+/// Divides every duration of an alert rules file (`for: 2m`, and ranges like `[15m]`)
+/// by `factor`, in whole seconds (at least 1 s).
+pub fn scale_rule_durations(text: &str, factor: u64) -> String {
+    fn scaled(d: &str, factor: u64) -> Option<String> {
+        let (num, unit) = d.split_at(d.len().checked_sub(1)?);
+        let n: u64 = num.parse().ok()?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86_400,
+            _ => return None,
+        };
+        Some(format!("{}s", (secs / factor).max(1)))
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("for:") {
+            let d = rest.trim();
+            if let Some(new) = scaled(d, factor) {
+                out.push_str(&line[..line.len() - trimmed.len()]);
+                out.push_str("for: ");
+                out.push_str(&new);
+                out.push_str(if line.ends_with('\n') { "\n" } else { "" });
+                continue;
+            }
+        }
+        // Ranges: `[15m]` (never inside a quoted annotation in our rules).
+        let mut rest = line;
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..=open]);
+            rest = &rest[open + 1..];
+            let range = rest
+                .find(']')
+                .and_then(|close| Some((close, scaled(&rest[..close], factor)?)));
+            if let Some((close, new)) = range {
+                out.push_str(&new);
+                rest = &rest[close..];
+            }
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// The deployment's Prometheus config for a chaos run: scrapes every 3 s, evaluates
+/// every 2 s.
+fn fast_prometheus_config(text: &str) -> anyhow::Result<String> {
+    let mut out = text.to_string();
+    for (from, to) in [
+        (
+            "scrape_interval: 15s",
+            "scrape_interval: 3s\n  scrape_timeout: 3s",
+        ),
+        ("evaluation_interval: 15s", "evaluation_interval: 2s"),
+        ("refresh_interval: 15s", "refresh_interval: 3s"),
+    ] {
+        if !out.contains(from) {
+            bail!("deploy/prometheus/prometheus.yml no longer has `{from}`");
+        }
+        out = out.replace(from, to);
+    }
+    Ok(out)
 }
 
 /// The NATS services of the compose file, in [`Part::Nats`] order.
@@ -110,8 +186,8 @@ fn millis(d: Duration) -> String {
 }
 
 impl ComposeCluster {
-    /// Starts the NATS nodes, Prometheus and Alertmanager of a new project and waits
-    /// until every NATS node is healthy (current with the JetStream meta group).
+    /// Starts the NATS nodes of a new project and waits until every one is healthy
+    /// (current with the JetStream meta group).
     pub fn start(spec: ClusterSpec, opts: ComposeOptions) -> anyhow::Result<Self> {
         for image in [
             opts.gf_image.as_str(),
@@ -149,9 +225,8 @@ impl ComposeCluster {
             );
         }
         c.write_override()?;
-        let mut up = vec!["up", "-d"];
+        let mut up = vec!["up", "-d", "--no-deps"];
         up.extend(NATS);
-        up.extend(["prometheus", "alertmanager"]);
         c.compose(&up)?;
         for svc in NATS {
             let id = c.service_container(svc)?;
@@ -171,9 +246,32 @@ impl ComposeCluster {
     /// The project's file on top of the deployment's: the suite's timings for the
     /// coordinators, and the work directory mounted into the workers.
     fn write_override(&self) -> anyhow::Result<()> {
+        let deploy = self
+            .opts
+            .file
+            .parent()
+            .context("compose file has no folder")?
+            .join("deploy/prometheus");
+        let prom = self.dir.path().join("prometheus");
+        std::fs::create_dir_all(&prom)?;
+        let read = |f: &str| {
+            std::fs::read_to_string(deploy.join(f))
+                .with_context(|| format!("cannot read {}", deploy.join(f).display()))
+        };
+        std::fs::write(
+            prom.join("prometheus.yml"),
+            fast_prometheus_config(&read("prometheus.yml")?)?,
+        )?;
+        std::fs::write(
+            prom.join("alerts.yml"),
+            scale_rule_durations(&read("alerts.yml")?, ALERT_TIME_SCALE),
+        )?;
         let t = &self.spec.timings;
+        // worker_timeout well above the longest coordinator outage a scenario causes
+        // (both paused until the alerts fire, ~20 s): workers are not declared gone
+        // for heartbeats nobody could receive.
         let mut coord_env = format!(
-            "      GF_COORDINATOR_LEASE_TTL: \"{}\"\n      GF_COORDINATOR_CLAIM_TIMEOUT: \"{}\"\n      GF_COORDINATOR_REAPER_PERIOD: \"{}\"\n",
+            "      GF_COORDINATOR_WORKER_TIMEOUT: \"30s\"\n      GF_COORDINATOR_LEASE_TTL: \"{}\"\n      GF_COORDINATOR_CLAIM_TIMEOUT: \"{}\"\n      GF_COORDINATOR_REAPER_PERIOD: \"{}\"\n",
             millis(t.lease_ttl),
             millis(t.claim_timeout),
             millis(t.reaper_period)
@@ -191,6 +289,10 @@ impl ComposeCluster {
                 "  {svc}:\n    environment:\n{coord_env}      GF_LOG: \"{log}\"\n"
             ));
         }
+        text.push_str(&format!(
+            "  prometheus:\n    volumes:\n      - \"{}:/etc/prometheus:ro\"\n",
+            prom.display()
+        ));
         text.push_str(&format!(
             "  worker:\n    environment:\n      GF_WORKER_DRAIN_GRACE: \"2s\"\n      GF_LOG: \"{log}\"\n    volumes:\n      - \"{dir}:{dir}\"\n"
         ));
@@ -212,6 +314,23 @@ impl ComposeCluster {
 
     fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
         run(self.compose_cmd().args(args))
+    }
+
+    /// Runs `n` replicas of the `worker` service with `slots` slots each, the way an
+    /// operator scales the deployment (`up -d --scale worker=N`; ids are host names),
+    /// and returns once every replica is healthy (registered). They are not parts:
+    /// faults are for the workers of [`Cluster::add_worker`].
+    pub fn scale_workers(&self, n: usize, slots: u32) -> anyhow::Result<()> {
+        let scale = format!("worker={n}");
+        run(self
+            .compose_cmd()
+            .env("GF_WORKER_SLOTS", slots.to_string())
+            .args(["up", "-d", "--no-deps", "--scale", &scale, "worker"]))?;
+        let ids = self.compose(&["ps", "-q", "worker"])?;
+        for id in ids.lines().filter(|l| !l.is_empty()) {
+            self.wait_healthy(id, Duration::from_secs(90))?;
+        }
+        Ok(())
     }
 
     /// The compose project's name.
@@ -351,6 +470,13 @@ impl Cluster for ComposeCluster {
             id,
             aliases,
         });
+        if self.coordinators.len() == COORDINATORS.len() {
+            self.compose(&["up", "-d", "--no-deps", "alertmanager", "prometheus"])?;
+            for svc in ["alertmanager", "prometheus"] {
+                let id = self.service_container(svc)?;
+                self.wait_healthy(&id, Duration::from_secs(60))?;
+            }
+        }
         Ok((Part::Coordinator(i), svc.to_string()))
     }
 
@@ -438,6 +564,13 @@ impl Cluster for ComposeCluster {
             .map(|c| docker_logs(&c.id, 15))
             .unwrap_or_default()
     }
+
+    fn monitoring(&self) -> Option<Monitoring> {
+        Some(Monitoring {
+            prometheus: format!("http://{}:9090", self.service_address("prometheus").ok()?),
+            alertmanager: format!("http://{}:9093", self.service_address("alertmanager").ok()?),
+        })
+    }
 }
 
 impl Drop for ComposeCluster {
@@ -455,5 +588,38 @@ impl Drop for ComposeCluster {
                 self.project
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_durations_are_scaled() {
+        let rules = "      - alert: A\n        expr: sum(increase(x[10m])) > 5 and delta(y[15m]) > 0\n        for: 5m\n        annotations:\n          summary: \"keep [this] as is\"\n";
+        let out = scale_rule_durations(rules, 10);
+        assert!(
+            out.contains("sum(increase(x[60s])) > 5 and delta(y[90s]) > 0"),
+            "{out}"
+        );
+        assert!(out.contains("        for: 30s\n"), "{out}");
+        assert!(out.contains("keep [this] as is"), "{out}");
+        assert_eq!(scale_rule_durations("for: 2s", 10), "for: 1s");
+    }
+
+    #[test]
+    fn the_deployment_files_can_be_sped_up() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+        let prom = std::fs::read_to_string(dir.join("prometheus.yml")).unwrap();
+        let fast = fast_prometheus_config(&prom).unwrap();
+        assert!(fast.contains("scrape_interval: 3s"));
+        let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+        let scaled = scale_rule_durations(&rules, ALERT_TIME_SCALE);
+        assert!(!scaled.contains("for: 5m"), "{scaled}");
+        assert!(
+            !scaled.contains("m])"),
+            "a range was left unscaled: {scaled}"
+        );
     }
 }

@@ -290,6 +290,11 @@ impl Harness {
         .await
     }
 
+    /// A token cancelled when the harness is dropped, for watchers a scenario starts.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     pub fn fail(&mut self, what: impl Into<String>) {
         let what = what.into();
         eprintln!("chaos: {}: FAILED: {what}", self.name);

@@ -6,13 +6,16 @@
 //!   deployment, with real network partitions).
 //! - [`audit`]: the audit log a run records and the invariants checked against it.
 //! - [`harness`] and [`scenarios`]: one function per fault scenario.
+//! - [`monitor`]: Alertmanager's alerts and Prometheus queries during a compose run.
 //! - [`load`]: throughput, latency, scale-out, and the raw JetStream ceiling.
 
 pub mod audit;
 pub mod cluster;
 pub mod compose;
+pub mod compose_load;
 pub mod harness;
 pub mod load;
+pub mod monitor;
 pub mod process;
 pub mod proxy;
 pub mod scenarios;

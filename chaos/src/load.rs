@@ -116,7 +116,7 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
-fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
     if v.is_empty() {
         return None;
     }
@@ -560,7 +560,7 @@ fn print_run(r: &Run) {
     println!("    stream writes per job: {w:?}");
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -775,7 +775,7 @@ impl Counters {
     }
 }
 
-fn load_timings() -> Timings {
+pub(crate) fn load_timings() -> Timings {
     Timings {
         lease_ttl: Duration::from_secs(30),
         claim_timeout: Duration::from_secs(15),
@@ -939,7 +939,7 @@ async fn fleet_run(
 
 /// Submits `n` jobs of one spec (`body`) as fast as possible: `--submit-batch` jobs per
 /// request, `--inflight` requests at once. Fails on the first refused job.
-async fn submit_fast(
+pub(crate) async fn submit_fast(
     rpc: &RpcClient,
     body: &bytes::Bytes,
     n: usize,

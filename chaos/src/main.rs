@@ -86,7 +86,17 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    // On Ctrl-C or SIGTERM the run is dropped, so every cluster it started is taken
+    // down (processes killed, compose projects removed) before the exit.
+    let interruptible = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(cli) => r,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = term.recv() => anyhow::bail!("terminated"),
+        }
+    };
+    match runtime.block_on(interruptible) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -135,7 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Cmd::Load(args) => {
             if compose {
-                anyhow::bail!("load --backend compose is not implemented yet");
+                // Scale-out on containers beside processes (docs/chaos-and-load.md).
+                return chaos::compose_load::run(args, &gf).await;
             }
             chaos::load::run(args, &gf).await
         }

@@ -52,7 +52,7 @@ pub const ALL: [&str; 13] = [
 /// The suite on docker-compose (`chaos suite --backend compose`): the scenarios that
 /// mean something on containers, with the ones only compose makes possible (real
 /// partitions of a coordinator and of one NATS node, rolling restarts under load).
-pub const COMPOSE: [&str; 10] = [
+pub const COMPOSE: [&str; 11] = [
     "worker-kill",
     "worker-pause",
     "worker-partition",
@@ -63,14 +63,17 @@ pub const COMPOSE: [&str; 10] = [
     "nats-partition",
     "nats-rolling-restart",
     "coordinator-rolling-upgrade",
+    "alerts",
 ];
 
-/// Scenarios that need the compose backend (a network partition of any part).
-pub const COMPOSE_ONLY: [&str; 4] = [
+/// Scenarios that need the compose backend (a network partition of any part, or
+/// Prometheus and Alertmanager).
+pub const COMPOSE_ONLY: [&str; 5] = [
     "leader-partition",
     "nats-partition",
     "nats-rolling-restart",
     "coordinator-rolling-upgrade",
+    "alerts",
 ];
 
 /// The scenarios of the quick suite (CI), with small N. Left out: `leader-pause` and
@@ -109,6 +112,7 @@ pub fn describe(name: &str) -> &'static str {
         "nats-partition" => "compose: take the NATS node leading the jobs bucket off the network (a minority partition), then reconnect it: no job lost or run twice",
         "nats-rolling-restart" => "compose: stop and start each of the three NATS nodes in turn (each healthy before the next) while jobs are submitted and run",
         "coordinator-rolling-upgrade" => "compose: stop one coordinator, start it again (healthy), then the other, while jobs are submitted and run",
+        "alerts" => "compose: kill two workers holding jobs, pause both coordinators, stop a NATS node: the alerts the rules define fire in Alertmanager and resolve, no other alert fires",
         _ => "unknown scenario",
     }
 }
@@ -137,6 +141,7 @@ pub async fn run(name: &str, scale: &Scale, gf: &GfCommand) -> anyhow::Result<Re
         "nats-partition" => nats_partition(scale, gf).await,
         "nats-rolling-restart" => nats_rolling_restart(scale, gf).await,
         "coordinator-rolling-upgrade" => coordinator_rolling_upgrade(scale, gf).await,
+        "alerts" => alerts(scale, gf).await,
         other => anyhow::bail!(
             "unknown scenario `{other}` (one of: {}, {})",
             ALL.join(", "),
@@ -1294,6 +1299,160 @@ async fn clock_skew(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     }
     h.note(format!(
         "attempts per worker (w0 +5 min, w1 -5 min): {per_worker:?}"
+    ));
+    h.finish(true).await
+}
+
+/// Submits `n` jobs in waves of `wave`, each wave waited for: load without a backlog
+/// (a backlog held for a minute is what `GigafactoryBacklogGrowingWithoutCapacity`
+/// looks for once its durations are scaled).
+async fn paced(h: &mut Harness, n: usize, wave: usize, sleep: &str) -> anyhow::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(wave);
+        let ids = h.submit_many(k, |_| h_effect(sleep)).await?;
+        h.wait_terminal(&ids, budget(k)).await?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Waits until each of `names` has fired after `since` (in Alertmanager), then,
+/// after `undo`, until each has resolved. Records the times as notes.
+async fn alerts_fire_and_resolve(
+    h: &mut Harness,
+    log: &crate::monitor::AlertLog,
+    names: &[&str],
+    since: Timestamp,
+    what: &str,
+) -> anyhow::Result<()> {
+    let waited = eventually(
+        Duration::from_secs(150),
+        &format!("{names:?} to fire after {what}"),
+        || async {
+            names
+                .iter()
+                .all(|n| log.fired_since(n, since))
+                .then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        let (polls, err) = log.health();
+        h.fail(format!(
+            "{e:#} (Alertmanager polls answered: {polls}, last error: {err:?})"
+        ));
+    }
+    Ok(())
+}
+
+async fn alerts_resolved(
+    h: &mut Harness,
+    log: &crate::monitor::AlertLog,
+    names: &[&str],
+    since: Timestamp,
+    what: &str,
+) {
+    let waited = eventually(
+        Duration::from_secs(240),
+        &format!("{names:?} to resolve after {what}"),
+        || async {
+            names
+                .iter()
+                .all(|n| log.resolved_since(n, since))
+                .then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        h.fail(format!("{e:#}"));
+    }
+}
+
+async fn alerts(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let mut h = fleet("alerts", gf, ClusterSpec::default(), three_workers()).await?;
+    let mon = h
+        .cluster
+        .monitoring()
+        .context("the alerts scenario needs Prometheus and Alertmanager (compose)")?;
+    let log = crate::monitor::AlertLog::watch(mon.alertmanager.clone(), h.stop_token());
+    let n = scale.jobs;
+    let started = Timestamp::now_local();
+    let mut expected: Vec<&str> = Vec::new();
+
+    // 1. Two workers killed while they hold jobs: both are lost, and their 6+ leases
+    // expire (the spike threshold is 5).
+    let long = h.submit_many(12, |_| h_effect("4")).await?;
+    h.wait_worker_running(&long, "w0", Duration::from_secs(30))
+        .await?;
+    h.wait_worker_running(&long, "w1", Duration::from_secs(30))
+        .await?;
+    let held = held_by(&h, &long, "w0").len() + held_by(&h, &long, "w1").len();
+    let t1 = h.fault(Part::Worker(0), Fault::Kill)?;
+    h.fault(Part::Worker(1), Fault::Kill)?;
+    let lost = ["GigafactoryWorkerLost", "GigafactoryLeaseExpiriesSpiking"];
+    h.note(format!("killed w0 and w1 holding {held} jobs"));
+    alerts_fire_and_resolve(&mut h, &log, &lost, t1, "the worker kills").await?;
+    h.fault(Part::Worker(0), Fault::Start)?;
+    h.fault(Part::Worker(1), Fault::Start)?;
+    h.wait_terminal(&long, budget(12)).await?;
+    // The bulk of the run, paced, while those alerts resolve.
+    paced(&mut h, n.saturating_sub(62), 12, "0.05").await?;
+    alerts_resolved(&mut h, &log, &lost, t1, "the workers came back").await;
+    expected.extend(lost);
+
+    // 2. Both coordinators frozen: no scheduler leader, coordinators not scraped.
+    let t2 = h.fault(Part::Coordinator(0), Fault::Pause)?;
+    h.fault(Part::Coordinator(1), Fault::Pause)?;
+    let frozen = ["GigafactoryNoSchedulerLeader", "GigafactoryCoordinatorDown"];
+    alerts_fire_and_resolve(&mut h, &log, &frozen, t2, "pausing both coordinators").await?;
+    h.fault(Part::Coordinator(0), Fault::Resume)?;
+    h.fault(Part::Coordinator(1), Fault::Resume)?;
+    h.wait_leader(Duration::from_secs(30)).await?;
+    alerts_resolved(&mut h, &log, &frozen, t2, "resuming them").await;
+    expected.extend(frozen);
+
+    // 3. One NATS node stopped: a replica of the job store is unavailable; jobs run on.
+    let t3 = h.fault(Part::Nats(2), Fault::Stop)?;
+    let down = ["GigafactoryNatsReplicaDown"];
+    paced(&mut h, 25, 12, "0.05").await?;
+    alerts_fire_and_resolve(&mut h, &log, &down, t3, "stopping a NATS node").await?;
+    h.fault(Part::Nats(2), Fault::Start)?;
+    paced(&mut h, 25, 12, "0.05").await?;
+    alerts_resolved(&mut h, &log, &down, t3, "starting it again").await;
+    expected.extend(down);
+
+    // The report: each alert with its times (seconds after the run's start), and any
+    // alert no fault explains.
+    let secs = |t: Timestamp| (t.unix_millis() as f64 - started.unix_millis() as f64) / 1000.0;
+    for a in log.all() {
+        let instance = a
+            .labels
+            .get("instance")
+            .map(|i| format!(" ({i})"))
+            .unwrap_or_default();
+        let resolved = a
+            .resolved
+            .map(|r| format!("resolved at +{:.0} s", secs(r)))
+            .unwrap_or_else(|| "still firing".into());
+        h.note(format!(
+            "alert {}{instance}: fired at +{:.0} s, {resolved}",
+            a.name,
+            secs(a.fired)
+        ));
+        if !expected.contains(&a.name.as_str()) {
+            h.fail(format!(
+                "unrelated alert {}{instance} fired at +{:.0} s",
+                a.name,
+                secs(a.fired)
+            ));
+        }
+    }
+    h.note(format!(
+        "faults at +{:.0} s (workers killed), +{:.0} s (coordinators paused), +{:.0} s (NATS node stopped)",
+        secs(t1),
+        secs(t2),
+        secs(t3)
     ));
     h.finish(true).await
 }

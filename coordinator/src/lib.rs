@@ -143,11 +143,13 @@ pub async fn start(
                 format!("cannot listen on {addr} (set --http-addr or GF_HTTP_ADDR)")
             })?;
             let bound = listener.local_addr()?;
+            let handle = gf_telemetry::install("coordinator");
+            metrics::init_counters();
             let state = http::AppState {
                 service: service.clone(),
                 leader: leader.clone(),
                 started: Instant::now(),
-                metrics: gf_telemetry::install("coordinator"),
+                metrics: handle,
                 stats,
                 shutdown: shutdown.clone(),
                 auth: Arc::new(http::Auth::new(&config.auth)),

@@ -9,6 +9,43 @@ use gf_schemas::{AttemptOutcome, ErrorKind, JobState, Usage, WorkerState};
 use gf_telemetry::names::*;
 use metrics::{counter, gauge, histogram};
 
+/// Registers the label-free counters the alert rules take `increase()` of at 0: a
+/// series that first appears at 1 has no increase to Prometheus, so the first lease
+/// expiry or lost worker would go unseen. Call once the recorder is installed.
+pub fn init_counters() {
+    for name in [LEASES_EXPIRED, WORKERS_LOST, LEADER_CHANGES] {
+        counter!(name).increment(0);
+    }
+}
+
+/// A worker marked gone by the leader.
+pub fn worker_lost() {
+    counter!(WORKERS_LOST).increment(1);
+}
+
+/// Refreshes `gf_store_replicas` from the jobs stream's cluster info (one round trip,
+/// at most a second: on a timeout the last values stay). A single-node NATS reports no
+/// cluster: one current replica.
+pub async fn store_replicas(stream: &mut async_nats::jetstream::stream::Stream) {
+    let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(1), stream.info()).await else {
+        return;
+    };
+    let (current, unavailable) = match &info.cluster {
+        Some(c) => {
+            let down = c
+                .replicas
+                .iter()
+                .filter(|r| r.offline || !r.current)
+                .count();
+            let leader = usize::from(c.leader.is_some());
+            (leader + c.replicas.len() - down, down)
+        }
+        None => (1, 0),
+    };
+    gauge!(STORE_REPLICAS, "state" => "current").set(current as f64);
+    gauge!(STORE_REPLICAS, "state" => "unavailable").set(unavailable as f64);
+}
+
 pub fn outcome_label(o: &AttemptOutcome) -> &'static str {
     match o {
         AttemptOutcome::Succeeded { .. } => "succeeded",

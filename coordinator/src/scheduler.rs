@@ -611,6 +611,7 @@ async fn reap_expired(service: &Service, view: &mut View) {
                 Some(&w.id),
                 "no heartbeat",
             );
+            metrics::worker_lost();
             view.workers.insert(w.id.clone(), w);
         }
     }

@@ -34,6 +34,8 @@ pub mod names {
     pub const WORKERS: &str = "gf_workers";
     pub const WORKER_SLOTS: &str = "gf_worker_slots";
     pub const SCHEDULER_LEADER: &str = "gf_scheduler_leader";
+    pub const WORKERS_LOST: &str = "gf_workers_lost_total";
+    pub const STORE_REPLICAS: &str = "gf_store_replicas";
     pub const LEADER_CHANGES: &str = "gf_scheduler_leader_changes_total";
     pub const RPC_DURATION: &str = "gf_rpc_request_duration_seconds";
     pub const RPC_REQUESTS: &str = "gf_rpc_requests_total";
@@ -186,6 +188,18 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Gauge,
             &[],
             "1 while this coordinator leads the scheduler.",
+        ),
+        (
+            WORKERS_LOST,
+            Counter,
+            &[],
+            "Workers the scheduler leader marked gone (no heartbeat within worker_timeout).",
+        ),
+        (
+            STORE_REPLICAS,
+            Gauge,
+            &["state"],
+            "Replicas of the jobs bucket's stream as its NATS leader reports them at each scrape: current (leader included) or unavailable (offline or not current: a NATS node down or cut off).",
         ),
         (
             LEADER_CHANGES,

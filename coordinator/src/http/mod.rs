@@ -342,6 +342,9 @@ pub struct Components {
 
 /// Prometheus text exposition of this process' metrics (public, like `/health`).
 async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
+    // Scraped, not pushed: the store's replica health is read when someone asks.
+    let mut jobs_stream = st.service.store.jobs.stream.clone();
+    crate::metrics::store_replicas(&mut jobs_stream).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
