@@ -76,26 +76,32 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         runs: Vec::new(),
         dashboard: Vec::new(),
     };
+    // CHAOS_LOAD_ONLY=process|compose measures one side only (to look into one).
+    let only = std::env::var("CHAOS_LOAD_ONLY").unwrap_or_default();
     for &w in &args.workers {
-        let (s, o) = (spec(&args), opts.clone());
-        let mut c = tokio::task::spawn_blocking(move || ComposeCluster::start(s, o)).await??;
-        c.add_coordinator()?;
-        c.add_coordinator()?;
-        let slots = args.slots;
-        let c =
-            tokio::task::spawn_blocking(move || c.scale_workers(w, slots).map(|()| c)).await??;
-        let m = measure(&c, "compose", w, &args).await;
-        if m.is_ok() && w == largest {
-            if let Some(mon) = c.monitoring() {
-                exercise(&c).await?;
-                report.dashboard = dashboard(&mon.prometheus).await?;
+        if only != "process" {
+            let (s, o) = (spec(&args), opts.clone());
+            let mut c = tokio::task::spawn_blocking(move || ComposeCluster::start(s, o)).await??;
+            c.add_coordinator()?;
+            c.add_coordinator()?;
+            let slots = args.slots;
+            let c = tokio::task::spawn_blocking(move || c.scale_workers(w, slots).map(|()| c))
+                .await??;
+            let m = measure(&c, "compose", w, &args).await;
+            if m.is_ok() && w == largest {
+                if let Some(mon) = c.monitoring() {
+                    exercise(&c).await?;
+                    report.dashboard = dashboard(&mon.prometheus).await?;
+                }
             }
+            tokio::task::spawn_blocking(move || drop(c)).await?;
+            let m = m?;
+            print(&m);
+            report.runs.push(m);
         }
-        tokio::task::spawn_blocking(move || drop(c)).await?;
-        let m = m?;
-        print(&m);
-        report.runs.push(m);
-
+        if only == "compose" {
+            continue;
+        }
         let (s, g) = (spec(&args), process_gf.clone());
         let mut p = tokio::task::spawn_blocking(move || ProcessCluster::start(s, g)).await??;
         p.add_coordinator()?;
@@ -253,6 +259,12 @@ async fn measure(
 ) -> anyhow::Result<Measured> {
     let client = connect(&cluster.nats_url()).await?;
     let js = jetstream::new(client.clone());
+    // A fresh JetStream cluster answers its API once it has a meta leader, and the
+    // buckets exist once a coordinator made them.
+    crate::harness::eventually(Duration::from_secs(90), "the workers bucket", || async {
+        js.get_key_value(names::BUCKET_WORKERS).await.ok()
+    })
+    .await?;
     gf_testkit::wait_active_workers(&js, workers, Duration::from_secs(90)).await?;
     // The RPC plane of both coordinators answers once a leader is elected.
     crate::harness::eventually(Duration::from_secs(60), "a scheduler leader", || async {
