@@ -193,6 +193,7 @@ async fn exercise(c: &ComposeCluster) -> anyhow::Result<()> {
         product: "dashboard".into(),
         limit_cost: Some(100.0),
         limit_tokens: None,
+        limit_worker_hours: None,
         period_secs: Some(3600),
         paused: None,
     };
