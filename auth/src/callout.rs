@@ -27,6 +27,38 @@ use crate::token::EnrollToken;
 pub const REQUEST_AUDIENCE: &str = "nats-authorization-request";
 /// What a worker names its connection: `gf-worker <factory id>`.
 pub const CLIENT_NAME_PREFIX: &str = "gf-worker ";
+/// A key rotation rides in CONNECT's `auth_token`: `gfr_<old public key>.<the old key's
+/// signature over this connection's nonce, base64url>`, while `nkey`/`sig` prove the
+/// new key. Bound to the nonce, so it cannot be replayed.
+pub const ROTATE_PREFIX: &str = "gfr_";
+
+/// The rotation proof for a connection whose nonce is `nonce`, signed by `old`.
+pub fn rotation_proof(old: &KeyPair, nonce: &[u8]) -> Result<String, nkeys::error::Error> {
+    Ok(format!(
+        "{ROTATE_PREFIX}{}.{}",
+        old.public_key(),
+        URL_SAFE_NO_PAD.encode(old.sign(nonce)?)
+    ))
+}
+
+/// Checks a rotation proof against this request's nonce; the old public key.
+pub fn verify_rotation(token: &str, nonce: &str) -> Result<String, Refusal> {
+    let bad = |w: &str| Refusal::BadRotation(w.to_string());
+    let rest = token
+        .strip_prefix(ROTATE_PREFIX)
+        .ok_or_else(|| bad("not a rotation"))?;
+    let (old, sig) = rest.split_once('.').ok_or_else(|| bad("malformed proof"))?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| bad("malformed signature"))?;
+    let key = KeyPair::from_public_key(old).map_err(|_| bad("the old key is not an nkey"))?;
+    if key.key_pair_type() != nkeys::KeyPairType::User {
+        return Err(bad("the old key is not a user nkey"));
+    }
+    key.verify(nonce.as_bytes(), &sig)
+        .map_err(|_| bad("the old key's signature does not verify"))?;
+    Ok(old.to_string())
+}
 
 /// How the responders sign and how long what they issue lives.
 #[derive(Clone)]
@@ -34,6 +66,8 @@ pub struct CalloutConfig {
     pub issuer: Arc<KeyPair>,
     /// A user JWT lives this long, ±10 % (so a fleet's reconnects spread out).
     pub jwt_ttl: Duration,
+    /// After a rotation the old key still works this long.
+    pub key_grace: Duration,
     /// Requests answered at once per replica (a reconnect storm queues, it does not
     /// flood the store).
     pub max_inflight: usize,
@@ -44,6 +78,7 @@ impl CalloutConfig {
         Self {
             issuer: Arc::new(issuer),
             jwt_ttl: Duration::from_secs(3600),
+            key_grace: Duration::from_secs(600),
             max_inflight: 64,
         }
     }
@@ -62,6 +97,8 @@ pub enum Outcome {
     Connected(WorkerId),
     /// A new factory enrolled with a token.
     Enrolled { factory: WorkerId, token: String },
+    /// A factory connected with a new key, proving the old one.
+    Rotated(WorkerId),
     /// Refused; `factory` when it is known.
     Refused {
         factory: Option<WorkerId>,
@@ -130,12 +167,21 @@ pub fn verify_proof(req: &AuthRequest) -> Result<String, Refusal> {
     Ok(co.nkey.clone())
 }
 
-/// Decides who the client is: a known key's factory, or a new one enrolled now.
+/// How a client got in.
+enum Admitted {
+    Known,
+    Enrolled(String),
+    Rotated,
+}
+
+/// Decides who the client is: a known key's factory, a factory rotating to a new key,
+/// or a new one enrolled now.
 async fn authorize(
+    cfg: &CalloutConfig,
     store: &Store,
     req: &AuthRequest,
     now: Timestamp,
-) -> Result<(FactoryRecord, Option<String>), (Option<WorkerId>, Refusal)> {
+) -> Result<(FactoryRecord, Admitted), (Option<WorkerId>, Refusal)> {
     let nkey = verify_proof(req).map_err(|r| (None, r))?;
     if let Some(f) = store.by_key(&nkey).await.map_err(|e| (None, e.into()))? {
         if f.state == FactoryState::Revoked {
@@ -144,11 +190,22 @@ async fn authorize(
         if !f.accepts(&nkey, now) {
             return Err((Some(f.id.clone()), Refusal::UnknownKey));
         }
-        return Ok((f, None));
+        return Ok((f, Admitted::Known));
     }
     let raw = &req.connect_opts.auth_token;
     if raw.is_empty() {
         return Err((None, Refusal::UnknownKey));
+    }
+    if raw.starts_with(ROTATE_PREFIX) {
+        let old = verify_rotation(raw, &req.client_info.nonce).map_err(|r| (None, r))?;
+        let Some(f) = store.by_key(&old).await.map_err(|e| (None, e.into()))? else {
+            return Err((None, Refusal::BadRotation("the old key is unknown".into())));
+        };
+        let rec = store
+            .rotate_key(&f.id, &old, &nkey, cfg.key_grace, now)
+            .await
+            .map_err(|r| (Some(f.id.clone()), r))?;
+        return Ok((rec, Admitted::Rotated));
     }
     let token = EnrollToken::parse(raw).map_err(|e| (None, Refusal::BadToken(e.to_string())))?;
     let name = &req.connect_opts.name;
@@ -160,7 +217,7 @@ async fn authorize(
         .enroll(&token, &nkey, &id, &req.client_info.host, now)
         .await
         .map_err(|r| (Some(id.clone()), r))?;
-    Ok((rec, Some(token.id)))
+    Ok((rec, Admitted::Enrolled(token.id)))
 }
 
 fn respond(
@@ -228,8 +285,8 @@ pub async fn answer(
         }
     };
     let host = req.nats.client_info.host.clone();
-    match authorize(store, &req.nats, now).await {
-        Ok((f, token)) => {
+    match authorize(cfg, store, &req.nats, now).await {
+        Ok((f, how)) => {
             let ttl = cfg.ttl_with_jitter();
             let expires = now.plus(ttl);
             let signed = user_jwt(cfg, &req.nats, &f, expires.unix_millis() / 1000)
@@ -248,12 +305,13 @@ pub async fn answer(
                 at: now,
                 expires_at: expires,
             };
-            let outcome = match token {
-                Some(token) => Outcome::Enrolled {
+            let outcome = match how {
+                Admitted::Enrolled(token) => Outcome::Enrolled {
                     factory: f.id.clone(),
                     token,
                 },
-                None => Outcome::Connected(f.id.clone()),
+                Admitted::Rotated => Outcome::Rotated(f.id.clone()),
+                Admitted::Known => Outcome::Connected(f.id.clone()),
             };
             Some((signed, outcome, Some((f.id, conn))))
         }
@@ -321,6 +379,7 @@ pub async fn serve(
                 Outcome::Enrolled { factory, token } => {
                     tracing::info!(%factory, token, "factory enrolled");
                 }
+                Outcome::Rotated(f) => tracing::info!(factory = %f, "factory key rotated"),
                 Outcome::Connected(f) => tracing::debug!(factory = %f, "factory authorised"),
             }
             if let Some((id, conn)) = conn {
@@ -393,5 +452,22 @@ mod tests {
         let req = parse_request(request(&server, &issuer, none).as_bytes(), &issuer, 0).unwrap();
         assert!(matches!(verify_proof(&req.nats), Err(Refusal::NoProof(_))));
         assert!(parse_request(b"\xff", &issuer, 0).is_err());
+    }
+
+    /// A rotation proof is the old key's signature over this connection's nonce.
+    #[test]
+    fn rotation_proofs() {
+        let old = KeyPair::new_user();
+        let proof = rotation_proof(&old, b"nonce1").unwrap();
+        assert_eq!(verify_rotation(&proof, "nonce1").unwrap(), old.public_key());
+        assert!(
+            verify_rotation(&proof, "nonce2").is_err(),
+            "bound to the nonce"
+        );
+        assert!(verify_rotation("gfr_x.y", "nonce1").is_err());
+        assert!(verify_rotation("gfe_abc", "nonce1").is_err());
+        let account = KeyPair::new_account();
+        let forged = rotation_proof(&account, b"n").unwrap();
+        assert!(verify_rotation(&forged, "n").is_err(), "user keys only");
     }
 }

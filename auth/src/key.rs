@@ -15,6 +15,8 @@ use crate::files::{read_secret, write_secret};
 use crate::token::EnrollToken;
 
 pub const SEED_FILE: &str = "factory.nk";
+/// A rotation's new seed, until the server accepted it.
+pub const NEXT_SEED_FILE: &str = "factory.nk.next";
 pub const ID_FILE: &str = "factory.id";
 
 /// A factory's identity on this host.
@@ -26,6 +28,8 @@ pub struct FactoryKey {
     key: Arc<RwLock<Arc<KeyPair>>>,
     /// Sent with connections until one succeeded (then the key alone is enough).
     enroll: Arc<Mutex<Option<String>>>,
+    /// A rotation in progress: connections use this key, proving the current one.
+    next: Arc<Mutex<Option<Arc<KeyPair>>>>,
 }
 
 impl std::fmt::Debug for FactoryKey {
@@ -87,7 +91,39 @@ impl FactoryKey {
             id,
             key: Arc::new(RwLock::new(Arc::new(key))),
             enroll: Arc::new(Mutex::new(None)),
+            next: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Starts a rotation: a fresh key (saved as `factory.nk.next`, 0600) that the next
+    /// connections use, each proving the current key too. Reconnect, then
+    /// [`FactoryKey::commit_rotation`] once connected, or
+    /// [`FactoryKey::abort_rotation`].
+    pub fn begin_rotation(&self) -> anyhow::Result<String> {
+        let next = KeyPair::new_user();
+        let path = self.dir.join(NEXT_SEED_FILE);
+        write_secret(&path, &format!("{}\n", next.seed()?))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let public = next.public_key();
+        *self.next.lock().expect("next") = Some(Arc::new(next));
+        Ok(public)
+    }
+
+    /// The server took the new key: it becomes the key (`factory.nk`, atomically).
+    pub fn commit_rotation(&self) -> anyhow::Result<()> {
+        let Some(next) = self.next.lock().expect("next").take() else {
+            bail!("no rotation in progress");
+        };
+        std::fs::rename(self.dir.join(NEXT_SEED_FILE), self.dir.join(SEED_FILE))
+            .context("cannot install the new key")?;
+        *self.key.write().expect("key") = next;
+        Ok(())
+    }
+
+    /// The rotation did not go through: keep the current key.
+    pub fn abort_rotation(&self) {
+        self.next.lock().expect("next").take();
+        let _ = std::fs::remove_file(self.dir.join(NEXT_SEED_FILE));
     }
 
     pub fn id(&self) -> &WorkerId {
@@ -116,15 +152,28 @@ impl FactoryKey {
     /// its public key and its signature over the server's nonce (plus the token
     /// while enrolling), named `gf-worker <id>`.
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
-        let (key, enroll) = (self.key.clone(), self.enroll.clone());
+        let (key, enroll, next) = (self.key.clone(), self.enroll.clone(), self.next.clone());
         async_nats::ConnectOptions::with_auth_callback(move |nonce| {
             let key = key.read().expect("key").clone();
             let token = enroll.lock().expect("enroll").clone();
+            let next = next.lock().expect("next").clone();
             async move {
                 let mut auth = async_nats::Auth::new();
-                auth.nkey = Some(key.public_key());
-                auth.signature = Some(key.sign(&nonce).map_err(async_nats::AuthError::new)?);
-                auth.token = token;
+                let signer = match &next {
+                    Some(n) => {
+                        auth.token = Some(
+                            crate::callout::rotation_proof(&key, &nonce)
+                                .map_err(async_nats::AuthError::new)?,
+                        );
+                        n.clone()
+                    }
+                    None => {
+                        auth.token = token;
+                        key
+                    }
+                };
+                auth.nkey = Some(signer.public_key());
+                auth.signature = Some(signer.sign(&nonce).map_err(async_nats::AuthError::new)?);
                 Ok(auth)
             }
         })

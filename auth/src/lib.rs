@@ -15,6 +15,7 @@ pub mod callout;
 pub mod files;
 pub mod jwt;
 pub mod key;
+pub mod kick;
 pub mod secrets;
 pub mod store;
 pub mod token;

@@ -68,6 +68,8 @@ pub enum Refusal {
     IdTaken(WorkerId),
     #[error("factory {0} was revoked")]
     FactoryRevoked(WorkerId),
+    #[error("key rotation refused: {0}")]
+    BadRotation(String),
     #[error("store unavailable: {0}")]
     Store(String),
 }
@@ -208,6 +210,9 @@ pub struct FactoryRecord {
     pub connection: Option<Connection>,
     #[serde(default)]
     pub revoked_at: Option<Timestamp>,
+    /// When a coordinator closed its connection after the revocation.
+    #[serde(default)]
+    pub kicked_at: Option<Timestamp>,
 }
 
 /// Capability keys a worker detects itself; kept even under a restricted approval.
@@ -559,6 +564,7 @@ impl Store {
             created_at: now,
             connection: None,
             revoked_at: None,
+            kicked_at: None,
         };
         if self
             .factories
@@ -582,6 +588,91 @@ impl Store {
         .await;
         if let Err(e) = r {
             tracing::warn!(factory = %id, error = %e, "cannot record the factory's connection");
+        }
+    }
+
+    /// Revokes factory `id`: every later connection is refused, and the coordinators
+    /// close its current one (they watch the bucket, see [`crate::kick`]).
+    pub async fn revoke_factory(
+        &self,
+        id: &WorkerId,
+        now: Timestamp,
+    ) -> Result<FactoryRecord, StoreError> {
+        Self::update::<FactoryRecord, ()>(&self.factories, &names::factory_key(id), |f| {
+            if f.state == FactoryState::Revoked {
+                return Ok(false);
+            }
+            f.state = FactoryState::Revoked;
+            f.revoked_at = Some(now);
+            Ok(true)
+        })
+        .await
+        .map(|r| r.expect("infallible"))
+    }
+
+    /// Records that the revoked factory's connection was closed.
+    pub async fn note_kicked(&self, id: &WorkerId, now: Timestamp) -> Result<(), StoreError> {
+        Self::update::<FactoryRecord, ()>(&self.factories, &names::factory_key(id), |f| {
+            f.kicked_at = Some(now);
+            Ok(true)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Rotates factory `id` from `old` to `new`: `new` is indexed and accepted from now
+    /// on, `old` until `now + grace`.
+    pub async fn rotate_key(
+        &self,
+        id: &WorkerId,
+        old: &str,
+        new: &str,
+        grace: Duration,
+        now: Timestamp,
+    ) -> Result<FactoryRecord, Refusal> {
+        if self
+            .factories
+            .create(names::nkey_key(new), encode(id))
+            .await
+            .is_err()
+        {
+            return Err(Refusal::BadRotation("the new key is already in use".into()));
+        }
+        let r =
+            Self::update::<FactoryRecord, Refusal>(&self.factories, &names::factory_key(id), |f| {
+                if f.state == FactoryState::Revoked {
+                    return Err(Refusal::FactoryRevoked(f.id.clone()));
+                }
+                if !f.accepts(old, now) {
+                    return Err(Refusal::BadRotation(
+                        "the old key is no longer valid".into(),
+                    ));
+                }
+                let until = now.plus(grace);
+                for k in f.keys.iter_mut().filter(|k| k.nkey == old) {
+                    k.valid_until = Some(k.valid_until.map_or(until, |t| t.min(until)));
+                }
+                // Keys past their end are forgotten (their index entries stay refused).
+                f.keys
+                    .retain(|k| k.valid_until.is_none_or(|t| now < t) || k.nkey == old);
+                f.keys.push(KeyEntry {
+                    nkey: new.into(),
+                    added_at: now,
+                    valid_until: None,
+                });
+                Ok(true)
+            })
+            .await;
+        match r {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(refusal)) => {
+                let _ = self.factories.delete(names::nkey_key(new)).await;
+                Err(refusal)
+            }
+            Err(e) => {
+                let _ = self.factories.delete(names::nkey_key(new)).await;
+                Err(e.into())
+            }
         }
     }
 
@@ -652,6 +743,7 @@ mod tests {
             created_at: now,
             connection: None,
             revoked_at: None,
+            kicked_at: None,
         }
     }
 

@@ -1142,6 +1142,7 @@ impl Loaded {
             // Flags and environment only (`gf worker --key-dir --enroll`).
             key_dir: None,
             enroll: None,
+            rotate_key: false,
         })
     }
 }

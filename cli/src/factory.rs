@@ -28,6 +28,18 @@ pub enum FactoryCommand {
     Token(TokenCommand),
     /// Enrolled factories: id, pool, approved capabilities, state, last connection.
     List(FactoryListArgs),
+    /// Revoke a factory: its connection is closed at once, every reconnect is refused,
+    /// and its running jobs run again elsewhere once their leases lapse.
+    Revoke(FactoryIdArgs),
+    /// Ask a running factory to switch to a fresh key (no restart; the old key works
+    /// for a grace period, 10 minutes by default).
+    Rotate(FactoryIdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FactoryIdArgs {
+    /// The factory's id (see `gf factory list`).
+    pub id: gf_schemas::WorkerId,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +105,106 @@ pub async fn run(url: &str, a: FactoryArgs) -> anyhow::Result<ExitCode> {
         FactoryCommand::Token(TokenCommand::List(l)) => tokens(url, l).await,
         FactoryCommand::Token(TokenCommand::Revoke(r)) => revoke_token(url, r).await,
         FactoryCommand::List(l) => factories(url, l).await,
+        FactoryCommand::Revoke(r) => revoke(url, r).await,
+        FactoryCommand::Rotate(r) => rotate(url, r).await,
+    }
+}
+
+/// Polls `check` every 50 ms for at most `within`.
+async fn poll<T>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<Option<T>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(Some(v));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn revoke(url: &str, r: FactoryIdArgs) -> anyhow::Result<ExitCode> {
+    let s = store(url).await?;
+    let now = Timestamp::now_local();
+    let f = match s.revoke_factory(&r.id, now).await {
+        Ok(f) => f,
+        Err(gf_auth::store::StoreError::NotFound(_)) => {
+            bail!("no enrolled factory `{}` (see `gf factory list`)", r.id)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let live = f.connection.as_ref().is_some_and(|c| now < c.expires_at);
+    if !live {
+        println!("factory {} revoked (not connected)", r.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A coordinator closes its connection: asked now, or (if none answers) when its
+    // watch of the factories sees the revocation.
+    let client = crate::connect(url).await?;
+    let ask = serde_json::json!({ "factory": r.id }).to_string();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(gf_schemas::names::auth::KICK_REQUEST, ask.into()),
+    )
+    .await;
+    let kicked = poll(Duration::from_secs(5), async || {
+        Ok(s.factory(&r.id).await?.and_then(|f| f.kicked_at))
+    })
+    .await?;
+    match kicked {
+        Some(_) => println!(
+            "factory {} revoked; its connection was closed and it cannot reconnect",
+            r.id
+        ),
+        None => println!(
+            "factory {} revoked; no coordinator closed its connection within 5s (is one running with --secrets-dir?); its access ends when its credentials expire",
+            r.id
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate(url: &str, r: FactoryIdArgs) -> anyhow::Result<ExitCode> {
+    use gf_schemas::rpc::{ControlAck, ControlMessage};
+    let s = store(url).await?;
+    let Some(before) = s.factory(&r.id).await? else {
+        bail!("no enrolled factory `{}` (see `gf factory list`)", r.id);
+    };
+    let client = crate::connect(url).await?;
+    let msg = serde_json::to_vec(&ControlMessage::RotateKey)?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(gf_schemas::names::worker_control(&r.id), msg.into()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("factory {} did not answer within 5s (is it running?)", r.id))?
+    .with_context(|| format!("factory {} did not answer (is it running?)", r.id))?;
+    let ack: gf_schemas::Reply<ControlAck> =
+        serde_json::from_slice(&reply.payload).context("unexpected answer from the factory")?;
+    ack.into_result()?;
+    let old: Vec<String> = before.keys.iter().map(|k| k.nkey.clone()).collect();
+    let new = poll(Duration::from_secs(15), async || {
+        Ok(s.factory(&r.id).await?.and_then(|f| {
+            f.keys
+                .iter()
+                .find(|k| !old.contains(&k.nkey))
+                .map(|k| k.nkey.clone())
+        }))
+    })
+    .await?;
+    match new {
+        Some(k) => {
+            println!("factory {} now connects with key {k}", r.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bail!(
+            "factory {} did not connect with a new key within 15s (see its log)",
+            r.id
+        ),
     }
 }
 

@@ -359,6 +359,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "GF_ENROLL_TOKEN", value_name = "TOKEN", requires = "key_dir",
           value_parser = |s: &str| gf_auth::EnrollToken::parse(s).map_err(|e| e.to_string()))]
     pub enroll: Option<gf_auth::EnrollToken>,
+    /// Once started, switch to a fresh key (the old one works for a grace period);
+    /// `gf factory rotate ID` asks a running worker to do the same.
+    #[arg(long, requires = "key_dir")]
+    pub rotate_key: bool,
 }
 
 impl WorkerArgs {
@@ -560,6 +564,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut config = loaded.worker()?;
             config.key_dir = a.key_dir;
             config.enroll = a.enroll;
+            config.rotate_key = a.rotate_key;
             gf_worker::run(config, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -48,10 +48,14 @@ async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()>
     let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
     // Without credentials nothing connects.
     // (async-nats may hand out the client before the server's refusal arrives; a
-    // flush is answered only on an authorised connection.)
+    // request is answered only on an authorised connection.)
     if let Ok(anonymous) = gf_testkit::connect(&nats.url()).await {
-        let flushed = tokio::time::timeout(Duration::from_secs(2), anonymous.flush()).await;
-        assert!(!matches!(flushed, Ok(Ok(()))), "an anonymous client got in");
+        let asked = tokio::time::timeout(
+            Duration::from_secs(2),
+            anonymous.request("$JS.API.INFO", "".into()),
+        )
+        .await;
+        assert!(!matches!(asked, Ok(Ok(_))), "an anonymous client got in");
     }
     let client = Client::connect_url(&admin).await?;
 
@@ -226,6 +230,104 @@ async fn tokens_refused_when_expired_revoked_or_outside_cidr() -> anyhow::Result
     let job = client.submit(&spec).await?.job_id;
     let done = client.wait_terminal(job, Duration::from_secs(30)).await?;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// `gf factory revoke` closes the factory's connection at once (a coordinator kicks
+/// it through the system account), every reconnect is refused, and its running job
+/// runs again on another factory. (Multi-threaded: the `gf` commands block their
+/// thread while the in-process coordinator and workers must answer them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_factory_is_kicked_refused_and_its_job_runs_elsewhere() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
+    let client = Client::connect_url(&admin).await?;
+    let token = create_token(&admin, &["--uses", "2"])?;
+    let d1 = tempfile::tempdir()?;
+    let f1 = Running::worker(enrolling(&nats.url(), "f1", d1.path(), &token)).await?;
+    wait_workers(&client, 1).await?;
+    // Runs for good on f1; anywhere else it ends at once.
+    let job = client
+        .submit(&sh(
+            r#"if [ "$GF_WORKER_ID" = f1 ]; then sleep 60; fi; echo ok"#,
+        ))
+        .await?
+        .job_id;
+    let running = client
+        .wait_state(job, JobState::Running, Duration::from_secs(20))
+        .await?;
+    assert_eq!(running.history[0].worker.as_str(), "f1");
+    let d2 = tempfile::tempdir()?;
+    let f2 = Running::worker(enrolling(&nats.url(), "f2", d2.path(), &token)).await?;
+
+    let (code, out, err) = gf(&admin, &["factory", "revoke", "f1"])?;
+    assert_eq!(code, 0, "{err}");
+
+    assert!(out.contains("connection was closed"), "{out}");
+    let rec = client.wait_terminal(job, Duration::from_secs(60)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!(rec.history.last().expect("attempts").worker.as_str(), "f2");
+    let (_, list, _) = gf(&admin, &["factory", "list"])?;
+    let line = list.lines().find(|l| l.starts_with("f1 ")).expect("listed");
+    assert!(line.contains("revoked") && line.contains(" no "), "{list}");
+
+    // Its key is refused from now on.
+    drop(f1);
+    let mut again = worker_config(&nats.url(), 1);
+    again.key_dir = Some(d1.path().to_path_buf());
+    let err = match Running::worker(again).await {
+        Ok(_) => anyhow::bail!("a revoked factory connected"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("revoked"), "{err}");
+    f2.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// `gf factory rotate` makes a running factory switch to a fresh key without
+/// stopping: it keeps running jobs, the new key is the one on disk, and (with no
+/// grace period) the old key is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_running_and_retires_the_old_key() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    let mut cfg = secured_coordinator_config(&nats.url(), &secrets);
+    cfg.security.as_mut().expect("secured").key_grace = Duration::ZERO;
+    let coord = Running::coordinator(cfg).await?;
+    let client = Client::connect_url(&admin).await?;
+    let token = create_token(&admin, &[])?;
+    let dir = tempfile::tempdir()?;
+    let worker = Running::worker(enrolling(&nats.url(), "f1", dir.path(), &token)).await?;
+    wait_workers(&client, 1).await?;
+    let old_dir = tempfile::tempdir()?;
+    for f in [gf_auth::key::SEED_FILE, gf_auth::key::ID_FILE] {
+        std::fs::copy(dir.path().join(f), old_dir.path().join(f))?;
+    }
+    let old = FactoryKey::load_or_create(old_dir.path(), None, || unreachable!())?;
+
+    let (code, out, err) = gf(&admin, &["factory", "rotate", "f1"])?;
+    assert_eq!(code, 0, "{err}");
+    let new = FactoryKey::load_or_create(dir.path(), None, || unreachable!())?;
+    assert_ne!(new.public_key(), old.public_key());
+    assert!(out.contains(&new.public_key()), "{out}");
+    assert!(!dir.path().join(gf_auth::key::NEXT_SEED_FILE).exists());
+
+    let job = client.submit(&sh("echo after rotation")).await?.job_id;
+    let rec = client.wait_terminal(job, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+
+    let mut stale = worker_config(&nats.url(), 1);
+    stale.key_dir = Some(old_dir.path().to_path_buf());
+    assert!(
+        Running::worker(stale).await.is_err(),
+        "the old key still connects"
+    );
     worker.stop().await?;
     coord.stop().await?;
     Ok(())

@@ -110,6 +110,7 @@ pub async fn start(
                 &config.nats_url,
                 config.replicas,
                 &js,
+                client.clone(),
                 events.clone(),
                 shutdown.clone(),
             )

@@ -729,6 +729,10 @@ pub mod auth {
     pub fn nkey_key(nkey: &str) -> String {
         format!("k.{nkey}")
     }
+    /// Operators ask the coordinators (queue group [`CALLOUT_GROUP`]) to close a
+    /// revoked factory's connection now: `{"factory": ID}`, answered `{"kicked": bool}`.
+    pub const KICK_REQUEST: &str = "gf.auth.kick";
+
     /// Disconnects a client on one server (system account): `{"cid": N}`.
     pub fn server_kick(server_id: &str) -> String {
         format!("$SYS.REQ.SERVER.{server_id}.KICK")

@@ -319,6 +319,10 @@ pub enum ControlMessage {
     Drain {
         drain: bool,
     },
+    /// An enrolled factory makes a new key and switches to it without stopping (the
+    /// old key keeps working for a grace period). Sent as a request: answered with a
+    /// [`ControlAck`] once the new key is in use.
+    RotateKey,
 }
 
 /// A worker's answer to a control message sent as a request.

@@ -67,6 +67,9 @@ pub struct WorkerConfig {
     /// Enroll with this token (the key in `key_dir` is registered by its first
     /// connection).
     pub enroll: Option<gf_auth::EnrollToken>,
+    /// Once started, switch to a fresh key (the old one stays valid for the
+    /// coordinators' grace period): no restart, no downtime.
+    pub rotate_key: bool,
 }
 
 impl Default for WorkerConfig {
@@ -85,6 +88,7 @@ impl Default for WorkerConfig {
             handlers: Handlers::default(),
             key_dir: None,
             enroll: None,
+            rotate_key: false,
         }
     }
 }
@@ -123,6 +127,8 @@ struct Shared {
     drained: tokio::sync::watch::Sender<bool>,
     /// An enrolled factory's connection renewal (see [`Reauth`]).
     reauth: Option<Arc<Reauth>>,
+    /// An enrolled factory's key.
+    key: Option<gf_auth::FactoryKey>,
 }
 
 impl Shared {
@@ -234,7 +240,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         .await
         .map_err(|e| refused_hint(e, key.as_ref(), config.enroll.as_ref()))
         .with_context(|| format!("cannot connect to NATS at {shown_url}"))?;
-    let reauth = key.as_ref().map(|k| {
+    let reauth = key.as_ref().map(|k: &gf_auth::FactoryKey| {
         // Enrolled: from now on the key alone.
         k.enrolled();
         Arc::new(Reauth {
@@ -276,7 +282,11 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         register,
         drained: tokio::sync::watch::Sender::new(false),
         reauth,
+        key,
     });
+    if config.rotate_key {
+        rotate_key(&shared).await?;
+    }
     let control = client.subscribe(names::worker_control(&id)).await?;
     let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
     let metrics = gf_telemetry::install("worker");
@@ -404,18 +414,50 @@ impl Reauth {
         if self.granted.lock().expect("granted").as_ref() == Some(consumer) {
             return Ok(());
         }
+        self.reconnect(Duration::from_secs(30)).await?;
+        *self.granted.lock().expect("granted") = Some(consumer.clone());
+        Ok(())
+    }
+
+    /// Closes the connection and waits (at most `within`) for a new one.
+    async fn reconnect(&self, within: Duration) -> anyhow::Result<()> {
         let mut connected = self.connected.clone();
         let before = *connected.borrow_and_update();
         self.client
             .force_reconnect()
             .await
-            .context("cannot reconnect for the consumer's grant")?;
-        tokio::time::timeout(Duration::from_secs(30), connected.wait_for(|n| *n > before))
+            .context("cannot reconnect")?;
+        tokio::time::timeout(within, connected.wait_for(|n| *n > before))
             .await
-            .context("no new connection within 30s (is a coordinator answering the auth callout?)")?
+            .with_context(|| {
+                format!(
+                    "no new connection within {within:?} (is a coordinator answering the auth callout?)"
+                )
+            })?
             .context("connection closed")?;
-        *self.granted.lock().expect("granted") = Some(consumer.clone());
         Ok(())
+    }
+}
+
+/// Switches an enrolled factory to a fresh key without stopping: the next connection
+/// uses the new key and proves the old one; the coordinators accept both for a grace
+/// period. If the new key is not accepted, the old one stays.
+async fn rotate_key(shared: &Shared) -> anyhow::Result<()> {
+    let (Some(key), Some(reauth)) = (&shared.key, &shared.reauth) else {
+        anyhow::bail!("this worker has no factory key to rotate (it runs without --key-dir)");
+    };
+    let public = key.begin_rotation()?;
+    match reauth.reconnect(Duration::from_secs(10)).await {
+        Ok(()) => {
+            key.commit_rotation()?;
+            tracing::info!(key = %public, "factory key rotated");
+            Ok(())
+        }
+        Err(e) => {
+            key.abort_rotation();
+            let _ = reauth.client.force_reconnect().await;
+            Err(e.context("the new key was not accepted; keeping the old one"))
+        }
     }
 }
 
@@ -877,6 +919,33 @@ async fn control_loop(
                 // Report the new state now rather than at the next tick, so the
                 // record (and the scheduler) see it at once.
                 heartbeat(&shared, state).await;
+            }
+            Ok(ControlMessage::RotateKey) => {
+                // Answered before rotating: the answer is allowed only on the
+                // connection the request came in on, which the rotation replaces.
+                // The operator sees the new key in the factory's record.
+                let reply = if shared.key.is_some() {
+                    gf_schemas::Reply::Ok(ControlAck {
+                        state: if shared.is_drained() {
+                            WorkerState::Draining
+                        } else {
+                            WorkerState::Active
+                        },
+                    })
+                } else {
+                    gf_schemas::Reply::Error(gf_schemas::RpcError::new(
+                        ErrorKind::Invalid,
+                        "this worker has no factory key to rotate (it runs without --key-dir)",
+                    ))
+                };
+                if let Some(to) = msg.reply {
+                    let body = serde_json::to_vec(&reply).expect("serializes");
+                    let _ = shared.rpc.nats().publish(to, body.into()).await;
+                    let _ = shared.rpc.nats().flush().await;
+                }
+                if let Err(e) = rotate_key(&shared).await {
+                    tracing::warn!(error = %format!("{e:#}"), "key rotation failed");
+                }
             }
             Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
         }

@@ -25,6 +25,8 @@ pub struct Security {
     /// Lifetime of a factory's user JWT (±10 %); the factory reconnects and is
     /// authorised again when it ends.
     pub jwt_ttl: Duration,
+    /// After a factory rotates its key, the old one still works this long.
+    pub key_grace: Duration,
 }
 
 impl Security {
@@ -32,6 +34,7 @@ impl Security {
         Self {
             secrets,
             jwt_ttl: Duration::from_secs(3600),
+            key_grace: Duration::from_secs(600),
         }
     }
 }
@@ -88,12 +91,17 @@ fn unavailable(e: gf_auth::store::StoreError) -> RpcError {
     RpcError::new(ErrorKind::Unavailable, format!("factory store: {e}"))
 }
 
-/// The running callout responder.
-pub struct CalloutTask(JoinHandle<anyhow::Result<()>>);
+/// The running callout responder and revocation watcher.
+pub struct CalloutTask {
+    callout: JoinHandle<anyhow::Result<()>>,
+    kicker: JoinHandle<anyhow::Result<()>>,
+}
 
 impl CalloutTask {
     pub async fn join(self) -> anyhow::Result<()> {
-        self.0.await.context("callout task panicked")?
+        let kicked = self.kicker.await.context("revocation watcher panicked");
+        self.callout.await.context("callout task panicked")??;
+        kicked?
     }
 }
 
@@ -104,6 +112,7 @@ pub async fn start(
     url: &str,
     replicas: usize,
     js: &async_nats::jetstream::Context,
+    client: async_nats::Client,
     events: EventSink,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Factories, CalloutTask)> {
@@ -120,8 +129,20 @@ pub async fn start(
         .connect(url)
         .await
         .context("cannot connect as the auth callout user")?;
+    // The system account: closing a revoked factory's connection (KICK).
+    let sys_client = async_nats::ConnectOptions::new()
+        .user_and_password(
+            gf_auth::secrets::SYS_USER.into(),
+            security.secrets.sys_password.clone(),
+        )
+        .name("gf-coordinator revocations")
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .context("cannot connect as the system user")?;
     let mut cfg = CalloutConfig::new(security.secrets.issuer()?);
     cfg.jwt_ttl = security.jwt_ttl;
+    cfg.key_grace = security.key_grace;
     let on_outcome: gf_auth::callout::OnOutcome = Arc::new(move |o: &Outcome| match o {
         Outcome::Enrolled { factory, token } => events.emit(
             EventKind::WorkerRegistered,
@@ -141,14 +162,27 @@ pub async fn start(
             factory.as_ref(),
             format!("NATS connection from {host} refused: {reason}"),
         ),
+        Outcome::Rotated(factory) => events.emit(
+            EventKind::WorkerRegistered,
+            Level::Info,
+            None,
+            Some(factory),
+            "factory rotated its key".to_string(),
+        ),
         Outcome::Connected(_) => {}
     });
-    let task = tokio::spawn(gf_auth::serve(
+    let kicker = tokio::spawn(gf_auth::kick::run(
+        store.clone(),
+        client,
+        sys_client,
+        shutdown.clone(),
+    ));
+    let callout = tokio::spawn(gf_auth::serve(
         callout_client,
         store.clone(),
         cfg,
         on_outcome,
         shutdown,
     ));
-    Ok((Factories { store }, CalloutTask(task)))
+    Ok((Factories { store }, CalloutTask { callout, kicker }))
 }
