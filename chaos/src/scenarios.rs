@@ -786,6 +786,39 @@ fn request_naming(verb: names::FactoryVerb, worker: &WorkerId) -> serde_json::Va
             worker_id,
             reason: "poison".into(),
         }),
+        UploadBegin => serde_json::to_value(gf_schemas::artifact::UploadBeginRequest {
+            job_id,
+            epoch,
+            worker_id,
+            kind: gf_schemas::artifact::BlobKind::Artifact,
+            name: "poison.txt".into(),
+            size: 1,
+        }),
+        UploadChunk => serde_json::to_value(gf_schemas::artifact::UploadChunkRequest {
+            job_id,
+            epoch,
+            worker_id,
+            upload: names::artifact_nuid(&job_id, "1", "0123456789abcdef"),
+            seq: 0,
+            data: "cG9pc29u".into(),
+        }),
+        UploadCommit => serde_json::to_value(gf_schemas::artifact::UploadCommitRequest {
+            job_id,
+            epoch,
+            worker_id,
+            upload: names::artifact_nuid(&job_id, "1", "0123456789abcdef"),
+            kind: gf_schemas::artifact::BlobKind::Artifact,
+            name: "poison.txt".into(),
+            size: 1,
+            chunks: 1,
+            sha256: "0".repeat(64),
+        }),
+        CheckpointRead => serde_json::to_value(gf_schemas::artifact::CheckpointReadRequest {
+            job_id,
+            epoch,
+            worker_id,
+            after: None,
+        }),
         ClaimBatch | CompleteBatch => {
             return serde_json::json!([request_naming(verb.batched().expect("batch"), worker)])
         }

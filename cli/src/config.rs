@@ -271,6 +271,21 @@ pub const KEYS: &[Key] = &[
     ),
     key!("worker.rpc_timeout", Str, ["GF_WORKER_RPC_TIMEOUT"]),
     key!("worker.metrics_addr", Str, ["GF_WORKER_METRICS_ADDR"]),
+    key!(
+        "artifacts.max_job_bytes",
+        Int,
+        ["GF_ARTIFACTS_MAX_JOB_BYTES"]
+    ),
+    key!(
+        "artifacts.max_checkpoint_bytes",
+        Int,
+        ["GF_ARTIFACTS_MAX_CHECKPOINT_BYTES"]
+    ),
+    key!(
+        "artifacts.sweep_interval",
+        Str,
+        ["GF_ARTIFACTS_SWEEP_INTERVAL"]
+    ),
     key!("profiles", Tree(&PROFILES)),
     key!("bridge", Tree(&BRIDGE)),
 ];
@@ -290,6 +305,8 @@ pub struct Settings {
     /// How long finished jobs stay in the live store (docs/history.md).
     pub history: HistorySettings,
     pub worker: WorkerSettings,
+    /// Caps on artifacts and checkpoints.
+    pub artifacts: ArtifactSettings,
     /// Named job templates, resolved by the coordinators at submission.
     pub profiles: BTreeMap<String, ProfileSettings>,
     /// The tracker bridge.
@@ -405,6 +422,27 @@ pub struct TracingSettings {
     pub otlp_endpoint: Option<String>,
     /// Extra headers on every export (e.g. an API key): secret.
     pub otlp_headers: BTreeMap<String, String>,
+}
+
+/// `[artifacts]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArtifactSettings {
+    pub max_job_bytes: u64,
+    pub max_checkpoint_bytes: u64,
+    #[serde(with = "dur")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for ArtifactSettings {
+    fn default() -> Self {
+        let d = gf_coordinator::artifacts::ArtifactsConfig::default();
+        Self {
+            max_job_bytes: d.max_job_bytes,
+            max_checkpoint_bytes: d.max_checkpoint_bytes,
+            sweep_interval: d.sweep_interval,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -1111,6 +1149,12 @@ impl Loaded {
         if let Ok(h) = self.settings.history.parsed() {
             cfg.history = h;
         }
+        let a = &self.settings.artifacts;
+        cfg.artifacts = gf_coordinator::artifacts::ArtifactsConfig {
+            max_job_bytes: a.max_job_bytes,
+            max_checkpoint_bytes: a.max_checkpoint_bytes,
+            sweep_interval: a.sweep_interval.max(Duration::from_secs(1)),
+        };
         // Validated at load.
         cfg.profiles = self
             .settings

@@ -9,6 +9,7 @@ pub mod nats_bin;
 pub mod ops;
 pub mod ops_admin;
 pub mod ops_outcomes;
+pub mod ops_artifacts;
 pub mod ops_sched;
 pub mod ops_workflow;
 pub mod output;
@@ -63,6 +64,9 @@ pub enum Command {
     Profiles(ops_workflow::ProfilesArgs),
     /// The tracker bridge: `gf bridge deliveries`, `gf bridge redeliver ID`.
     Bridge(ops_workflow::BridgeArgs),
+    /// A job's artifacts (files left in $GF_ARTIFACTS_DIR) and checkpoint; `--get NAME`
+    /// downloads one.
+    Artifacts(ops_artifacts::ArtifactsArgs),
     /// List jobs, newest first.
     Jobs(ops::JobsArgs),
     /// Show one job.
@@ -575,6 +579,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(a) => ops_workflow::manifest(&url, a).await,
         Command::Profiles(a) => ops_workflow::profiles(&url, a).await,
         Command::Bridge(a) => ops_workflow::bridge(&url, a).await,
+        Command::Artifacts(a) => ops_artifacts::artifacts(&url, a).await,
         Command::Jobs(a) => ops::jobs(&url, a).await,
         Command::Job(a) => ops::job(&url, a).await,
         Command::Logs(a) => ops::logs(&url, a).await,

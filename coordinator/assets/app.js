@@ -475,7 +475,7 @@ async function loadJob(id, withLog) {
     const o = a.outcome;
     const res = o ? (o.status === "succeeded" ? `succeeded (exit ${o.exit_code})` : o.status === "failed" ? `failed: ${o.error}` : `timed out after ${o.after_secs}s`) : (a.ended_because || (a.ended_at ? "ended" : "running"));
     const cls = o && o.status === "succeeded" ? "good" : (o || a.ended_because) ? "bad" : "";
-    tl.push(`<li class="${cls}"><div>attempt at epoch ${a.epoch} on <span class="mono">${esc(a.worker)}</span> — ${esc(res)}</div>
+    tl.push(`<li class="${cls}"><div>attempt at epoch ${a.epoch} on <span class="mono">${esc(a.worker)}</span> — ${esc(res)}</div>${(a.artifact_errors || []).map(e => `<div class="error-text">${esc(e)}</div>`).join("")}
       <div class="when">${esc(new Date(a.started_at).toLocaleString())}${a.ended_at ? " → " + esc(time(a.ended_at)) + " (" + dur(Date.parse(a.ended_at) - Date.parse(a.started_at)) + ")" : ""}</div></li>`);
   }
   tl.push(`<li class="${j.state === "succeeded" ? "good" : ["dead", "cancelled"].includes(j.state) ? "bad" : ""}"><div>now ${badge(j.state)} ${esc(j.reason || "")}</div><div class="when">${esc(new Date(j.updated_at).toLocaleString())}</div></li>`);
@@ -483,12 +483,45 @@ async function loadJob(id, withLog) {
   $("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
   $("#job-kind").textContent = `kind ${jobKind(j.spec)}`;
   $("#job-provenance").innerHTML = renderProvenance(j);
+  loadArtifacts(id).catch(e => { $("#job-artifacts-card").hidden = false; $("#job-artifacts").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
   if (withLog) {
     optional(`/api/jobs/${id}/explain`).then(x => { $("#job-explain").innerHTML = x == null ? `<p class="muted">No score breakdown on this coordinator yet.</p>` : renderExplain(x); }).catch(e => { $("#job-explain").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
     optional(`/api/jobs/${id}/dag`).then(x => { $("#job-dag").innerHTML = x == null ? `<p class="muted">No DAG on this coordinator yet.</p>` : renderDag(x); }).catch(e => { $("#job-dag").innerHTML = `<p class="error-text">${esc(e.message)}</p>`; });
     startLog(id);
   }
 }
+
+// The job's artifacts (links download with the token, so they work with auth on),
+// its checkpoint, and uploads that were refused.
+async function loadArtifacts(id) {
+  const a = await optional(`/api/jobs/${id}/artifacts`);
+  const card = $("#job-artifacts-card");
+  if (a == null) { card.hidden = true; return; }
+  card.hidden = false;
+  const files = (a.files || []).map(f => {
+    const href = `/api/jobs/${id}/artifacts/${encodeURIComponent(f.name)}?attempt=${f.attempt}`;
+    return `<tr><td><a href="${esc(href)}" data-download="${esc(f.name.split("/").pop())}" class="mono">${esc(f.name)}</a></td>
+      <td class="num">${esc(f.attempt)}</td><td class="num">${fmt(f.size)}</td><td class="mono" title="${esc(f.sha256)}">${esc(f.sha256.slice(0, 12))}</td>
+      <td>${esc(time(f.uploaded_at))}</td></tr>`;
+  }).join("");
+  const ck = a.checkpoint ? `<p>Checkpoint: <a href="/api/jobs/${esc(id)}/checkpoint" data-download="${esc(id)}-checkpoint.tar">${fmt(a.checkpoint.size)} bytes</a>
+    from attempt ${esc(a.checkpoint.attempt)} (epoch ${esc(a.checkpoint.epoch)}), saved ${esc(time(a.checkpoint.saved_at))}</p>` : "";
+  const errs = (a.errors || []).map(e => `<li class="error-text">attempt ${esc(e.attempt)}: ${esc(e.message)}</li>`).join("");
+  $("#job-artifacts").innerHTML = (files ? `<table class="data" id="artifact-table"><thead><tr><th>File</th><th class="num">Attempt</th><th class="num">Bytes</th><th>SHA-256</th><th>Uploaded</th></tr></thead><tbody>${files}</tbody></table>`
+    : `<p class="muted">No artifacts (files a job leaves in $GF_ARTIFACTS_DIR are kept).</p>`) + ck + (errs ? `<ul class="plain">${errs}</ul>` : "");
+}
+document.addEventListener("click", async ev => {
+  const link = ev.target.closest && ev.target.closest("a[data-download]");
+  if (!link) return;
+  ev.preventDefault();
+  const r = await fetch(link.getAttribute("href"), { headers: headers({}) });
+  if (r.status === 401) { askToken(); return; }
+  if (!r.ok) { alert(`download failed: HTTP ${r.status}`); return; }
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url; a.download = link.dataset.download; document.body.appendChild(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+});
 
 function renderExplain(x) {
   const terms = Object.entries((x.score && x.score.terms) || {});

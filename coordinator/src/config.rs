@@ -57,6 +57,8 @@ pub struct CoordinatorConfig {
     /// A secured NATS (issue #15): connect as the coordinators' nkey user and answer
     /// the auth callout. `None`: the URL's credentials, if any, and no callout.
     pub security: Option<crate::auth::Security>,
+    /// Caps on artifacts and checkpoints (`[artifacts]`).
+    pub artifacts: crate::artifacts::ArtifactsConfig,
 }
 
 /// A limit on jobs sharing a label value, e.g. `repo` with `max_running = 3`: at most
@@ -171,6 +173,7 @@ impl Default for CoordinatorConfig {
             bridge: Default::default(),
             history: Default::default(),
             security: None,
+            artifacts: Default::default(),
         }
     }
 }

@@ -155,6 +155,7 @@ pub fn claim(
         ended_at: None,
         outcome: None,
         ended_because: None,
+        artifact_errors: Vec::new(),
     });
     Ok(ClaimReply {
         spec: rec.spec.clone(),

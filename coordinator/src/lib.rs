@@ -8,6 +8,7 @@
 //! [`start`] builds and starts every part; [`run`] also waits for it to stop.
 
 pub mod auth;
+pub mod artifacts;
 pub mod bridged;
 pub mod clock;
 pub mod config;
@@ -62,6 +63,7 @@ pub struct Coordinator {
     archiver: JoinHandle<()>,
     bridge: gf_bridge::BridgeTask,
     callout: Option<auth::CalloutTask>,
+    artifact_sweep: JoinHandle<()>,
 }
 
 /// Connects to NATS, creates or checks buckets and streams, and starts the RPC plane,
@@ -123,6 +125,16 @@ pub async fn start(
     service.factories = factories;
     let service = Arc::new(service);
     let leader = Arc::new(scheduler::LeaderStatus::default());
+    let artifacts =
+        artifacts::Artifacts::open(js.clone(), config.replicas, config.artifacts.clone())
+            .await
+            .context("cannot create or open the artifact store")?;
+    let _ = service.artifacts.set(artifacts);
+    let artifact_sweep = tokio::spawn(artifacts::sweep(
+        service.clone(),
+        leader.clone(),
+        shutdown.clone(),
+    ));
 
     let bridge = bridged::start(&service, shutdown.clone())
         .await
@@ -190,6 +202,7 @@ pub async fn start(
         archiver,
         bridge,
         callout,
+        artifact_sweep,
     })
 }
 
@@ -214,6 +227,7 @@ impl Coordinator {
             }
         }
         self.archiver.await.ok();
+        self.artifact_sweep.await.ok();
         // The bridge's echo tasks hand back a message in flight (nak) and stop.
         self.bridge.join().await;
         let client = self.service.client.clone();

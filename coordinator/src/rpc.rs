@@ -187,6 +187,12 @@ async fn handle_factory(
         FactoryVerb::Renew => call!(RenewRequest, "renew request", renew),
         FactoryVerb::Complete => call!(CompleteRequest, "completion", complete),
         FactoryVerb::Release => call!(ReleaseRequest, "release request", release),
+        FactoryVerb::UploadBegin
+        | FactoryVerb::UploadChunk
+        | FactoryVerb::UploadCommit
+        | FactoryVerb::CheckpointRead => {
+            crate::artifacts::serve(service, subject, sender, verb, payload).await
+        }
         // `handle` unpacks batches; a batch verb here would be a batch inside a batch.
         FactoryVerb::ClaimBatch | FactoryVerb::CompleteBatch => reply::<()>(
             service,
@@ -233,6 +239,9 @@ async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
         rpc::PROFILE_LIST => reply(service, subject, service.profile_list().await),
         rpc::BRIDGE_DELIVERIES => call!("delivery query", bridge_deliveries),
         rpc::BRIDGE_REDELIVER => call!("redeliver request", bridge_redeliver),
+        rpc::ARTIFACT_LIST | rpc::ARTIFACT_READ => {
+            crate::artifacts::serve_operator(service, subject, payload).await
+        }
         rpc::SCHEDULE_LIST => reply(service, subject, service.schedule_list().await),
         rpc::SCHEDULE_REMOVE => {
             match decode::<gf_schemas::rpc::ScheduleName>("schedule name", payload, max) {
@@ -274,7 +283,11 @@ async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
     }
 }
 
-fn reply<T: serde::Serialize>(service: &Service, subject: &str, r: Result<T, RpcError>) -> Bytes {
+pub(crate) fn reply<T: serde::Serialize>(
+    service: &Service,
+    subject: &str,
+    r: Result<T, RpcError>,
+) -> Bytes {
     if let Err(e) = &r {
         service.rejected(subject, e);
     }
@@ -305,6 +318,8 @@ fn operation(subject: &str) -> &'static str {
         rpc::PROFILE_LIST => "profile_list",
         rpc::BRIDGE_DELIVERIES => "bridge_deliveries",
         rpc::BRIDGE_REDELIVER => "bridge_redeliver",
+        rpc::ARTIFACT_LIST => "artifact_list",
+        rpc::ARTIFACT_READ => "artifact_read",
         rpc::SUBMIT_BATCH => "submit_batch",
         _ => "unknown",
     }

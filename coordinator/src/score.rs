@@ -265,6 +265,7 @@ mod tests {
             ended_at: Some(t(50)),
             outcome,
             ended_because: None,
+            artifact_errors: Vec::new(),
         };
         let mut lost = rec(5);
         lost.attempts = 1;

@@ -43,6 +43,8 @@ pub struct Service {
     /// Enrolled factories (a secured deployment): registration is narrowed to what
     /// enrollment approved. `None` on an open NATS.
     pub factories: Option<crate::auth::Factories>,
+    /// Artifacts and checkpoints, set once at start.
+    pub artifacts: std::sync::OnceLock<crate::artifacts::Artifacts>,
 }
 
 fn invalid(msg: impl Into<String>) -> RpcError {
@@ -84,6 +86,7 @@ impl Service {
             lane: crate::lane::DirectLane::default(),
             bridge: std::sync::OnceLock::new(),
             factories: None,
+            artifacts: std::sync::OnceLock::new(),
         })
     }
 

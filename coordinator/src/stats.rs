@@ -610,6 +610,7 @@ mod tests {
             ended_at: Some(t(9_010)),
             outcome: Some(AttemptOutcome::Succeeded { exit_code: 0 }),
             ended_because: None,
+            artifact_errors: Vec::new(),
         });
         a.ingest(&j, now);
         let s = a.snapshot(true, now);

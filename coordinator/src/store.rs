@@ -67,6 +67,7 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
             "Gigafactory manifests: their jobs' names and ids",
         ),
         gf_bridge::bucket_config(replicas),
+        crate::artifacts::index_config(replicas),
     ]
 }
 

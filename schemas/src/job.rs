@@ -439,6 +439,10 @@ pub struct Attempt {
     /// Why the attempt ended without an outcome (lease expired, cancelled, released…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_because: Option<String>,
+    /// Uploads of this attempt's artifacts or checkpoint the coordinators refused
+    /// (over the job's cap, a bad name): the files are not stored, the outcome stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifact_errors: Vec<String>,
 }
 
 /// A job as the store keeps it (value of `gf_jobs.<id>`).

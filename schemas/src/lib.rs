@@ -5,6 +5,7 @@
 //! ([`json_schemas`]). This crate does no I/O: the coordinator, the worker, the CLI and
 //! clients in other languages all agree on the shapes defined here and nothing else.
 
+pub mod artifact;
 pub mod bridge;
 pub mod budget;
 pub mod event;
@@ -46,6 +47,10 @@ pub fn rpc_index() -> serde_json::Value {
         FactoryVerb::Renew => entry("renew_request", "renew_reply"),
         FactoryVerb::Complete => entry("complete_request", "complete_reply"),
         FactoryVerb::Release => entry("release_request", "release_reply"),
+        FactoryVerb::UploadBegin => entry("upload_begin_request", "upload_begin_reply"),
+        FactoryVerb::UploadChunk => entry("upload_chunk_request", "release_reply"),
+        FactoryVerb::UploadCommit => entry("upload_commit_request", "upload_commit_reply"),
+        FactoryVerb::CheckpointRead => entry("checkpoint_read_request", "checkpoint_read_reply"),
         FactoryVerb::ClaimBatch | FactoryVerb::CompleteBatch => serde_json::Value::Null,
     };
     let factory_verbs: serde_json::Map<String, serde_json::Value> = FactoryVerb::ALL
@@ -118,6 +123,14 @@ pub fn rpc_index() -> serde_json::Value {
             rpc::BRIDGE_REDELIVER,
             entry("redeliver_request", "delivery_reply"),
         ),
+        (
+            rpc::ARTIFACT_LIST,
+            entry("get_job_request", "artifact_list_reply"),
+        ),
+        (
+            rpc::ARTIFACT_READ,
+            entry("artifact_read_request", "artifact_read_reply"),
+        ),
     ];
     if let Some(subjects) = index["subjects"].as_object_mut() {
         for (subject, e) in workflow {
@@ -187,6 +200,35 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("redeliver_request", s::<bridge::RedeliverRequest>()),
         ("delivery_reply", s::<Reply<bridge::Delivery>>()),
         ("outcome_row", s::<outcome::OutcomeRow>()),
+        ("upload_begin_request", s::<artifact::UploadBeginRequest>()),
+        (
+            "upload_begin_reply",
+            s::<Reply<artifact::UploadBeginReply>>(),
+        ),
+        ("upload_chunk_request", s::<artifact::UploadChunkRequest>()),
+        (
+            "upload_commit_request",
+            s::<artifact::UploadCommitRequest>(),
+        ),
+        ("upload_commit_reply", s::<Reply<artifact::JobArtifacts>>()),
+        (
+            "checkpoint_read_request",
+            s::<artifact::CheckpointReadRequest>(),
+        ),
+        (
+            "checkpoint_read_reply",
+            s::<Reply<artifact::CheckpointReadReply>>(),
+        ),
+        ("job_artifacts", s::<artifact::JobArtifacts>()),
+        ("artifact_list_reply", s::<Reply<artifact::JobArtifacts>>()),
+        (
+            "artifact_read_request",
+            s::<artifact::ArtifactReadRequest>(),
+        ),
+        (
+            "artifact_read_reply",
+            s::<Reply<artifact::ArtifactReadReply>>(),
+        ),
         (
             "empty_request",
             serde_json::json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "EmptyRequest", "description": "Any body (ignored); send `{}`."}),

@@ -26,6 +26,12 @@ pub const BUCKET_MANIFESTS: &str = "gf_manifests";
 pub const BUCKET_BRIDGE: &str = "gf_bridge";
 /// State changes of bridged jobs waiting to be echoed to their trackers.
 pub const STREAM_BRIDGE: &str = "GF_BRIDGE";
+/// Object store of artifacts and checkpoints (its stream is `OBJ_gf_artifacts`).
+pub const OBJECT_ARTIFACTS: &str = "gf_artifacts";
+/// Per job: its stored artifacts, its checkpoint and refused uploads (key: the job
+/// id). The index is the truth of what is listed and restored; the object store
+/// holds the bytes.
+pub const BUCKET_ARTIFACT_INDEX: &str = "gf_artifact_index";
 pub const BRIDGE_OUT_ALL: &str = "gf.bridge.out.>";
 pub const STREAM_USAGE: &str = "GF_USAGE";
 pub const USAGE_ALL: &str = "gf.usage.>";
@@ -78,6 +84,10 @@ pub mod rpc {
     pub const PROFILE_LIST: &str = "gf.rpc.profile.list";
     pub const BRIDGE_DELIVERIES: &str = "gf.rpc.bridge.deliveries";
     pub const BRIDGE_REDELIVER: &str = "gf.rpc.bridge.redeliver";
+    /// A job's artifacts and checkpoint (body: `{"job_id"}`).
+    pub const ARTIFACT_LIST: &str = "gf.rpc.artifact.list";
+    /// One artifact's (or the checkpoint's) bytes, a chunk at a time.
+    pub const ARTIFACT_READ: &str = "gf.rpc.artifact.read";
     /// Batches: the body is a JSON array of the single subject's requests (at most
     /// [`crate::rpc::MAX_BATCH`]); the reply is `{"ok": [...]}` holding each item's own
     /// envelope, in order. Each item is applied exactly as if sent alone. The factory
@@ -124,10 +134,18 @@ pub enum FactoryVerb {
     ClaimBatch,
     /// A JSON array of completions.
     CompleteBatch,
+    /// Artifacts and checkpoints (see [`crate::artifact`]): start an upload…
+    UploadBegin,
+    /// …send one chunk…
+    UploadChunk,
+    /// …and make it count.
+    UploadCommit,
+    /// Reads the job's last checkpoint, a chunk at a time.
+    CheckpointRead,
 }
 
 impl FactoryVerb {
-    pub const ALL: [FactoryVerb; 8] = [
+    pub const ALL: [FactoryVerb; 12] = [
         FactoryVerb::Register,
         FactoryVerb::Heartbeat,
         FactoryVerb::Claim,
@@ -136,6 +154,10 @@ impl FactoryVerb {
         FactoryVerb::Release,
         FactoryVerb::ClaimBatch,
         FactoryVerb::CompleteBatch,
+        FactoryVerb::UploadBegin,
+        FactoryVerb::UploadChunk,
+        FactoryVerb::UploadCommit,
+        FactoryVerb::CheckpointRead,
     ];
 
     /// The subject token, also a bounded metric label.
@@ -149,6 +171,10 @@ impl FactoryVerb {
             FactoryVerb::Release => "release",
             FactoryVerb::ClaimBatch => "claim_batch",
             FactoryVerb::CompleteBatch => "complete_batch",
+            FactoryVerb::UploadBegin => "upload_begin",
+            FactoryVerb::UploadChunk => "upload_chunk",
+            FactoryVerb::UploadCommit => "upload_commit",
+            FactoryVerb::CheckpointRead => "checkpoint_read",
         }
     }
 
@@ -347,6 +373,31 @@ pub fn event(kind: crate::EventKind) -> String {
 /// Control subject a worker listens on for revocations pushed by coordinators.
 pub fn worker_control(worker: &WorkerId) -> String {
     format!("gf.ctl.worker.{worker}")
+}
+
+/// The chunk subject of an object in [`OBJECT_ARTIFACTS`], `$O.gf_artifacts.C.<nuid>`.
+/// Our uploads' nuids are `<job>.<attempt or ckpt>.<nonce>` (the object store reads a
+/// chunk set by this exact subject, whatever its tokens), so every chunk of a job,
+/// committed or abandoned, is under [`artifact_job_chunks`].
+pub fn artifact_chunks(nuid: &str) -> String {
+    format!("$O.{OBJECT_ARTIFACTS}.C.{nuid}")
+}
+
+/// Every chunk subject of one job's uploads: `$O.gf_artifacts.C.<job>.>`.
+pub fn artifact_job_chunks(job: &JobId) -> String {
+    format!("$O.{OBJECT_ARTIFACTS}.C.{job}.>")
+}
+
+/// The nuid of an upload: `<job>.<part>.<nonce>`; `part` is the attempt number or
+/// `ckpt`.
+pub fn artifact_nuid(job: &JobId, part: &str, nonce: &str) -> String {
+    format!("{job}.{part}.{nonce}")
+}
+
+/// The meta subject of an object in [`OBJECT_ARTIFACTS`]: its name base64url-encoded
+/// (padded), as every object store client writes it.
+pub fn artifact_meta(encoded_name: &str) -> String {
+    format!("$O.{OBJECT_ARTIFACTS}.M.{encoded_name}")
 }
 
 /// KV key of a job in [`BUCKET_JOBS`].

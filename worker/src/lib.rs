@@ -11,6 +11,7 @@
 //! subjects, and waits for replies on its own inbox prefix (`_INBOX_<id>`): exactly what
 //! [`gf_schemas::permissions::factory`] grants a factory.
 
+pub mod artifacts;
 mod batch;
 pub mod caps;
 pub mod client;

@@ -91,7 +91,7 @@ async fn run_handler(job: &Job, rpc: &RpcClient, handler: &dyn Handler) -> RunEn
         }
     };
     // Dropping `work` (revocation, timeout, give-back) drops the handler's future.
-    let outcome = match keep_lease(job, rpc, None, work).await {
+    let outcome = match keep_lease(job, rpc, None, None, work).await {
         Ok(o) => o,
         Err(end) => return end,
     };
@@ -121,6 +121,28 @@ async fn run_process(
             format!("cannot create working directory {}: {e}", dir.display()),
         );
     }
+    let ttl = Duration::from_millis(job.claim.lease.ttl_ms);
+    let prepared = crate::artifacts::while_renewing(
+        &rpc,
+        job.id,
+        epoch,
+        &job.worker,
+        ttl,
+        crate::artifacts::JobDirs::prepare(
+            scratch,
+            job.id,
+            epoch,
+            job.claim.attempt,
+            job.worker.clone(),
+            rpc.clone(),
+        ),
+    )
+    .await;
+    let mut dirs = match prepared {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return failed(None, format!("cannot create the artifact directories: {e}")),
+        Err(e) => return RunEnd::Revoked(e.to_string()),
+    };
     let result_file = scratch.join(format!("{}-{epoch}.result.json", job.id));
     let usage_file = scratch.join(format!("{}-{epoch}.usage.json", job.id));
     let _ = tokio::fs::remove_file(&result_file).await;
@@ -134,6 +156,7 @@ async fn run_process(
         .env("GF_WORKER_ID", job.worker.to_string())
         .env("GF_RESULT_FILE", &result_file)
         .env("GF_USAGE_FILE", &usage_file)
+        .envs(dirs.env())
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -169,7 +192,7 @@ async fn run_process(
         lines_rx,
     ));
 
-    let end = keep_lease(&job, &rpc, Some(&usage_file), async {
+    let end = keep_lease(&job, &rpc, Some(&usage_file), Some(&mut dirs), async {
         match child.wait().await {
             Ok(s) if s.success() => AttemptOutcome::Succeeded { exit_code: 0 },
             Ok(s) => AttemptOutcome::Failed {
@@ -191,6 +214,38 @@ async fn run_process(
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
+    // The attempt is over: its checkpoint (also when given back) and its artifacts go
+    // up while the lease is still held; nothing of a revoked attempt does.
+    let keep = match &end {
+        Ok(_) => Some(true),
+        Err(RunEnd::GivenBack) => Some(false),
+        Err(_) => None,
+    };
+    if let Some(artifacts) = keep {
+        let saved = crate::artifacts::while_renewing(&rpc, job.id, epoch, &job.worker, ttl, async {
+            if let Err(e) = dirs.save_checkpoint().await {
+                tracing::warn!(job = %job.id, error = %e, "checkpoint not saved at the end of the attempt");
+            }
+            if artifacts {
+                dirs.upload_artifacts().await
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
+        match saved {
+            Ok(errors) => {
+                for e in errors {
+                    tracing::warn!(job = %job.id, error = %e, "artifact not stored");
+                }
+            }
+            Err(e) => {
+                dirs.remove().await;
+                return RunEnd::Revoked(e.to_string());
+            }
+        }
+    }
+    dirs.remove().await;
     let outcome = match end {
         Ok(o) => o,
         Err(e) => return e,
@@ -213,12 +268,13 @@ async fn run_process(
 
 /// Waits for `work` while holding the lease: renews it every third of its TTL (with
 /// the usage read from `usage_file`, so a job over its own `max_cost` is stopped while
-/// running) and stops waiting on revocation, give-back or the job's timeout.
-/// `Err` is how the run ended when the work did not finish; dropping `work` stops it.
+/// running), saves `checkpoint` after each renewal when it changed, and stops waiting
+/// on revocation, give-back or the job's timeout. `Err` is how the run ended when the work did not finish; dropping `work` stops it.
 async fn keep_lease(
     job: &Job,
     rpc: &RpcClient,
     usage_file: Option<&Path>,
+    mut checkpoint: Option<&mut crate::artifacts::JobDirs>,
     work: impl Future<Output = AttemptOutcome>,
 ) -> Result<AttemptOutcome, RunEnd> {
     let renew_every =
@@ -262,7 +318,17 @@ async fn keep_lease(
                 };
                 metrics::counter!(gf_telemetry::names::WORKER_RENEWALS, "result" => label).increment(1);
                 match renewed {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        // Saved while the lease is fresh; an unchanged directory costs
+                        // one directory listing.
+                        if let Some(dirs) = checkpoint.as_deref_mut() {
+                            match dirs.save_checkpoint().await {
+                                Ok(()) => {}
+                                Err(e) if e.lost_lease() => return Err(RunEnd::Revoked(e.to_string())),
+                                Err(e) => tracing::warn!(job = %job.id, error = %e, "checkpoint not saved; next renewal retries"),
+                            }
+                        }
+                    }
                     Err(e) if e.lost_lease() => return Err(RunEnd::Revoked(e.to_string())),
                     // The lease outlives a few missed renewals; if it does not, the next
                     // renew that gets through says so.
@@ -466,7 +532,7 @@ mod tests {
         let rpc = RpcClient::new(nats, Duration::from_secs(1));
         let job = job();
         let done = async { AttemptOutcome::Succeeded { exit_code: 0 } };
-        let ended = keep_lease(&job, &rpc, None, done).now_or_never();
+        let ended = keep_lease(&job, &rpc, None, None, done).now_or_never();
         assert!(
             matches!(ended, Some(Ok(AttemptOutcome::Succeeded { exit_code: 0 }))),
             "the run did not end on its first poll"

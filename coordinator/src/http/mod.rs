@@ -8,6 +8,7 @@
 //! [`router`] is a plain function of [`AppState`], so tests drive it with
 //! `tower::ServiceExt::oneshot`.
 
+mod artifacts;
 mod auth;
 mod dashboard;
 pub mod doc;
@@ -89,6 +90,9 @@ fn api(state: AppState) -> Router<AppState> {
         .api_route("/api/events", get_with(events::recent, |o| o.summary("Recent events from GF_EVENTS, newest first")))
         .api_route("/api/events/stream", get_with(events::stream, |o| o.summary("Every event as it is published, over SSE; id = GF_EVENTS stream sequence")))
         .api_route("/api/stats", get_with(stats::get, |o| o.summary("Counters, throughput and latency series, model usage")))
+        .api_route("/api/jobs/{id}/artifacts", get_with(artifacts::list, |o| o.summary("The files the job's attempts left (name, attempt, size, SHA-256), its checkpoint, and uploads that were refused")))
+        .api_route("/api/jobs/{id}/artifacts/{name}", get_with(artifacts::get, |o| o.summary("One artifact's bytes (a name with directories URL-encoded; `attempt` picks an attempt, default the latest)")))
+        .api_route("/api/jobs/{id}/checkpoint", get_with(artifacts::checkpoint, |o| o.summary("The job's last checkpoint, a tar archive of its GF_CHECKPOINT_DIR")))
         .api_route("/api/jobs/{id}/requeue", post_with(sched::requeue, |o| o.summary("Send a dead, cancelled or rejected job round again (attempts reset, new epoch)")))
         .api_route("/api/jobs/{id}/reject", post_with(sched::reject, |o| o.summary("Refuse a pending or blocked job: it ends rejected with the reason")))
         .api_route("/api/jobs/{id}/explain", get_with(sched::explain, |o| o.summary("Why the job is where it is: score terms, each live worker's fit, what it waits for")))

@@ -25,6 +25,7 @@ fn path_param(path: &str, name: &str) -> Value {
         "id" => "job id (UUID)",
         "product" => "product name",
         "name" if path.starts_with("/api/manifests") => "manifest name",
+        "name" if path.contains("/artifacts/") => "artifact path (URL-encoded)",
         "name" => "schedule name",
         "source" => "bridge source name",
         _ => "",

@@ -605,6 +605,7 @@ mod tests {
                     error: "boom".into(),
                 }),
                 ended_because: None,
+                artifact_errors: Vec::new(),
             });
             if rng.random_bool(0.5) {
                 rec.retry_at = Some(at_ns(
@@ -841,6 +842,7 @@ mod tests {
                                     error: "boom".into(),
                                 }),
                                 ended_because: None,
+                                artifact_errors: Vec::new(),
                             });
                             r.lease = None;
                             r.retry_at =
