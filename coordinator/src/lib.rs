@@ -7,8 +7,8 @@
 //!
 //! [`start`] builds and starts every part; [`run`] also waits for it to stop.
 
-pub mod auth;
 pub mod artifacts;
+pub mod auth;
 pub mod bridged;
 pub mod clock;
 pub mod config;

@@ -238,7 +238,10 @@ async fn the_next_attempt_starts_from_the_checkpoint() -> anyhow::Result<()> {
     let mut wcfg = worker_config(&nats.url(), 1);
     wcfg.scratch_dir = Some(scratch.path().to_path_buf());
     let worker = Running::worker(wcfg).await?;
-    let rpc = RpcClient::new(async_nats::connect(nats.url()).await?, Duration::from_secs(5));
+    let rpc = RpcClient::new(
+        async_nats::connect(nats.url()).await?,
+        Duration::from_secs(5),
+    );
     let router = http::router(coord.part.as_ref().unwrap().http_state.clone().unwrap());
 
     let script = r#"
