@@ -183,6 +183,7 @@ mod tests {
             ended_at: Some(t(1500)),
             outcome,
             ended_because: because.map(String::from),
+            artifact_errors: Vec::new(),
         };
         let cases = [
             (
@@ -250,6 +251,7 @@ mod tests {
                 error: "exit status 1".into(),
             }),
             ended_because: None,
+            artifact_errors: Vec::new(),
         });
         rec.history.push(Attempt {
             epoch: 4,
@@ -258,6 +260,7 @@ mod tests {
             ended_at: None,
             outcome: None,
             ended_because: None,
+            artifact_errors: Vec::new(),
         });
         let row = OutcomeRow::of(&rec, 0, (120, 0.5)).expect("closed");
         assert_eq!(row.kind, "build.sh");

@@ -243,6 +243,7 @@ mod tests {
             ended_at: None,
             outcome: None,
             ended_because: None,
+            artifact_errors: Vec::new(),
         });
     }
 
