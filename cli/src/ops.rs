@@ -236,12 +236,23 @@ pub async fn follow(
 
 #[derive(Args, Debug)]
 pub struct JobsArgs {
-    /// Only jobs in this state (pending, blocked, dispatched, running, succeeded, dead, cancelled).
+    /// Only jobs in this state (pending, blocked, dispatched, running, waiting,
+    /// succeeded, dead, cancelled, rejected). Finished states include the archive.
     #[arg(long)]
     pub state: Option<JobState>,
-    /// At most this many (newest first).
+    /// Only jobs of this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Only jobs of this product.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// At most this many (1 to 500): live and recent ones newest first, then archived
+    /// ones by creation day.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Continue from a previous page (the cursor it printed).
+    #[arg(long)]
+    pub cursor: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -253,16 +264,31 @@ async fn jobs_bucket(client: &async_nats::Client) -> anyhow::Result<kv::Store> {
         .context("no jobs bucket: has a coordinator started against this NATS?")
 }
 
+/// A page of jobs from the coordinators (`gf.rpc.job.list`: the same path as
+/// `GET /api/jobs`; no read of the whole store).
 pub async fn jobs(url: &str, a: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
-    let bucket = jobs_bucket(&client).await?;
-    let jobs = gf_coordinator::store::list_jobs(&bucket, a.state, a.limit).await?;
+    let req = gf_schemas::rpc::JobListRequest {
+        state: a.state,
+        queue: a.queue,
+        product: a.product,
+        cursor: a.cursor,
+        limit: Some(a.limit),
+    };
+    let page: gf_schemas::rpc::JobPage = rpc_client(&client)
+        .call(rpc::LIST_JOBS, &req)
+        .await
+        .context("cannot list jobs")?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
-    } else if jobs.is_empty() {
+        // The jobs as an array, as before paging existed; the cursor goes to stderr.
+        println!("{}", serde_json::to_string_pretty(&page.jobs)?);
+    } else if page.jobs.is_empty() {
         eprintln!("no jobs");
     } else {
-        println!("{}", output::jobs_table(&jobs, Timestamp::now_local()));
+        println!("{}", output::jobs_table(&page.jobs, Timestamp::now_local()));
+    }
+    if let Some(c) = &page.next_cursor {
+        eprintln!("more: --cursor {c}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -274,13 +300,16 @@ pub struct JobArgs {
     pub json: bool,
 }
 
+/// One job wherever it is: live, within its grace period, or archived.
 pub async fn job(url: &str, a: JobArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
-    let bucket = jobs_bucket(&client).await?;
-    let Some(v) = bucket.get(names::job_key(&a.id)).await? else {
-        bail!("no job {}", a.id);
-    };
-    let rec: JobRecord = serde_json::from_slice(&v)?;
+    let rec: JobRecord = rpc_client(&client)
+        .call(
+            rpc::GET_JOB,
+            &gf_schemas::rpc::GetJobRequest { job_id: a.id },
+        )
+        .await
+        .with_context(|| format!("cannot read job {}", a.id))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rec)?);
     } else {
@@ -301,9 +330,15 @@ pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let js = jetstream::new(client.clone());
     let bucket = jobs_bucket(&client).await?;
-    if bucket.get(names::job_key(&a.id)).await?.is_none() {
-        bail!("no job {}", a.id);
-    }
+    // Wherever the job is (live, in its grace period or archived): its lines are kept
+    // by GF_LOGS's own retention.
+    let _: JobRecord = rpc_client(&client)
+        .call(
+            rpc::GET_JOB,
+            &gf_schemas::rpc::GetJobRequest { job_id: a.id },
+        )
+        .await
+        .with_context(|| format!("no job {}", a.id))?;
     // Every factory that ran an attempt of the job wrote on its own subject.
     let subject = names::job_logs(&a.id);
     let stream = js.get_stream(names::STREAM_LOGS).await?;

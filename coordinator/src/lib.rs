@@ -142,6 +142,7 @@ pub async fn start(
     let (stats, stats_feed, stats_task) =
         stats::start(service.store.jobs.clone(), shutdown.clone());
     let archiver = tokio::spawn(history::archive::run(js.clone(), shutdown.clone()));
+    let _ = service.jobs_index.set(stats.clone());
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(scheduler::run(
         service.clone(),

@@ -221,6 +221,7 @@ async fn handle_one(service: &Service, subject: &str, payload: &[u8]) -> Bytes {
             Ok(r) => reply(service, subject, service.get_job(&r.job_id).await),
             Err(e) => reply::<()>(service, subject, Err(e)),
         },
+        rpc::LIST_JOBS => call!("job list request", list_jobs),
         rpc::CANCEL => match decode::<CancelRequest>("cancel request", payload, max) {
             Ok(r) => reply(service, subject, service.cancel(&r.job_id, r.reason).await),
             Err(e) => reply::<()>(service, subject, Err(e)),
@@ -302,6 +303,7 @@ fn operation(subject: &str) -> &'static str {
     match subject {
         rpc::SUBMIT => "submit",
         rpc::GET_JOB => "get_job",
+        rpc::LIST_JOBS => "list_jobs",
         rpc::CANCEL => "cancel",
         rpc::EXPLAIN => "explain",
         rpc::REQUEUE => "requeue",

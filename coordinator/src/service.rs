@@ -40,6 +40,8 @@ pub struct Service {
     pub lane: crate::lane::DirectLane,
     /// The tracker bridge, set once at start (it submits through this service).
     pub bridge: std::sync::OnceLock<Arc<gf_bridge::Bridge>>,
+    /// The jobs in the live store, for listing ([`crate::history::list`]); set at start.
+    pub jobs_index: std::sync::OnceLock<crate::stats::StatsHandle>,
     /// Enrolled factories (a secured deployment): registration is narrowed to what
     /// enrollment approved. `None` on an open NATS.
     pub factories: Option<crate::auth::Factories>,
@@ -85,6 +87,7 @@ impl Service {
             caps: Mutex::new(HashMap::new()),
             lane: crate::lane::DirectLane::default(),
             bridge: std::sync::OnceLock::new(),
+            jobs_index: std::sync::OnceLock::new(),
             factories: None,
             artifacts: std::sync::OnceLock::new(),
         })
@@ -654,6 +657,17 @@ impl Service {
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         Ok(())
+    }
+
+    /// A page of jobs: the live store's, then the archive's (docs/history.md).
+    pub async fn list_jobs(
+        &self,
+        req: gf_schemas::rpc::JobListRequest,
+    ) -> Result<gf_schemas::rpc::JobPage, RpcError> {
+        let index = self.jobs_index.get().ok_or_else(|| {
+            RpcError::new(ErrorKind::Unavailable, "the jobs index is not started yet")
+        })?;
+        crate::history::list::list(&self.store, index, &req).await
     }
 
     /// A job wherever it is: the live store (live or in its grace period), else the

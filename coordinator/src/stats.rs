@@ -39,6 +39,7 @@ struct Summary {
     rev: u64,
     state: JobState,
     queue: String,
+    product: String,
     usage: Option<(ModelKey, UsageSums)>,
 }
 
@@ -198,6 +199,7 @@ impl Aggregator {
             rev,
             state: rec.state,
             queue: rec.spec.queue.clone(),
+            product: rec.spec.product.clone(),
             usage,
         };
         let old = self.jobs.insert(rec.id, new.clone());
@@ -209,6 +211,44 @@ impl Aggregator {
         if rec.state.is_terminal() && !was_terminal {
             self.finished(rec, now);
         }
+    }
+
+    /// The ids of the jobs it holds (live, and finished within their grace period)
+    /// matching the filters, newest first, older than `before`: at most `limit`, and
+    /// how many match in all. Costs one pass over the jobs it holds, never history.
+    pub fn matching(
+        &self,
+        state: Option<JobState>,
+        queue: Option<&str>,
+        product: Option<&str>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> (Vec<JobId>, usize) {
+        let mut total = 0;
+        let mut ids: Vec<JobId> = Vec::new();
+        for (id, s) in &self.jobs {
+            if state.is_some_and(|st| st != s.state)
+                || queue.is_some_and(|q| q != s.queue)
+                || product.is_some_and(|p| p != s.product)
+            {
+                continue;
+            }
+            total += 1;
+            if before.is_none_or(|b| *id < b) {
+                ids.push(*id);
+            }
+        }
+        // Newest first; only the first `limit` need ordering.
+        if ids.len() > limit {
+            ids.select_nth_unstable_by(limit, |a, b| b.cmp(a));
+            ids.truncate(limit);
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        (ids, total)
+    }
+
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.jobs.contains_key(id)
     }
 
     /// A deleted (purged) job leaves the counters; its finish stays in the series.
@@ -330,15 +370,39 @@ impl Aggregator {
     }
 }
 
-/// Readers' end: the latest snapshot, refreshed at most twice a second.
+/// Readers' end: the latest snapshot, refreshed at most twice a second, and the index
+/// of the jobs counted (what listing pages through, [`crate::history::list`]).
 #[derive(Clone)]
 pub struct StatsHandle {
     rx: watch::Receiver<Arc<JobStats>>,
+    shared: Arc<Shared>,
 }
 
 impl StatsHandle {
     pub fn current(&self) -> Arc<JobStats> {
         self.rx.borrow().clone()
+    }
+
+    /// [`Aggregator::matching`] on the live counters.
+    pub fn matching(
+        &self,
+        state: Option<JobState>,
+        queue: Option<&str>,
+        product: Option<&str>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> (Vec<JobId>, usize) {
+        self.shared
+            .agg
+            .lock()
+            .expect("stats")
+            .matching(state, queue, product, before, limit)
+    }
+
+    /// Whether job `id` is live or finished within its grace period, as far as the
+    /// counters know.
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.shared.agg.lock().expect("stats").contains(id)
     }
 }
 
@@ -410,7 +474,14 @@ pub fn start(
         leader_feeds: watch::Sender::new(false),
     });
     let task = tokio::spawn(run(jobs, shared.clone(), tx, shutdown));
-    (StatsHandle { rx }, StatsFeed(shared), task)
+    (
+        StatsHandle {
+            rx,
+            shared: shared.clone(),
+        },
+        StatsFeed(shared),
+        task,
+    )
 }
 
 /// Publishes a snapshot twice a second and, while this coordinator does not lead,

@@ -76,6 +76,7 @@ pub fn rpc_index() -> serde_json::Value {
         "subjects": {
             rpc::SUBMIT: entry("job_spec", "submit_reply"),
             rpc::GET_JOB: entry("get_job_request", "get_job_reply"),
+            rpc::LIST_JOBS: entry("job_list_request", "job_page_reply"),
             rpc::CANCEL: entry("cancel_request", "cancel_reply"),
             rpc::EXPLAIN: entry("job_action", "explain_reply"),
             rpc::REQUEUE: entry("job_action", "cancel_reply"),
@@ -154,6 +155,8 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("submit_reply", s::<Reply<rpc::SubmitReply>>()),
         ("get_job_request", s::<rpc::GetJobRequest>()),
         ("get_job_reply", s::<Reply<JobRecord>>()),
+        ("job_list_request", s::<rpc::JobListRequest>()),
+        ("job_page_reply", s::<Reply<rpc::JobPage>>()),
         ("cancel_request", s::<rpc::CancelRequest>()),
         ("cancel_reply", s::<Reply<rpc::CancelReply>>()),
         ("register_request", s::<rpc::RegisterRequest>()),

@@ -64,6 +64,8 @@ pub mod rpc {
     pub const ALL: &str = "gf.rpc.>";
     pub const SUBMIT: &str = "gf.rpc.submit";
     pub const GET_JOB: &str = "gf.rpc.job.get";
+    /// A page of jobs, from the live store and the archive (docs/history.md).
+    pub const LIST_JOBS: &str = "gf.rpc.job.list";
     pub const CANCEL: &str = "gf.rpc.job.cancel";
     pub const EXPLAIN: &str = "gf.rpc.job.explain";
     pub const REQUEUE: &str = "gf.rpc.job.requeue";

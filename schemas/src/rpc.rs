@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::FactoryVerb;
 use crate::{
-    AttemptOutcome, Capabilities, ConsumerName, JobId, JobSpec, JobState, Lease, RunningJob,
-    Timestamp, Usage, WorkerId, WorkerState,
+    AttemptOutcome, Capabilities, ConsumerName, JobId, JobRecord, JobSpec, JobState, Lease,
+    RunningJob, Timestamp, Usage, WorkerId, WorkerState,
 };
 
 /// A request a factory sends on its own behalf, on `gf.rpc.w.<factory>.<verb>`.
@@ -172,6 +172,40 @@ pub struct SubmitReply {
 #[serde(deny_unknown_fields)]
 pub struct GetJobRequest {
     pub job_id: JobId,
+}
+
+/// `gf.rpc.job.list`: one page of jobs, filtered (what `GET /api/jobs` answers).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobListRequest {
+    /// Only jobs in this state.
+    #[serde(default)]
+    pub state: Option<JobState>,
+    /// Only jobs of this queue.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Only jobs of this product.
+    #[serde(default)]
+    pub product: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// One page of jobs: first the live store's (live jobs, and finished ones within their
+/// grace period), newest first; then, for finished states, the archive's, by creation
+/// day newest first (within a day in the order they were archived).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// Jobs matching the filters in the live store (live, and finished within their
+    /// grace period). The archive holds more finished ones, reached by paging on.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -35,6 +35,7 @@ use gf_schemas::JobState;
 use crate::error::StoreError;
 
 pub mod archive;
+pub mod list;
 
 /// How long the marker a server leaves when a finished job expires stays visible. A
 /// watcher away for less than this sees the removal when it resumes; one away longer

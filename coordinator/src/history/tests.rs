@@ -348,3 +348,123 @@ fn archive_subjects_partition_by_creation_day() {
         format!("gf.archive.{day}.*.*.{id}")
     );
 }
+
+/// Pages every matching job once: live ones from the live store, finished ones from it
+/// within their grace period and from the archive after it, with a cursor across both.
+#[tokio::test]
+async fn listing_pages_the_live_store_then_the_archive() -> anyhow::Result<()> {
+    use gf_schemas::rpc::JobListRequest;
+    let nats = gf_testkit::NatsServer::start()?;
+    let history = HistoryConfig {
+        cancelled: Some(Duration::from_secs(3)),
+        ..short()
+    };
+    let (service, store, js) = service(&nats, history.clone()).await?;
+    archive::ensure_stream(&js, 1, history.archive).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (index, _feed, stats_task) = crate::stats::start(store.jobs.clone(), shutdown.clone());
+    let _ = service.jobs_index.set(index.clone());
+    let archiver = tokio::spawn(archive::run(js.clone(), shutdown.clone()));
+
+    let mut live = Vec::new();
+    for _ in 0..5 {
+        live.push(
+            service
+                .submit_spec(JobSpec::command(["true"]))
+                .await?
+                .job_id,
+        );
+    }
+    let mut done = Vec::new();
+    for _ in 0..6 {
+        let id = service
+            .submit_spec(JobSpec::command(["true"]))
+            .await?
+            .job_id;
+        service.cancel(&id, None).await?;
+        done.push(id);
+    }
+    let all_pages = |state: JobState, limit: usize| {
+        let service = &service;
+        async move {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            let mut total = 0;
+            for _ in 0..20 {
+                let page = service
+                    .list_jobs(JobListRequest {
+                        state: Some(state),
+                        cursor: cursor.clone(),
+                        limit: Some(limit),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("page");
+                total = page.total;
+                assert!(page.jobs.len() <= limit);
+                seen.extend(page.jobs.iter().map(|r| r.id));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            (seen, total)
+        }
+    };
+    let sorted = |mut v: Vec<JobId>| {
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            all_pages(JobState::Pending, 2).await.0.len() == 5
+        })
+        .await
+    );
+    let (pending, total) = all_pages(JobState::Pending, 2).await;
+    assert_eq!((sorted(pending.clone()), total), (sorted(live.clone()), 5));
+    let mut newest_first = live.clone();
+    newest_first.reverse();
+    assert_eq!(pending, newest_first, "newest first");
+
+    // Within the grace period: from the live store, each once (also archived by now).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            all_pages(JobState::Cancelled, 4).await.0.len() == 6
+        })
+        .await
+    );
+    let (cancelled, total) = all_pages(JobState::Cancelled, 4).await;
+    assert_eq!((sorted(cancelled), total), (sorted(done.clone()), 6));
+    // After it: from the archive, each once; none counted in the live store.
+    let expired = eventually(Duration::from_secs(20), || async {
+        index
+            .matching(Some(JobState::Cancelled), None, None, None, 0)
+            .1
+            == 0
+    })
+    .await;
+    assert!(expired);
+    let (archived, total) = all_pages(JobState::Cancelled, 4).await;
+    assert_eq!((sorted(archived), total), (sorted(done.clone()), 0));
+    // Filters that match nothing in the archive end the paging.
+    let none = service
+        .list_jobs(JobListRequest {
+            state: Some(JobState::Dead),
+            ..Default::default()
+        })
+        .await?;
+    assert!(none.jobs.is_empty() && none.next_cursor.is_none());
+    let bad = service
+        .list_jobs(JobListRequest {
+            cursor: Some("a.x.1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind, ErrorKind::Invalid);
+    shutdown.cancel();
+    archiver.await?;
+    stats_task.await?;
+    Ok(())
+}

@@ -12,14 +12,11 @@ use axum::Json;
 use futures::{Stream, StreamExt};
 use gf_schemas::{names, JobId, JobRecord, JobState};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::doc::{Created, JsonBody};
 use super::{parse_job_id, ApiError, AppState};
 use aide::NoApi;
-
-/// Largest page.
-pub const MAX_LIMIT: usize = 500;
 
 #[derive(Deserialize, JsonSchema)]
 pub struct ListQuery {
@@ -35,71 +32,25 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-/// One page of jobs, newest first.
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct JobPage {
-    pub jobs: Vec<JobRecord>,
-    /// Jobs matching the filters, over all pages.
-    pub total: usize,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
+pub use gf_schemas::rpc::JobPage;
 
-/// Filters and pages jobs: newest first, those older than `cursor`. Pure, so the
-/// paging rules are unit-tested.
-pub fn page(
-    mut jobs: Vec<JobRecord>,
-    state: Option<JobState>,
-    queue: Option<&str>,
-    product: Option<&str>,
-    cursor: Option<JobId>,
-    limit: usize,
-) -> JobPage {
-    jobs.retain(|r| {
-        state.is_none_or(|s| s == r.state)
-            && queue.is_none_or(|q| q == r.spec.queue)
-            && product.is_none_or(|p| p == r.spec.product)
-    });
-    let total = jobs.len();
-    // Job ids are UUIDv7: by id is by submission time.
-    jobs.sort_by_key(|r| std::cmp::Reverse(r.id));
-    let start = match cursor {
-        Some(c) => jobs.partition_point(|r| r.id >= c),
-        None => 0,
-    };
-    let rest = jobs.len() - start;
-    let page: Vec<JobRecord> = jobs.drain(start..).take(limit).collect();
-    let next_cursor = (rest > page.len())
-        .then(|| page.last().map(|r| r.id.to_string()))
-        .flatten();
-    JobPage {
-        jobs: page,
-        total,
-        next_cursor,
-    }
-}
-
+/// Lists jobs from the live store, then (finished states) the archive, never scanning
+/// history ([`crate::history::list`]).
 pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(q) = q?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "`limit` must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    let cursor = q.cursor.as_deref().map(parse_job_id).transpose()?;
-    let all = crate::store::list_jobs(&st.service.store.jobs, None, usize::MAX).await?;
-    Ok(Json(page(
-        all,
-        q.state,
-        q.queue.as_deref(),
-        q.product.as_deref(),
-        cursor,
-        limit,
-    )))
+    let req = gf_schemas::rpc::JobListRequest {
+        state: q.state,
+        queue: q.queue,
+        product: q.product,
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    Ok(Json(
+        crate::history::list::list(&st.service.store, &st.stats, &req).await?,
+    ))
 }
 
 pub async fn submit(
@@ -239,47 +190,5 @@ impl LogFollow {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gf_schemas::{JobSpec, Timestamp};
-
-    fn rec(queue: &str, state: JobState) -> JobRecord {
-        let mut s = JobSpec::command(["true"]);
-        s.queue = queue.into();
-        let mut r = JobRecord::new(JobId::new(), s, Timestamp::from_unix_millis(0));
-        r.state = state;
-        r
-    }
-
-    /// Pages cover every matching job once, newest first, and the last has no cursor.
-    #[test]
-    fn paging_covers_all_once() {
-        let all: Vec<JobRecord> = (0..23)
-            .map(|i| rec(if i % 2 == 0 { "a" } else { "b" }, JobState::Pending))
-            .collect();
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let p = page(all.clone(), None, Some("a"), None, cursor, 5);
-            assert_eq!(p.total, 12);
-            seen.extend(p.jobs.iter().map(|r| r.id));
-            match p.next_cursor {
-                Some(c) => cursor = Some(c.parse().unwrap()),
-                None => break,
-            }
-        }
-        let mut want: Vec<JobId> = all
-            .iter()
-            .filter(|r| r.spec.queue == "a")
-            .map(|r| r.id)
-            .collect();
-        want.sort_by(|a, b| b.cmp(a));
-        assert_eq!(seen, want);
-        let p = page(all, Some(JobState::Running), None, None, None, 5);
-        assert_eq!((p.total, p.jobs.len(), p.next_cursor), (0, 0, None));
     }
 }
