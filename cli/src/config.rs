@@ -85,6 +85,9 @@ const WEIGHTS: Shape = Shape::Table(&[
     ("product", Shape::Leaf),
     ("affinity", Shape::Leaf),
     ("cost", Shape::Leaf),
+    ("success", Shape::Leaf),
+    ("speed", Shape::Leaf),
+    ("failed_here", Shape::Leaf),
 ]);
 
 const PROFILE: Shape = Shape::Table(&[

@@ -54,10 +54,29 @@ pub fn render_explanation(e: &Explanation) -> String {
                 w.score
                     .as_ref()
                     .map(|s| {
-                        format!(
-                            "{} (affinity {:+})",
-                            s.total,
+                        let mut parts = vec![format!(
+                            "affinity {:+}",
                             s.terms.get("affinity").copied().unwrap_or(0.0)
+                        )];
+                        for t in ["success", "speed", "failed_here"] {
+                            if let Some(v) = s.terms.get(t) {
+                                parts.push(format!("{t} {v:+}"));
+                            }
+                        }
+                        format!("{} ({})", s.total, parts.join(", "))
+                    })
+                    .unwrap_or_default(),
+                w.learned
+                    .as_ref()
+                    .map(|l| {
+                        let secs = |s: Option<f64>| s.map_or("?".into(), |s| format!("{s:.1}s"));
+                        format!(
+                            "ok {:.0}% (kind {:.0}%), {} (kind {}), {:.0} runs",
+                            l.success * 100.0,
+                            l.kind_success * 100.0,
+                            secs(l.secs),
+                            secs(l.kind_secs),
+                            l.observed
                         )
                     })
                     .unwrap_or_default(),
@@ -65,7 +84,10 @@ pub fn render_explanation(e: &Explanation) -> String {
         })
         .collect();
     if !rows.is_empty() {
-        s.push_str(&output::table(&["WORKER", "FIT", "FREE", "SCORE"], &rows));
+        s.push_str(&output::table(
+            &["WORKER", "FIT", "FREE", "SCORE", "LEARNED"],
+            &rows,
+        ));
         s.push('\n');
     }
     s

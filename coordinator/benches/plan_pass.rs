@@ -136,6 +136,40 @@ impl Fleet {
     }
 }
 
+/// Estimates from 1,000 outcomes per worker of the backlog's kind (`gf:noop`), each
+/// worker with its own success rate and speed.
+fn learned_model(now: Timestamp) -> gf_coordinator::plan::learned::Learned {
+    use gf_schemas::outcome::OutcomeRow;
+    let mut l = gf_coordinator::plan::learned::Learned::default();
+    for i in 0..WORKERS {
+        let w = worker(i, now);
+        for k in 0..1_000usize {
+            let mut rec = JobRecord::new(JobId::new(), JobSpec::command(["gf:noop"]), now);
+            let ok = k % (i + 2) != 0;
+            rec.history.push(gf_schemas::Attempt {
+                epoch: 1,
+                worker: w.id.clone(),
+                started_at: now,
+                ended_at: Some(Timestamp::from_unix_millis(
+                    now.unix_millis() + 1_000 * (i as i64 + 1),
+                )),
+                outcome: Some(if ok {
+                    gf_schemas::AttemptOutcome::Succeeded { exit_code: 0 }
+                } else {
+                    gf_schemas::AttemptOutcome::Failed {
+                        exit_code: Some(1),
+                        error: "exit 1".into(),
+                    }
+                }),
+                ended_because: None,
+            });
+            let row: OutcomeRow = OutcomeRow::of(&rec, 0, (0, 0.0)).expect("closed");
+            l.observe(&row);
+        }
+    }
+    l
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -165,8 +199,13 @@ fn main() {
     };
     let starts = StartLog::default();
     println!(
-        "{:>8}  {:>16}  {:>18}  {:>22}  {:>9}",
-        "waiting", "full scan (ms)", "incremental (ms)", "incremental, full (ms)", "examined"
+        "{:>8}  {:>16}  {:>18}  {:>22}  {:>9}  {:>18}",
+        "waiting",
+        "full scan (ms)",
+        "incremental (ms)",
+        "incremental, full (ms)",
+        "examined",
+        "+ learned (ms)"
     );
     for n in sizes {
         // The full scan, in the same steady state.
@@ -200,13 +239,32 @@ fn main() {
             fleet.apply(&pass);
             fleet.churn();
         }
+        // The same with learned placement terms (issue 17): estimates for the jobs'
+        // kind on every worker, so each placement scores them.
+        let mut fleet = Fleet::new(n);
+        fleet.view.learned = learned_model(fleet.now());
+        let mut planner = Planner::new();
+        let now = fleet.now();
+        let first = planner.pass(&mut fleet.view, &policy, &starts, now);
+        fleet.apply(&first);
+        fleet.churn();
+        let mut with_learned = Vec::new();
+        for _ in 0..PASSES {
+            let now = fleet.now();
+            let t = Instant::now();
+            let pass = planner.pass(&mut fleet.view, &policy, &starts, now);
+            with_learned.push(t.elapsed());
+            fleet.apply(&pass);
+            fleet.churn();
+        }
         examined.sort();
         println!(
-            "{n:>8}  {:>16.3}  {:>18.3}  {:>22.1}  {:>9}",
+            "{n:>8}  {:>16.3}  {:>18.3}  {:>22.1}  {:>9}  {:>18.3}",
             ms(median(full)),
             ms(median(incremental)),
             ms(rebuild),
-            examined[examined.len() / 2]
+            examined[examined.len() / 2],
+            ms(median(with_learned))
         );
     }
 }

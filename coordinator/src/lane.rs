@@ -175,16 +175,19 @@ impl DirectLane {
             return None;
         }
         // As the planner chooses.
+        // Without the learned terms: the lane only opens on a fleet with room to
+        // spare and nothing waiting, and keeps no estimates of its own.
         let i = best_fit(
             rec,
             rules.scoring,
+            &crate::plan::learned::Learned::default(),
             now,
             inner
                 .rooms
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.free > 0 && r.capabilities.unmet(spec).is_none())
-                .map(|(i, r)| (i, &r.capabilities, r.free)),
+                .map(|(i, r)| (i, &r.worker, &r.capabilities, r.free)),
         )?;
         let best = &mut inner.rooms[i];
         best.free -= 1;

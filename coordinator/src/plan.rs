@@ -27,6 +27,7 @@ use crate::config::LimitRule;
 use crate::score::{self, ScoringConfig};
 
 mod backlog;
+pub mod learned;
 mod rank;
 
 pub use backlog::Planner;
@@ -52,6 +53,9 @@ pub struct View {
     pub stats: Option<crate::stats::LeaderFeed>,
     /// On the leader, attempts that end become outcome rows (see [`crate::outcomes`]).
     pub outcomes: Option<crate::outcomes::Recorder>,
+    /// What finished attempts taught about placement (fed from `outcomes` on the
+    /// leader; read from the stream for an explanation).
+    pub learned: learned::Learned,
     /// Jobs whose record changed (or went) since the [`Planner`] last looked: what its
     /// next pass re-evaluates. Records must change through [`View::set_job`],
     /// [`View::apply_job`] and [`View::remove_job`] for it to see them.
@@ -87,6 +91,7 @@ impl View {
             return;
         }
         if let Ok(rec) = serde_json::from_slice::<WorkerRecord>(value) {
+            self.learned.note_worker(&rec);
             self.workers.insert(id, rec);
         }
     }
@@ -107,7 +112,9 @@ impl View {
         }
         if let Some(o) = &mut self.outcomes {
             let old = self.jobs.get(&rec.id).map(|(r, _)| r);
-            o.observe(old, &rec, &self.workers, &self.budgets);
+            for row in o.observe(old, &rec, &self.workers, &self.budgets) {
+                self.learned.observe(row);
+            }
         }
         self.changed.push(rec.id);
         if rec.state.is_terminal() {
@@ -304,21 +311,41 @@ pub fn limit_keys(spec: &JobSpec, limits: &[LimitRule]) -> Vec<(String, usize)> 
 }
 
 /// Where a job goes among the workers that fit it and have room, given as `(worker,
-/// its capabilities, its free notices)`: the one the job scores best on (preferred
-/// capabilities), then the one with the most room; the last of equals. One rule for
+/// its id, its capabilities, its free notices)`: the one the job scores best on
+/// (preferred capabilities, and the learned terms: likely success, speed, this job's
+/// failures there), then the one with the most room; the last of equals. One rule for
 /// the plan pass and the direct lane, so a submission picks as a pass would. Each
 /// candidate is scored once.
 pub(crate) fn best_fit<'c, W>(
     rec: &JobRecord,
     scoring: &ScoringConfig,
+    learned: &learned::Learned,
     now: Timestamp,
-    candidates: impl IntoIterator<Item = (W, &'c Capabilities, i64)>,
+    candidates: impl IntoIterator<Item = (W, &'c WorkerId, &'c Capabilities, i64)>,
 ) -> Option<W> {
+    let placing = learned::Placing::of(rec, scoring, learned);
     candidates
         .into_iter()
-        .map(|(w, caps, free)| (score::total(rec, Some(caps), scoring, now), free, w))
+        .map(|(w, id, caps, free)| {
+            let s = score::total(rec, Some(caps), scoring, now) + placing.total(rec, id);
+            (s, free, w)
+        })
         .max_by(|(sa, fa, _), (sb, fb, _)| sa.total_cmp(sb).then(fa.cmp(fb)))
         .map(|(_, _, w)| w)
+}
+
+/// The score a job is dispatched with on `worker`: [`score::score`] with the worker's
+/// affinity, plus the learned terms when they say anything (see `plan::learned`).
+pub fn placed_score(
+    rec: &JobRecord,
+    worker: &WorkerRecord,
+    scoring: &ScoringConfig,
+    learned: &learned::Learned,
+    now: Timestamp,
+) -> Score {
+    let mut s = score::score(rec, Some(&worker.capabilities), scoring, now);
+    learned::Placing::of(rec, scoring, learned).extend(rec, &worker.id, &mut s);
+    s
 }
 
 #[derive(Debug, PartialEq)]
@@ -602,10 +629,11 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
         let best = best_fit(
             rec,
             policy.scoring,
+            &view.learned,
             now,
             fits.iter()
                 .filter(|w| free[&w.id] > 0)
-                .map(|w| (*w, &w.capabilities, free[&w.id])),
+                .map(|w| (*w, &w.id, &w.capabilities, free[&w.id])),
         );
         if limited {
             out.extend(unblock());
@@ -660,7 +688,7 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
                 }
                 out.push(Decision::Dispatch(
                     rec.id,
-                    score::score(rec, Some(&w.capabilities), policy.scoring, now),
+                    placed_score(rec, w, policy.scoring, &view.learned, now),
                 ));
             }
             None => out.extend(unblock()),
@@ -702,6 +730,7 @@ pub fn explain(
             })
             .count() as i64
     };
+    let kind = gf_schemas::profile::kind(&rec.spec);
     let mut workers: Vec<gf_schemas::WorkerFit> = live
         .iter()
         .map(|w| {
@@ -713,7 +742,17 @@ pub fn explain(
                 worker: w.id.clone(),
                 score: missing
                     .is_none()
-                    .then(|| score::score(rec, Some(&w.capabilities), policy.scoring, now)),
+                    .then(|| placed_score(rec, w, policy.scoring, &view.learned, now)),
+                learned: view.learned.estimate(&kind, &w.id).map(|e| {
+                    gf_schemas::budget::LearnedFit {
+                        kind: kind.clone(),
+                        success: e.success,
+                        kind_success: e.kind_success,
+                        observed: e.observed,
+                        secs: e.secs,
+                        kind_secs: e.kind_secs,
+                    }
+                }),
                 missing,
                 free_slots: i64::from(w.slots) - running(&w.id),
             }

@@ -208,6 +208,8 @@ async fn lead(
         outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
         ..View::default()
     };
+    // What earlier terms learned; the workers' profiles follow from the watch.
+    view.learned = crate::outcomes::warm(&store.js, &service.routing, service.clock.now()).await;
     let mut outcome_tick = tokio::time::interval(crate::outcomes::FLUSH_PERIOD);
     outcome_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut starts = StartLog::default();

@@ -18,6 +18,11 @@ pub struct Weights {
     pub product: f64,
     pub affinity: f64,
     pub cost: f64,
+    /// Learned placement terms (see `plan::learned`): likely success on the worker for
+    /// this kind of job, speed on it, and this job's own failures on it.
+    pub success: f64,
+    pub speed: f64,
+    pub failed_here: f64,
 }
 
 impl Default for Weights {
@@ -31,6 +36,10 @@ impl Default for Weights {
             product: 1.0,
             affinity: 5.0,
             cost: 0.0,
+            // Picked with `gf outcomes replay` (README): see docs/scheduling.md.
+            success: 1.0,
+            speed: 0.5,
+            failed_here: 1.0,
         }
     }
 }
@@ -44,6 +53,9 @@ impl Weights {
             product: o.product.unwrap_or(self.product),
             affinity: o.affinity.unwrap_or(self.affinity),
             cost: o.cost.unwrap_or(self.cost),
+            success: o.success.unwrap_or(self.success),
+            speed: o.speed.unwrap_or(self.speed),
+            failed_here: o.failed_here.unwrap_or(self.failed_here),
         }
     }
 }

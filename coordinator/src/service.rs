@@ -387,7 +387,10 @@ impl Service {
     /// Why a job is where it is: score terms, every live worker's fit, what it waits for.
     pub async fn explain(&self, id: &JobId) -> Result<gf_schemas::Explanation, RpcError> {
         let rec = self.get_job(id).await?;
-        let mut view = crate::plan::View::default();
+        let mut view = crate::plan::View {
+            learned: crate::outcomes::warm(&self.store.js, &self.routing, self.clock.now()).await,
+            ..Default::default()
+        };
         let transport = |e: StoreError| RpcError::from(e);
         for (k, v) in crate::store::read_all(&self.store.workers)
             .await

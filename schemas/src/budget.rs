@@ -201,8 +201,28 @@ pub struct WorkerFit {
     /// `None` when the worker could run the job.
     pub missing: Option<String>,
     pub free_slots: i64,
-    /// The job's score with this worker (affinity differs per worker).
+    /// The job's score with this worker (affinity and the learned terms differ per
+    /// worker).
     pub score: Option<Score>,
+    /// The numbers behind the learned terms, once the job's kind has outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<LearnedFit>,
+}
+
+/// What finished attempts say about one worker for one kind of job (smoothed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LearnedFit {
+    pub kind: String,
+    /// Likely success on this worker, and the kind's rate over every worker.
+    pub success: f64,
+    pub kind_success: f64,
+    /// Attempts of the kind on this worker behind the estimate (decayed).
+    pub observed: f64,
+    /// Typical seconds on this worker, and the kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind_secs: Option<f64>,
 }
 
 /// Why a job is where it is.

@@ -113,6 +113,17 @@ pub struct ScoreWeights {
     /// Subtracted per unit of `max_cost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// Learned placement: per point of likely success above the kind's usual rate
+    /// on a worker (×100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<f64>,
+    /// Learned placement: per halving of the kind's usual duration on a worker (×10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// Learned placement: subtracted (×20) per attempt of this job that failed on a
+    /// worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_here: Option<f64>,
 }
 
 /// A score and its terms, as computed for one decision.

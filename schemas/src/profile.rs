@@ -273,6 +273,9 @@ pub fn resolve(
             product: s.product.or(p.product),
             affinity: s.affinity.or(p.affinity),
             cost: s.cost.or(p.cost),
+            success: s.success.or(p.success),
+            speed: s.speed.or(p.speed),
+            failed_here: s.failed_here.or(p.failed_here),
         }),
     };
     from.insert(

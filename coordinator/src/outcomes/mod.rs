@@ -64,29 +64,33 @@ impl Recorder {
         }
     }
 
-    /// Rows for the attempts of `new` that `old` held open. Pure apart from buffering.
+    /// Rows for the attempts of `new` that `old` held open, buffered for the next
+    /// flush; returns them (for the learned estimates).
     pub fn observe(
         &mut self,
         old: Option<&JobRecord>,
         new: &JobRecord,
         workers: &HashMap<WorkerId, WorkerRecord>,
         budgets: &HashMap<String, Budget>,
-    ) {
-        let Some(old) = old else { return };
+    ) -> &[OutcomeRow] {
+        let Some(old) = old else { return &[] };
         let rows = rows_between(old, new, workers, &self.routing);
         if rows.is_empty() {
-            return;
+            return &[];
         }
+        if self.rows.len() + rows.len() > MAX_BUFFERED {
+            let drop = self.rows.len().min(MAX_BUFFERED / 10);
+            self.rows.drain(..drop);
+        }
+        let start = self.rows.len();
         for row in rows {
             if budgets.contains_key(&row.product) {
                 *self.worker_secs.entry(row.product.clone()).or_default() +=
                     row.duration_ms as f64 / 1000.0;
             }
-            if self.rows.len() >= MAX_BUFFERED {
-                self.rows.drain(..MAX_BUFFERED / 10);
-            }
             self.rows.push(row);
         }
+        &self.rows[start..]
     }
 
     /// Rows captured and not yet published.
@@ -139,6 +143,34 @@ impl Recorder {
             }
         }
     }
+}
+
+/// Rows a new leader (or an explanation) learns from: at most this many, the newest.
+pub const WARM_ROWS: usize = 20_000;
+/// ...from at most this far back.
+pub const WARM_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Learned estimates from the newest rows in the stream; empty (and a warning) when
+/// the stream cannot be read, so a leader never waits on it to schedule.
+pub async fn warm(
+    js: &jetstream::Context,
+    routing: &Routing,
+    now: gf_schemas::Timestamp,
+) -> crate::plan::learned::Learned {
+    let mut learned = crate::plan::learned::Learned::new(routing.clone());
+    let since =
+        gf_schemas::Timestamp::from_unix_millis(now.unix_millis() - WARM_AGE.as_millis() as i64);
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        export::read(js, Some(since), Some(WARM_ROWS)),
+    )
+    .await
+    {
+        Ok(Ok(rows)) => rows.iter().for_each(|r| learned.observe(r)),
+        Ok(Err(e)) => tracing::warn!(error = %e, "outcome rows not read; learning from scratch"),
+        Err(_) => tracing::warn!("outcome rows not read in 10 s; learning from scratch"),
+    }
+    learned
 }
 
 /// The rows of the attempts closed between two records of one job. The usage the

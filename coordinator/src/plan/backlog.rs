@@ -273,10 +273,11 @@ impl Planner {
             let best = best_fit(
                 rec,
                 policy.scoring,
+                &view.learned,
                 now,
                 fits.iter()
                     .filter(|w| free[&w.id] > 0)
-                    .map(|w| (*w, &w.capabilities, free[&w.id])),
+                    .map(|w| (*w, &w.id, &w.capabilities, free[&w.id])),
             );
             let chosen = match best {
                 Some(w) => Some(w),
@@ -331,7 +332,7 @@ impl Planner {
                     self.decided.push(rec.id);
                     out.push(Decision::Dispatch(
                         rec.id,
-                        score::score(rec, Some(&w.capabilities), policy.scoring, now),
+                        super::placed_score(rec, w, policy.scoring, &view.learned, now),
                     ));
                 }
                 None => self.rank.skip(&c),
