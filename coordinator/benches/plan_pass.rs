@@ -162,6 +162,7 @@ fn learned_model(now: Timestamp) -> gf_coordinator::plan::learned::Learned {
                     }
                 }),
                 ended_because: None,
+                artifact_errors: Vec::new(),
             });
             let row: OutcomeRow = OutcomeRow::of(&rec, 0, (0, 0.0)).expect("closed");
             l.observe(&row);

@@ -326,6 +326,7 @@ mod tests {
                 }
             }),
             ended_because: None,
+            artifact_errors: Vec::new(),
         });
         let mut r = OutcomeRow::of(&rec, 0, (0, 0.0)).unwrap();
         r.worker_profile = Some(profile.into());
@@ -396,6 +397,7 @@ mod tests {
                 ended_at: Some(Timestamp::from_unix_millis(1)),
                 outcome: None,
                 ended_because: Some(because.into()),
+                artifact_errors: Vec::new(),
             });
         }
         assert_eq!(failed_on(&rec, &id("a")), 1);
@@ -517,6 +519,7 @@ mod tests {
                     ended_at: None,
                     outcome: None,
                     ended_because: None,
+                    artifact_errors: Vec::new(),
                 });
                 rev += 1;
                 view.set_job(rec.clone(), rev);
