@@ -1548,12 +1548,11 @@ async fn protocol_ceiling(
     })
 }
 
-/// The fabric alone: the real coordinator, RPC plane and dispatch stream, with the
-/// worker side played in-process by the suite (claim, then complete at once, many in
-/// parallel, no job process). Shows what the coordinator + NATS sustain.
+/// The fabric alone: the real coordinator and RPC plane, with the worker side played
+/// in-process by the suite (each job leased to it at dispatch completed at once, many
+/// in parallel, no job process). Shows what the coordinator + NATS sustain.
 async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
-    use gf_schemas::names::Routing;
-    use gf_schemas::rpc::DispatchNotice;
+    use gf_schemas::rpc::ControlMessage;
     let spec = ClusterSpec {
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
@@ -1569,46 +1568,28 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
         crate::scenarios::FakeWorker::register(client.clone(), "fabric", gf_schemas::DEFAULT_QUEUE)
             .await?,
     );
+    let mut msgs = client.subscribe(names::worker_control(&fake.id)).await?;
     wait_active(&js, 1).await?;
-    let filters = Routing::default().worker_filters(
-        &[gf_schemas::DEFAULT_QUEUE.to_string()],
-        &Default::default(),
-    );
-    let consumer = js
-        .get_stream(names::STREAM_DISPATCH)
-        .await?
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("chaos_fabric".into()),
-            filter_subjects: filters,
-            ack_policy: consumer::AckPolicy::Explicit,
-            deliver_policy: consumer::DeliverPolicy::New,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        })
-        .await?;
     let n = args.jobs;
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
     let (d2, f2, a2) = (done.clone(), fake.clone(), all_done.clone());
-    let mut msgs = consumer.messages().await?;
     let handler = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        while let Some(Ok(m)) = msgs.next().await {
-            let (d, f, a) = (d2.clone(), f2.clone(), a2.clone());
-            tasks.spawn(async move {
-                let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
-                    return;
-                };
-                let claim = f.claim(&notice).await;
-                let _ = m.ack().await;
-                if let Ok(c) = claim {
-                    if f.complete(notice.job_id, c.lease.epoch).await.is_ok()
+        while let Some(m) = msgs.next().await {
+            let Ok(ControlMessage::Start { grants }) = serde_json::from_slice(&m.payload) else {
+                continue;
+            };
+            for g in grants {
+                let (d, f, a) = (d2.clone(), f2.clone(), a2.clone());
+                tasks.spawn(async move {
+                    if f.complete(g.job_id, g.lease.epoch).await.is_ok()
                         && d.fetch_add(1, Ordering::Relaxed) + 1 == n
                     {
                         a.notify_one();
                     }
-                }
-            });
+                });
+            }
             while tasks.try_join_next().is_some() {}
         }
     });
