@@ -157,10 +157,13 @@ pub fn confirm_start(
     else {
         return false;
     };
+    // Not before the grant, not after now (`max` then `min`: a clock resynced between
+    // the grant and now must not make this panic as `clamp` would).
     let started_at = ran
         .map(|r| Timestamp::from_unix_millis(now.unix_millis() - r.as_millis() as i64))
         .unwrap_or(now)
-        .clamp(lease.granted_at, now);
+        .max(lease.granted_at)
+        .min(now);
     lease.expires_at = now.plus(Duration::from_millis(lease.ttl_ms));
     rec.state = JobState::Running;
     rec.attempts += 1;

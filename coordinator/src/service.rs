@@ -950,8 +950,10 @@ impl Service {
             .store
             .modify_job(&req.job_id, |rec| {
                 let first = rec.state == JobState::Dispatched;
+                // The attempt being completed: not counted yet when this completion is
+                // what confirms its start.
                 let delay = fsm::backoff(
-                    rec.attempts,
+                    rec.attempts + u32::from(first),
                     cfg.retry_base,
                     cfg.retry_max,
                     rand::random::<f64>(),
