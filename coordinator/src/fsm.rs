@@ -175,6 +175,7 @@ pub fn confirm_start(
         ended_at: None,
         outcome: None,
         ended_because: None,
+        artifact_errors: Vec::new(),
     });
     true
 }
@@ -605,6 +606,7 @@ pub fn expire_start(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
         ended_at: Some(now),
         outcome: None,
         ended_because: Some(because.clone()),
+        artifact_errors: Vec::new(),
     });
     rec.state = JobState::Pending;
     rec.dispatched_at = None;

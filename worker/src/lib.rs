@@ -1106,7 +1106,7 @@ async fn control_messages(
                     let _ = shared.rpc.nats().publish(to, body.into()).await;
                     let _ = shared.rpc.nats().flush().await;
                 }
-                if let Err(e) = rotate_key(&shared).await {
+                if let Err(e) = rotate_key(shared).await {
                     tracing::warn!(error = %format!("{e:#}"), "key rotation failed");
                 }
             }
