@@ -298,7 +298,9 @@ async fn payload_naming_another_worker_is_forbidden() -> anyhow::Result<()> {
             .call_factory(&HeartbeatRequest {
                 worker_id: w.clone(),
                 state: WorkerState::Active,
-                free_slots: 1,
+                // Mallory has no room, so the lease granted at dispatch goes to the
+                // victim whatever the planner's tie-break.
+                free_slots: u32::from(w == &b),
                 running: vec![],
             })
             .await?;
