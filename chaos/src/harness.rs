@@ -268,9 +268,7 @@ impl Harness {
         .await
     }
 
-    /// Waits until worker `id` holds at least one job (per the watch): running, or
-    /// leased to it at dispatch (a short job may finish before anything confirms its
-    /// start, so it is never seen `running`).
+    /// Waits until worker `id` holds at least one running job (per the watch).
     pub async fn wait_worker_running(
         &self,
         ids: &[JobId],
@@ -281,13 +279,10 @@ impl Harness {
             ids.iter()
                 .any(|id| {
                     self.audit.latest(id).is_some_and(|r| {
-                        matches!(
-                            r.state,
-                            gf_schemas::JobState::Running | gf_schemas::JobState::Dispatched
-                        ) && r
-                            .lease
-                            .as_ref()
-                            .is_some_and(|l| l.worker.as_str() == worker)
+                        r.state == gf_schemas::JobState::Running
+                            && r.lease
+                                .as_ref()
+                                .is_some_and(|l| l.worker.as_str() == worker)
                     })
                 })
                 .then_some(())

@@ -159,7 +159,6 @@ fn success(job_id: JobId, epoch: u64, worker_id: WorkerId) -> CompleteRequest {
         outcome: AttemptOutcome::Succeeded { exit_code: 0 },
         result: None,
         usage: None,
-        ran_ms: None,
     }
 }
 

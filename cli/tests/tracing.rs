@@ -1,6 +1,5 @@
 //! One trace per job across processes: the submit request, the coordinator's handling,
-//! the leader's dispatch (the lease it grants), the worker's start of the granted job,
-//! its run and completion all share the trace
+//! the scheduler's dispatch, the worker's claim, run and completion all share the trace
 //! id the client started, carried in NATS headers (W3C `traceparent`) and in the job
 //! record between submission and dispatch.
 //!
@@ -72,8 +71,10 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
     let wanted = [
         "send gf.rpc.submit",
         "process gf.rpc.submit",
-        "send gf.ctl.worker.*",
-        "process gf.ctl.worker.*",
+        "send gf.dispatch.",
+        "process gf.dispatch.",
+        "send gf.rpc.w.*.claim",
+        "process gf.rpc.w.*.claim",
         "run",
         "send gf.rpc.w.*.complete",
         "process gf.rpc.w.*.complete",
@@ -105,7 +106,7 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
     // Messaging attributes by the OpenTelemetry conventions.
     let dispatch = in_trace
         .iter()
-        .find(|s| s.name.starts_with("send gf.ctl.worker.*"))
+        .find(|s| s.name.starts_with("send gf.dispatch."))
         .expect("dispatch span");
     assert_eq!(dispatch.span_kind, SpanKind::Producer);
     assert_eq!(
@@ -122,19 +123,13 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
     );
     let notice = in_trace
         .iter()
-        .find(|s| s.name.starts_with("process gf.ctl.worker.*"))
+        .find(|s| s.name.starts_with("process gf.dispatch."))
         .expect("notice span");
     assert_eq!(notice.span_kind, SpanKind::Consumer);
     assert_eq!(
         notice.parent_span_id,
         dispatch.span_context.span_id(),
-        "the worker's start span is the dispatch's child"
-    );
-    let run = in_trace.iter().find(|s| s.name == "run").expect("run span");
-    assert_eq!(
-        run.parent_span_id,
-        notice.span_context.span_id(),
-        "the run is the start's child"
+        "the worker's notice span is the dispatch's child"
     );
     let server = in_trace
         .iter()

@@ -14,7 +14,6 @@ pub mod clock;
 pub mod config;
 pub mod consumers;
 pub mod cron;
-pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod fsm;

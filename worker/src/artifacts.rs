@@ -380,7 +380,6 @@ pub async fn while_renewing<T>(
         epoch,
         worker_id: worker.clone(),
         usage: None,
-        ran_ms: None,
     };
     tokio::pin!(work);
     loop {
