@@ -3,8 +3,10 @@
 # from this checkout, on the Docker engine of this machine, with no registry.
 #   1. builds the images (the gf image from the test build's binary, tagged
 #      gigafactory/gf:test; quick when nothing changed);
-#   2. `docker-compose up -d --scale worker=2` exactly as docs/compose.md says, waits
-#      for every container to be healthy, runs a job through it, and `down -v`;
+#   2. `docker-compose up -d --scale worker=2` exactly as docs/compose.md says, secured
+#      with secrets made for this run (a fresh machine's first start), waits for every
+#      container to be healthy, checks that both workers enrolled as factories, runs a
+#      job through it as the operator (scripts/gf-compose.sh), and `down -v`;
 #   3. the chaos suite's worker-kill scenario on its own compose project: 200 jobs, one
 #      worker container killed (docker kill -s KILL) mid-job, every job succeeds and
 #      its side effect happens once (the same invariant checker as the full suite).
@@ -27,6 +29,9 @@ started=$(date +%s)
 target="${CARGO_TARGET_DIR:-target}"
 prefix="gfcci$$"
 export GF_IMAGE=gigafactory/gf:test
+# This run's secrets, made by scripts/docker-images.sh as on a fresh machine.
+GF_COMPOSE_SECRETS=$(mktemp -d /tmp/gfcci-secrets.XXXXXX)
+export GF_COMPOSE_SECRETS
 
 cleanup() {
   local ids
@@ -38,6 +43,7 @@ cleanup() {
   for v in $(docker volume ls -q --filter "name=^${prefix}" || true); do
     docker volume rm "$v" >/dev/null 2>&1 || true
   done
+  rm -rf "$GF_COMPOSE_SECRETS"
 }
 trap cleanup EXIT
 
@@ -52,8 +58,9 @@ echo "compose smoke: docker-compose up -d --scale worker=2 ($up)"
 timeout 300 "${compose[@]}" up -d --scale worker=2
 deadline=$((SECONDS + 180))
 while :; do
+  # Every service healthy; `enroll`, a one-shot, exited 0.
   states=$(docker ps -a --filter "name=^${up}_" --format '{{.Names}} {{.Status}}')
-  if ! grep -qv '(healthy)' <<<"$states"; then break; fi
+  if ! grep -v '_enroll_1 Exited (0)' <<<"$states" | grep -qv '(healthy)'; then break; fi
   if [ "$SECONDS" -ge "$deadline" ]; then
     echo "error: not every container is healthy after 180 s:" >&2
     echo "$states" >&2
@@ -63,13 +70,20 @@ while :; do
   sleep 1
 done
 echo "$states"
-id=$(timeout 60 "${compose[@]}" exec -T coordinator-1 gf submit --wait -- sh -c 'echo compose smoke ok' | head -1)
-out=$(timeout 30 "${compose[@]}" exec -T coordinator-1 gf logs "$id")
+gf() { COMPOSE_PROJECT_NAME="$up" COMPOSE_FILE=docker-compose.yml timeout 60 scripts/gf-compose.sh "$@"; }
+factories=$(gf factory list --json | grep -c '"enrolled_via"' || true)
+if [ "$factories" != 2 ]; then
+  echo "error: $factories workers enrolled as factories, not 2:" >&2
+  gf factory list >&2 || true
+  exit 1
+fi
+id=$(gf submit --wait -- sh -c 'echo compose smoke ok' | head -1)
+out=$(gf logs "$id")
 if [ "$out" != "compose smoke ok" ]; then
   echo "error: job $id through the compose deployment printed '$out'" >&2
   exit 1
 fi
-echo "compose smoke: job $id ran in a worker container"
+echo "compose smoke: 2 workers enrolled, job $id ran in a worker container over TLS"
 timeout 120 "${compose[@]}" down -v -t 5
 
 # 3. A worker container killed mid-job, 200 jobs, the audit's invariants.

@@ -13,11 +13,17 @@
 # Idempotent and quick when nothing changed: an image is labelled with the hash of its
 # staged root file system and `docker build` is skipped when the label matches.
 #
+# After the gf image, it makes the deployment's secrets if they are missing
+# (scripts/compose-secrets.sh: a local CA, NATS' certificate, `gf admin init`; kept
+# when present), so `scripts/docker-images.sh && docker-compose up -d` is all it takes.
+#
 # Environment:
 #   GF_BIN=PATH     put this gf binary in the image instead of building the release one
 #                   (the tests use the debug build they already have)
 #   GF_IMAGE=NAME   tag of the gf image (default gigafactory/gf:local; docker-compose.yml
 #                   reads the same variable)
+#   GF_COMPOSE_SECRETS=DIR  where the secrets are (default deploy/secrets; so does
+#                   docker-compose.yml)
 # Usage: scripts/docker-images.sh [gf|nats|prometheus|alertmanager]...  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -138,3 +144,6 @@ for p in "${parts[@]}"; do
   echo "building $p" >&2
   "build_$p"
 done
+if [[ " ${parts[*]} " == *" gf "* ]]; then
+  scripts/compose-secrets.sh >/dev/null
+fi

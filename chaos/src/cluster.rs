@@ -164,6 +164,11 @@ pub trait Cluster: Send {
     fn monitoring(&self) -> Option<Monitoring> {
         None
     }
+    /// How the suite's own clients connect to [`Cluster::nats_url`]: as they are on the
+    /// process backend; TLS and the operators' user on the secured compose deployment.
+    fn connect_options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
+        Ok(async_nats::ConnectOptions::new())
+    }
 }
 
 /// Base URLs (`http://host:port`) of a deployment's monitoring.

@@ -26,6 +26,14 @@
 //! The suite on the host reaches NATS, the coordinators, Prometheus and Alertmanager at
 //! their container addresses (Docker on Linux routes the bridge networks to the host),
 //! so a project publishes no port and cannot collide with another one.
+//!
+//! The deployment runs secured, as an operator runs it: each project gets secrets of
+//! its own (`scripts/compose-secrets.sh`: a local CA, NATS' certificate, `gf admin
+//! init`) outside the work directory the workers see; NATS speaks TLS only and sends
+//! unknown clients to the coordinators' auth callout; workers enroll with the token
+//! the compose file's `enroll` service makes, once both coordinators answer. The
+//! suite's own clients connect as the operators' user `gf-admin` over TLS
+//! ([`crate::tls`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -155,6 +163,13 @@ pub struct ComposeCluster {
     project: String,
     override_file: PathBuf,
     dir: tempfile::TempDir,
+    /// The project's secrets (GF_COMPOSE_SECRETS), apart from `dir`, which the workers
+    /// see.
+    secrets: tempfile::TempDir,
+    /// gf-admin's password: the suite's own clients log in as the operator.
+    admin_password: String,
+    /// Whether the `enroll` service has made the workers' token.
+    enrolled: bool,
     keep: bool,
     nats: Vec<Container>,
     coordinators: Vec<Container>,
@@ -204,6 +219,22 @@ impl ComposeCluster {
             .prefix("gf-chaos-compose-")
             .disable_cleanup(keep)
             .tempdir()?;
+        let secrets = tempfile::Builder::new()
+            .prefix("gf-chaos-secrets-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        let script = opts
+            .file
+            .parent()
+            .context("compose file has no folder")?
+            .join("scripts/compose-secrets.sh");
+        run(Command::new(&script)
+            .arg(secrets.path())
+            .env("GF_IMAGE", &opts.gf_image))?;
+        let admin_password = std::fs::read_to_string(secrets.path().join("gf/admin.pass"))
+            .context("compose-secrets.sh wrote no gf/admin.pass")?
+            .trim()
+            .to_string();
         let project = format!("{}{:08x}", opts.project_prefix, rand::random::<u32>());
         let override_file = dir.path().join("chaos.compose.yml");
         let mut c = Self {
@@ -212,6 +243,9 @@ impl ComposeCluster {
             project,
             override_file,
             dir,
+            secrets,
+            admin_password,
+            enrolled: false,
             keep,
             nats: Vec::new(),
             coordinators: Vec::new(),
@@ -219,9 +253,10 @@ impl ComposeCluster {
         };
         if keep {
             eprintln!(
-                "chaos: keeping compose project {} and {}",
+                "chaos: keeping compose project {}, {} and {}",
                 c.project,
-                c.dir.path().display()
+                c.dir.path().display(),
+                c.secrets.path().display()
             );
         }
         c.write_override()?;
@@ -308,8 +343,27 @@ impl ComposeCluster {
             .arg(&self.opts.file)
             .arg("-f")
             .arg(&self.override_file)
-            .env("GF_IMAGE", &self.opts.gf_image);
+            .env("GF_IMAGE", &self.opts.gf_image)
+            .env("GF_COMPOSE_SECRETS", self.secrets.path());
         cmd
+    }
+
+    /// Once both coordinators answer, runs the compose file's `enroll` service (as `up`
+    /// does before the workers): the token every worker enrolls with.
+    fn ensure_enrolled(&mut self) -> anyhow::Result<()> {
+        if self.enrolled {
+            return Ok(());
+        }
+        if self.coordinators.is_empty() {
+            bail!("workers enroll through a coordinator: add one first");
+        }
+        for c in &self.coordinators {
+            self.wait_healthy(&c.id, Duration::from_secs(90))?;
+        }
+        self.compose(&["run", "--rm", "-T", "--no-deps", "enroll"])
+            .context("the enroll service made no token")?;
+        self.enrolled = true;
+        Ok(())
     }
 
     fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -320,7 +374,8 @@ impl ComposeCluster {
     /// operator scales the deployment (`up -d --scale worker=N`; ids are host names),
     /// and returns once every replica is healthy (registered). They are not parts:
     /// faults are for the workers of [`Cluster::add_worker`].
-    pub fn scale_workers(&self, n: usize, slots: u32) -> anyhow::Result<()> {
+    pub fn scale_workers(&mut self, n: usize, slots: u32) -> anyhow::Result<()> {
+        self.ensure_enrolled()?;
         let scale = format!("worker={n}");
         run(self
             .compose_cmd()
@@ -446,7 +501,7 @@ impl Cluster for ComposeCluster {
         let ip = self
             .address(Part::Nats(i))
             .unwrap_or_else(|| "0.0.0.0".into());
-        format!("nats://{ip}:4222")
+        format!("tls://{ip}:4222")
     }
 
     fn work_dir(&self) -> &Path {
@@ -484,6 +539,7 @@ impl Cluster for ComposeCluster {
         if spec.clock_offset.is_some() {
             bail!("a worker with a clock offset needs the process backend (faketime)");
         }
+        self.ensure_enrolled()?;
         let i = self.workers.len();
         let name = format!("{}_w_{}", self.project, spec.id);
         let worker_id = format!("GF_WORKER_ID={}", spec.id);
@@ -570,6 +626,17 @@ impl Cluster for ComposeCluster {
             prometheus: format!("http://{}:9090", self.service_address("prometheus").ok()?),
             alertmanager: format!("http://{}:9093", self.service_address("alertmanager").ok()?),
         })
+    }
+
+    fn connect_options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
+        let tls = crate::tls::client_config(&self.secrets.path().join("ca.pem"), "nats")?;
+        Ok(async_nats::ConnectOptions::new()
+            .user_and_password(
+                gf_auth::secrets::ADMIN_USER.into(),
+                self.admin_password.clone(),
+            )
+            .require_tls(true)
+            .tls_client_config(tls))
     }
 }
 

@@ -186,7 +186,7 @@ fn print(m: &Measured) {
 /// that runs out of attempts, one that no worker can run, a webhook for a source
 /// nobody configured. (The tracker echo panels need a configured tracker.)
 async fn exercise(c: &ComposeCluster) -> anyhow::Result<()> {
-    let client = connect(&c.nats_url()).await?;
+    let client = connect(c).await?;
     let js = jetstream::new(client.clone());
     let rpc = RpcClient::new(client, Duration::from_secs(30));
     let budget = gf_schemas::rpc::BudgetUpdate {
@@ -258,7 +258,7 @@ async fn measure(
     workers: usize,
     args: &LoadArgs,
 ) -> anyhow::Result<Measured> {
-    let client = connect(&cluster.nats_url()).await?;
+    let client = connect(cluster).await?;
     let js = jetstream::new(client.clone());
     // A fresh JetStream cluster answers its API once it has a meta leader, and the
     // buckets exist once a coordinator made them.

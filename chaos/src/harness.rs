@@ -22,15 +22,17 @@ use crate::process::{GfCommand, ProcessCluster};
 
 pub use gf_testkit::eventually;
 
-/// Connects with retries, following reconnects for as long as the run lasts.
-/// `url` may list several servers, comma-separated.
-pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+/// Connects to the cluster's NATS (every node) as the suite's own client, with
+/// retries, following reconnects for as long as the run lasts.
+pub async fn connect(cluster: &dyn Cluster) -> anyhow::Result<async_nats::Client> {
+    let url = cluster.nats_url();
     let addrs: Vec<async_nats::ServerAddr> = url
         .split(',')
         .map(|u| u.parse())
         .collect::<Result<_, _>>()
         .with_context(|| format!("bad NATS url {url}"))?;
-    async_nats::ConnectOptions::new()
+    cluster
+        .connect_options()?
         .name("gf-chaos")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
@@ -95,7 +97,7 @@ impl Harness {
                 tokio::task::spawn_blocking(move || ProcessCluster::start(spec2, gf)).await??,
             ),
         };
-        let nats = connect(&cluster.nats_url()).await?;
+        let nats = connect(&*cluster).await?;
         let js = jetstream::new(nats.clone());
         let effects = cluster.work_dir().join("effects");
         let mut h = Self {

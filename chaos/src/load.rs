@@ -697,7 +697,7 @@ impl Bench {
         let gf2 = gf.clone();
         let mut cluster =
             tokio::task::spawn_blocking(move || ProcessCluster::start(spec, gf2)).await??;
-        let client = connect(&cluster.nats_url()).await?;
+        let client = connect(&cluster).await?;
         let js = jetstream::new(client.clone());
         let (coord, _) = cluster.add_coordinator()?;
         wait_store(&js).await?;
@@ -1105,7 +1105,7 @@ impl Bare {
             )
         })
         .await??;
-        let client = connect(&cluster.nats_url()).await?;
+        let client = connect(&cluster).await?;
         let js = jetstream::new(client.clone());
         let kv = js
             .create_key_value(kv::Config {
@@ -1433,7 +1433,7 @@ async fn protocol_ceiling(
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
     for _ in 0..workers {
-        let client = connect(&cluster.nats_url()).await?;
+        let client = connect(&cluster).await?;
         let consumer: consumer::PullConsumer = jetstream::new(client.clone())
             .get_stream("PROTO_DISPATCH")
             .await?
@@ -1488,7 +1488,7 @@ async fn protocol_ceiling(
             .await;
         });
     }
-    let submitter = connect(&cluster.nats_url()).await?;
+    let submitter = connect(&cluster).await?;
     let submitter_js = jetstream::new(submitter.clone());
     let submitter_kv = submitter_js.get_key_value(BUCKET).await?;
     coord.flush().await?;

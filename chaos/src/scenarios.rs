@@ -613,7 +613,7 @@ async fn idempotency(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let mut conns = Vec::new();
     for _ in 0..clients {
         conns.push(RpcClient::new(
-            connect(&h.cluster.nats_url()).await?,
+            connect(&*h.cluster).await?,
             Duration::from_secs(10),
         ));
     }
