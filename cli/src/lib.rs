@@ -110,7 +110,8 @@ pub enum Command {
     Factory(factory::FactoryArgs),
     /// A secured deployment's secrets: `gf admin init DIR`.
     Admin(factory::AdminArgs),
-    /// Finished attempts as feature rows: `gf outcomes export > outcomes.jsonl`.
+    /// Finished attempts as feature rows (`gf outcomes export > outcomes.jsonl`), and
+    /// what other weights would have made of them (`gf outcomes replay`).
     Outcomes(ops_outcomes::OutcomesArgs),
 }
 

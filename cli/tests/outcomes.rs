@@ -141,3 +141,71 @@ async fn outcome_rows_are_exported_and_worker_hours_are_budgeted() -> anyhow::Re
     drop(coord);
     Ok(())
 }
+
+/// `gf outcomes replay` on a synthetic history of 12,000 rows (`gf outcomes synth`)
+/// compares the default weights (from a TOML file) against the learned terms off: the
+/// learned weights avoid expected failures, mostly in `build` (the flaky builder),
+/// every job is placed in both, and two runs print the same report. Bad weights are
+/// refused naming what is wrong.
+#[test]
+fn replay_compares_two_weight_sets_deterministically() -> anyhow::Result<()> {
+    // No NATS: replay and synth read and write files only.
+    let url = "nats://127.0.0.1:1";
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("rows.jsonl");
+    let rows = file.to_str().expect("utf-8 path");
+    let (code, _, err) = gf(
+        url,
+        &[
+            "outcomes", "synth", "--rows", "12000", "--seed", "7", "-o", rows,
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let toml = dir.path().join("a.toml");
+    std::fs::write(&toml, "success = 1.0\nspeed = 0.5\nfailed_here = 1.0\n")?;
+    let a = toml.to_str().expect("utf-8 path");
+    let args = [
+        "outcomes",
+        "replay",
+        rows,
+        "--weights",
+        a,
+        "--against-set",
+        "success=0,speed=0,failed_here=0",
+    ];
+    let (code, first, err) = gf(url, &args)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        first.starts_with("replayed ") && first.contains("expected failures avoided"),
+        "{first}"
+    );
+    let (_, second, _) = gf(url, &args)?;
+    assert_eq!(first, second, "a replay is deterministic");
+
+    let (code, json, err) = gf(url, &[&args[..], &["--json"]].concat())?;
+    assert_eq!(code, 0, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(c["rows"], 12000);
+    let replayed = c["replayed"].as_f64().expect("replayed");
+    assert!(replayed > 11_500.0, "{json}");
+    assert_eq!(c["a"]["total"]["jobs"].as_f64(), Some(replayed));
+    assert_eq!(c["b"]["total"]["jobs"].as_f64(), Some(replayed));
+    let avoided = c["failures_avoided"].as_f64().expect("failures_avoided");
+    assert!(avoided > 0.05 * replayed, "{first}");
+    let build_failures = |set: &str| {
+        c[set]["per_kind"]["build"]["expected_failures"]
+            .as_f64()
+            .expect("build")
+    };
+    assert!(build_failures("a") < build_failures("b") * 0.7, "{first}");
+    assert_eq!(c["a"]["weights"]["speed"], 0.5);
+    assert_eq!(c["b"]["weights"]["success"], 0.0);
+
+    let (code, _, err) = gf(url, &["outcomes", "replay", rows, "--set", "sucess=2"])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("sucess"), "{err}");
+    let (code, _, err) = gf(url, &["outcomes", "replay", a])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("line 1"), "{err}");
+    Ok(())
+}

@@ -20,6 +20,7 @@
 //! product per flush), which the budget accountant adds like cost.
 
 pub mod export;
+pub mod replay;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

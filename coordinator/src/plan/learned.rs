@@ -137,6 +137,13 @@ impl Learned {
             .insert(w.id.clone(), (w.capabilities.clone(), name));
     }
 
+    /// Records a worker's profile by name (an offline replay knows it from the rows,
+    /// not from a routing).
+    pub fn note_profile(&mut self, w: &WorkerId, profile: &str) {
+        self.profiles
+            .insert(w.clone(), (Capabilities::default(), profile.to_string()));
+    }
+
     /// The worker's profile, if known.
     pub fn profile_of(&self, w: &WorkerId) -> Option<&str> {
         self.profiles.get(w).map(|(_, p)| p.as_str())
