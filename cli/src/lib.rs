@@ -113,6 +113,9 @@ pub enum Command {
     /// Finished attempts as feature rows (`gf outcomes export > outcomes.jsonl`), and
     /// what other weights would have made of them (`gf outcomes replay`).
     Outcomes(ops_outcomes::OutcomesArgs),
+    /// What needs an operator: flaky workers per kind, kinds no worker runs well,
+    /// capabilities unplaceable jobs wait for, budgets burning out early.
+    Recommend(ops_outcomes::RecommendArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -607,6 +610,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Factory(a) => factory::run(&url, a).await,
         Command::Admin(a) => factory::admin(a),
         Command::Outcomes(a) => ops_outcomes::outcomes(&url, a).await,
+        Command::Recommend(a) => ops_outcomes::recommend(&url, a).await,
     }
 }
 

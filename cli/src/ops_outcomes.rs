@@ -75,6 +75,33 @@ pub enum OutcomesAction {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct RecommendArgs {
+    /// Print them as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gf recommend`: one line per recommendation (topic, subject, what to do); exit 0
+/// with "nothing to recommend" when there is none.
+pub async fn recommend(url: &str, a: RecommendArgs) -> anyhow::Result<ExitCode> {
+    let js = async_nats::jetstream::new(connect(url).await?);
+    let timeout = gf_coordinator::config::CoordinatorConfig::default().worker_timeout;
+    let all = gf_coordinator::recommend::gather(&js, timeout, Timestamp::now_local())
+        .await
+        .context("reading outcomes, workers, jobs and budgets: has a coordinator started against this NATS?")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        eprintln!("nothing to recommend");
+    } else {
+        for r in &all {
+            println!("{:<20} {:<16} {}", r.topic.as_str(), r.subject, r.text);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A weight set from a TOML file and/or `NAME=VALUE,...` over the defaults; `None`
 /// when neither is given.
 fn policy(file: Option<&Path>, set: Option<&str>) -> anyhow::Result<Option<Policy>> {

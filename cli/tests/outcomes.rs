@@ -209,3 +209,83 @@ fn replay_compares_two_weight_sets_deterministically() -> anyhow::Result<()> {
     assert!(err.contains("line 1"), "{err}");
     Ok(())
 }
+
+/// The issue's recommendation scenario on a real fleet: `flaky-w` fails every build it
+/// runs while `good-w` succeeds, and a job needs a tag (`gpu`) no live worker offers.
+/// `gf recommend` (and `GET /api/recommendations`) names the flaky worker for `build`
+/// and the missing capability, and nothing about `good-w`.
+#[tokio::test]
+async fn recommend_names_the_flaky_worker_and_the_missing_capability() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let mut workers = Vec::new();
+    for name in ["flaky-w", "good-w"] {
+        let mut wcfg = worker_config(&nats.url(), 2);
+        wcfg.id = Some(gf_schemas::WorkerId::new(name)?);
+        wcfg.capabilities.insert("host".into(), name.into());
+        workers.push(Running::worker(wcfg).await?);
+    }
+    let client = Client::connect(&nats).await?;
+    wait_workers(&client, 2).await?;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        // Pinned by capability, so each worker runs ten builds whatever the claims.
+        let host = if i % 2 == 0 { "flaky-w" } else { "good-w" };
+        let mut spec = sh(r#"[ "$GF_WORKER_ID" != flaky-w ]"#);
+        spec.labels.insert("kind".into(), "build".into());
+        spec.requires.insert("host".into(), host.into());
+        spec.max_attempts = 1;
+        ids.push(client.submit(&spec).await?.job_id);
+    }
+    for id in ids {
+        client.wait_terminal(id, Duration::from_secs(30)).await?;
+    }
+    let mut gpu = sh("true");
+    gpu.tags.insert("gpu".into());
+    let gpu = client.submit(&gpu).await?.job_id;
+    client
+        .wait_state(gpu, JobState::Blocked, Duration::from_secs(10))
+        .await?;
+
+    let topics = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["topic"].as_str().unwrap_or_default().to_string(),
+                    r["subject"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let want = [
+        ("flaky_worker".to_string(), "flaky-w".to_string()),
+        ("missing_capability".to_string(), "tag gpu".to_string()),
+    ];
+    // The rows reach the stream within a flush of the leader.
+    let got = eventually(Duration::from_secs(10), "both recommendations", || async {
+        let (code, out, _) = gf(&nats.url(), &["recommend", "--json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let t = topics(&v);
+        (code == 0 && want.iter().all(|w| t.contains(w))).then_some(t)
+    })
+    .await?;
+    assert!(!got.iter().any(|(_, s)| s == "good-w"), "{got:?}");
+    let (code, text, err) = gf(&nats.url(), &["recommend"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("flaky_worker") && l.contains("100 % of build (10 of 10)")),
+        "{text}"
+    );
+    let (status, body) =
+        http_request("GET", &format!("{}/api/recommendations", coord.http()), b"").await?;
+    assert_eq!(status, 200, "{body}");
+    let t = topics(&serde_json::from_str(&body)?);
+    assert!(want.iter().all(|w| t.contains(w)), "{body}");
+    drop(workers);
+    drop(coord);
+    Ok(())
+}

@@ -355,6 +355,18 @@ async function loadBudgets() {
   }).join("")}</tbody></table>`;
 }
 
+// What needs an operator (GET /api/recommendations): it reads every job record, so it
+// refreshes every 30 s, not with the 2 s overview.
+async function loadRecommendations() {
+  const el = $("#recommendations");
+  let rs;
+  try { rs = await optional("/api/recommendations"); } catch (e) { el.innerHTML = `<p class="error-text">${esc(e.message)}</p>`; return; }
+  if (rs == null) { el.innerHTML = `<p class="muted">Recommendations are not available on this coordinator yet.</p>`; return; }
+  if (!rs.length) { el.innerHTML = `<p class="muted">Nothing to recommend: no flaky worker, no kind failing everywhere, no missing capability, no budget burning out early.</p>`; return; }
+  el.innerHTML = `<table class="data"><thead><tr><th>Topic</th><th>Subject</th><th>What to do</th></tr></thead><tbody>${rs.map(r =>
+    `<tr data-topic="${esc(r.topic)}"><td>${esc(r.topic.replace(/_/g, " "))}</td><td class="mono">${esc(r.subject)}</td><td>${esc(r.text)}</td></tr>`).join("")}</tbody></table>`;
+}
+
 // ---------- profiles and tracker deliveries ----------
 async function loadProfiles() {
   const el = $("#profiles");
@@ -618,10 +630,13 @@ async function boot() {
   route();
   loadStats().catch(() => {});
   loadBudgets();
+  loadRecommendations();
   loadProfiles();
   loadDeliveries();
   startEvents();
   clearInterval(app.timers);
+  clearInterval(app.slowTimers);
+  app.slowTimers = setInterval(() => { if (!document.hidden && !$("#overview").hidden) loadRecommendations(); }, 30000);
   app.timers = setInterval(() => {
     if (document.hidden) return;
     loadStats().catch(() => {});

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod outcomes;
 pub mod plan;
 pub mod profiles;
+pub mod recommend;
 pub mod rpc;
 pub mod scheduler;
 pub mod score;

@@ -98,6 +98,7 @@ fn api(state: AppState) -> Router<AppState> {
         .api_route("/api/jobs/{id}/explain", get_with(sched::explain, |o| o.summary("Why the job is where it is: score terms, each live worker's fit, what it waits for")))
         .api_route("/api/jobs/{id}/dag", get_with(sched::dag, |o| o.summary("The job with its dependencies and children, transitively")))
         .api_route("/api/jobs/{id}/children", post_with(sched::child, |o| o.summary("Submit a child job under this one; the parent's completion waits for it")))
+        .api_route("/api/recommendations", get_with(sched::recommendations, |o| o.summary("What needs an operator: flaky workers per kind, kinds no worker runs well, capabilities unplaceable jobs wait for, budgets burning out before their period ends")))
         .api_route("/api/budgets", get_with(sched::budgets, |o| o.summary("Budgets of every product: limits, spend, history")))
         .api_route(
             "/api/budgets/{product}",

@@ -1,4 +1,5 @@
-//! Scheduling routes: requeue, reject, explain, DAG, children, budgets, schedules.
+//! Scheduling routes: requeue, reject, explain, DAG, children, recommendations,
+//! budgets, schedules.
 //! Thin: each decodes, calls the service, and encodes.
 
 use axum::extract::rejection::PathRejection;
@@ -77,6 +78,16 @@ pub async fn child(
         .submit_child(ChildRequest { parent, spec })
         .await?;
     Ok(Created(!reply.duplicate, reply))
+}
+
+pub async fn recommendations(
+    State(st): State<AppState>,
+) -> Result<Json<Vec<crate::recommend::Recommendation>>, ApiError> {
+    let s = &st.service;
+    let now = s.clock.now();
+    Ok(Json(
+        crate::recommend::gather(&s.store.js, s.config.worker_timeout, now).await?,
+    ))
 }
 
 pub async fn budgets(State(st): State<AppState>) -> Result<Json<Vec<Budget>>, ApiError> {
