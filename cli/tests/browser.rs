@@ -92,8 +92,10 @@ fn python_has(module: &str) -> bool {
 /// In a real browser: the token prompt; a submitted job appears and the processed
 /// counter moves; a job page shows live log lines; the cancel button cancels; an
 /// unplaceable job shows as an error event; the drain button drains and undrains;
-/// profiles are listed and a job page shows where its values came from; a tracker
-/// delivery shows its attempts and error, and can be redelivered.
+/// profiles are listed and a job page shows where its values came from; a job's
+/// artifacts and checkpoint are listed on its page and each link downloads its file
+/// byte for byte; a tracker delivery shows its attempts and error, and can be
+/// redelivered.
 #[tokio::test]
 async fn dashboard_in_headless_chromium() -> anyhow::Result<()> {
     init_tracing();

@@ -55,6 +55,7 @@ pub mod names {
     pub const BRIDGE_DELIVERIES_FAILED: &str = "gf_bridge_deliveries_failed_total";
     pub const ARCHIVED: &str = "gf_archived_jobs_total";
     pub const ARCHIVE_LAG: &str = "gf_archive_lag_seconds";
+    pub const ARTIFACT_BYTES: &str = "gf_artifact_bytes_total";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,6 +305,12 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Gauge,
             &[],
             "Age of the oldest job write the archiver has not handled yet (0 when caught up); a finished job is lost from history if this exceeds its grace period.",
+        ),
+        (
+            ARTIFACT_BYTES,
+            Counter,
+            &["kind"],
+            "Bytes of committed uploads stored in the gf_artifacts object store, by kind (artifact, checkpoint).",
         ),
     ]
 };

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -139,6 +140,44 @@ with sync_playwright() as p:
     expect(prov.locator('tr[data-field="labels"]')).to_contain_text("profile")
     expect(prov.locator('tr[data-field="priority"]')).to_contain_text("submission")
     page.screenshot(path=f"{SHOTS}/job-page-profile.png", full_page=True)
+    page.goto(f"{BASE}/#/")
+
+    step("a job's files show on its page, and each link downloads its file byte for byte")
+    # Every byte value, over several 128 KiB chunks; a text file in a subdirectory; and
+    # a checkpoint. Written by Python so the expected bytes are computed the same way here.
+    files = {"blob.bin": bytes(range(256)) * 1200, "out/numbers.txt": "".join(f"{i}\n" for i in range(1, 2001)).encode()}
+    writer = ("import os; a = os.environ['GF_ARTIFACTS_DIR']; c = os.environ['GF_CHECKPOINT_DIR']; "
+              "os.makedirs(a + '/out'); open(a + '/blob.bin', 'wb').write(bytes(range(256)) * 1200); "
+              "open(a + '/out/numbers.txt', 'w').write(''.join(f'{i}\\n' for i in range(1, 2001))); "
+              "open(c + '/step', 'w').write('7')")
+    leaver = submit(page, {"command": ["python3", "-c", writer]})
+    for _ in range(200):
+        r = page.request.get(f"{BASE}/api/jobs/{leaver}", headers=AUTH)
+        if r.ok and r.json()["state"] in ("succeeded", "failed", "dead"):
+            break
+        page.wait_for_timeout(100)
+    assert r.json()["state"] == "succeeded", f"the job leaving files: {r.text()}"
+    page.goto(f"{BASE}/#/job/{leaver}")
+    table = page.locator("#artifact-table")
+    expect(table).to_be_visible(timeout=10_000)
+    for name, data in files.items():
+        link = table.locator("a", has_text=name)
+        expect(link).to_be_visible()
+        expect(table.locator("tr", has=link)).to_contain_text(f"{len(data):,}")
+        with page.expect_download(timeout=10_000) as dl:
+            link.click()
+        with open(dl.value.path(), "rb") as f:
+            got = f.read()
+        assert got == data, f"{name}: downloaded {len(got)} bytes that differ from the {len(data)} written"
+        assert dl.value.suggested_filename == name.split("/")[-1], dl.value.suggested_filename
+    ck = page.locator("#job-artifacts a", has_text="bytes")
+    expect(ck).to_be_visible()
+    with page.expect_download(timeout=10_000) as dl:
+        ck.click()
+    with tarfile.open(dl.value.path()) as t:
+        step_file = next(m for m in t.getmembers() if m.name.endswith("step"))
+        assert t.extractfile(step_file).read() == b"7", "the checkpoint's content"
+    page.screenshot(path=f"{SHOTS}/job-page-artifacts.png", full_page=True)
     page.goto(f"{BASE}/#/")
 
     step("a tracker webhook's job echoes to a tracker that is down: attempts and error show; redeliver")
