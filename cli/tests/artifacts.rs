@@ -1,7 +1,8 @@
 //! Artifacts and checkpoints from the outside: real `gf worker` processes on a real
 //! nats-server. A job's worker is killed (SIGKILL) mid-count and the job finishes on
 //! another worker from its last checkpoint; `gf artifacts` lists and downloads what a
-//! job left, byte for byte.
+//! job left, byte for byte. The coordinator runs in the test (on a multi-threaded
+//! runtime, so it keeps answering while the test waits for a `gf` process).
 
 mod common;
 
@@ -80,7 +81,7 @@ fn scratch_args(dir: &Path) -> Vec<String> {
 /// A job counting to 100 whose worker process is SIGKILLed at 60 (once its checkpoint
 /// at 60 is saved, at a lease renewal) finishes on another worker, which started it
 /// from 60: the second attempt counts 61..=100 and nothing before.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_job_resumes_from_its_checkpoint_on_another_worker() -> anyhow::Result<()>
 {
     init_tracing();
@@ -165,7 +166,7 @@ async fn a_killed_workers_job_resumes_from_its_checkpoint_on_another_worker() ->
 /// `gf artifacts ID` lists what a job left (table and `--json`), `--get NAME -o FILE`
 /// and `--get NAME` to standard output download it byte for byte, and an unknown name
 /// or a job without a checkpoint is a clear error and a failing exit.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gf_artifacts_lists_and_downloads() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
@@ -197,7 +198,11 @@ async fn gf_artifacts_lists_and_downloads() -> anyhow::Result<()> {
 
     let (code, out, err) = gf(&nats.url(), &["artifacts", &id])?;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(row(&out, "NAME")[..3], ["NAME", "ATTEMPT", "BYTES"], "{out}");
+    assert_eq!(
+        row(&out, "NAME")[..3],
+        ["NAME", "ATTEMPT", "BYTES"],
+        "{out}"
+    );
     assert_eq!(row(&out, "out/data.bin")[1..3], ["1", "400000"], "{out}");
     assert_eq!(row(&out, "report.txt")[1..3], ["1", "9"], "{out}");
 

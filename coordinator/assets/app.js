@@ -405,7 +405,7 @@ function renderProvenance(j) {
   const shown = v => v == null ? "–" : Array.isArray(v) ? v.join(" ") : typeof v === "object" ? Object.entries(v).map(([k, x]) => `${k}=${x}`).join(" ") : String(v);
   const rows = fields.filter(f => !prov || prov[f] !== "default").map(f => {
     const from = prov ? prov[f] : "submission";
-    return `<tr data-field="${esc(f)}"><td class="mono">${esc(f)}</td><td class="mono">${esc(shown(j.spec[f]))}</td><td><span class="pill from-${esc(from)}">${esc(from)}</span></td></tr>`;
+    return `<tr data-field="${esc(f)}"><td class="mono">${esc(f)}</td><td class="mono wrap">${esc(shown(j.spec[f]))}</td><td><span class="pill from-${esc(from)}">${esc(from)}</span></td></tr>`;
   }).filter((_, i) => prov || i < 3);
   const head = prov ? `<p>profile <b class="mono">${esc(j.spec.profile)}</b>: the submission overrides it; defaults not shown.</p>` : `<p class="muted">No profile: every value is the submission's or a default.</p>`;
   return head + `<table class="data"><thead><tr><th>Field</th><th>Value</th><th>From</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;

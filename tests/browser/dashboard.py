@@ -160,10 +160,11 @@ with sync_playwright() as p:
     page.goto(f"{BASE}/#/job/{leaver}")
     table = page.locator("#artifact-table")
     expect(table).to_be_visible(timeout=10_000)
+    page.screenshot(path=f"{SHOTS}/job-page-artifacts.png", full_page=True)
     for name, data in files.items():
-        link = table.locator("a", has_text=name)
-        expect(link).to_be_visible()
-        expect(table.locator("tr", has=link)).to_contain_text(f"{len(data):,}")
+        row = table.locator("tbody tr", has_text=name)
+        expect(row).to_contain_text(f"{len(data):,}")
+        link = row.locator("a")
         with page.expect_download(timeout=10_000) as dl:
             link.click()
         with open(dl.value.path(), "rb") as f:
@@ -177,7 +178,6 @@ with sync_playwright() as p:
     with tarfile.open(dl.value.path()) as t:
         step_file = next(m for m in t.getmembers() if m.name.endswith("step"))
         assert t.extractfile(step_file).read() == b"7", "the checkpoint's content"
-    page.screenshot(path=f"{SHOTS}/job-page-artifacts.png", full_page=True)
     page.goto(f"{BASE}/#/")
 
     step("a tracker webhook's job echoes to a tracker that is down: attempts and error show; redeliver")

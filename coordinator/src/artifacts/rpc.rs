@@ -532,7 +532,8 @@ async fn commit(service: &Service, req: UploadCommitRequest) -> Result<JobArtifa
     store
         .publish_meta(&object, &req.upload, req.size, req.chunks, &sha256)
         .await;
-    metrics::counter!(gf_telemetry::names::ARTIFACT_BYTES, "kind" => kind_label(kind)).increment(req.size);
+    metrics::counter!(gf_telemetry::names::ARTIFACT_BYTES, "kind" => kind_label(kind))
+        .increment(req.size);
     Ok(written)
 }
 
