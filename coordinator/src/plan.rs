@@ -334,6 +334,28 @@ pub(crate) fn best_fit<'c, W>(
         .map(|(_, _, w)| w)
 }
 
+/// The job to preempt for one that fits `fits` and finds no free slot: the lowest
+/// scoring job running on any of them (with its worker and score); among equals the
+/// first in `running_on`'s order (sorted by id, so the same one every pass). One rule
+/// for the full pass and the incremental planner.
+pub(crate) fn preemption_victim<'a>(
+    fits: &[&'a WorkerRecord],
+    running_on: &HashMap<&WorkerId, Vec<&'a JobRecord>>,
+    scoring: &ScoringConfig,
+    now: Timestamp,
+) -> Option<(&'a WorkerRecord, &'a JobRecord, f64)> {
+    fits.iter()
+        .flat_map(|w| {
+            running_on
+                .get(&w.id)
+                .into_iter()
+                .flatten()
+                .map(move |v| (*w, *v))
+        })
+        .map(|(w, v)| (w, v, score::total(v, Some(&w.capabilities), scoring, now)))
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+}
+
 /// The score a job is dispatched with on `worker`: [`score::score`] with the worker's
 /// affinity, plus the learned terms when they say anything (see `plan::learned`).
 pub fn placed_score(
@@ -643,23 +665,7 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
             Some(w) => Some(w),
             None if !preempted && policy.preemption_margin.is_some() => {
                 let margin = policy.preemption_margin.expect("some");
-                let victim = fits
-                    .iter()
-                    .flat_map(|w| {
-                        running_on
-                            .get(&w.id)
-                            .into_iter()
-                            .flatten()
-                            .map(move |v| (*w, *v))
-                    })
-                    .map(|(w, v)| {
-                        (
-                            w,
-                            v,
-                            score::total(v, Some(&w.capabilities), policy.scoring, now),
-                        )
-                    })
-                    .min_by(|a, b| a.2.total_cmp(&b.2));
+                let victim = preemption_victim(&fits, &running_on, policy.scoring, now);
                 match victim {
                     Some((w, v, s)) if job_score - s >= margin => {
                         preempted = true;

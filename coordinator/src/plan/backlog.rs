@@ -283,23 +283,7 @@ impl Planner {
                 Some(w) => Some(w),
                 None if !preempted && can_preempt => {
                     let margin = policy.preemption_margin.expect("some");
-                    let victim = fits
-                        .iter()
-                        .flat_map(|w| {
-                            running_on
-                                .get(&w.id)
-                                .into_iter()
-                                .flatten()
-                                .map(move |v| (*w, *v))
-                        })
-                        .map(|(w, v)| {
-                            (
-                                w,
-                                v,
-                                score::total(v, Some(&w.capabilities), policy.scoring, now),
-                            )
-                        })
-                        .min_by(|a, b| a.2.total_cmp(&b.2));
+                    let victim = super::preemption_victim(&fits, &running_on, policy.scoring, now);
                     match victim {
                         Some((w, v, s)) if c.score - s >= margin => {
                             preempted = true;
