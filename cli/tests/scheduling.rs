@@ -530,6 +530,46 @@ async fn job_over_its_cost_cap_is_cancelled() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A job that reports its usage only in `$GF_USAGE_FILE` and ends before any renewal:
+/// that usage is the job's, and its product's budget is charged with it (it was
+/// dropped before: only the result file's `usage` counted at the end).
+#[tokio::test]
+async fn usage_file_alone_is_the_jobs_usage() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 1)).await?;
+    let client = Client::connect(&nats).await?;
+    let s = sh(
+        r#"echo '{"provider": "p", "model": "m", "cost": 1.25, "input_tokens": 7, "calls": 1}' > "$GF_USAGE_FILE""#,
+    );
+    let id = client.submit(&s).await?.job_id;
+    let rec = client.wait_terminal(id, Duration::from_secs(15)).await?;
+    assert_eq!(rec.state, JobState::Succeeded);
+    let usage = rec.usage.clone().expect("the job's usage");
+    assert_eq!(
+        (
+            usage.model.as_deref(),
+            usage.cost,
+            usage.input_tokens,
+            usage.calls
+        ),
+        (Some("m"), 1.25, 7, 1)
+    );
+    let b = eventually(Duration::from_secs(10), "usage accounted", || async {
+        budget_of(&client, "default")
+            .await
+            .ok()
+            .flatten()
+            .filter(|b| b.spent_cost > 0.0)
+    })
+    .await?;
+    assert_eq!(b.spent_cost, 1.25);
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
 /// With a limit of 2 per `repo`, 50 concurrent jobs on one repo never run more than 2
 /// at a time (and do use both).
 #[tokio::test]

@@ -251,6 +251,12 @@ async fn run_process(
         Err(e) => return e,
     };
     let (result, usage) = read_result(&result_file).await;
+    // The usage file is cumulative (renewals report it): at the end it is the
+    // attempt's usage, unless the result file carries one.
+    let usage = match usage {
+        Some(u) => Some(u),
+        None => read_usage(&usage_file).await,
+    };
     let _ = tokio::fs::remove_file(&result_file).await;
     let _ = tokio::fs::remove_file(&usage_file).await;
     if spec.cwd.is_none() {
