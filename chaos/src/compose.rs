@@ -143,6 +143,33 @@ fn fast_prometheus_config(text: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The tracker source the coordinators of a compose run have (`POST
+/// /api/bridge/tracker`, GitHub-signed with [`WEBHOOK_SECRET`]): an issue labelled
+/// `agent` makes a job, whose state changes are echoed to a port nothing listens on,
+/// once each, so the dashboard's tracker panels (webhooks, echo attempts, echoes given
+/// up) have something to show after a load run. Unused by the fault scenarios.
+const COORDINATOR_CONFIG: &str = r#"# Written by the chaos suite for one run.
+[profiles.agent]
+description = "an agent on a tracker issue"
+command = ["sh", "-c", "echo agent on issue $0"]
+
+[bridge.sources.tracker]
+secret_env = "GF_CHAOS_WEBHOOK_SECRET"
+[[bridge.sources.tracker.rules]]
+label = "agent"
+profile = "agent"
+command = ["{issue.number}"]
+[bridge.sources.tracker.echo]
+url = "http://127.0.0.1:9/hook"
+secret_env = "GF_CHAOS_WEBHOOK_SECRET"
+max_attempts = 1
+"#;
+const WEBHOOK_SECRET_ENV: &str = "GF_CHAOS_WEBHOOK_SECRET";
+/// The signing secret of the `tracker` source (a test value).
+pub const WEBHOOK_SECRET: &str = "chaos-webhook-secret";
+/// The bridge source of [`COORDINATOR_CONFIG`].
+pub const WEBHOOK_SOURCE: &str = "tracker";
+
 /// The NATS services of the compose file, in [`Part::Nats`] order.
 const NATS: [&str; 3] = ["nats-1", "nats-2", "nats-3"];
 /// The coordinator services, in [`Part::Coordinator`] order.
@@ -318,10 +345,13 @@ impl ComposeCluster {
         }
         let log = std::env::var("CHAOS_GF_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
         let dir = self.dir.path().display();
+        let config = self.dir.path().join("gigafactory.toml");
+        std::fs::write(&config, COORDINATOR_CONFIG)?;
         let mut text = String::from("# Written by the chaos suite for one run.\nservices:\n");
         for svc in COORDINATORS {
             text.push_str(&format!(
-                "  {svc}:\n    environment:\n{coord_env}      GF_LOG: \"{log}\"\n"
+                "  {svc}:\n    environment:\n{coord_env}      GF_LOG: \"{log}\"\n      GF_CONFIG: /etc/gigafactory/chaos.toml\n      {WEBHOOK_SECRET_ENV}: \"{WEBHOOK_SECRET}\"\n    volumes:\n      - \"{}:/etc/gigafactory/chaos.toml:ro\"\n",
+                config.display()
             ));
         }
         text.push_str(&format!(

@@ -13,23 +13,42 @@ use gf_schemas::Timestamp;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
-/// GETs `base` (`http://host:port`) + `path`; the body of a 200 answer.
+/// GETs `base` (`http://host:port`) + `path`; the body of a 2xx answer.
 pub async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
-    http(base, "GET", path, None).await
+    http(base, "GET", path, None, &[]).await
 }
 
-/// POSTs a JSON body; the body of a 200 answer.
+/// POSTs a JSON body; the body of a 2xx answer.
 pub async fn http_post(base: &str, path: &str, body: &str) -> anyhow::Result<String> {
-    http(base, "POST", path, Some(body)).await
+    http(base, "POST", path, Some(body), &[]).await
 }
 
-async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<String> {
+/// POSTs a JSON body with extra headers; the body of a 2xx answer.
+pub async fn http_post_with(
+    base: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    http(base, "POST", path, Some(body), headers).await
+}
+
+async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<String> {
     let host = base
         .strip_prefix("http://")
         .with_context(|| format!("not an http:// URL: {base}"))?;
     let fetch = async {
         let mut conn = tokio::net::TcpStream::connect(host).await?;
         let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
         if let Some(b) = body {
             req.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -51,7 +70,11 @@ async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> anyho
         .split_once("\r\n\r\n")
         .with_context(|| format!("{method} {base}{path}: no HTTP answer"))?;
     let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
+    let ok = status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code.starts_with('2'));
+    if !ok {
         bail!("{method} {base}{path}: {status}: {body}");
     }
     Ok(body.to_string())
