@@ -7,7 +7,8 @@
 //!   completions, re-leases as the store took them);
 //! - the `GF_EVENTS` audit trail (claims, completions, expiries as the coordinators
 //!   announced them), read in full at the end;
-//! - the final job records with their `history` of attempts;
+//! - the final job records with their `history` of attempts, from `gf_jobs` or, for a
+//!   job whose grace period there ended, from the archive (`GF_ARCHIVE`);
 //! - the side-effect file every chaos job appends `<job id> <epoch>` to.
 //!
 //! A violation names the invariant and the job ids.
@@ -278,6 +279,22 @@ pub async fn read_jobs(js: &jetstream::Context) -> anyhow::Result<Vec<JobRecord>
         .into_iter()
         .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .collect())
+}
+
+/// The records of `gf_jobs`, and of each of `ids` that is not there (its grace period
+/// ended) its archived record: every job wherever it is. What is in neither is missing.
+pub async fn read_jobs_anywhere(
+    js: &jetstream::Context,
+    ids: &BTreeSet<JobId>,
+) -> anyhow::Result<Vec<JobRecord>> {
+    let mut records = read_jobs(js).await?;
+    let live: BTreeSet<JobId> = records.iter().map(|r| r.id).collect();
+    for id in ids.difference(&live) {
+        if let Some(rec) = gf_coordinator::history::archive::find(js, id).await? {
+            records.push(rec);
+        }
+    }
+    Ok(records)
 }
 
 /// Side effects: how many times each (job, epoch) appended its line.

@@ -102,6 +102,11 @@ pub struct ClusterSpec {
     /// The coordinators' `coordinator.dispatch_slack` (notices queued per worker beyond
     /// its free slots); `None` keeps their default.
     pub dispatch_slack: Option<u32>,
+    /// The grace period of every outcome in the live store (`history.succeeded`,
+    /// `.cancelled`, `.rejected`, `.dead`): finished jobs leave `gf_jobs` this long after
+    /// they finish and are found in the archive only. `None` keeps the defaults (a day
+    /// and more: nothing leaves during a run).
+    pub history_grace: Option<Duration>,
 }
 
 impl Default for ClusterSpec {
@@ -111,7 +116,28 @@ impl Default for ClusterSpec {
             durable: false,
             timings: Timings::default(),
             dispatch_slack: None,
+            history_grace: None,
         }
+    }
+}
+
+impl ClusterSpec {
+    /// The coordinators' environment for the settings that have no `gf coordinator`
+    /// flag.
+    pub fn coordinator_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(slack) = self.dispatch_slack {
+            env.push(("GF_COORDINATOR_DISPATCH_SLACK".into(), slack.to_string()));
+        }
+        if let Some(grace) = self.history_grace {
+            for outcome in ["SUCCEEDED", "CANCELLED", "REJECTED", "DEAD"] {
+                env.push((
+                    format!("GF_HISTORY_{outcome}"),
+                    format!("{}s", grace.as_secs().max(1)),
+                ));
+            }
+        }
+        env
     }
 }
 

@@ -338,10 +338,8 @@ impl ComposeCluster {
             millis(t.claim_timeout),
             millis(t.reaper_period)
         );
-        if let Some(slack) = self.spec.dispatch_slack {
-            coord_env.push_str(&format!(
-                "      GF_COORDINATOR_DISPATCH_SLACK: \"{slack}\"\n"
-            ));
+        for (k, v) in self.spec.coordinator_env() {
+            coord_env.push_str(&format!("      {k}: \"{v}\"\n"));
         }
         let log = std::env::var("CHAOS_GF_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
         let dir = self.dir.path().display();

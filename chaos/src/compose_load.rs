@@ -54,6 +54,7 @@ fn spec(args: &LoadArgs) -> ClusterSpec {
         durable: true,
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
+        ..Default::default()
     }
 }
 

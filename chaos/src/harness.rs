@@ -312,14 +312,15 @@ impl Harness {
     /// Reads the final records, the events and the side effects, checks every
     /// invariant, and reports.
     pub async fn finish(mut self, expect_success: bool) -> anyhow::Result<Report> {
+        let submits = self.audit.submits();
+        let accepted: BTreeSet<JobId> = submits.iter().filter_map(|s| s.job_id).collect();
         // Give the event publishers a moment to flush their last batch.
         let records = eventually(Duration::from_secs(20), "the final job records", || async {
-            audit::read_jobs(&self.js).await.ok()
+            audit::read_jobs_anywhere(&self.js, &accepted).await.ok()
         })
         .await?;
         let events = audit::read_events(&self.js).await.unwrap_or_default();
         let effects = audit::read_effects(&self.effects);
-        let submits = self.audit.submits();
         let faults = self.audit.faults();
         let bound = self.cluster.spec().timings.recovery_bound();
         let (mut violations, mut findings) = audit::check(&Evidence {

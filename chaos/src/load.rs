@@ -800,6 +800,7 @@ async fn fleet_run(
         durable,
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
+        ..Default::default()
     };
     let Bench {
         mut cluster,

@@ -398,10 +398,7 @@ impl Cluster for ProcessCluster {
         // and the client learns the other nodes from the server and fails over to them.
         let url = self.node_url(i % self.nats.len());
         let mut p = self.gf_proc(id.clone(), args, url);
-        if let Some(slack) = self.spec.dispatch_slack {
-            p.env
-                .push(("GF_COORDINATOR_DISPATCH_SLACK".into(), slack.to_string()));
-        }
+        p.env.extend(self.spec.coordinator_env());
         p.spawn()?;
         self.coordinators.push((p, id.clone()));
         Ok((Part::Coordinator(i), id))

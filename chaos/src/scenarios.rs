@@ -33,7 +33,7 @@ pub struct Scale {
     pub quick: bool,
 }
 
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     "worker-kill",
     "worker-pause",
     "worker-short-pause",
@@ -47,6 +47,7 @@ pub const ALL: [&str; 13] = [
     "race-50",
     "complete-vs-reap",
     "clock-skew",
+    "archiver-kill",
 ];
 
 /// The suite on docker-compose (`chaos suite --backend compose`): the scenarios that
@@ -108,6 +109,7 @@ pub fn describe(name: &str) -> &'static str {
         "race-50" => "50 workers race for the same notices: every job claimed and run exactly once",
         "complete-vs-reap" => "completions sent right at lease expiry, as the reaper re-leases: each is either accepted or refused, never both",
         "clock-skew" => "workers whose clocks are 5 minutes ahead and behind (faketime): no false expiry, no job lost",
+        "archiver-kill" => "kill -9 every coordinator (the archiver runs on them) mid-run, restart them within the grace period: once every job has left gf_jobs (45 s grace), each is in the archive as last seen, and the checker reads them there",
         "leader-partition" => "compose: take the leader coordinator off the network (a real partition from NATS): the standby leads within leader TTL + 3 s, the healed one does not dispatch or reap",
         "nats-partition" => "compose: take the NATS node leading the jobs bucket off the network (a minority partition), then reconnect it: no job lost or run twice",
         "nats-rolling-restart" => "compose: stop and start each of the three NATS nodes in turn (each healthy before the next) while jobs are submitted and run",
@@ -137,6 +139,7 @@ pub async fn run(name: &str, scale: &Scale, gf: &GfCommand) -> anyhow::Result<Re
         "race-50" => race_50(scale, gf).await,
         "complete-vs-reap" => complete_vs_reap(scale, gf).await,
         "clock-skew" => clock_skew(scale, gf).await,
+        "archiver-kill" => archiver_kill(scale, gf).await,
         "leader-partition" => leader_partition(scale, gf).await,
         "nats-partition" => nats_partition(scale, gf).await,
         "nats-rolling-restart" => nats_rolling_restart(scale, gf).await,
@@ -573,6 +576,111 @@ async fn nats_restart(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let late = h.submit_many(5, |_| h_effect("0")).await?;
     h.wait_terminal(&late, Duration::from_secs(60)).await?;
     h.finish(true).await
+}
+
+/// The grace period of finished jobs in `archiver-kill`: longer than the outage plus
+/// the archiver's ack wait (30 s: a write delivered to a killed coordinator is
+/// delivered again after it), so nothing may be lost; short enough that every job
+/// leaves `gf_jobs` during the run.
+const ARCHIVER_KILL_GRACE: Duration = Duration::from_secs(45);
+/// How long the archiver is down: a few seconds, well inside the grace period.
+const ARCHIVER_OUTAGE: Duration = Duration::from_secs(3);
+
+/// Kills every coordinator (the archiver is their shared durable consumer) while jobs
+/// finish, restarts them within the grace period, and lets every job's grace period
+/// end: each finished job must be in the archive, as the watch last saw it, and the
+/// final check reads them there.
+async fn archiver_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
+    let spec = ClusterSpec {
+        history_grace: Some(ARCHIVER_KILL_GRACE),
+        ..Default::default()
+    };
+    let mut h = fleet("archiver-kill", gf, spec, three_workers()).await?;
+    let n = scale.jobs;
+    let ids = h.submit_many(n, |_| h_effect("0.05")).await?;
+    h.wait_some_terminal(&ids, n / 4, budget(n)).await?;
+    let coordinators: Vec<Part> = h
+        .cluster
+        .parts()
+        .into_iter()
+        .filter(|p| matches!(p, Part::Coordinator(_)))
+        .collect();
+    for p in &coordinators {
+        h.fault(*p, Fault::Kill)?;
+    }
+    let finished_at_kill = h.audit.terminal_count(&ids);
+    let (pending, unacked) = archiver_backlog(&h).await.unwrap_or_default();
+    h.note(format!(
+        "archiver killed with {finished_at_kill} of {n} jobs finished: {pending} job writes not yet delivered to it, {unacked} delivered and not acked"
+    ));
+    // The outage lasts a fixed time by design.
+    tokio::time::sleep(ARCHIVER_OUTAGE).await;
+    for p in &coordinators {
+        h.fault(*p, Fault::Start)?;
+    }
+    h.wait_terminal(&ids, budget(n)).await?;
+
+    // Every job leaves the live store when its grace period ends…
+    let jobs = h.js.get_key_value(names::BUCKET_JOBS).await?;
+    let limit = ARCHIVER_KILL_GRACE + Duration::from_secs(30);
+    let left = eventually(limit, "every job to leave gf_jobs", || async {
+        let live = gf_coordinator::store::read_all(&jobs).await.ok()?;
+        let live: std::collections::BTreeSet<String> = live.into_iter().map(|(k, _)| k).collect();
+        ids.iter()
+            .all(|id| !live.contains(&names::job_key(id)))
+            .then_some(())
+    })
+    .await;
+    if let Err(e) = left {
+        h.fail(format!(
+            "finished jobs stayed in gf_jobs past their grace period: {e}"
+        ));
+    }
+    // …and is in the archive, as the watch last saw it.
+    let (mut missing, mut differ) = (Vec::new(), Vec::new());
+    for id in &ids {
+        match gf_coordinator::history::archive::find(&h.js, id).await? {
+            None => missing.push(*id),
+            Some(archived) => {
+                let seen = h.audit.latest(id);
+                if seen.is_none_or(|s| (s.state, s.epoch) != (archived.state, archived.epoch)) {
+                    differ.push(*id);
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        h.fail(format!(
+            "{} finished jobs are missing from the archive: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        ));
+    }
+    if !differ.is_empty() {
+        h.fail(format!(
+            "{} archived records differ from the last state seen: {:?}",
+            differ.len(),
+            &differ[..differ.len().min(10)]
+        ));
+    }
+    h.note(format!(
+        "all {n} jobs left gf_jobs after their grace period; {} archived",
+        n - missing.len()
+    ));
+    h.finish(true).await
+}
+
+/// The archiver consumer's job writes not yet delivered, and delivered but not acked.
+async fn archiver_backlog(h: &Harness) -> anyhow::Result<(u64, usize)> {
+    let stream =
+        h.js.get_stream(format!("KV_{}", names::BUCKET_JOBS))
+            .await?;
+    let mut c: consumer::Consumer<consumer::pull::Config> = stream
+        .get_consumer(names::ARCHIVER_CONSUMER)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = c.info().await?;
+    Ok((info.num_pending, info.num_ack_pending))
 }
 
 async fn cluster_node_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
