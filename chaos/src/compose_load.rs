@@ -9,21 +9,21 @@
 //! all return nothing fails the run with its title.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use futures::StreamExt;
-use gf_schemas::{names, JobId, JobSpec, JobState};
+use gf_schemas::{names, JobId, JobSpec};
 use gf_worker::RpcClient;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, ClusterSpec, WorkerSpec};
 use crate::compose::ComposeCluster;
 use crate::harness::connect;
-use crate::load::{load_timings, percentiles, submit_fast, LoadArgs, Percentiles};
+use crate::load::{
+    count_successes, latencies, load_timings, percentiles, submit_fast, Latencies, LoadArgs,
+    Percentiles,
+};
 use crate::process::{GfCommand, ProcessCluster};
 
 #[derive(Clone, Debug, Serialize)]
@@ -310,45 +310,19 @@ async fn measure(
     .await?;
     let n = args.jobs;
     let rpc = RpcClient::new(client.clone(), Duration::from_secs(30));
-    let mut done_sub = client
-        .subscribe(names::event(gf_schemas::EventKind::JobSucceeded))
-        .await?;
-    client.flush().await?;
+    let waiter = count_successes(&client, n, Duration::from_secs(60)).await?;
     let started = Instant::now();
-    let done = Arc::new(AtomicUsize::new(0));
-    let d2 = done.clone();
-    let waiter = tokio::spawn(async move {
-        while d2.load(Ordering::Relaxed) < n {
-            match tokio::time::timeout(Duration::from_secs(60), done_sub.next()).await {
-                Ok(Some(m)) => {
-                    let k = gf_schemas::decode_events(&m.payload).map_or(0, |e| e.len());
-                    d2.fetch_add(k, Ordering::Relaxed);
-                }
-                _ => break,
-            }
-        }
-        Instant::now()
-    });
     let body: bytes::Bytes = serde_json::to_vec(&JobSpec::command(["gf:noop"]))?.into();
     let ids = submit_fast(&rpc, &body, n, args).await?;
     let finished = waiter.await?;
     let seconds = finished.duration_since(started).as_secs_f64();
     let records = crate::audit::read_jobs(&js).await?;
     let by_id: HashMap<JobId, &gf_schemas::JobRecord> = records.iter().map(|r| (r.id, r)).collect();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (mut to_done, mut to_claim, mut succeeded) = (Vec::new(), Vec::new(), 0);
-    for id in &ids {
-        let Some(r) = by_id.get(id) else { continue };
-        if r.state == JobState::Succeeded {
-            succeeded += 1;
-            if let Some(end) = r.history.last().and_then(|a| a.ended_at) {
-                to_done.push(ms(end.since(r.submitted_at)));
-            }
-        }
-        if let Some(a) = r.history.first() {
-            to_claim.push(ms(a.started_at.since(r.submitted_at)));
-        }
-    }
+    let Latencies {
+        succeeded,
+        to_done,
+        to_claim,
+    } = latencies(&ids, &by_id);
     Ok(Measured {
         backend,
         workers,

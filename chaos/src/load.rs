@@ -814,27 +814,9 @@ async fn fleet_run(
     wait_active(&js, workers).await?;
     let n = args.jobs;
     let rpc = RpcClient::new(client.clone(), Duration::from_secs(30));
-    // Completions are seen on the events stream's subjects (core subscription).
-    let mut done_sub = client
-        .subscribe(names::event(gf_schemas::EventKind::JobSucceeded))
-        .await?;
-    client.flush().await?;
+    let waiter = count_successes(&client, n, Duration::from_secs(30)).await?;
     let before = Counters::read(&cluster, &js).await;
     let started = Instant::now();
-    let done = Arc::new(AtomicUsize::new(0));
-    let d2 = done.clone();
-    let waiter = tokio::spawn(async move {
-        while d2.load(Ordering::Relaxed) < n {
-            match tokio::time::timeout(Duration::from_secs(30), done_sub.next()).await {
-                Ok(Some(m)) => {
-                    let n = gf_schemas::decode_events(&m.payload).map_or(0, |e| e.len());
-                    d2.fetch_add(n, Ordering::Relaxed);
-                }
-                _ => break,
-            }
-        }
-        Instant::now()
-    });
     let spec = JobSpec::command(command.iter().copied());
     let body: bytes::Bytes = serde_json::to_vec(&spec)?.into();
     let ids = match rate {
@@ -883,27 +865,20 @@ async fn fleet_run(
     }
     let (mut to_dispatch, mut d_to_claim, mut claim_to_done) = (Vec::new(), Vec::new(), Vec::new());
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mut to_done = Vec::new();
-    let mut to_claim = Vec::new();
-    let mut succeeded = 0;
+    let Latencies {
+        succeeded,
+        to_done,
+        to_claim,
+    } = latencies(&ids, &by_id);
     for id in &ids {
         let Some(r) = by_id.get(id) else { continue };
-        if r.state == JobState::Succeeded {
-            succeeded += 1;
-        }
         if let Some(a) = r.history.first() {
-            to_claim.push(ms(a.started_at.since(r.submitted_at)));
             if let Some(d) = dispatched.get(id) {
                 to_dispatch.push(ms(d.since(r.submitted_at)));
                 d_to_claim.push(ms(a.started_at.since(*d)));
             }
             if let Some(end) = a.ended_at {
                 claim_to_done.push(ms(end.since(a.started_at)));
-            }
-        }
-        if let Some(end) = r.history.last().and_then(|a| a.ended_at) {
-            if r.state == JobState::Succeeded {
-                to_done.push(end.since(r.submitted_at).as_secs_f64() * 1000.0);
             }
         }
     }
@@ -936,6 +911,64 @@ async fn fleet_run(
         coordinator_rss_mib: rss,
         cpu_ms_per_job: per_job.cpu_ms,
     })
+}
+
+/// Counts the jobs the `JobSucceeded` events report (core subscription on the events
+/// stream's subjects) until `n` succeeded, or none came for `idle`; the task returns
+/// when it stopped. Subscribed and flushed before this returns, so every job submitted
+/// afterwards is seen.
+pub async fn count_successes(
+    client: &async_nats::Client,
+    n: usize,
+    idle: Duration,
+) -> anyhow::Result<tokio::task::JoinHandle<Instant>> {
+    let mut done_sub = client
+        .subscribe(names::event(gf_schemas::EventKind::JobSucceeded))
+        .await?;
+    client.flush().await?;
+    Ok(tokio::spawn(async move {
+        let mut done = 0;
+        while done < n {
+            match tokio::time::timeout(idle, done_sub.next()).await {
+                Ok(Some(m)) => {
+                    done += gf_schemas::decode_events(&m.payload).map_or(0, |e| e.len());
+                }
+                _ => break,
+            }
+        }
+        Instant::now()
+    }))
+}
+
+/// What the records of a run's jobs say, in milliseconds.
+pub struct Latencies {
+    pub succeeded: usize,
+    /// Submission to the end of the last attempt, of each job that succeeded.
+    pub to_done: Vec<f64>,
+    /// Submission to the claim of the first attempt, of each job that ran.
+    pub to_claim: Vec<f64>,
+}
+
+pub fn latencies(ids: &[JobId], by_id: &HashMap<JobId, &gf_schemas::JobRecord>) -> Latencies {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut l = Latencies {
+        succeeded: 0,
+        to_done: Vec::new(),
+        to_claim: Vec::new(),
+    };
+    for id in ids {
+        let Some(r) = by_id.get(id) else { continue };
+        if r.state == JobState::Succeeded {
+            l.succeeded += 1;
+            if let Some(end) = r.history.last().and_then(|a| a.ended_at) {
+                l.to_done.push(ms(end.since(r.submitted_at)));
+            }
+        }
+        if let Some(a) = r.history.first() {
+            l.to_claim.push(ms(a.started_at.since(r.submitted_at)));
+        }
+    }
+    l
 }
 
 /// Submits `n` jobs of one spec (`body`) as fast as possible: `--submit-batch` jobs per

@@ -295,6 +295,65 @@ fn figures(v: &serde_json::Value, what: &str) -> anyhow::Result<(f64, f64)> {
     }
 }
 
+/// What a Python peer did with `jobs` tasks: its figures and the CPU time per job of
+/// its broker, its worker pool and its producer.
+struct Measured {
+    seconds: f64,
+    jobs_per_sec: f64,
+    cpu_ms_per_job: HashMap<String, f64>,
+}
+
+impl Measured {
+    fn run(self, system: &str, workers: String, jobs: usize) -> PeerRun {
+        PeerRun {
+            system: system.into(),
+            workers,
+            jobs,
+            seconds: self.seconds,
+            jobs_per_sec: self.jobs_per_sec,
+            cpu_ms_per_job: self.cpu_ms_per_job,
+        }
+    }
+}
+
+/// Runs a Python peer's producer against its running worker pool: a warm-up batch
+/// (the pool must still be alive after it), then `jobs` tasks, over which the CPU time
+/// of the broker, the pool and the producer (a reaped child of this process) is taken.
+fn measure_pool(
+    produce: impl Fn(usize) -> anyhow::Result<serde_json::Value>,
+    pool: &mut Spawned,
+    pool_log: &Path,
+    (broker_name, broker): (&str, &Spawned),
+    jobs: usize,
+    what: &str,
+) -> anyhow::Result<Measured> {
+    produce(WARM_UP)?;
+    pool.check(pool_log)?;
+    let cpu = || {
+        (
+            tree_cpu_ms(broker.pid()),
+            tree_cpu_ms(pool.pid()),
+            reaped_children_cpu_ms(),
+        )
+    };
+    let before = cpu();
+    let v = produce(jobs)?;
+    let after = cpu();
+    let (seconds, jobs_per_sec) = figures(&v, what)?;
+    Ok(Measured {
+        seconds,
+        jobs_per_sec,
+        cpu_ms_per_job: per_job(
+            &[
+                (broker_name, after.0 - before.0),
+                ("workers", after.1 - before.1),
+                ("producer", after.2 - before.2),
+            ],
+            jobs,
+        ),
+    })
+}
+
 fn taskiq(
     installed: &Installed,
     jobs: usize,
@@ -347,35 +406,19 @@ fn taskiq(
             .args(["taskiq_peer.py", "produce", &n.to_string()]);
         run_json(&mut cmd, "the taskiq producer")
     };
-    produce(WARM_UP)?;
-    pool.check(&wlog)?;
-    let before = (
-        tree_cpu_ms(nats.pid()),
-        tree_cpu_ms(pool.pid()),
-        reaped_children_cpu_ms(),
-    );
-    let v = produce(jobs)?;
-    let after = (
-        tree_cpu_ms(nats.pid()),
-        tree_cpu_ms(pool.pid()),
-        reaped_children_cpu_ms(),
-    );
-    let (seconds, rate) = figures(&v, "taskiq")?;
-    Ok(PeerRun {
-        system: "taskiq 0.13 + taskiq-nats 0.7 (JetStream pull broker)".into(),
-        workers: format!("{workers} worker processes × {slots} async tasks"),
+    let m = measure_pool(
+        produce,
+        &mut pool,
+        &wlog,
+        ("nats-server", &nats),
         jobs,
-        seconds,
-        jobs_per_sec: rate,
-        cpu_ms_per_job: per_job(
-            &[
-                ("nats-server", after.0 - before.0),
-                ("workers", after.1 - before.1),
-                ("producer", after.2 - before.2),
-            ],
-            jobs,
-        ),
-    })
+        "taskiq",
+    )?;
+    Ok(m.run(
+        "taskiq 0.13 + taskiq-nats 0.7 (JetStream pull broker)",
+        format!("{workers} worker processes × {slots} async tasks"),
+        jobs,
+    ))
 }
 
 fn celery(installed: &Installed, jobs: usize, workers: usize) -> anyhow::Result<PeerRun> {
@@ -412,35 +455,19 @@ fn celery(installed: &Installed, jobs: usize, workers: usize) -> anyhow::Result<
             .args(["celery_peer.py", "produce", &n.to_string()]);
         run_json(&mut cmd, "the Celery producer")
     };
-    produce(WARM_UP)?;
-    pool.check(&wlog)?;
-    let before = (
-        tree_cpu_ms(redis.pid()),
-        tree_cpu_ms(pool.pid()),
-        reaped_children_cpu_ms(),
-    );
-    let v = produce(jobs)?;
-    let after = (
-        tree_cpu_ms(redis.pid()),
-        tree_cpu_ms(pool.pid()),
-        reaped_children_cpu_ms(),
-    );
-    let (seconds, rate) = figures(&v, "celery")?;
-    Ok(PeerRun {
-        system: "Celery 5.7 + Redis 7.0".into(),
-        workers: format!("1 worker node × {workers} prefork processes"),
+    let m = measure_pool(
+        produce,
+        &mut pool,
+        &wlog,
+        ("redis-server", &redis),
         jobs,
-        seconds,
-        jobs_per_sec: rate,
-        cpu_ms_per_job: per_job(
-            &[
-                ("redis-server", after.0 - before.0),
-                ("workers", after.1 - before.1),
-                ("producer", after.2 - before.2),
-            ],
-            jobs,
-        ),
-    })
+        "celery",
+    )?;
+    Ok(m.run(
+        "Celery 5.7 + Redis 7.0",
+        format!("1 worker node × {workers} prefork processes"),
+        jobs,
+    ))
 }
 
 fn apalis(
