@@ -147,3 +147,55 @@ async fn kick(store: &Store, sys: &async_nats::Client, f: &FactoryRecord, server
         tracing::warn!(factory = %f.id, error = %e, "cannot record the kick");
     }
 }
+
+/// What [`revoke`] did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Revoked {
+    pub factory: gf_schemas::WorkerId,
+    /// Its last connection's credentials were still valid: it may have been on.
+    pub was_connected: bool,
+    /// A coordinator closed that connection (`false` when none did within 5 s; its
+    /// access then ends with its credentials, within the JWT's lifetime).
+    pub kicked: bool,
+}
+
+/// Revokes factory `id` and has a coordinator close its connection: the record is
+/// marked revoked (every later connection refused), the coordinators are asked on
+/// [`names::KICK_REQUEST`] (`client` must be allowed to publish there), and the record
+/// is polled until one says it closed the connection. `gf factory revoke` and the
+/// HTTP API both come here.
+pub async fn revoke(
+    store: &Store,
+    client: &async_nats::Client,
+    id: &gf_schemas::WorkerId,
+) -> Result<Revoked, crate::store::StoreError> {
+    let now = Timestamp::now_local();
+    let f = store.revoke_factory(id, now).await?;
+    let was_connected = f.connection.as_ref().is_some_and(|c| now < c.expires_at);
+    let mut done = Revoked {
+        factory: id.clone(),
+        was_connected,
+        kicked: false,
+    };
+    if !was_connected {
+        return Ok(done);
+    }
+    // Asked now, or (if no one answers) the coordinators' watch of the bucket.
+    let ask = serde_json::json!({ "factory": id }).to_string();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(names::KICK_REQUEST, ask.into()),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if store.factory(id).await?.and_then(|f| f.kicked_at).is_some() {
+            done.kicked = true;
+            return Ok(done);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(done);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

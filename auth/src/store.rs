@@ -81,6 +81,44 @@ impl From<StoreError> for Refusal {
 }
 
 impl Refusal {
+    /// A stable code for the reason (events start their message with it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NoProof(_) => "no_proof",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::BadToken(_) => "bad_token",
+            Refusal::UnknownToken(_) => "unknown_token",
+            Refusal::WrongSecret(_) => "wrong_secret",
+            Refusal::TokenRevoked(_) => "token_revoked",
+            Refusal::TokenExpired(..) => "token_expired",
+            Refusal::TokenUsedUp(_) => "token_used_up",
+            Refusal::OutsideCidr(..) => "outside_cidr",
+            Refusal::NoFactoryId(_) => "no_factory_id",
+            Refusal::IdTaken(_) => "id_taken",
+            Refusal::FactoryRevoked(_) => "factory_revoked",
+            Refusal::BadRotation(_) => "bad_rotation",
+            Refusal::Store(_) => "store_unavailable",
+        }
+    }
+
+    /// About an enrollment (its token, or the id it asked for), not about a key.
+    pub fn is_enrollment(&self) -> bool {
+        matches!(
+            self,
+            Refusal::BadToken(_)
+                | Refusal::UnknownToken(_)
+                | Refusal::WrongSecret(_)
+                | Refusal::TokenRevoked(_)
+                | Refusal::TokenExpired(..)
+                | Refusal::TokenUsedUp(_)
+                | Refusal::OutsideCidr(..)
+                | Refusal::NoFactoryId(_)
+                | Refusal::IdTaken(_)
+        )
+    }
+
     /// The token a refusal concerns, to record it there.
     pub fn token_id(&self) -> Option<&str> {
         match self {
@@ -108,6 +146,38 @@ pub struct TokenSpec {
     pub tags: BTreeSet<String>,
     /// Networks it may enroll from (`10.0.0.0/8`, `::1/128`); empty: anywhere.
     pub cidrs: Vec<Cidr>,
+}
+
+impl TokenSpec {
+    /// What an operator asked for, checked: at least one use and one second, the pool
+    /// a queue name, capabilities and tags made of `A-Z a-z 0-9 _ -`. The error names
+    /// what is wrong (`gf factory token create`, `POST /api/factory-tokens`).
+    pub fn check(&self) -> Result<(), String> {
+        if self.uses == 0 {
+            return Err("uses must be at least 1".into());
+        }
+        if self.ttl < Duration::from_secs(1) {
+            return Err("ttl must be at least 1s".into());
+        }
+        if let Some(p) = &self.pool {
+            if !gf_schemas::names::is_token(p) || p == gf_schemas::names::ANY {
+                return Err(format!("pool `{p}` is not a queue name (A-Z a-z 0-9 _ -)"));
+            }
+        }
+        if let Some(t) = self.tags.iter().find(|t| !gf_schemas::names::is_token(t)) {
+            return Err(format!("tag `{t}` is not made of A-Z a-z 0-9 _ -"));
+        }
+        if let Some((k, v)) = self
+            .caps
+            .iter()
+            .find(|(k, v)| !gf_schemas::names::is_token(k) || !gf_schemas::names::is_token(v))
+        {
+            return Err(format!(
+                "capability `{k}={v}`: key and value must be made of A-Z a-z 0-9 _ -"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -222,6 +292,13 @@ pub const DETECTED: [&str; 4] = ["os", "arch", "cpus", "memory_mb"];
 const MAX_CONSUMERS: usize = 8;
 
 impl FactoryRecord {
+    /// Active, and the credentials of its last connection are still valid at `now`:
+    /// it may be on.
+    pub fn connected(&self, now: Timestamp) -> bool {
+        self.state == FactoryState::Active
+            && self.connection.as_ref().is_some_and(|c| now < c.expires_at)
+    }
+
     /// Whether the enrollment approved specific capabilities (then only those count).
     pub fn restricted(&self) -> bool {
         !self.caps.is_empty() || !self.tags.is_empty()

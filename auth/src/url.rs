@@ -19,6 +19,12 @@ pub fn connect_options(url: &str) -> (async_nats::ConnectOptions, String) {
     }
 }
 
+/// The user a `nats://user:password@host:port` URL names, decoded.
+pub fn user(url: &str) -> Option<String> {
+    let addr = url.parse::<async_nats::ServerAddr>().ok()?;
+    addr.username().map(percent_decode)
+}
+
 /// Undoes a URL's `%XX` escapes (a user or password may hold `@`, `:` or `/`).
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -53,6 +59,11 @@ mod tests {
         let (_, shown) = connect_options("nats://f1:p%40ss%3Aw@127.0.0.1:4333");
         assert_eq!(shown, "nats://f1@127.0.0.1:4333");
         assert_eq!(percent_decode("p%40ss%3Aw%zz%4"), "p@ss:w%zz%4");
+        assert_eq!(
+            user("nats://f1:p%40ss@127.0.0.1:4333").as_deref(),
+            Some("f1")
+        );
+        assert_eq!(user("nats://127.0.0.1:4222"), None);
         let (_, shown) = connect_options("nats://127.0.0.1:4222");
         assert_eq!(shown, "nats://127.0.0.1:4222");
     }

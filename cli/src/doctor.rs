@@ -5,7 +5,8 @@
 //! is reachable; its version is at least [`MIN_SERVER_VERSION`]; JetStream is on; every
 //! bucket and stream exists with the settings of
 //! [`gf_coordinator::store::bucket_configs`] / [`stream_configs`](gf_coordinator::store::stream_configs);
-//! auth settings; the local clock against the server's (a KV write's timestamp).
+//! NATS and HTTP API authentication (an open deployment warns, and fails under a
+//! production profile, `GF_ENV=prod|production`); the local clock against the server's (a KV write's timestamp).
 
 use std::fmt;
 use std::process::ExitCode;
@@ -98,6 +99,18 @@ pub async fn run(loader: Loader, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         "{} checks: {fails} failed, {warns} warnings",
         report.checks.len()
     );
+    let open: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.status != Status::Pass && c.detail.starts_with("OPEN"))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !open.is_empty() {
+        println!(
+            "WARNING: this deployment is OPEN ({}): anyone who reaches it can run commands on your factories. See docs/security.md.",
+            open.join(", ")
+        );
+    }
     Ok(if report.failed() {
         ExitCode::FAILURE
     } else {
@@ -168,11 +181,18 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
     let (status, detail) = tracing_check(loaded.settings.tracing.otlp_endpoint.as_deref()).await;
     r.add(status, "tracing", detail);
     let replicas = loaded.settings.coordinator.replicas;
+    let production = production_profile(loader.env.get("GF_ENV").map(String::as_str));
+    let api = match loaded.settings.coordinator.http_addr {
+        Some(addr) => api_probe(addr).await,
+        None => ApiProbe::Off,
+    };
     let url = loaded.settings.nats.url.clone();
     let shown_url = crate::config::mask_url(&url);
 
     // NATS.
-    let client = match async_nats::ConnectOptions::new()
+    // The URL's user, if any (the operator's, on a secured NATS).
+    let client = match gf_auth::url::connect_options(&url)
+        .0
         .name("gf doctor")
         .connection_timeout(Duration::from_secs(3))
         .connect(&url)
@@ -216,7 +236,7 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
         ] {
             r.add(Status::Skip, name, "NATS is not reachable");
         }
-        auth_checks(&mut r, &loaded, None);
+        auth_checks(&mut r, &loaded, None, production.as_deref(), &api);
         return r;
     };
     let info = client.server_info();
@@ -270,7 +290,7 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
         r.add(Status::Skip, "streams", "JetStream is off");
         r.add(Status::Skip, "clock skew", "JetStream is off");
     }
-    auth_checks(&mut r, &loaded, Some(&info));
+    auth_checks(&mut r, &loaded, Some(&info), production.as_deref(), &api);
     r
 }
 
@@ -494,7 +514,70 @@ async fn check_clock(r: &mut Report, js: &jetstream::Context, max_skew: Duration
     }
 }
 
-fn auth_checks(r: &mut Report, loaded: &Loaded, info: Option<&async_nats::ServerInfo>) {
+/// `GF_ENV` when it names a production profile (`prod` or `production`, any case):
+/// there an open NATS or HTTP API is a failure, not a warning.
+pub fn production_profile(env: Option<&str>) -> Option<String> {
+    env.filter(|e| matches!(e.to_ascii_lowercase().as_str(), "prod" | "production"))
+        .map(str::to_string)
+}
+
+/// What the coordinator's HTTP API says to a caller without a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiProbe {
+    /// `coordinator.http_addr` is not set: no API to check.
+    Off,
+    /// Nothing answered there.
+    Unreachable(String),
+    /// 401: a token is required.
+    Guarded(String),
+    /// 200: anyone is served (`--no-auth`).
+    Open(String),
+}
+
+/// Asks `GET /api/whoami` at `addr` (loopback for an unspecified address) without a
+/// token.
+async fn api_probe(addr: std::net::SocketAddr) -> ApiProbe {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET /api/whoami HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut head = vec![0u8; 64];
+        let n = s.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let shown = format!("http://{addr}");
+    match tokio::time::timeout(Duration::from_secs(3), ask).await {
+        Ok(Ok(head)) => match head.split_whitespace().nth(1) {
+            Some("401") => ApiProbe::Guarded(shown),
+            Some("200") => ApiProbe::Open(shown),
+            other => ApiProbe::Unreachable(format!(
+                "{shown} answered {} (not a Gigafactory coordinator?)",
+                other.unwrap_or("nothing")
+            )),
+        },
+        Ok(Err(e)) => ApiProbe::Unreachable(format!("{shown}: {e}")),
+        Err(_) => ApiProbe::Unreachable(format!("{shown}: no answer within 3s")),
+    }
+}
+
+fn auth_checks(
+    r: &mut Report,
+    loaded: &Loaded,
+    info: Option<&async_nats::ServerInfo>,
+    production: Option<&str>,
+    api: &ApiProbe,
+) {
     let url_has_creds = loaded
         .settings
         .nats
@@ -502,32 +585,54 @@ fn auth_checks(r: &mut Report, loaded: &Loaded, info: Option<&async_nats::Server
         .split("://")
         .nth(1)
         .is_some_and(|rest| rest.contains('@'));
+    // An open deployment is a warning anywhere, a failure in production.
+    let open = match production {
+        Some(_) => Status::Fail,
+        None => Status::Warn,
+    };
+    let in_production = production
+        .map(|env| format!(" in production (GF_ENV={env})"))
+        .unwrap_or_default();
     match info {
         Some(i) if i.auth_required => r.add(
             Status::Pass,
             "nats auth",
             "the server requires authentication",
         ),
-        Some(_) if url_has_creds => r.add(
-            Status::Warn,
-            "nats auth",
-            "credentials are configured but the server does not require them",
-        ),
         Some(_) => r.add(
-            Status::Warn,
+            open,
             "nats auth",
-            "the server accepts anyone: whoever reaches it can submit, claim and complete jobs",
+            format!(
+                "OPEN{in_production}: the server accepts anyone: whoever reaches it can submit jobs (run commands on every factory), claim and complete them, and read every job{}; secure it with `gf admin init` (docs/security.md)",
+                if url_has_creds {
+                    " (credentials are configured but the server does not ask for them)"
+                } else {
+                    ""
+                }
+            ),
         ),
         None => r.add(Status::Skip, "nats auth", "NATS is not reachable"),
     }
-    // TODO(auth): CoordinatorConfig has no API auth settings yet (they are being added
-    // on another branch). Once they exist, pass when the HTTP API requires a token and
-    // warn when it is off.
-    r.add(
-        Status::Warn,
-        "api auth",
-        "off: the HTTP API accepts every request (this build has no API auth settings)",
-    );
+    match api {
+        ApiProbe::Off => r.add(Status::Pass, "api auth", "no HTTP API (coordinator.http_addr is not set)"),
+        ApiProbe::Unreachable(why) => r.add(
+            Status::Skip,
+            "api auth",
+            format!("no coordinator answers at coordinator.http_addr ({why})"),
+        ),
+        ApiProbe::Guarded(at) => r.add(
+            Status::Pass,
+            "api auth",
+            format!("the HTTP API at {at} requires a token"),
+        ),
+        ApiProbe::Open(at) => r.add(
+            open,
+            "api auth",
+            format!(
+                "OPEN{in_production}: the HTTP API at {at} serves everyone as an operator (--no-auth); give the coordinator --api-token (make one with `gf api-token`)"
+            ),
+        ),
+    }
 }
 
 /// The OTLP endpoint parses as plain HTTP and something listens there.
@@ -581,6 +686,16 @@ mod tests {
         drop(listener);
         let (s, d) = tracing_check(Some(&format!("http://127.0.0.1:{port}"))).await;
         assert_eq!(s, Status::Warn, "{d}");
+    }
+
+    /// `prod` and `production` (any case) are production profiles; nothing else is.
+    #[test]
+    fn production_profiles() {
+        assert_eq!(production_profile(Some("Prod")).as_deref(), Some("Prod"));
+        assert!(production_profile(Some("production")).is_some());
+        assert!(production_profile(Some("staging")).is_none());
+        assert!(production_profile(Some("preprod")).is_none());
+        assert!(production_profile(None).is_none());
     }
 
     /// Server versions compare numerically, release candidates by their core.

@@ -129,38 +129,21 @@ async fn poll<T>(
 
 async fn revoke(url: &str, r: FactoryIdArgs) -> anyhow::Result<ExitCode> {
     let s = store(url).await?;
-    let now = Timestamp::now_local();
-    let f = match s.revoke_factory(&r.id, now).await {
-        Ok(f) => f,
+    let client = crate::connect(url).await?;
+    let done = match gf_auth::kick::revoke(&s, &client, &r.id).await {
+        Ok(d) => d,
         Err(gf_auth::store::StoreError::NotFound(_)) => {
             bail!("no enrolled factory `{}` (see `gf factory list`)", r.id)
         }
         Err(e) => return Err(e.into()),
     };
-    let live = f.connection.as_ref().is_some_and(|c| now < c.expires_at);
-    if !live {
-        println!("factory {} revoked (not connected)", r.id);
-        return Ok(ExitCode::SUCCESS);
-    }
-    // A coordinator closes its connection: asked now, or (if none answers) when its
-    // watch of the factories sees the revocation.
-    let client = crate::connect(url).await?;
-    let ask = serde_json::json!({ "factory": r.id }).to_string();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(gf_schemas::names::auth::KICK_REQUEST, ask.into()),
-    )
-    .await;
-    let kicked = poll(Duration::from_secs(5), async || {
-        Ok(s.factory(&r.id).await?.and_then(|f| f.kicked_at))
-    })
-    .await?;
-    match kicked {
-        Some(_) => println!(
+    match (done.was_connected, done.kicked) {
+        (false, _) => println!("factory {} revoked (not connected)", r.id),
+        (true, true) => println!(
             "factory {} revoked; its connection was closed and it cannot reconnect",
             r.id
         ),
-        None => println!(
+        (true, false) => println!(
             "factory {} revoked; no coordinator closed its connection within 5s (is one running with --secrets-dir?); its access ends when its credentials expire",
             r.id
         ),
@@ -209,20 +192,6 @@ async fn rotate(url: &str, r: FactoryIdArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn create(url: &str, t: TokenCreateArgs) -> anyhow::Result<ExitCode> {
-    if t.uses == 0 {
-        bail!("--uses must be at least 1");
-    }
-    if t.ttl < Duration::from_secs(1) {
-        bail!("--ttl must be at least 1s");
-    }
-    if let Some(p) = &t.pool {
-        if !gf_schemas::names::is_token(p) || p == gf_schemas::names::ANY {
-            bail!("--pool `{p}` is not a queue name (A-Z a-z 0-9 _ -)");
-        }
-    }
-    if let Some(tag) = t.tags.iter().find(|t| !gf_schemas::names::is_token(t)) {
-        bail!("--tag `{tag}` is not made of A-Z a-z 0-9 _ -");
-    }
     let spec = TokenSpec {
         ttl: t.ttl,
         uses: t.uses,
@@ -231,6 +200,7 @@ async fn create(url: &str, t: TokenCreateArgs) -> anyhow::Result<ExitCode> {
         tags: t.tags.into_iter().collect::<BTreeSet<_>>(),
         cidrs: t.cidrs,
     };
+    spec.check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let (token, rec) = store(url)
         .await?
         .create_token(&spec, Timestamp::now_local())
@@ -347,12 +317,7 @@ async fn factories(url: &str, l: FactoryListArgs) -> anyhow::Result<ExitCode> {
             let (seen, connected) = match &f.connection {
                 Some(c) => (
                     format!("{} ago from {}", age(c.at, now), c.host),
-                    // The JWT of its last connection is still valid: it may be on.
-                    if now < c.expires_at && f.state == gf_auth::store::FactoryState::Active {
-                        "yes"
-                    } else {
-                        "no"
-                    },
+                    if f.connected(now) { "yes" } else { "no" },
                 ),
                 None => ("never".into(), "no"),
             };
@@ -397,6 +362,49 @@ pub enum AdminCommand {
     /// the callout issuer key, the coordinators' nkey, the callout, operator and
     /// system users' passwords, and nats.conf (each file 0600).
     Init(AdminInitArgs),
+    /// Clients' own credentials (static users with a role's grant): `create`, `list`,
+    /// `remove`. Rewrites nats.conf; the server applies it on `nats-server --signal
+    /// reload` (or a restart).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Make client NAME with a role (`submit`: submit jobs, read them and their logs,
+    /// nothing else) and print its URL once.
+    Create(UserCreateArgs),
+    /// The clients and their roles (no passwords).
+    List(UserDirArgs),
+    /// Remove client NAME (its connections end at the server's next reload).
+    Remove(UserRemoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UserDirArgs {
+    /// The secrets folder `gf admin init` wrote.
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UserCreateArgs {
+    /// The secrets folder `gf admin init` wrote.
+    pub dir: PathBuf,
+    /// The client's name (A-Z a-z 0-9 _ -), its NATS user.
+    pub name: String,
+    /// What it may do.
+    #[arg(long, default_value = "submit", value_parser = |s: &str| s.parse::<gf_auth::secrets::ClientRole>())]
+    pub role: gf_auth::secrets::ClientRole,
+    /// The server's address, for the URL printed [default nats://127.0.0.1:4222].
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub server: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UserRemoveArgs {
+    /// The secrets folder `gf admin init` wrote.
+    pub dir: PathBuf,
+    pub name: String,
 }
 
 #[derive(Args, Debug)]
@@ -415,7 +423,10 @@ pub struct AdminInitArgs {
 }
 
 pub fn admin(a: AdminArgs) -> anyhow::Result<ExitCode> {
-    let AdminCommand::Init(a) = a.command;
+    let a = match a.command {
+        AdminCommand::Init(a) => a,
+        AdminCommand::User(u) => return user(u),
+    };
     if a.dir.join("issuer.nk").exists() && !a.force {
         bail!(
             "{} already holds secrets; pass --force to replace them all",
@@ -429,7 +440,8 @@ pub fn admin(a: AdminArgs) -> anyhow::Result<ExitCode> {
         }),
         _ => None,
     };
-    let secrets = Secrets::generate();
+    let mut secrets = Secrets::generate();
+    secrets.tls = tls.clone();
     secrets.write(&a.dir, tls.as_ref())?;
     let d = a.dir.display();
     println!("wrote {d}/{{issuer.nk,coordinator.nk,auth.pass,admin.pass,sys.pass,nats.conf}}");
@@ -440,5 +452,48 @@ pub fn admin(a: AdminArgs) -> anyhow::Result<ExitCode> {
         gf_auth::secrets::ADMIN_USER
     );
     println!("factories:    gf factory token create, then gf worker --key-dir DIR --enroll TOKEN");
+    println!(
+        "clients:      gf admin user create {d} NAME --role submit (submit and read jobs only)"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+const RELOAD_HINT: &str = "the server applies it on `nats-server --signal reload` (or a restart)";
+
+fn user(u: UserCommand) -> anyhow::Result<ExitCode> {
+    match u {
+        UserCommand::Create(c) => {
+            let mut s = Secrets::read(&c.dir)
+                .with_context(|| format!("{} (made by `gf admin init`)", c.dir.display()))?;
+            let password = s.add_user(&c.name, c.role)?;
+            s.write_users_and_config(&c.dir)?;
+            let url = gf_auth::secrets::with_user(&c.server, &c.name, &password);
+            println!("{url}");
+            eprintln!(
+                "client {} ({}): its URL is shown once (the password is also in {}); it uses the inbox prefix {}; {RELOAD_HINT}",
+                c.name,
+                c.role.as_str(),
+                c.dir.join(gf_auth::secrets::USERS_DIR).display(),
+                gf_schemas::names::client_inbox_prefix(&c.name)
+            );
+        }
+        UserCommand::List(l) => {
+            let s = Secrets::read(&l.dir)?;
+            let rows: Vec<Vec<String>> = s
+                .users
+                .iter()
+                .map(|u| vec![u.name.clone(), u.role.as_str().into()])
+                .collect();
+            println!("{}", table(&["USER", "ROLE"], &rows));
+        }
+        UserCommand::Remove(r) => {
+            let mut s = Secrets::read(&r.dir)?;
+            if !s.remove_user(&r.name) {
+                bail!("no client `{}` in {}", r.name, r.dir.display());
+            }
+            s.write_users_and_config(&r.dir)?;
+            println!("client {} removed; {RELOAD_HINT}", r.name);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

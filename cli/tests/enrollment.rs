@@ -105,6 +105,18 @@ async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()>
         "{out}"
     );
     assert!(out.contains(&token.id) && out.contains("f1"), "{out}");
+    // The exact reason is an error event of its own kind, with a stable code.
+    gf_testkit::eventually(
+        Duration::from_secs(10),
+        "the refusal as an event",
+        || async {
+            let (_, ev, _) = gf(&admin, &["events", "--level", "error"]).ok()?;
+            ev.lines()
+                .any(|l| l.contains("enrollment_refused") && l.contains("token_used_up"))
+                .then_some(())
+        },
+    )
+    .await?;
 
     // Restarted without the token, the key alone lets it in; it runs jobs again.
     worker.stop().await?;

@@ -83,6 +83,44 @@ impl Violations {
     }
 }
 
+/// Sends each grant check on `probe`: allowed subscriptions and publishes first, as
+/// controls (the server answers in order, so once every refusal of the denied ones has
+/// arrived, a refusal of an allowed one would have too), then the denied ones; then
+/// waits for each denied one's refusal and checks no allowed one was refused.
+async fn check_grants(
+    probe: &async_nats::Client,
+    refused: &mut Violations,
+    allowed_publish: &[String],
+    allowed_subscribe: &[String],
+    denied_publish: &[String],
+    denied_subscribe: &[String],
+) -> anyhow::Result<()> {
+    let mut subs = Vec::new();
+    for s in allowed_subscribe {
+        subs.push(probe.subscribe(s.clone()).await?);
+    }
+    for s in allowed_publish {
+        probe.publish(s.clone(), "".into()).await?;
+    }
+    for s in denied_publish {
+        probe.publish(s.clone(), "{}".into()).await?;
+    }
+    for s in denied_subscribe {
+        subs.push(probe.subscribe(s.clone()).await?);
+    }
+    probe.flush().await?;
+    for s in denied_publish {
+        refused.expect("Publish", s).await?;
+    }
+    for s in denied_subscribe {
+        refused.expect("Subscription", s).await?;
+    }
+    for s in allowed_publish.iter().chain(allowed_subscribe) {
+        assert!(!refused.named(s), "{s} refused: {:?}", refused.seen);
+    }
+    Ok(())
+}
+
 /// A real worker connected as a user holding only `permissions::factory` for its id and
 /// its consumer runs jobs end to end (claims, renewals past a 1 s lease, log lines,
 /// completions, notice acks in the server's default format, a drain request answered),
@@ -230,30 +268,15 @@ async fn factory_grant_runs_jobs_and_nothing_else() -> anyhow::Result<()> {
         names::worker_control(&f1),
         format!("{}.probe", names::factory_inbox_prefix(&f1)),
     ];
-    let mut subs = Vec::new();
-    for s in &allowed_subscribe {
-        subs.push(probe.subscribe(s.clone()).await?);
-    }
-    for s in &allowed_publish {
-        probe.publish(s.clone(), "".into()).await?;
-    }
-    for s in &denied_publish {
-        probe.publish(s.clone(), "{}".into()).await?;
-    }
-    for s in &denied_subscribe {
-        subs.push(probe.subscribe(s.clone()).await?);
-    }
-    probe.flush().await?;
-    for s in &denied_publish {
-        refused.expect("Publish", s).await?;
-    }
-    for s in &denied_subscribe {
-        refused.expect("Subscription", s).await?;
-    }
-    for s in allowed_publish.iter().chain(&allowed_subscribe) {
-        assert!(!refused.named(s), "{s} refused: {:?}", refused.seen);
-    }
-    drop(subs);
+    check_grants(
+        &probe,
+        &mut refused,
+        &allowed_publish,
+        &allowed_subscribe,
+        &denied_publish,
+        &denied_subscribe,
+    )
+    .await?;
     coord.stop().await?;
     Ok(())
 }
@@ -411,6 +434,163 @@ async fn a_worker_whose_consumer_is_removed_registers_again() -> anyhow::Result<
     let rec = client.wait_terminal(after, Duration::from_secs(30)).await?;
     assert_eq!(rec.state, JobState::Succeeded);
     assert_eq!(rec.history.last().map(|a| &a.worker), Some(&worker.id()));
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A submit-only client (`gf admin user create --role submit`, a static user with
+/// `permissions::submitter`) submits, follows and reads its jobs and their logs with
+/// the real `gf` commands and the Python client, and the server refuses it everything
+/// else: acting on jobs, operator RPCs, factories' subjects, the stream and KV API,
+/// and other connections' replies.
+// Multi-threaded: the `gf` commands block this thread while the coordinator answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_only_client_submits_reads_and_nothing_else() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let (code, _, err) = gf(
+        "nats://unused:1",
+        &["admin", "init", dir.path().to_str().unwrap()],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let (code, url_out, err) = gf(
+        "nats://unused:1",
+        &[
+            "admin",
+            "user",
+            "create",
+            dir.path().to_str().unwrap(),
+            "ci",
+            "--role",
+            "submit",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(url_out.trim().starts_with("nats://ci:"), "{url_out}");
+    let (_, listed, _) = gf(
+        "nats://unused:1",
+        &["admin", "user", "list", dir.path().to_str().unwrap()],
+    )?;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("ci ") && l.contains("submit")),
+        "{listed}"
+    );
+    let secrets = gf_auth::Secrets::read(dir.path())?;
+    let nats =
+        NatsServer::start_with_config(&std::fs::read_to_string(dir.path().join("nats.conf"))?)?;
+    let ci_url = secrets.user_url("ci", &nats.url()).expect("ci");
+    let admin = secrets.admin_url(&nats.url());
+    let coord = Running::coordinator(gf_testkit::secured_coordinator_config(
+        &nats.url(),
+        &secrets,
+    ))
+    .await?;
+    let store =
+        gf_auth::Store::open(&jetstream::new(gf_testkit::connect(&admin).await?), 1).await?;
+    let (token, _) = store
+        .create_token(
+            &gf_auth::TokenSpec {
+                ttl: Duration::from_secs(600),
+                uses: 1,
+                ..Default::default()
+            },
+            gf_schemas::Timestamp::now_local(),
+        )
+        .await?;
+    let keys = tempfile::tempdir()?;
+    let mut w = worker_config(&nats.url(), 2);
+    w.id = Some(WorkerId::new("f1")?);
+    w.key_dir = Some(keys.path().to_path_buf());
+    w.enroll = Some(token);
+    let worker = Running::worker(w).await?;
+
+    // Submit, follow, list and read the log as `ci`, with the real commands.
+    let (code, out, err) = gf(
+        &ci_url,
+        &["submit", "--wait", "--", "sh", "-c", "echo from ci"],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let id = out.lines().next().unwrap_or_default().trim().to_string();
+    let (code, log, err) = gf(&ci_url, &["logs", &id])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(log.trim(), "from ci");
+    let (code, jobs, err) = gf(&ci_url, &["jobs"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        jobs.contains(&id[id.len() - 8..]) || jobs.contains(&id),
+        "{jobs}"
+    );
+    // The Python client with the same credential.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let url = ci_url.clone();
+    let py = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(root.join("clients/python/gf_submit.py"))
+            .args([
+                "--nats-url",
+                &url,
+                "--timeout",
+                "30",
+                "--",
+                "echo",
+                "from python",
+            ])
+            .output()
+    })
+    .await??;
+    assert!(
+        py.status.success(),
+        "python client as ci: {}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // Everything else is refused by the server.
+    let job: gf_schemas::JobId = id.parse()?;
+    let (probe, mut refused) =
+        connect_watched(&nats.url(), "ci", &secrets.users[0].password).await?;
+    let f1 = WorkerId::new("f1")?;
+    let denied_publish = [
+        rpc::CANCEL.to_string(),
+        rpc::REQUEUE.to_string(),
+        rpc::REJECT.to_string(),
+        rpc::BUDGET_SET.to_string(),
+        rpc::SCHEDULE_ADD.to_string(),
+        names::factory_rpc(&f1, FactoryVerb::Complete),
+        names::logs(&f1, &job),
+        js::stream_info(names::STREAM_LOGS),
+        js::consumer_create(names::STREAM_LOGS, "mine"),
+        js::consumer_create(names::STREAM_DISPATCH, "mine"),
+        js::direct_get(&format!("KV_{}", names::BUCKET_JOBS)),
+        js::kv(names::BUCKET_JOBS, &id),
+        "gf.dispatch.default._._".to_string(),
+    ];
+    let denied_subscribe = [
+        "_INBOX.>".to_string(),
+        format!("{}.>", names::factory_inbox_prefix(&f1)),
+        format!("{}.>", names::client_inbox_prefix("other")),
+        rpc::ALL.to_string(),
+        names::LOGS_ALL.to_string(),
+        names::EVENTS_ALL.to_string(),
+        js::kv_all(names::BUCKET_JOBS),
+    ];
+    let allowed_publish = [js::direct_get(names::STREAM_LOGS)];
+    let allowed_subscribe = [format!("{}.probe", names::client_inbox_prefix("ci"))];
+    check_grants(
+        &probe,
+        &mut refused,
+        &allowed_publish,
+        &allowed_subscribe,
+        &denied_publish,
+        &denied_subscribe,
+    )
+    .await?;
     worker.stop().await?;
     coord.stop().await?;
     Ok(())

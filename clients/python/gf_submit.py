@@ -5,6 +5,11 @@ describe every request and reply. Both directions are validated against them.
 
     python3 clients/python/gf_submit.py --nats-url nats://127.0.0.1:4222 -- echo hello
 
+On a secured NATS, connect with a client's own credential (`gf admin user create DIR
+NAME --role submit` prints its URL): `--nats-url nats://NAME:PASSWORD@HOST:4222`. The
+client then takes its replies on its own inbox prefix `_CLIENT_<NAME>` (the only one
+that user may subscribe to); `--inbox-prefix` overrides it.
+
 Exit status: 0 if the job succeeded, 1 if it ended otherwise, 2 on a refused
 submission or a contract violation.
 """
@@ -16,12 +21,23 @@ import os
 import pathlib
 import sys
 import time
+from urllib.parse import unquote, urlparse
 
 import jsonschema
 import nats
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "dead", "cancelled"}
+# The operator's user may use any inbox; every other user only its own.
+ADMIN_USER = "gf-admin"
+
+
+def inbox_prefix(url: str):
+    """`_CLIENT_<user>` for a URL naming a client's user, else None (the default)."""
+    user = urlparse(url).username
+    if user is None or unquote(user) == ADMIN_USER:
+        return None
+    return f"_CLIENT_{unquote(user)}"
 
 
 class Contract:
@@ -51,6 +67,7 @@ async def main() -> int:
     ap.add_argument("--schemas", type=pathlib.Path, default=ROOT / "schemas" / "json")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job")
     ap.add_argument("--priority", type=int)
+    ap.add_argument("--inbox-prefix", help="reply subjects' prefix [default: _CLIENT_<user> for a client's user]")
     ap.add_argument("command", nargs="+")
     args = ap.parse_args()
 
@@ -61,7 +78,9 @@ async def main() -> int:
     if args.priority is not None:
         spec["priority"] = args.priority
 
-    nc = await nats.connect(args.nats_url)
+    prefix = args.inbox_prefix or inbox_prefix(args.nats_url)
+    options = {"inbox_prefix": prefix} if prefix else {}
+    nc = await nats.connect(args.nats_url, **options)
     try:
         reply = await call(nc, contract, submit, spec)
         if "error" in reply:

@@ -9,6 +9,16 @@ const STATES = ["pending", "blocked", "dispatched", "running", "waiting", "succe
 const TERMINAL = new Set(["succeeded", "dead", "cancelled", "rejected"]);
 const PAGE = 50;
 
+// A link carrying the token (`gf dev` prints `http://…/#token=…`): keep it, then drop
+// it from the address bar. A fragment is never sent to the server.
+{
+  const m = location.hash.match(/(?:^#|&)token=([^&]+)/);
+  if (m) {
+    localStorage.setItem("gf_token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
 const app = {
   token: localStorage.getItem("gf_token") || "",
   role: "operator",
@@ -324,6 +334,58 @@ async function drain(id, on) {
   loadWorkers().catch(() => {});
 }
 
+// ---------- factories (secured NATS; operators only) ----------
+function approved(x) {
+  const parts = (x.pool ? [`pool=${x.pool}`] : []).concat(Object.entries(x.caps || {}).map(([k, v]) => `${k}=${v}`), (x.tags || []).map(t => `+${t}`));
+  return parts.length ? parts.map(p => `<span class="chip">${esc(p)}</span>`).join("") : `<span class="muted">any</span>`;
+}
+async function loadFactories() {
+  const card = $("#factories-card");
+  if (app.role !== "operator") { card.hidden = true; return; }
+  let fs, ts;
+  try { fs = await optional("/api/factories"); } catch (e) { card.hidden = true; return; }
+  if (fs == null) { card.hidden = true; return; }   // an open NATS: no factories
+  try { ts = await api("GET", "/api/factory-tokens"); } catch (e) { ts = []; }
+  card.hidden = false;
+  $("#factories-sub").textContent = `${fs.filter(f => f.connected).length} connected of ${fs.length} enrolled`;
+  $("#factories-table tbody").innerHTML = fs.length ? fs.map(f => `<tr data-factory="${esc(f.id)}"><td class="mono">${esc(f.id)}</td>
+      <td><span class="badge ${f.state === "revoked" ? "dead" : "succeeded"}">${esc(f.state)}</span></td><td>${esc(f.pool || "any")}</td><td><div class="caps">${approved({ caps: f.caps, tags: f.tags })}</div></td>
+      <td title="${esc(f.last_seen || "")}">${f.last_seen ? `${ago(f.last_seen)} from ${esc(f.host || "")}` : "never"}</td><td>${f.connected ? "yes" : "no"}</td><td class="num">${esc(f.keys)}</td>
+      <td>${f.state === "active" ? `<button type="button" class="small act-revoke-factory" data-factory-id="${esc(f.id)}">Revoke</button>` : ""}</td></tr>`).join("")
+    : `<tr><td colspan="8" class="empty">no factories enrolled: make a token, then <code>gf worker --key-dir DIR --enroll TOKEN</code></td></tr>`;
+  $("#tokens-table tbody").innerHTML = ts.length ? ts.map(t => `<tr data-token="${esc(t.id)}"><td class="mono">${esc(t.id)}</td><td>${esc(t.state)}</td>
+      <td class="num">${esc(t.used)}/${esc(t.used + t.uses_left)}</td><td title="${esc(t.expires_at)}">${esc(time(t.expires_at))}</td><td><div class="caps">${approved(t)}</div></td>
+      <td>${esc(t.cidrs.length ? t.cidrs.join(", ") : "any")}</td><td class="mono">${esc(t.factories.join(", "))}</td><td class="error-text">${esc(t.last_refusal || "")}</td>
+      <td>${t.state === "active" ? `<button type="button" class="small act-revoke-token" data-token-id="${esc(t.id)}">Revoke</button>` : ""}</td></tr>`).join("")
+    : `<tr><td colspan="9" class="empty">no enrollment tokens</td></tr>`;
+  for (const b of card.querySelectorAll("button.act-revoke-factory")) {
+    b.onclick = async () => {
+      if (!confirm(`Revoke factory ${b.dataset.factoryId}? Its connection is closed and it cannot reconnect.`)) return;
+      try {
+        const r = await api("POST", `/api/factories/${encodeURIComponent(b.dataset.factoryId)}/revoke`);
+        toast(`${r.factory} revoked${r.was_connected ? (r.kicked ? "; its connection was closed" : "; not closed yet (its credentials expire)") : ""}`);
+      } catch (e) { toast(`revoke failed: ${e.message}`, true); }
+      loadFactories();
+    };
+  }
+  for (const b of card.querySelectorAll("button.act-revoke-token")) {
+    b.onclick = async () => {
+      try { await api("POST", `/api/factory-tokens/${encodeURIComponent(b.dataset.tokenId)}/revoke`); toast(`token ${b.dataset.tokenId} revoked`); }
+      catch (e) { toast(`revoke failed: ${e.message}`, true); }
+      loadFactories();
+    };
+  }
+}
+$("#token-create").addEventListener("click", async () => {
+  try {
+    const r = await api("POST", "/api/factory-tokens", { uses: 1, ttl: "1h" });
+    const el = $("#token-new");
+    el.hidden = false;
+    el.innerHTML = `New token (one use, 1 h), shown once: <code id="token-value">${esc(r.token)}</code> — on the factory: <code>gf worker --key-dir DIR --enroll TOKEN</code>`;
+  } catch (e) { toast(`cannot make a token: ${e.message}`, true); }
+  loadFactories();
+});
+
 /// Spend over the period as an inline SVG line, with the limit as a dashed line.
 function burnDown(b) {
   const start = b.period_secs ? Date.parse(b.period_start) : -Infinity;
@@ -633,6 +695,7 @@ async function boot() {
   loadRecommendations();
   loadProfiles();
   loadDeliveries();
+  loadFactories();
   startEvents();
   clearInterval(app.timers);
   clearInterval(app.slowTimers);
@@ -640,7 +703,7 @@ async function boot() {
   app.timers = setInterval(() => {
     if (document.hidden) return;
     loadStats().catch(() => {});
-    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); loadBudgets(); loadDeliveries(); }
+    if (!$("#overview").hidden) { loadWorkers().catch(() => {}); loadJobs().catch(() => {}); loadBudgets(); loadDeliveries(); loadFactories(); }
   }, 2000);
 }
 boot();

@@ -89,8 +89,11 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             max_bytes: 1 << 30,
             ..base(names::STREAM_EVENTS, names::EVENTS_ALL, 7 * 24 * 3600)
         },
+        // Direct gets: log readers (submit-only clients included) read by subject
+        // without making a consumer.
         stream::Config {
             max_bytes: 4 << 30,
+            allow_direct: true,
             ..base(names::STREAM_LOGS, names::LOGS_ALL, 7 * 24 * 3600)
         },
         // Usage entries, deduplicated by job and epoch over the window, added to
@@ -170,6 +173,24 @@ impl Store {
     pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Self, StoreError> {
         for cfg in stream_configs(replicas) {
             match js.get_stream(&cfg.name).await {
+                // A stream made by an earlier version: turn on direct gets if they
+                // are wanted (readers depend on them; nothing else is changed).
+                Ok(mut s) if cfg.allow_direct => {
+                    let have = s
+                        .info()
+                        .await
+                        .map_err(|e| transport(format!("reading stream {}: {e}", cfg.name)))?
+                        .config
+                        .clone();
+                    if !have.allow_direct {
+                        js.update_stream(stream::Config {
+                            allow_direct: true,
+                            ..have
+                        })
+                        .await
+                        .map_err(|e| transport(format!("updating stream {}: {e}", cfg.name)))?;
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => {
                     js.create_stream(cfg.clone())

@@ -70,6 +70,25 @@ fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// API auth on, with a viewer token `v-token` and an operator token `o-token`.
+fn viewer_and_operator() -> AuthConfig {
+    AuthConfig {
+        enabled: true,
+        tokens: vec![
+            ApiToken {
+                name: "viewer".into(),
+                role: Role::Viewer,
+                sha256_hex: sha("v-token"),
+            },
+            ApiToken {
+                name: "op".into(),
+                role: Role::Operator,
+                sha256_hex: sha("o-token"),
+            },
+        ],
+    }
+}
+
 /// Every route: jobs (submit, get, list with filters and cursor paging, cancel),
 /// workers, events, stats, openapi; errors are JSON with the right status.
 #[tokio::test]
@@ -95,6 +114,10 @@ async fn routes_and_errors() -> anyhow::Result<()> {
         "/api/manifests",
         "/api/bridge/{source}",
         "/api/profiles",
+        "/api/factories",
+        "/api/factories/{id}/revoke",
+        "/api/factory-tokens",
+        "/api/factory-tokens/{id}/revoke",
         "/health",
     ] {
         assert!(paths.contains_key(want), "{want} documented");
@@ -123,6 +146,10 @@ async fn routes_and_errors() -> anyhow::Result<()> {
     assert_eq!(paths["/api/bridge/{source}"]["post"]["security"], json!([]));
     assert_eq!(paths["/api/jobs"]["post"]["x-required-role"], "operator");
     assert_eq!(paths["/api/jobs"]["get"]["x-required-role"], "viewer");
+    assert_eq!(
+        paths["/api/factories"]["get"]["x-required-role"],
+        "operator"
+    );
     let schemas = doc.1["components"]["schemas"].as_object().unwrap().clone();
     fn refs(v: &Value, out: &mut Vec<String>) {
         match v {
@@ -414,6 +441,141 @@ async fn drain_and_undrain_worker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The factories of a secured NATS in the API, operators only (reads included): an
+/// enrollment token made over HTTP (shown once) enrolls a real worker, which is listed
+/// with its pool, state and connection; revoking it closes its connection; tokens are
+/// listed without their secret and revoked; bad requests name what is wrong. On an
+/// open NATS the routes say there are no factories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factories_and_tokens_for_operators() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let mut cfg = gf_testkit::secured_coordinator_config(&nats.url(), &secrets);
+    cfg.auth = viewer_and_operator();
+    let coord = Running::coordinator(cfg).await?;
+    let mut api = Api::of(&coord);
+
+    // Viewers may not even read them.
+    api.token = Some("v-token".into());
+    for uri in ["/api/factories", "/api/factory-tokens"] {
+        assert_error(
+            &api.call("GET", uri, None).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+    api.token = Some("o-token".into());
+    assert_eq!(api.call("GET", "/api/factories", None).await.1, json!([]));
+
+    // Bad token requests are refused with what is wrong.
+    for (body, says) in [
+        (json!({"uses": 0}), "uses must be at least 1"),
+        (json!({"pool": "a.b"}), "pool `a.b`"),
+        (json!({"ttl": "soon"}), "ttl `soon`"),
+        (json!({"cidrs": ["10.0.0.0/99"]}), "cidrs"),
+        (json!({"colour": "red"}), "unknown field"),
+    ] {
+        let r = api.call("POST", "/api/factory-tokens", Some(body)).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid");
+        assert!(
+            r.1["error"]["message"].as_str().unwrap().contains(says),
+            "{r:?}"
+        );
+    }
+
+    // A token made over HTTP enrolls a real worker.
+    let made = api
+        .call(
+            "POST",
+            "/api/factory-tokens",
+            Some(json!({"uses": 1, "ttl": "10m", "pool": "default"})),
+        )
+        .await;
+    assert_eq!(made.0, StatusCode::CREATED, "{:?}", made.1);
+    let token = gf_auth::EnrollToken::parse(made.1["token"].as_str().unwrap())?;
+    assert_eq!(made.1["record"]["state"], "active");
+    let listed = api.call("GET", "/api/factory-tokens", None).await.1;
+    assert_eq!(listed[0]["id"], token.id.as_str());
+    assert!(
+        !listed.to_string().contains(&token.secret_hash()),
+        "a token's hash is not shown"
+    );
+    let keys = tempfile::tempdir()?;
+    let mut w = worker_config(&nats.url(), 1);
+    w.id = Some(gf_schemas::WorkerId::new("f1")?);
+    w.key_dir = Some(keys.path().to_path_buf());
+    w.enroll = Some(token.clone());
+    let worker = Running::worker(w).await?;
+    let f = &api.call("GET", "/api/factories", None).await.1[0];
+    assert_eq!(f["id"], "f1");
+    assert_eq!(f["state"], "active");
+    assert_eq!(f["pool"], "default");
+    assert_eq!(f["connected"], true);
+    assert_eq!(f["enrolled_via"], token.id.as_str());
+    assert!(f["last_seen"].is_string() && f["host"].is_string(), "{f}");
+    let t = &api.call("GET", "/api/factory-tokens", None).await.1[0];
+    assert_eq!(t["state"], "used up");
+    assert_eq!(t["factories"], json!(["f1"]));
+
+    // Revoked over HTTP: its connection is closed at once.
+    let r = api.call("POST", "/api/factories/f1/revoke", None).await;
+    assert_eq!(r.0, StatusCode::OK, "{:?}", r.1);
+    assert_eq!(
+        r.1,
+        json!({"factory": "f1", "was_connected": true, "kicked": true})
+    );
+    let f = &api.call("GET", "/api/factories", None).await.1[0];
+    assert_eq!(f["state"], "revoked");
+    assert_eq!(f["connected"], false);
+    assert_error(
+        &api.call("POST", "/api/factories/nobody/revoke", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Tokens are revoked by id; an unknown or malformed id is said so.
+    let spare = api
+        .call("POST", "/api/factory-tokens", Some(json!({})))
+        .await
+        .1["record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = api
+        .call("POST", &format!("/api/factory-tokens/{spare}/revoke"), None)
+        .await;
+    assert_eq!(r.1["state"], "revoked", "{:?}", r.1);
+    assert_error(
+        &api.call("POST", "/api/factory-tokens/0123456789abcdef/revoke", None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.call("POST", "/api/factory-tokens/xyz/revoke", None)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    // Revoked, it cannot reconnect to give its work back: dropped, not stopped.
+    drop(worker);
+    drop(api);
+    coord.stop().await?;
+
+    // An open NATS has no factories.
+    let open = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&open.url())).await?;
+    let api = Api::of(&coord);
+    assert_error(
+        &api.call("GET", "/api/factories", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    drop(api);
+    coord.stop().await?;
+    Ok(())
+}
+
 /// With auth on: no token is 401, a viewer reads but may not act (403), an operator
 /// acts; the API description, the dashboard and /health stay public.
 #[tokio::test]
@@ -421,21 +583,7 @@ async fn auth_roles() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
     let mut cfg = coordinator_config(&nats.url());
-    cfg.auth = AuthConfig {
-        enabled: true,
-        tokens: vec![
-            ApiToken {
-                name: "viewer".into(),
-                role: Role::Viewer,
-                sha256_hex: sha("v-token"),
-            },
-            ApiToken {
-                name: "op".into(),
-                role: Role::Operator,
-                sha256_hex: sha("o-token"),
-            },
-        ],
-    };
+    cfg.auth = viewer_and_operator();
     let coord = Running::coordinator(cfg).await?;
     let mut api = Api::of(&coord);
     let spec = json!({"command": ["true"]});

@@ -35,6 +35,14 @@ pub enum EventKind {
     // An echo of a bridged job's state change to its tracker failed an attempt (`warn`)
     // or was given up (`error`); the job itself is not affected.
     EchoFailed,
+    // A NATS connection refused by the auth callout over its enrollment token (unknown,
+    // wrong secret, revoked, expired, used up, outside its networks, no factory id, id
+    // taken); the message starts with the reason's code (`token_expired: …`).
+    EnrollmentRefused,
+    // A NATS connection refused over its key (unknown and no token, a signature that
+    // does not verify, a revoked factory, a refused rotation, a malformed request, the
+    // store unreachable); the message starts with the reason's code.
+    ConnectionRefused,
 }
 
 impl EventKind {
@@ -60,6 +68,8 @@ impl EventKind {
             EventKind::RpcForbidden => "rpc_forbidden",
             EventKind::WebhookRefused => "webhook_refused",
             EventKind::EchoFailed => "echo_failed",
+            EventKind::EnrollmentRefused => "enrollment_refused",
+            EventKind::ConnectionRefused => "connection_refused",
         }
     }
 }

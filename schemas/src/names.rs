@@ -269,6 +269,13 @@ pub fn factory_inbox_prefix(factory: &WorkerId) -> String {
     format!("_INBOX_{factory}")
 }
 
+/// The inbox prefix of a static client user (a submitter, `gf admin user create`):
+/// `_CLIENT_<user>`. Not `_INBOX_<user>`: a factory could be enrolled with the same
+/// name and would share it. `user` is a token (`is_token`), so the prefix is one token.
+pub fn client_inbox_prefix(user: &str) -> String {
+    format!("_CLIENT_{user}")
+}
+
 /// The JetStream API and ack subjects a client touches on a stream's consumer; what a
 /// factory's permissions grant on the consumers approved for it.
 pub mod js {

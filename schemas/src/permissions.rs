@@ -77,6 +77,40 @@ pub fn factory(factory: &WorkerId, consumers: &[ConsumerName]) -> Permissions {
     }
 }
 
+/// A submit-only client (static user `user`, `gf admin user create --role submit`):
+/// it may submit jobs, read them and their logs, and nothing else.
+///
+/// Publish:
+/// - submissions: `gf.rpc.submit`, `gf.rpc.batch.submit`, `gf.rpc.job.child` (a job
+///   making a child with the credential it was given), `gf.rpc.manifest.submit`;
+/// - reads through the coordinators: `gf.rpc.job.get`, `gf.rpc.job.list`,
+///   `gf.rpc.manifest.get`;
+/// - a job's log lines: `$JS.API.DIRECT.GET.GF_LOGS` (a direct get by subject and
+///   sequence: read only; no consumer, whose creator could name where the server
+///   delivers).
+///
+/// Subscribe: `_CLIENT_<user>.>`, its own inbox prefix (replies).
+///
+/// Deliberately absent: cancel, requeue, reject, budgets, schedules, drains,
+/// `$KV`, every other `$JS.API` subject, `gf.rpc.w.>` (factories), `gf.logs.>`
+/// publishes, `gf.dispatch.>`, `_INBOX.>`.
+pub fn submitter(user: &str) -> Permissions {
+    Permissions {
+        publish: vec![
+            names::rpc::SUBMIT.to_string(),
+            names::rpc::SUBMIT_BATCH.to_string(),
+            names::rpc::SUBMIT_CHILD.to_string(),
+            names::rpc::MANIFEST_SUBMIT.to_string(),
+            names::rpc::GET_JOB.to_string(),
+            names::rpc::LIST_JOBS.to_string(),
+            names::rpc::MANIFEST_GET.to_string(),
+            js::direct_get(names::STREAM_LOGS),
+        ],
+        subscribe: vec![format!("{}.>", names::client_inbox_prefix(user))],
+        responses: None,
+    }
+}
+
 impl Permissions {
     /// The grant as a nats-server config `permissions` block, in JSON (which the
     /// server's config format accepts as is): for a static user.
@@ -183,6 +217,40 @@ mod tests {
             assert!(!allows(&p.subscribe, s), "subscribe {s} granted");
         }
         assert!(allows(&p.subscribe, "_INBOX_f1.abc.def"));
+    }
+
+    /// A submitter submits and reads jobs and logs; it cannot act on jobs, reach the
+    /// store or stream API, act as a factory, or read others' replies.
+    #[test]
+    fn submitter_grant() {
+        let p = submitter("ci");
+        for s in [
+            names::rpc::SUBMIT,
+            names::rpc::GET_JOB,
+            names::rpc::LIST_JOBS,
+            names::rpc::MANIFEST_SUBMIT,
+            "$JS.API.DIRECT.GET.GF_LOGS",
+        ] {
+            assert!(allows(&p.publish, s), "{s} not granted");
+        }
+        let f = WorkerId::new("f1").unwrap();
+        for s in [
+            names::rpc::CANCEL.to_string(),
+            names::rpc::REQUEUE.to_string(),
+            names::rpc::BUDGET_SET.to_string(),
+            names::rpc::SCHEDULE_ADD.to_string(),
+            names::factory_rpc(&f, names::FactoryVerb::Claim),
+            names::logs(&f, &crate::JobId::new()),
+            "$KV.gf_jobs.x".to_string(),
+            "$JS.API.DIRECT.GET.KV_gf_jobs".to_string(),
+            js::consumer_create(names::STREAM_LOGS, "c"),
+            js::stream_info(names::STREAM_LOGS),
+            "gf.dispatch.default._._".to_string(),
+        ] {
+            assert!(!allows(&p.publish, &s), "{s} granted");
+        }
+        assert_eq!(p.subscribe, ["_CLIENT_ci.>"]);
+        assert!(p.responses.is_none());
     }
 
     /// The server-config rendering carries every grant.

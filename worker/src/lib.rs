@@ -476,12 +476,12 @@ fn refused_hint(
     }
     let why = match token {
         Some(t) => format!(
-            "the server refused to enroll factory `{}` with token {}: the token may be expired, revoked, used up or not valid from this address, or the id taken (see `gf factory token list` and `gf events`)",
+            "the server refused to enroll factory `{}` with token {} (NATS says only \"authorization violation\"): check that the token is not expired, revoked or used up, that it is valid from this address (its --cidr), and that no other factory has this id; the exact reason is in `gf factory token list` (LAST REFUSAL) and `gf events --level error` (enrollment_refused)",
             key.id(),
             t.id
         ),
         None => format!(
-            "the server refused factory `{}` (key {} in {}): it may not be enrolled yet (run with --enroll TOKEN), or it was revoked (see `gf factory list` and `gf events`); a coordinator must be running to let factories in",
+            "the server refused factory `{}` (key {} in {}; NATS says only \"authorization violation\"): check that it is enrolled (first run with --enroll TOKEN), that it was not revoked (`gf factory list`), and that a coordinator with --secrets-dir is running to let factories in; the exact reason is in `gf events --level error` (connection_refused)",
             key.id(),
             key.public_key(),
             key.dir().display()

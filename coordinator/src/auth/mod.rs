@@ -156,11 +156,18 @@ pub async fn start(
             reason,
             host,
         } => events.emit(
-            EventKind::RpcRejected,
+            if reason.is_enrollment() {
+                EventKind::EnrollmentRefused
+            } else {
+                EventKind::ConnectionRefused
+            },
             Level::Error,
             None,
             factory.as_ref(),
-            format!("NATS connection from {host} refused: {reason}"),
+            format!(
+                "{}: NATS connection from {host} refused: {reason}",
+                reason.code()
+            ),
         ),
         Outcome::Rotated(factory) => events.emit(
             EventKind::WorkerRegistered,

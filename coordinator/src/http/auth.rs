@@ -70,9 +70,12 @@ pub fn is_public(method: &Method, path: &str) -> bool {
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')))
 }
 
-/// The role a request needs: reads are for viewers, everything else for operators.
-pub fn needed(method: &Method) -> Role {
-    if method == Method::GET || method == Method::HEAD {
+/// The role a request needs: reads are for viewers, everything else (and the
+/// factory routes, reads included) for operators.
+pub fn needed(method: &Method, path: &str) -> Role {
+    if super::factories::operator_only(path) {
+        Role::Operator
+    } else if method == Method::GET || method == Method::HEAD {
         Role::Viewer
     } else {
         Role::Operator
@@ -97,7 +100,7 @@ pub async fn require(State(st): State<AppState>, mut req: Request, next: Next) -
         )
         .into_response();
     };
-    if role < needed(req.method()) {
+    if role < needed(req.method(), req.uri().path()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -174,8 +177,11 @@ mod tests {
     /// Reads need a viewer, writes an operator; an operator may read.
     #[test]
     fn roles() {
-        assert_eq!(needed(&Method::GET), Role::Viewer);
-        assert_eq!(needed(&Method::POST), Role::Operator);
+        assert_eq!(needed(&Method::GET, "/api/jobs"), Role::Viewer);
+        assert_eq!(needed(&Method::POST, "/api/jobs"), Role::Operator);
+        // A factory's address and a token's networks are for operators only.
+        assert_eq!(needed(&Method::GET, "/api/factories"), Role::Operator);
+        assert_eq!(needed(&Method::GET, "/api/factory-tokens"), Role::Operator);
         assert!(Role::Operator >= Role::Viewer);
     }
 }

@@ -13,6 +13,7 @@ mod auth;
 mod dashboard;
 pub mod doc;
 mod events;
+mod factories;
 mod jobs;
 pub mod openapi;
 mod sched;
@@ -116,6 +117,14 @@ fn api(state: AppState) -> Router<AppState> {
         .api_route("/api/manifests/{name}", get_with(workflow::manifest, |o| o.summary("A manifest's jobs (dependencies first) and their states")))
         .api_route("/api/bridge/deliveries", get_with(workflow::deliveries, |o| o.summary("Echoes of bridged jobs' state changes to their trackers, with attempts and last error")))
         .api_route("/api/bridge/deliveries/{id}/redeliver", post_with(workflow::redeliver, |o| o.summary("Send a delivery again (same id), at the end of its source's queue")))
+        .api_route("/api/factories", get_with(factories::list, |o| o.summary("Enrolled factories (secured NATS; operators only): pool, approved capabilities, state, last seen, connected now")))
+        .api_route("/api/factories/{id}/revoke", post_with(factories::revoke, |o| o.summary("Revoke a factory: its connection is closed at once, every reconnect refused; its running jobs run again elsewhere")))
+        .api_route(
+            "/api/factory-tokens",
+            get_with(factories::tokens, |o| o.summary("Enrollment tokens (operators only): uses, expiry, state, factories enrolled, the latest refusal and why"))
+                .post_with(factories::create_token, |o| o.summary("Make an enrollment token; 201 with the token, shown this once (only its hash is stored)")),
+        )
+        .api_route("/api/factory-tokens/{id}/revoke", post_with(factories::revoke_token, |o| o.summary("Refuse every further enrollment with a token (factories it enrolled stay)")))
         .api_route("/api/bridge/{source}", post_with(workflow::webhook, |o| o.summary("A tracker's webhook (public: authenticated by its signature, GitHub X-Hub-Signature-256 or Standard Webhooks); 201 if it created a job")))
         .route_layer(axum::middleware::from_fn_with_state(state, auth::require))
         .finish_api(&mut doc);

@@ -111,7 +111,10 @@ pub fn finish(api: OpenApi) -> Value {
             if public {
                 op.insert("security".into(), json!([]));
             } else {
-                op.insert("x-required-role".into(), json!(auth::needed(&m).as_str()));
+                op.insert(
+                    "x-required-role".into(),
+                    json!(auth::needed(&m, path).as_str()),
+                );
             }
             // Responses.
             let has_body = op.contains_key("requestBody");
@@ -153,14 +156,14 @@ pub fn finish(api: OpenApi) -> Value {
                     error_response("the job store is unreachable; retry later"),
                 );
             }
-            if !public && auth::needed(&m) == crate::config::Role::Operator {
+            if !public && auth::needed(&m, path) == crate::config::Role::Operator {
                 responses.insert("403".into(), error_response("the token's role is viewer"));
             }
             if path.contains('{') {
                 responses.insert(
                     "404".into(),
                     error_response(
-                        "no such job, worker, budget, schedule, manifest, source or delivery",
+                        "no such job, worker, budget, schedule, manifest, source, delivery, factory or token",
                     ),
                 );
             }
