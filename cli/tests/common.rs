@@ -110,6 +110,20 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Runs the Python client (`clients/python/gf_submit.py`) against `url` with `args`
+/// (blocking: call it from `spawn_blocking`).
+pub fn python_client(url: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf();
+    std::process::Command::new("python3")
+        .arg(root.join("clients/python/gf_submit.py"))
+        .args(["--nats-url", url])
+        .args(args)
+        .output()
+}
+
 /// Whether a process is still alive.
 pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()

@@ -201,25 +201,12 @@ async fn python_client_submits_with_published_schema() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
     let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let url = nats.url();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(root.join("clients/python/gf_submit.py"))
-            .args([
-                "--nats-url",
-                &url,
-                "--timeout",
-                "30",
-                "--",
-                "sh",
-                "-c",
-                "echo from python",
-            ])
-            .output()
+        python_client(
+            &url,
+            &["--timeout", "30", "--", "sh", "-c", "echo from python"],
+        )
     })
     .await??;
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -524,24 +524,9 @@ async fn submit_only_client_submits_reads_and_nothing_else() -> anyhow::Result<(
         "{jobs}"
     );
     // The Python client with the same credential.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let url = ci_url.clone();
     let py = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(root.join("clients/python/gf_submit.py"))
-            .args([
-                "--nats-url",
-                &url,
-                "--timeout",
-                "30",
-                "--",
-                "echo",
-                "from python",
-            ])
-            .output()
+        python_client(&url, &["--timeout", "30", "--", "echo", "from python"])
     })
     .await??;
     assert!(
