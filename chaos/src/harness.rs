@@ -270,7 +270,9 @@ impl Harness {
         .await
     }
 
-    /// Waits until worker `id` holds at least one running job (per the watch).
+    /// Waits until worker `id` holds at least one job (per the watch): running, or
+    /// leased to it at dispatch (a short job may finish before anything confirms its
+    /// start, so it is never seen `running`).
     pub async fn wait_worker_running(
         &self,
         ids: &[JobId],
@@ -281,10 +283,13 @@ impl Harness {
             ids.iter()
                 .any(|id| {
                     self.audit.latest(id).is_some_and(|r| {
-                        r.state == gf_schemas::JobState::Running
-                            && r.lease
-                                .as_ref()
-                                .is_some_and(|l| l.worker.as_str() == worker)
+                        matches!(
+                            r.state,
+                            gf_schemas::JobState::Running | gf_schemas::JobState::Dispatched
+                        ) && r
+                            .lease
+                            .as_ref()
+                            .is_some_and(|l| l.worker.as_str() == worker)
                     })
                 })
                 .then_some(())

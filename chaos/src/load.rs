@@ -499,6 +499,9 @@ fn print_ceiling_ratios(report: &LoadReport) {
     if let (Some(old), Some(new)) = (by(Lifecycle::NoticeOnlyDispatch), by(Lifecycle::NoClaim)) {
         println!("    new / old, at submission: {:.2}×", new / old);
     }
+    if let (Some(old), Some(new)) = (by(Lifecycle::Design), by(Lifecycle::LeaseGrant)) {
+        println!("    built / old, by a pass: {:.2}×", new / old);
+    }
 }
 
 fn write_report(args: &LoadArgs, report: &LoadReport) -> anyhow::Result<bool> {
@@ -1277,6 +1280,11 @@ enum Lifecycle {
     /// and publishes the notice; the worker runs the job and completes it. No claim
     /// request, no claim write.
     LeaseAtDispatch,
+    /// What issue 20 built: leased at dispatch as [`Self::LeaseAtDispatch`], but the grant
+    /// is a plain publish on the chosen worker's own subject (not stored, no pull, no
+    /// ack), as `gf.ctl.worker.<id>` carries it. One message per job here (the real
+    /// leader sends one per worker per pass).
+    LeaseGrant,
     /// No coordinator on the job's path: the submitter creates the record and publishes
     /// the notice itself, the worker writes `running` (its lease) and `done` with
     /// compare-and-sets of its own, and the coordinator only watches. Outside the
@@ -1286,11 +1294,12 @@ enum Lifecycle {
 }
 
 impl Lifecycle {
-    const ALL: [Lifecycle; 5] = [
+    const ALL: [Lifecycle; 6] = [
         Self::Design,
         Self::NoticeOnlyDispatch,
         Self::LeaseAtDispatch,
         Self::NoClaim,
+        Self::LeaseGrant,
         Self::WorkersWrite,
     ];
 
@@ -1300,6 +1309,7 @@ impl Lifecycle {
             Self::NoticeOnlyDispatch => "dispatch as a notice only",
             Self::LeaseAtDispatch => "lease at dispatch",
             Self::NoClaim => "dispatch as a notice only, no claim",
+            Self::LeaseGrant => "lease at dispatch, granted on the worker's subject",
             Self::WorkersWrite => "workers write the records (no coordinator on the path)",
         }
     }
@@ -1313,6 +1323,7 @@ impl Lifecycle {
             Self::NoticeOnlyDispatch => "today, dispatched at submission (direct lane)",
             Self::LeaseAtDispatch => "new (lease at dispatch), by a pass",
             Self::NoClaim => "new (lease at dispatch), at submission",
+            Self::LeaseGrant => "built (issue 20 phase B), by a pass",
             Self::WorkersWrite => "outside the design",
         }
     }
@@ -1323,6 +1334,7 @@ impl Lifecycle {
             Self::NoticeOnlyDispatch => 3,
             Self::LeaseAtDispatch => 3,
             Self::NoClaim => 2,
+            Self::LeaseGrant => 3,
             Self::WorkersWrite => 3,
         }
     }
@@ -1356,6 +1368,7 @@ async fn protocol_ceiling(
     const CLAIM: &str = "proto.rpc.claim";
     const COMPLETE: &str = "proto.rpc.complete";
     const NOTICES: &str = "proto.dispatch";
+    const GRANTS: &str = "proto.grant";
     const BUCKET: &str = "proto_jobs";
     // The coordinator's connection is the one `Bare` opens.
     let Bare {
@@ -1432,6 +1445,8 @@ async fn protocol_ceiling(
     let mut watch = kv.watch_all().await?;
     {
         let (kv, js, revs, handlers) = (kv.clone(), js.clone(), revs.clone(), handlers.clone());
+        let coord = coord.clone();
+        let granted = Arc::new(AtomicUsize::new(0));
         tasks.spawn(async move {
             while let Some(Ok(e)) = watch.next().await {
                 // With workers writing, the coordinator only observes.
@@ -1439,6 +1454,7 @@ async fn protocol_ceiling(
                     continue;
                 }
                 let (kv, js, revs) = (kv.clone(), js.clone(), revs.clone());
+                let (coord, granted) = (coord.clone(), granted.clone());
                 handlers.spawn(async move {
                     // Before the notice goes out: the submit handler may not have
                     // noted the create's revision yet when the claim or completion comes.
@@ -1447,7 +1463,7 @@ async fn protocol_ceiling(
                     // that makes the record running under the chosen worker's lease.
                     let dispatch_write = match lifecycle {
                         Lifecycle::Design => Some(b'S'),
-                        Lifecycle::LeaseAtDispatch => Some(b'R'),
+                        Lifecycle::LeaseAtDispatch | Lifecycle::LeaseGrant => Some(b'R'),
                         _ => None,
                     };
                     if let Some(state) = dispatch_write {
@@ -1455,6 +1471,14 @@ async fn protocol_ceiling(
                             return;
                         };
                         note(&revs, &e.key, rev);
+                    }
+                    if lifecycle == Lifecycle::LeaseGrant {
+                        // To the chosen worker (round robin), on its own subject.
+                        let w = granted.fetch_add(1, Ordering::Relaxed) % workers;
+                        let _ = coord
+                            .publish(format!("{GRANTS}.{w}"), e.key.clone().into())
+                            .await;
+                        return;
                     }
                     if let Ok(ack) = js.publish(NOTICES, e.key.clone().into()).await {
                         let _ = ack.await;
@@ -1466,8 +1490,31 @@ async fn protocol_ceiling(
     // Workers: pull, ack, claim, complete, `slots` at a time each.
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
-    for _ in 0..workers {
+    for w in 0..workers {
         let client = connect(&cluster).await?;
+        if lifecycle == Lifecycle::LeaseGrant {
+            // Its grants come on its own subject; it runs each and completes it.
+            let grants = client.subscribe(format!("{GRANTS}.{w}")).await?;
+            // The server has the subscription before any grant is sent.
+            client.flush().await?;
+            let (done, all_done) = (done.clone(), all_done.clone());
+            tasks.spawn(async move {
+                grants
+                    .for_each_concurrent(slots as usize, |m| {
+                        let (client, done, all_done) =
+                            (client.clone(), done.clone(), all_done.clone());
+                        async move {
+                            if client.request(COMPLETE, m.payload).await.is_ok()
+                                && done.fetch_add(1, Ordering::Relaxed) + 1 == n
+                            {
+                                all_done.notify_one();
+                            }
+                        }
+                    })
+                    .await;
+            });
+            continue;
+        }
         let consumer: consumer::PullConsumer = jetstream::new(client.clone())
             .get_stream("PROTO_DISPATCH")
             .await?
@@ -1582,12 +1629,11 @@ async fn protocol_ceiling(
     })
 }
 
-/// The fabric alone: the real coordinator, RPC plane and dispatch stream, with the
-/// worker side played in-process by the suite (claim, then complete at once, many in
-/// parallel, no job process). Shows what the coordinator + NATS sustain.
+/// The fabric alone: the real coordinator and RPC plane, with the worker side played
+/// in-process by the suite (each job leased to it at dispatch completed at once, many
+/// in parallel, no job process). Shows what the coordinator + NATS sustain.
 async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
-    use gf_schemas::names::Routing;
-    use gf_schemas::rpc::DispatchNotice;
+    use gf_schemas::rpc::ControlMessage;
     let spec = ClusterSpec {
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
@@ -1603,46 +1649,28 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
         crate::scenarios::FakeWorker::register(client.clone(), "fabric", gf_schemas::DEFAULT_QUEUE)
             .await?,
     );
+    let mut msgs = client.subscribe(names::worker_control(&fake.id)).await?;
     wait_active(&js, 1).await?;
-    let filters = Routing::default().worker_filters(
-        &[gf_schemas::DEFAULT_QUEUE.to_string()],
-        &Default::default(),
-    );
-    let consumer = js
-        .get_stream(names::STREAM_DISPATCH)
-        .await?
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("chaos_fabric".into()),
-            filter_subjects: filters,
-            ack_policy: consumer::AckPolicy::Explicit,
-            deliver_policy: consumer::DeliverPolicy::New,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        })
-        .await?;
     let n = args.jobs;
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
     let (d2, f2, a2) = (done.clone(), fake.clone(), all_done.clone());
-    let mut msgs = consumer.messages().await?;
     let handler = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        while let Some(Ok(m)) = msgs.next().await {
-            let (d, f, a) = (d2.clone(), f2.clone(), a2.clone());
-            tasks.spawn(async move {
-                let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
-                    return;
-                };
-                let claim = f.claim(&notice).await;
-                let _ = m.ack().await;
-                if let Ok(c) = claim {
-                    if f.complete(notice.job_id, c.lease.epoch).await.is_ok()
+        while let Some(m) = msgs.next().await {
+            let Ok(ControlMessage::Start { grants }) = serde_json::from_slice(&m.payload) else {
+                continue;
+            };
+            for g in grants {
+                let (d, f, a) = (d2.clone(), f2.clone(), a2.clone());
+                tasks.spawn(async move {
+                    if f.complete(g.job_id, g.lease.epoch).await.is_ok()
                         && d.fetch_add(1, Ordering::Relaxed) + 1 == n
                     {
                         a.notify_one();
                     }
-                }
-            });
+                });
+            }
             while tasks.try_join_next().is_some() {}
         }
     });

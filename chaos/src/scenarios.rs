@@ -7,11 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use gf_schemas::names::{self, rpc, Routing};
 use gf_schemas::rpc::{
-    ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, DispatchNotice, HeartbeatReply,
+    ClaimRequest, CompleteReply, CompleteRequest, ControlMessage, DispatchNotice, HeartbeatReply,
     HeartbeatRequest, RegisterReply, RegisterRequest, SubmitReply,
 };
 use gf_schemas::{
@@ -106,8 +105,8 @@ pub fn describe(name: &str) -> &'static str {
         "worker-partition" => "cut a worker off NATS (proxy) past its TTL, reconnect: jobs re-leased in bound, the worker rejoins",
         "idempotency" => "many clients submit the same idempotency keys at once: one job per key",
         "poison" => "garbage and truncated JSON on every gf.rpc.* subject (factory subjects with garbage tokens too), requests naming another worker (forbidden) and malformed dispatch notices: refused, the fleet keeps working",
-        "race-50" => "50 workers race for the same notices: every job claimed and run exactly once",
-        "complete-vs-reap" => "completions sent right at lease expiry, as the reaper re-leases: each is either accepted or refused, never both",
+        "race-50" => "50 one-slot workers, jobs leased to them at dispatch: every job started and run exactly once, in one attempt",
+        "complete-vs-reap" => "completions sent right at the start deadline of leases granted at dispatch, as the reaper takes them back: each is either accepted or refused, never both",
         "clock-skew" => "workers whose clocks are 5 minutes ahead and behind (faketime): no false expiry, no job lost",
         "archiver-kill" => "kill -9 every coordinator (the archiver runs on them) mid-run, restart them within the grace period: once every job has left gf_jobs (45 s grace), each is in the archive as last seen, and the checker reads them there",
         "leader-partition" => "compose: take the leader coordinator off the network (a real partition from NATS): the standby leads within leader TTL + 3 s, the healed one does not dispatch or reap",
@@ -879,6 +878,7 @@ fn request_naming(verb: names::FactoryVerb, worker: &WorkerId) -> serde_json::Va
             epoch,
             worker_id,
             usage: None,
+            ran_ms: None,
         }),
         Complete => serde_json::to_value(CompleteRequest {
             job_id,
@@ -887,6 +887,7 @@ fn request_naming(verb: names::FactoryVerb, worker: &WorkerId) -> serde_json::Va
             outcome: AttemptOutcome::Succeeded { exit_code: 0 },
             result: None,
             usage: None,
+            ran_ms: None,
         }),
         Release => serde_json::to_value(ReleaseRequest {
             job_id,
@@ -1176,19 +1177,6 @@ impl FakeWorker {
         Ok(Self { id, rpc, stop })
     }
 
-    /// Claims the job a dispatch notice names, once.
-    pub(crate) async fn claim(
-        &self,
-        notice: &DispatchNotice,
-    ) -> Result<ClaimReply, gf_worker::CallError> {
-        let req = ClaimRequest {
-            job_id: notice.job_id,
-            epoch: notice.epoch,
-            worker_id: self.id.clone(),
-        };
-        self.rpc.call_factory::<_, ClaimReply>(&req).await
-    }
-
     /// Sends a completion until it gets a definitive answer.
     pub(crate) async fn complete(&self, job: JobId, epoch: u64) -> Result<JobState, ErrorKind> {
         let req = CompleteRequest {
@@ -1198,6 +1186,7 @@ impl FakeWorker {
             outcome: AttemptOutcome::Succeeded { exit_code: 0 },
             result: None,
             usage: None,
+            ran_ms: None,
         };
         for _ in 0..50 {
             match self.rpc.call_factory::<_, CompleteReply>(&req).await {
@@ -1226,17 +1215,8 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
         Duration::from_secs(30),
     )
     .await?;
-    let filters = Routing::default().worker_filters(&[queue.to_string()], &BTreeMap::new());
-    let stream = h.js.get_stream(names::STREAM_DISPATCH).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("chaos_reaptimer".into()),
-            filter_subjects: filters,
-            ack_policy: consumer::AckPolicy::Explicit,
-            deliver_policy: consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await?;
+    // The leases the leader grants the fake worker at dispatch.
+    let mut msgs = h.nats.subscribe(names::worker_control(&fake.id)).await?;
     let n = scale.jobs;
     let ids = h
         .submit_many(n, |_| {
@@ -1254,7 +1234,6 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
         (u64, Result<JobState, ErrorKind>),
     >::new()));
     let stop = CancellationToken::new();
-    let mut msgs = consumer.messages().await?;
     let deadline = Instant::now() + budget(n);
     let timed = std::sync::Mutex::new(std::collections::HashSet::<JobId>::new());
     let (ans, fk, st) = (answers.clone(), fake.clone(), stop.clone());
@@ -1264,36 +1243,39 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
                 _ = st.cancelled() => return,
                 m = msgs.next() => m,
             };
-            let Some(Ok(m)) = m else { return };
-            let _ = m.ack().await;
-            let Ok(notice) = serde_json::from_slice::<DispatchNotice>(&m.payload) else {
+            let Some(m) = m else { return };
+            let Ok(ControlMessage::Start { grants }) =
+                serde_json::from_slice::<ControlMessage>(&m.payload)
+            else {
                 continue;
             };
-            let claim = fk.claim(&notice).await;
-            let Ok(claim) = claim else { continue };
-            let i = index.get(&notice.job_id).copied().unwrap_or(0);
-            // Only each job's first claim is timed against its lease; later ones
-            // (after a lost race) complete at once.
-            let first = timed.lock().expect("timed").insert(notice.job_id);
-            let (ans, fk) = (ans.clone(), fk.clone());
-            tokio::spawn(async move {
-                if first {
-                    // Sweep the completion across the lease deadline: from 300 ms
-                    // before it to 300 ms after (the reaper runs every 200 ms).
-                    let offset_ms = -300 + (600 * i as i64) / (n.max(2) as i64 - 1);
-                    let at = claim.lease.expires_at.unix_millis() + offset_ms;
-                    let wait = at - Timestamp::now_local().unix_millis();
-                    if wait > 0 {
-                        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            for grant in grants {
+                let job = grant.job_id;
+                let i = index.get(&job).copied().unwrap_or(0);
+                // Only each job's first grant is timed against its lease's deadline (the
+                // start deadline: the completion is what confirms the start); later
+                // ones (after a lost race) complete at once.
+                let first = timed.lock().expect("timed").insert(job);
+                let (ans, fk) = (ans.clone(), fk.clone());
+                tokio::spawn(async move {
+                    if first {
+                        // Sweep the completion across the deadline: from 300 ms before
+                        // it to 300 ms after (the reaper runs every 200 ms).
+                        let offset_ms = -300 + (600 * i as i64) / (n.max(2) as i64 - 1);
+                        let at = grant.lease.expires_at.unix_millis() + offset_ms;
+                        let wait = at - Timestamp::now_local().unix_millis();
+                        if wait > 0 {
+                            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                        }
+                        let r = fk.complete(job, grant.lease.epoch).await;
+                        ans.lock()
+                            .expect("answers")
+                            .insert(job, (grant.lease.epoch, r));
+                    } else {
+                        let _ = fk.complete(job, grant.lease.epoch).await;
                     }
-                    let r = fk.complete(notice.job_id, claim.lease.epoch).await;
-                    ans.lock()
-                        .expect("answers")
-                        .insert(notice.job_id, (claim.lease.epoch, r));
-                } else {
-                    let _ = fk.complete(notice.job_id, claim.lease.epoch).await;
-                }
-            });
+                });
+            }
         }
     });
     let r = h
@@ -1353,7 +1335,6 @@ async fn complete_vs_reap(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Repor
             &wrong[..wrong.len().min(5)]
         ));
     }
-    let _ = stream.delete_consumer("chaos_reaptimer").await;
     h.finish(true).await
 }
 

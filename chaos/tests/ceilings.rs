@@ -34,6 +34,7 @@ fn ceilings_only_measures_every_lifecycle() -> anyhow::Result<()> {
         ("dispatch as a notice only", 3, 11.0),
         ("lease at dispatch", 3, 9.0),
         ("dispatch as a notice only, no claim", 2, 8.0),
+        ("lease at dispatch, granted on the worker's subject", 3, 8.0),
         (
             "workers write the records (no coordinator on the path)",
             3,

@@ -1,6 +1,6 @@
 //! Human-readable rendering for the CLI.
 
-use gf_schemas::{JobRecord, Timestamp, WorkerRecord};
+use gf_schemas::{JobRecord, JobState, Timestamp, WorkerRecord};
 
 /// `3s`, `4m`, `2h`, `5d`.
 pub fn age(since: Timestamp, now: Timestamp) -> String {
@@ -113,11 +113,20 @@ pub fn job_detail(j: &JobRecord, now: Timestamp) -> String {
         format!("{} of {}", j.attempts, j.spec.max_attempts),
     );
     kv("epoch", j.epoch.to_string());
-    if let Some(l) = &j.lease {
-        kv(
+    match (&j.lease, j.state) {
+        // Leased at dispatch, the start not confirmed yet.
+        (Some(l), JobState::Dispatched) => kv(
+            "dispatched",
+            format!(
+                "to {} at {}, to start by {} (epoch {})",
+                l.worker, l.granted_at, l.expires_at, l.epoch
+            ),
+        ),
+        (Some(l), _) => kv(
             "lease",
             format!("{} until {} (epoch {})", l.worker, l.expires_at, l.epoch),
-        );
+        ),
+        (None, _) => {}
     }
     if let Some(t) = j.retry_at {
         kv("retry at", t.to_string());

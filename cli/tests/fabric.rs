@@ -159,6 +159,7 @@ fn success(job_id: JobId, epoch: u64, worker_id: WorkerId) -> CompleteRequest {
         outcome: AttemptOutcome::Succeeded { exit_code: 0 },
         result: None,
         usage: None,
+        ran_ms: None,
     }
 }
 

@@ -83,6 +83,7 @@ async fn killed_worker_job_recovers_elsewhere() -> anyhow::Result<()> {
         outcome: AttemptOutcome::Succeeded { exit_code: 0 },
         result: Some(serde_json::json!({"late": true})),
         usage: None,
+        ran_ms: None,
     };
     let err = client
         .rpc

@@ -406,6 +406,7 @@ async fn budgets_gate_and_account_exactly() -> anyhow::Result<()> {
             calls: 1,
             cost: 0.125,
         }),
+        ran_ms: None,
     };
     let r: CompleteReply = client.rpc.call_factory(&again).await?;
     assert_eq!(r.state, JobState::Succeeded);

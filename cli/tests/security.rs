@@ -184,19 +184,23 @@ async fn factory_grant_runs_jobs_and_nothing_else() -> anyhow::Result<()> {
         assert_eq!(got, [format!("err-{i}"), format!("out-{i}")]);
     }
 
-    // Every notice was acked: nothing pending on the consumer the coordinator made.
+    // The jobs came as leases granted at dispatch (on the factory's control subject):
+    // nothing was left on the dispatch consumer the coordinator made, which the worker
+    // binds and pulls from (for an earlier coordinator's notices).
     let js_coord = jetstream::new(client.nats.clone());
-    eventually(Duration::from_secs(10), "every notice acked", || async {
-        let mut c: consumer::PullConsumer = js_coord
-            .get_consumer_from_stream(consumer.as_str(), names::STREAM_DISPATCH)
-            .await
-            .ok()?;
-        let info = c.info().await.ok()?;
-        (info.delivered.stream_sequence >= ids.len() as u64
-            && info.num_ack_pending == 0
-            && info.ack_floor.consumer_sequence == info.delivered.consumer_sequence)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "nothing pending on the consumer",
+        || async {
+            let mut c: consumer::PullConsumer = js_coord
+                .get_consumer_from_stream(consumer.as_str(), names::STREAM_DISPATCH)
+                .await
+                .ok()?;
+            let info = c.info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0 && info.num_waiting > 0)
+                .then_some(())
+        },
+    )
     .await?;
 
     // A control request is answered (the reply-subject allowance).
@@ -317,7 +321,9 @@ async fn payload_naming_another_worker_is_forbidden() -> anyhow::Result<()> {
             .call_factory(&HeartbeatRequest {
                 worker_id: w.clone(),
                 state: WorkerState::Active,
-                free_slots: 1,
+                // Mallory has no room, so the lease granted at dispatch goes to the
+                // victim whatever the planner's tie-break.
+                free_slots: u32::from(w == &b),
                 running: vec![],
             })
             .await?;

@@ -1,5 +1,6 @@
 //! One trace per job across processes: the submit request, the coordinator's handling,
-//! the scheduler's dispatch, the worker's claim, run and completion all share the trace
+//! the leader's dispatch (the lease it grants), the worker's start of the granted job,
+//! its run and completion all share the trace
 //! id the client started, carried in NATS headers (W3C `traceparent`) and in the job
 //! record between submission and dispatch.
 //!
@@ -71,10 +72,8 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
     let wanted = [
         "send gf.rpc.submit",
         "process gf.rpc.submit",
-        "send gf.dispatch.",
-        "process gf.dispatch.",
-        "send gf.rpc.w.*.claim",
-        "process gf.rpc.w.*.claim",
+        "send gf.ctl.worker.*",
+        "process gf.ctl.worker.*",
         "run",
         "send gf.rpc.w.*.complete",
         "process gf.rpc.w.*.complete",
@@ -106,7 +105,7 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
     // Messaging attributes by the OpenTelemetry conventions.
     let dispatch = in_trace
         .iter()
-        .find(|s| s.name.starts_with("send gf.dispatch."))
+        .find(|s| s.name.starts_with("send gf.ctl.worker.*"))
         .expect("dispatch span");
     assert_eq!(dispatch.span_kind, SpanKind::Producer);
     assert_eq!(
@@ -123,13 +122,19 @@ async fn one_trace_from_submit_to_completion() -> anyhow::Result<()> {
     );
     let notice = in_trace
         .iter()
-        .find(|s| s.name.starts_with("process gf.dispatch."))
+        .find(|s| s.name.starts_with("process gf.ctl.worker.*"))
         .expect("notice span");
     assert_eq!(notice.span_kind, SpanKind::Consumer);
     assert_eq!(
         notice.parent_span_id,
         dispatch.span_context.span_id(),
-        "the worker's notice span is the dispatch's child"
+        "the worker's start span is the dispatch's child"
+    );
+    let run = in_trace.iter().find(|s| s.name == "run").expect("run span");
+    assert_eq!(
+        run.parent_span_id,
+        notice.span_context.span_id(),
+        "the run is the start's child"
     );
     let server = in_trace
         .iter()

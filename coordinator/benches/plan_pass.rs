@@ -93,7 +93,7 @@ impl Fleet {
     /// Applies a pass's dispatches, as the scheduler's writes would.
     fn apply(&mut self, pass: &Pass) {
         for d in &pass.decisions {
-            if let Decision::Dispatch(id, _) = d {
+            if let Decision::Dispatch(id, ..) = d {
                 self.write(*id, |r| {
                     r.state = JobState::Dispatched;
                     r.epoch += 1;

@@ -15,7 +15,10 @@ pub struct CoordinatorConfig {
     pub routing_dims: Vec<String>,
     /// Lease TTL when the job does not set one.
     pub lease_ttl: Duration,
-    /// A dispatched job not claimed within this goes back to pending.
+    /// The start deadline: a job leased to a worker at dispatch whose start that worker
+    /// has not confirmed (first renewal or completion) within this (or its lease TTL,
+    /// if shorter) goes back to pending; so does a notice of an earlier coordinator
+    /// nobody claimed.
     pub claim_timeout: Duration,
     /// How often the leader looks for expired leases and claims.
     pub reaper_period: Duration,

@@ -5,16 +5,29 @@
 //! (see `store::Store::modify_job`). They take the current server-anchored time as a
 //! parameter so tests can pin it.
 //!
+//! The lifecycle: the leader grants the lease at dispatch ([`lease_at_dispatch`]: the
+//! record becomes `dispatched` at a new epoch, leased to the worker the planner chose,
+//! until a short start deadline); the worker's first renewal or its completion
+//! confirms the start (`dispatched` → `running`, the attempt opens, the lease runs for
+//! its TTL); a grant not confirmed by the deadline is taken back ([`expire_start`]).
+//! No claim round trip and no claim write. A claim ([`claim`]) is still answered: by the
+//! lease holder it confirms the start, and a record dispatched without a lease (an
+//! earlier coordinator's notice) is claimed as before.
+//!
 //! Invariants kept here:
 //! - `epoch` only rises, and only in [`dispatch`];
-//! - a job is `running` iff it has a lease, and the lease's epoch is the record's epoch;
+//! - a job has a lease iff it is `running`, or `dispatched` with a grant not yet
+//!   confirmed; the lease's epoch is the record's epoch;
 //! - a write from a worker is accepted only if it holds the lease at the record's epoch
 //!   ([`check_holder`]); otherwise the worker is told `stale_epoch` or `revoked`;
+//! - an attempt is counted (`attempts`, an entry in `history`) when its start is
+//!   confirmed; a grant taken back unconfirmed leaves a history entry without an
+//!   outcome (the worker may have run it: its effects stay attributable) and no count;
 //! - retries of a claim or completion whose reply was lost get the same answer again.
 
 use std::time::Duration;
 
-use gf_schemas::rpc::{ClaimReply, Revocation, RevokeReason};
+use gf_schemas::rpc::{ClaimReply, LeaseGrant, Revocation, RevokeReason};
 use gf_schemas::{
     Attempt, AttemptOutcome, Capabilities, ErrorKind, JobRecord, JobState, Lease, RpcError,
     Timestamp, Usage, WorkerId,
@@ -45,7 +58,11 @@ pub fn check_holder(rec: &JobRecord, epoch: u64, worker: &WorkerId) -> Result<()
         ));
     }
     match (&rec.lease, rec.state) {
-        (Some(l), JobState::Running) if &l.worker == worker && l.epoch == epoch => Ok(()),
+        (Some(l), JobState::Running | JobState::Dispatched)
+            if &l.worker == worker && l.epoch == epoch =>
+        {
+            Ok(())
+        }
         _ => Err(err(
             ErrorKind::Revoked,
             format!(
@@ -72,6 +89,95 @@ pub fn dispatch(rec: &mut JobRecord, now: Timestamp) -> Result<u64, RpcError> {
     rec.retry_at = None;
     rec.reason = None;
     Ok(rec.epoch)
+}
+
+/// Pending (or blocked) → dispatched at a new epoch and leased to `worker` until the
+/// start deadline (`start_within`, at most the lease's TTL). The grant to send it is
+/// [`grant`].
+pub fn lease_at_dispatch(
+    rec: &mut JobRecord,
+    worker: &WorkerId,
+    default_ttl: Duration,
+    start_within: Duration,
+    now: Timestamp,
+) -> Result<u64, RpcError> {
+    let epoch = dispatch(rec, now)?;
+    let ttl = lease_ttl(rec, default_ttl);
+    rec.lease = Some(Lease {
+        worker: worker.clone(),
+        epoch,
+        granted_at: now,
+        expires_at: now.plus(start_within.min(ttl)),
+        ttl_ms: ttl.as_millis() as u64,
+    });
+    Ok(epoch)
+}
+
+/// What the worker a job was leased to at dispatch is sent; `None` unless the record
+/// is dispatched under a lease.
+pub fn grant(rec: &JobRecord) -> Option<LeaseGrant> {
+    let lease = rec
+        .lease
+        .as_ref()
+        .filter(|l| rec.state == JobState::Dispatched && l.epoch == rec.epoch)?;
+    Some(LeaseGrant {
+        job_id: rec.id,
+        spec: rec.spec.clone(),
+        lease: lease.clone(),
+        attempt: rec.attempts + 1,
+        trace_parent: rec.trace_parent.clone(),
+    })
+}
+
+fn lease_ttl(rec: &JobRecord, default_ttl: Duration) -> Duration {
+    rec.spec
+        .lease_ttl_secs
+        .map(Duration::from_secs)
+        .unwrap_or(default_ttl)
+}
+
+/// The holder of a lease granted at dispatch confirms the start (its first renewal, its
+/// completion, or a claim): dispatched → running, the attempt opens (dated `ran`
+/// before `now`, not before the grant), the lease runs for its TTL from `now`. `true`
+/// when this call started it; `false` (and nothing changed) otherwise.
+pub fn confirm_start(
+    rec: &mut JobRecord,
+    epoch: u64,
+    worker: &WorkerId,
+    ran: Option<Duration>,
+    now: Timestamp,
+) -> bool {
+    if rec.state != JobState::Dispatched || rec.epoch != epoch {
+        return false;
+    }
+    let Some(lease) = rec
+        .lease
+        .as_mut()
+        .filter(|l| &l.worker == worker && l.epoch == epoch)
+    else {
+        return false;
+    };
+    // Not before the grant, not after now (`max` then `min`: a clock resynced between
+    // the grant and now must not make this panic as `clamp` would).
+    let started_at = ran
+        .map(|r| Timestamp::from_unix_millis(now.unix_millis() - r.as_millis() as i64))
+        .unwrap_or(now)
+        .max(lease.granted_at)
+        .min(now);
+    lease.expires_at = now.plus(Duration::from_millis(lease.ttl_ms));
+    rec.state = JobState::Running;
+    rec.attempts += 1;
+    rec.dispatched_at = None;
+    rec.history.push(Attempt {
+        epoch,
+        worker: worker.clone(),
+        started_at,
+        ended_at: None,
+        outcome: None,
+        ended_because: None,
+        artifact_errors: Vec::new(),
+    });
+    true
 }
 
 /// Marks a job blocked with a reason; `false` when nothing changed.
@@ -105,6 +211,16 @@ pub fn claim(
             ),
         ));
     }
+    // Leased at dispatch: the holder's claim confirms the start; anyone else's lost.
+    if let (JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
+        if &l.worker != worker {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("job {} is dispatched to {}", rec.id, l.worker),
+            ));
+        }
+        confirm_start(rec, epoch, worker, None, now);
+    }
     // A retried claim (reply lost) by the holder gets the same lease back.
     if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
         if &l.worker == worker && l.epoch == epoch {
@@ -132,11 +248,7 @@ pub fn claim(
             format!("worker {worker} lacks {missing} required by job {}", rec.id),
         ));
     }
-    let ttl = rec
-        .spec
-        .lease_ttl_secs
-        .map(Duration::from_secs)
-        .unwrap_or(default_ttl);
+    let ttl = lease_ttl(rec, default_ttl);
     let lease = Lease {
         worker: worker.clone(),
         epoch,
@@ -164,14 +276,17 @@ pub fn claim(
     })
 }
 
-/// Extends the holder's lease by its TTL from `now`.
+/// Extends the holder's lease by its TTL from `now`; the first renewal of a lease
+/// granted at dispatch confirms the start (the job ran `ran` so far).
 pub fn renew(
     rec: &mut JobRecord,
     epoch: u64,
     worker: &WorkerId,
+    ran: Option<Duration>,
     now: Timestamp,
 ) -> Result<Lease, RpcError> {
     check_holder(rec, epoch, worker)?;
+    confirm_start(rec, epoch, worker, ran, now);
     let lease = rec.lease.as_mut().expect("holder has a lease");
     lease.expires_at = now.plus(Duration::from_millis(lease.ttl_ms));
     Ok(lease.clone())
@@ -222,7 +337,9 @@ pub enum Completed {
     AlreadyApplied,
 }
 
-/// Running → succeeded, pending (retry with backoff) or dead.
+/// Running → succeeded, pending (retry with backoff) or dead. A completion of a job
+/// leased at dispatch whose start nothing confirmed yet confirms it first (it ran
+/// `ran`).
 #[allow(clippy::too_many_arguments)]
 pub fn complete(
     rec: &mut JobRecord,
@@ -232,6 +349,7 @@ pub fn complete(
     result: Option<&serde_json::Value>,
     usage: Option<&Usage>,
     retry_delay: Duration,
+    ran: Option<Duration>,
     now: Timestamp,
 ) -> Result<Completed, RpcError> {
     let already = rec
@@ -242,6 +360,7 @@ pub fn complete(
         return Ok(Completed::AlreadyApplied);
     }
     check_holder(rec, epoch, worker)?;
+    confirm_start(rec, epoch, worker, ran, now);
     close_attempt(rec, epoch, now, Some(outcome.clone()), None);
     add_usage(rec, usage);
     rec.lease = None;
@@ -380,6 +499,14 @@ pub fn release(
     now: Timestamp,
 ) -> Result<(), RpcError> {
     check_holder(rec, epoch, worker)?;
+    if rec.state == JobState::Dispatched {
+        // Given back before it started (a draining worker): no attempt to close.
+        rec.lease = None;
+        rec.dispatched_at = None;
+        rec.state = JobState::Pending;
+        rec.reason = Some(format!("released by {worker} before starting: {reason}"));
+        return Ok(());
+    }
     close_attempt(rec, epoch, now, None, Some(format!("released: {reason}")));
     rec.attempts = rec.attempts.saturating_sub(1);
     rec.lease = None;
@@ -458,10 +585,44 @@ pub fn expire_lease(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
     Some(revocation)
 }
 
-/// Dispatched but not claimed within `timeout` → pending again (no attempt spent).
+/// Leased at dispatch but the start not confirmed by the start deadline → pending
+/// again, no attempt counted. The history keeps an entry without an outcome (the
+/// holder may have started it unconfirmed: whatever it did is attributable and
+/// fenced). Returns the revocation for the holder.
+pub fn expire_start(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
+    if rec.state != JobState::Dispatched {
+        return None;
+    }
+    let lease = rec.lease.take_if(|l| lease_expired(l, now))?;
+    let because = format!(
+        "not started by {} within {}s of dispatch",
+        lease.worker,
+        lease.expires_at.since(lease.granted_at).as_secs_f32()
+    );
+    rec.history.push(Attempt {
+        epoch: lease.epoch,
+        worker: lease.worker,
+        started_at: lease.granted_at,
+        ended_at: Some(now),
+        outcome: None,
+        ended_because: Some(because.clone()),
+        artifact_errors: Vec::new(),
+    });
+    rec.state = JobState::Pending;
+    rec.dispatched_at = None;
+    rec.reason = Some(because);
+    Some(Revocation {
+        job_id: rec.id,
+        epoch: lease.epoch,
+        reason: RevokeReason::LeaseExpired,
+    })
+}
+
+/// Dispatched without a lease (an earlier coordinator's notice) and not claimed within
+/// `timeout` → pending again (no attempt spent).
 pub fn expire_claim(rec: &mut JobRecord, timeout: Duration, now: Timestamp) -> bool {
-    match (rec.state, rec.dispatched_at) {
-        (JobState::Dispatched, Some(at)) if at.plus(timeout) <= now => {
+    match (rec.state, rec.dispatched_at, &rec.lease) {
+        (JobState::Dispatched, Some(at), None) if at.plus(timeout) <= now => {
             rec.state = JobState::Pending;
             rec.dispatched_at = None;
             rec.reason = Some(format!("not claimed within {}s", timeout.as_secs_f32()));
@@ -558,7 +719,7 @@ mod tests {
     fn lease_expiry_by_server_time() {
         let mut r = running(3, "a");
         assert!(expire_lease(&mut r, t(10_001)).is_none());
-        renew(&mut r, 1, &w("a"), t(5_000)).unwrap();
+        renew(&mut r, 1, &w("a"), None, t(5_000)).unwrap();
         assert!(expire_lease(&mut r, t(10_002)).is_none());
         let rev = expire_lease(&mut r, t(15_000)).unwrap();
         assert_eq!(rev.reason, RevokeReason::LeaseExpired);
@@ -566,7 +727,7 @@ mod tests {
         assert!(r.lease.is_none());
         // The former holder is now refused everything.
         assert_eq!(
-            renew(&mut r, 1, &w("a"), t(15_001)).unwrap_err().kind,
+            renew(&mut r, 1, &w("a"), None, t(15_001)).unwrap_err().kind,
             ErrorKind::Revoked
         );
         let e = complete(
@@ -577,6 +738,7 @@ mod tests {
             None,
             None,
             Duration::ZERO,
+            None,
             t(15_001),
         )
         .unwrap_err();
@@ -591,6 +753,7 @@ mod tests {
             None,
             None,
             Duration::ZERO,
+            None,
             t(16_001),
         )
         .unwrap_err();
@@ -610,6 +773,7 @@ mod tests {
             None,
             None,
             Duration::from_secs(4),
+            None,
             t(100),
         )
         .unwrap();
@@ -633,6 +797,7 @@ mod tests {
             None,
             None,
             Duration::from_secs(4),
+            None,
             t(6_000),
         )
         .unwrap();
@@ -659,6 +824,7 @@ mod tests {
             None,
             Some(&usage),
             Duration::ZERO,
+            None,
             t(50),
         )
         .unwrap();
@@ -671,6 +837,7 @@ mod tests {
             None,
             Some(&usage),
             Duration::ZERO,
+            None,
             t(60),
         )
         .unwrap();
@@ -688,7 +855,18 @@ mod tests {
         assert_eq!(r.state, JobState::Cancelled);
         assert_eq!(cancel(&mut r, "again", t(11)).unwrap(), None);
         let mut done = running(3, "a");
-        complete(&mut done, 1, &w("a"), &OK, None, None, Duration::ZERO, t(5)).unwrap();
+        complete(
+            &mut done,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            None,
+            Duration::ZERO,
+            None,
+            t(5),
+        )
+        .unwrap();
         assert_eq!(
             cancel(&mut done, "x", t(6)).unwrap_err().kind,
             ErrorKind::WrongState
@@ -709,6 +887,7 @@ mod tests {
             None,
             None,
             Duration::ZERO,
+            None,
             t(5),
         )
         .unwrap();
@@ -735,7 +914,18 @@ mod tests {
         let mut p = running(3, "a");
         let child = gf_schemas::JobId::new();
         p.children.push(child);
-        complete(&mut p, 1, &w("a"), &OK, None, None, Duration::ZERO, t(5)).unwrap();
+        complete(
+            &mut p,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            None,
+            Duration::ZERO,
+            None,
+            t(5),
+        )
+        .unwrap();
         assert_eq!(p.state, JobState::Waiting);
         assert!(finish_parent(&mut p, Some((child, JobState::Dead))));
         assert_eq!(p.state, JobState::Dead);
@@ -758,6 +948,211 @@ mod tests {
         assert!(!expire_claim(&mut r, Duration::from_secs(5), t(4_999)));
         assert!(expire_claim(&mut r, Duration::from_secs(5), t(5_000)));
         assert_eq!(r.state, JobState::Pending);
+    }
+
+    fn leased(worker: &str) -> JobRecord {
+        let mut r = job(3);
+        let e = lease_at_dispatch(
+            &mut r,
+            &w(worker),
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            t(1_000),
+        )
+        .unwrap();
+        assert_eq!(e, 1);
+        r
+    }
+
+    /// Leasing at dispatch: the record is dispatched under the chosen worker's lease
+    /// until the start deadline, no attempt counted; the grant carries what a claim's
+    /// reply did. The holder's first renewal confirms the start (dated by how long the
+    /// job ran, never before the grant) and extends the lease by its TTL.
+    #[test]
+    fn lease_at_dispatch_then_renewal_confirms_the_start() {
+        let mut r = leased("a");
+        assert_eq!((r.state, r.attempts, r.epoch), (JobState::Dispatched, 0, 1));
+        let l = r.lease.clone().unwrap();
+        assert_eq!((l.worker.as_str(), l.epoch), ("a", 1));
+        assert_eq!(
+            (l.granted_at, l.expires_at, l.ttl_ms),
+            (t(1_000), t(6_000), 30_000)
+        );
+        let g = grant(&r).unwrap();
+        assert_eq!((g.job_id, g.attempt, &g.lease), (r.id, 1, &l));
+        // The start window is never longer than the lease's TTL.
+        let mut short = job(3);
+        short.spec.lease_ttl_secs = Some(1);
+        lease_at_dispatch(
+            &mut short,
+            &w("a"),
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            t(0),
+        )
+        .unwrap();
+        assert_eq!(short.lease.unwrap().expires_at, t(1_000));
+        // Someone else, or another epoch, is refused and changes nothing.
+        assert_eq!(
+            renew(&mut r, 1, &w("b"), None, t(2_000)).unwrap_err().kind,
+            ErrorKind::Revoked
+        );
+        assert_eq!(
+            renew(&mut r, 2, &w("a"), None, t(2_000)).unwrap_err().kind,
+            ErrorKind::StaleEpoch
+        );
+        assert_eq!(r.state, JobState::Dispatched);
+        let lease = renew(&mut r, 1, &w("a"), Some(Duration::from_secs(9)), t(3_000)).unwrap();
+        assert_eq!(lease.expires_at, t(33_000));
+        assert_eq!((r.state, r.attempts), (JobState::Running, 1));
+        assert_eq!(r.dispatched_at, None);
+        assert_eq!(r.history.len(), 1);
+        assert_eq!(r.history[0].started_at, t(1_000), "not before the grant");
+        assert!(grant(&r).is_none(), "only a dispatched record has a grant");
+        // Later renewals only extend.
+        renew(&mut r, 1, &w("a"), Some(Duration::from_secs(10)), t(4_000)).unwrap();
+        assert_eq!((r.attempts, r.history.len()), (1, 1));
+    }
+
+    /// A completion confirms the start and ends the attempt in the same write.
+    #[test]
+    fn completion_confirms_and_completes() {
+        let mut r = leased("a");
+        let c = complete(
+            &mut r,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            None,
+            Duration::ZERO,
+            Some(Duration::from_millis(200)),
+            t(1_500),
+        )
+        .unwrap();
+        assert_eq!(c, Completed::Succeeded);
+        assert_eq!(
+            (r.state, r.attempts, r.lease.clone()),
+            (JobState::Succeeded, 1, None)
+        );
+        let a = &r.history[0];
+        assert_eq!((a.started_at, a.ended_at), (t(1_300), Some(t(1_500))));
+        assert_eq!(a.outcome, Some(OK));
+        // Repeated after a lost reply: the same answer, nothing changes.
+        let before = r.clone();
+        let again = complete(
+            &mut r,
+            1,
+            &w("a"),
+            &OK,
+            None,
+            None,
+            Duration::ZERO,
+            None,
+            t(1_600),
+        )
+        .unwrap();
+        assert_eq!((again, &r), (Completed::AlreadyApplied, &before));
+    }
+
+    /// A grant nobody confirmed by the start deadline goes back to pending, no attempt
+    /// counted, with a history entry naming the holder (whatever it did is fenced);
+    /// the holder is then refused, and after the next dispatch it is stale.
+    #[test]
+    fn unconfirmed_grant_is_taken_back_at_the_start_deadline() {
+        let mut r = leased("a");
+        assert!(expire_start(&mut r, t(5_999)).is_none());
+        assert!(
+            expire_lease(&mut r, t(7_000)).is_none(),
+            "not a running lease"
+        );
+        assert!(
+            !expire_claim(&mut r, Duration::ZERO, t(7_000)),
+            "not a bare notice"
+        );
+        let rev = expire_start(&mut r, t(6_000)).unwrap();
+        assert_eq!(
+            (rev.job_id, rev.epoch, rev.reason),
+            (r.id, 1, RevokeReason::LeaseExpired)
+        );
+        assert_eq!(
+            (r.state, r.attempts, r.lease.clone()),
+            (JobState::Pending, 0, None)
+        );
+        let a = &r.history[0];
+        assert_eq!(
+            (a.epoch, a.worker.as_str(), a.outcome.clone()),
+            (1, "a", None)
+        );
+        assert!(a
+            .ended_because
+            .as_deref()
+            .unwrap()
+            .contains("not started by a"));
+        let late = |r: &mut JobRecord| {
+            complete(
+                r,
+                1,
+                &w("a"),
+                &OK,
+                None,
+                None,
+                Duration::ZERO,
+                None,
+                t(6_100),
+            )
+            .unwrap_err()
+            .kind
+        };
+        assert_eq!(late(&mut r), ErrorKind::Revoked);
+        lease_at_dispatch(
+            &mut r,
+            &w("b"),
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            t(7_000),
+        )
+        .unwrap();
+        assert_eq!(late(&mut r), ErrorKind::StaleEpoch);
+        assert_eq!(r.epoch, 2);
+    }
+
+    /// A claim on a job leased at dispatch: the holder's confirms the start (and a
+    /// repeat gets the same lease), anyone else's is a conflict.
+    #[test]
+    fn claims_on_a_leased_job() {
+        let mut r = leased("a");
+        let ttl = Duration::from_secs(30);
+        let e = claim(&mut r, 1, &w("b"), &caps(), ttl, t(2_000)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("dispatched to a"), "{e:?}");
+        let c = claim(&mut r, 1, &w("a"), &caps(), ttl, t(2_000)).unwrap();
+        assert_eq!((c.attempt, c.lease.expires_at), (1, t(32_000)));
+        assert_eq!((r.state, r.attempts), (JobState::Running, 1));
+        let again = claim(&mut r, 1, &w("a"), &caps(), ttl, t(2_500)).unwrap();
+        assert_eq!(again.lease, c.lease);
+        assert_eq!(r.attempts, 1);
+    }
+
+    /// Given back before it started (a draining worker): pending at once, nothing
+    /// counted; cancelling a leased job revokes its holder.
+    #[test]
+    fn release_and_cancel_before_the_start() {
+        let mut r = leased("a");
+        assert_eq!(
+            release(&mut r, 1, &w("b"), "x", t(2_000)).unwrap_err().kind,
+            ErrorKind::Revoked
+        );
+        release(&mut r, 1, &w("a"), "draining", t(2_000)).unwrap();
+        assert_eq!(
+            (r.state, r.attempts, r.lease.clone()),
+            (JobState::Pending, 0, None)
+        );
+        assert!(r.history.is_empty());
+        let mut c = leased("a");
+        let rev = cancel(&mut c, "operator", t(2_000)).unwrap().unwrap();
+        assert_eq!((rev.epoch, rev.reason), (1, RevokeReason::Cancelled));
+        assert_eq!((c.state, c.lease), (JobState::Cancelled, None));
     }
 
     /// Backoff doubles per attempt, is capped, and jitter keeps it in [d/2, d).

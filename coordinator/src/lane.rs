@@ -1,15 +1,15 @@
 //! Dispatch at submission ("the direct lane"). When the leader's last plan pass left a
 //! free slot on a live worker that fits a new job, and the job has nothing to wait for,
-//! the submission on the leader creates the record already dispatched (epoch 1) and
-//! publishes its notice at once. That saves the job a revision-checked write and the
+//! the submission on the leader creates the record already dispatched and leased to
+//! that worker (epoch 1) and sends it the grant at once. That saves the job a revision-checked write and the
 //! wait for the leader's watch and next pass: one round trip of four on its way to a
 //! worker, and a write of five per job.
 //!
 //! Invariants:
 //! - Only speed rides on the lane, never safety. The record is created like any other
-//!   (`create`, so at most once), and the claim's revision check still decides who
-//!   runs the job. A stale lane (a worker died since the pass) means a notice nobody
-//!   claims, which the claim timeout sends back to pending, as for any notice.
+//!   (`create`, so at most once), under a lease fenced by its epoch like any other. A
+//!   stale lane (a worker died since the pass) means a grant nobody starts, which the
+//!   start deadline sends back to pending, as for any grant.
 //! - The lane is open only on the leader, only while its lease is valid by the
 //!   leader's own monotonic clock, and only holds slots the last pass left free after
 //!   placing every waiting job that could use them: a job taking one overtakes nobody.
@@ -75,8 +75,7 @@ pub struct Ticket<'a> {
 }
 
 impl Ticket<'_> {
-    /// The worker whose room the slot was taken from. Only a count: the notice goes to
-    /// the route's consumer, and any fitting worker may claim it.
+    /// The worker whose room the slot was taken from: the job is leased to it.
     pub fn worker(&self) -> &WorkerId {
         self.worker.as_ref().expect("held until consumed")
     }

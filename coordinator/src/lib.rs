@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod consumers;
 pub mod cron;
+pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod fsm;

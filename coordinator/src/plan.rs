@@ -56,6 +56,11 @@ pub struct View {
     /// What finished attempts taught about placement (fed from `outcomes` on the
     /// leader; read from the stream for an explanation).
     pub learned: learned::Learned,
+    /// Workers a lease was taken back from (it expired, or a grant was not started),
+    /// and when: nothing is leased to them again until they show life after that (a
+    /// heartbeat), so a paused or cut-off worker that still looks live does not cost
+    /// its jobs a second deadline. See [`View::suspect`].
+    pub suspects: HashMap<WorkerId, Timestamp>,
     /// Jobs whose record changed (or went) since the [`Planner`] last looked: what its
     /// next pass re-evaluates. Records must change through [`View::set_job`],
     /// [`View::apply_job`] and [`View::remove_job`] for it to see them.
@@ -186,6 +191,14 @@ impl View {
         } else {
             self.terminal.remove(id);
         }
+    }
+
+    /// Whether `w` lost a lease and has not heartbeaten since: live for the gates (its
+    /// jobs are not unplaceable), but not given new ones.
+    pub fn suspect(&self, w: &WorkerRecord) -> bool {
+        self.suspects
+            .get(&w.id)
+            .is_some_and(|since| w.last_heartbeat <= *since)
     }
 
     /// Takes in a record this coordinator wrote, unless the view already holds it or a
@@ -372,7 +385,8 @@ pub fn placed_score(
 
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    Dispatch(JobId, Score),
+    /// Dispatched and leased to the worker (chosen by [`best_fit`] among those free).
+    Dispatch(JobId, Score, WorkerId),
     /// Blocked (or re-blocked with a new reason).
     Block(JobId, String),
     /// Blocked, but every gate is open now; waits for a slot as pending.
@@ -391,7 +405,7 @@ pub enum Decision {
 impl Decision {
     pub fn job(&self) -> JobId {
         match self {
-            Decision::Dispatch(id, _)
+            Decision::Dispatch(id, ..)
             | Decision::Block(id, _)
             | Decision::Unblock(id)
             | Decision::Cancel(id, _) => *id,
@@ -509,7 +523,7 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
     let mut active: Vec<&WorkerRecord> = live
         .iter()
         .copied()
-        .filter(|w| w.state == WorkerState::Active)
+        .filter(|w| w.state == WorkerState::Active && !view.suspect(w))
         .collect();
     active.sort_by(|a, b| a.id.cmp(&b.id));
     let mut free: HashMap<&WorkerId, i64> = active
@@ -524,10 +538,13 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
                 *in_flight.entry(k).or_default() += 1;
             }
         }
-        if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
+        // A job leased at dispatch holds its worker's slot as a running one does.
+        if let (JobState::Running | JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
             if let Some(f) = free.get_mut(&l.worker) {
                 *f -= 1;
             }
+        }
+        if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
             running_on.entry(&l.worker).or_default().push(rec);
         }
     }
@@ -542,12 +559,13 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
             .filter(|w| w.capabilities.unmet(spec).is_none())
             .collect()
     };
-    // Notices already out take capacity first (in id order, for the same reason).
+    // Notices already out without a lease (an earlier coordinator's, for any fitting
+    // worker) take capacity first (in id order, for the same reason).
     let mut out_already: Vec<&JobRecord> = view
         .jobs
         .values()
         .map(|(r, _)| r)
-        .filter(|r| r.state == JobState::Dispatched)
+        .filter(|r| r.state == JobState::Dispatched && r.lease.is_none())
         .collect();
     out_already.sort_by_key(|r| r.id);
     for rec in out_already {
@@ -695,6 +713,7 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
                 out.push(Decision::Dispatch(
                     rec.id,
                     placed_score(rec, w, policy.scoring, &view.learned, now),
+                    w.id.clone(),
                 ));
             }
             None => out.extend(unblock()),
@@ -980,7 +999,7 @@ mod tests {
     fn dispatched(d: &[Decision]) -> Vec<JobId> {
         d.iter()
             .filter_map(|d| {
-                if let Decision::Dispatch(id, _) = d {
+                if let Decision::Dispatch(id, ..) = d {
                     Some(*id)
                 } else {
                     None

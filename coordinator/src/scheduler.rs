@@ -225,10 +225,6 @@ async fn lead(
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gauge_tick = tokio::time::interval(GAUGE_PERIOD);
     gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Acks of the notices published, awaited here rather than at the end of each pass:
-    // a pass that waited for them held the next one (and every submission behind it)
-    // for a round trip, and a missing ack only ever meant a warning.
-    let mut notice_acks = NoticeAcks::new();
     // A pass is due when something changed (`dirty`) and not before `next_pass`.
     let mut dirty = false;
     let mut next_pass = tokio::time::Instant::now();
@@ -257,7 +253,6 @@ async fn lead(
                     &mut planner,
                     &mut view,
                     &mut starts,
-                    &mut notice_acks,
                 )
                 .await;
                 service.lane.open(lease.valid_until(), rooms, blocked_products(&view));
@@ -280,11 +275,6 @@ async fn lead(
             _ = outcome_tick.tick() => {
                 if let Some(o) = view.outcomes.as_mut().filter(|o| o.pending() > 0) {
                     o.flush(&store.js).await;
-                }
-            }
-            Some(ack) = notice_acks.next(), if !notice_acks.is_empty() => {
-                if let Err(e) = ack {
-                    tracing::warn!(error = %e, "dispatch notice not acknowledged; the claim timeout sends the job back");
                 }
             }
             entry = jobs_w.next() => {
@@ -376,19 +366,15 @@ const PLAN_WRITES_IN_FLIGHT: usize = 64;
 /// Decisions prepared (records copied out of the view) at a time.
 const PLAN_CHUNK: usize = 512;
 
-/// Publish acks of dispatch notices not yet received.
-type NoticeAcks = futures::stream::FuturesUnordered<
-    <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
->;
-
-/// Decides and writes one pass; the notices' publish acks go to `acks`. Returns the
-/// time spent deciding (CPU, not I/O) and the room the pass left.
+/// Decides and writes one pass: each dispatch is a write that leases the job to the
+/// chosen worker, and the grants go to each worker as one message per chunk of
+/// decisions (see [`crate::dispatch`]). Returns the time spent deciding (CPU, not I/O)
+/// and the room the pass left.
 async fn apply_plan(
     service: &Service,
     planner: &mut crate::plan::Planner,
     view: &mut View,
     starts: &mut StartLog,
-    acks: &mut NoticeAcks,
 ) -> (Duration, Vec<crate::lane::Room>) {
     use futures::StreamExt as _;
     let now = service.clock.now();
@@ -415,8 +401,16 @@ async fn apply_plan(
                 continue;
             };
             let applied = match &d {
-                Decision::Dispatch(_, score) => {
-                    let ok = fsm::dispatch(&mut rec, now).is_ok();
+                Decision::Dispatch(_, score, worker) => {
+                    let cfg = &service.config;
+                    let ok = fsm::lease_at_dispatch(
+                        &mut rec,
+                        worker,
+                        cfg.lease_ttl,
+                        cfg.claim_timeout,
+                        now,
+                    )
+                    .is_ok();
                     rec.score = Some(score.clone());
                     ok
                 }
@@ -442,18 +436,15 @@ async fn apply_plan(
                 (d, rec, written)
             }))
             .buffered(PLAN_WRITES_IN_FLIGHT);
+        let mut grants = crate::dispatch::Grants::default();
         while let Some((d, rec, written)) = results.next().await {
             let id = d.job();
             match written {
                 Ok(new_rev) => {
                     match &d {
                         Decision::Dispatch(..) => {
-                            match service.publish_notice(&rec).await {
-                                Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
-                                // The claim timeout sends it back to pending.
-                                Err(e) => {
-                                    tracing::warn!(job = %id, error = %e, "notice not published")
-                                }
+                            if let Some(g) = fsm::grant(&rec) {
+                                grants.add(g);
                             }
                             for (k, _) in crate::plan::limit_keys(&rec.spec, &service.config.limits)
                             {
@@ -494,6 +485,8 @@ async fn apply_plan(
                 Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
             }
         }
+        drop(results);
+        grants.send(&service.client).await;
     }
     (planning, rooms)
 }
@@ -538,8 +531,9 @@ async fn preempt(
     }
 }
 
-/// Expired leases → pending/dead (revoking the holder); unclaimed notices → pending;
-/// silent workers → gone.
+/// Expired leases → pending/dead (revoking the holder); leases granted at dispatch whose
+/// start nobody confirmed by the deadline → pending (revoking the holder); unclaimed
+/// notices → pending; silent workers → gone.
 async fn reap_expired(service: &Service, view: &mut View) {
     let cfg = &service.config;
     let now = service.clock.now();
@@ -547,7 +541,7 @@ async fn reap_expired(service: &Service, view: &mut View) {
         .jobs
         .values()
         .filter(|(r, _)| match (r.state, &r.lease, r.dispatched_at) {
-            (JobState::Running, Some(l), _) => fsm::lease_expired(l, now),
+            (JobState::Running | JobState::Dispatched, Some(l), _) => fsm::lease_expired(l, now),
             (JobState::Dispatched, _, Some(at)) => at.plus(cfg.claim_timeout) <= now,
             _ => false,
         })
@@ -559,23 +553,27 @@ async fn reap_expired(service: &Service, view: &mut View) {
             .modify_job(&id, |rec| {
                 let holder = rec.lease.as_ref().map(|l| l.worker.clone());
                 if let Some(rev) = fsm::expire_lease(rec, now) {
-                    return Ok((Some((rev, holder)), true));
+                    return Ok((Some((rev, holder, true)), true));
+                }
+                if let Some(rev) = fsm::expire_start(rec, now) {
+                    return Ok((Some((rev, holder, false)), true));
                 }
                 Ok((None, fsm::expire_claim(rec, cfg.claim_timeout, now)))
             })
             .await;
         match result {
             Ok((revoked, rec, rev)) => {
-                if let Some((revocation, Some(worker))) = revoked {
+                if let Some((revocation, Some(worker), started)) = revoked {
                     metrics::revoked(revocation.reason);
                     if rec.state == JobState::Dead {
                         metrics::finished(&rec.spec.queue, JobState::Dead);
                     }
-                    service.events.job(
-                        EventKind::JobLeaseExpired,
-                        &rec,
-                        format!("worker {worker} stopped renewing"),
-                    );
+                    let what = if started {
+                        format!("worker {worker} stopped renewing")
+                    } else {
+                        format!("worker {worker} did not start it by its start deadline")
+                    };
+                    service.events.job(EventKind::JobLeaseExpired, &rec, what);
                     if rec.state == JobState::Dead {
                         service.events.job(
                             EventKind::JobDead,
@@ -584,12 +582,23 @@ async fn reap_expired(service: &Service, view: &mut View) {
                         );
                     }
                     service.push_revocation(&worker, revocation).await;
+                    view.suspects.insert(worker, now);
                 }
                 view.set_job(rec, rev);
             }
             Err(e) => tracing::debug!(job = %id, error = %e, "reap"),
         }
     }
+    // Suspects that showed life (or went) since.
+    let suspects = std::mem::take(&mut view.suspects);
+    view.suspects = suspects
+        .into_iter()
+        .filter(|(w, since)| {
+            view.workers
+                .get(w)
+                .is_some_and(|r| r.last_heartbeat <= *since)
+        })
+        .collect();
     let gone: Vec<WorkerRecord> = view
         .workers
         .values()

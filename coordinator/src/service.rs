@@ -197,7 +197,14 @@ impl Service {
             .lane
             .take(&rec, &rules, now)
             .and_then(|(ticket, score)| {
-                fsm::dispatch(&mut rec, now).ok()?;
+                fsm::lease_at_dispatch(
+                    &mut rec,
+                    ticket.worker(),
+                    self.config.lease_ttl,
+                    self.config.claim_timeout,
+                    now,
+                )
+                .ok()?;
                 rec.score = Some(score);
                 Some(ticket)
             });
@@ -236,58 +243,22 @@ impl Service {
         })
     }
 
-    /// The rest of a dispatch decided at submission ([`crate::lane`]): the notice, the
-    /// event, and handing the record to the leader's view.
+    /// The rest of a dispatch decided at submission ([`crate::lane`]): the grant to the
+    /// worker, the event, and handing the record to the leader's view.
     async fn dispatched_at_submit(
         &self,
         ticket: crate::lane::Ticket<'_>,
         rec: &JobRecord,
         rev: u64,
     ) {
-        match self.publish_notice(rec).await {
-            Ok(ack) => {
-                if let Err(e) = ack.await {
-                    tracing::warn!(job = %rec.id, error = %e, "dispatch notice not acknowledged; the claim timeout sends the job back");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(job = %rec.id, error = %e, "notice not published; the claim timeout sends the job back")
-            }
+        if let Some(grant) = fsm::grant(rec) {
+            crate::dispatch::send(&self.client, ticket.worker(), vec![grant]).await;
         }
+        // The event names the worker (the lease's holder).
         self.events
             .job(EventKind::JobDispatched, rec, crate::lane::EVENT_MESSAGE);
         metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Submission);
         self.lane.created(ticket, rec.clone(), rev);
-    }
-
-    /// Publishes the dispatch notice of `rec` (just written as dispatched) on its route,
-    /// with the job's trace context. The returned future resolves to the stream's ack.
-    pub async fn publish_notice(
-        &self,
-        rec: &JobRecord,
-    ) -> Result<
-        async_nats::jetstream::context::PublishAckFuture,
-        async_nats::jetstream::context::PublishError,
-    > {
-        use tracing::Instrument;
-        let notice = gf_schemas::rpc::DispatchNotice {
-            job_id: rec.id,
-            epoch: rec.epoch,
-            dispatched_at: rec.dispatched_at.unwrap_or_else(|| self.clock.now()),
-        };
-        let subject = self.routing.route_of(&rec.spec).subject();
-        let span = gf_telemetry::trace::publish_span(
-            &subject,
-            &rec.id.to_string(),
-            rec.trace_parent.as_deref(),
-        );
-        let mut headers = async_nats::HeaderMap::new();
-        gf_telemetry::trace::inject_span(&span, &mut headers);
-        self.store
-            .js
-            .publish_with_headers(subject, headers, encode(&notice))
-            .instrument(span)
-            .await
     }
 
     /// Dependencies and the parent must exist (so a graph can never have a cycle: a
@@ -915,21 +886,26 @@ impl Service {
             .await;
         metrics::claim(claimed.as_ref().map(|_| ()).map_err(|e| e.kind));
         let (reply, rec, _) = claimed?;
+        self.started(&rec, req.epoch, now);
+        Ok(reply)
+    }
+
+    /// A start confirmed (a claim, or the first renewal or completion of a lease
+    /// granted at dispatch): the queue wait and the `job_claimed` event.
+    fn started(&self, rec: &JobRecord, epoch: u64, now: gf_schemas::Timestamp) {
+        let mut attempts = rec.history.iter().rev().skip_while(|a| a.epoch != epoch);
+        let started_at = attempts.next().map_or(now, |a| a.started_at);
         // Waiting since submission, or since the previous attempt ended.
-        let ready_since = rec
-            .history
-            .iter()
-            .rev()
-            .nth(1)
+        let ready_since = attempts
+            .next()
             .and_then(|a| a.ended_at)
             .unwrap_or(rec.submitted_at);
-        metrics::queue_wait(&rec.spec.queue, now.since(ready_since));
+        metrics::queue_wait(&rec.spec.queue, started_at.since(ready_since));
         self.events.job(
             EventKind::JobClaimed,
-            &rec,
-            format!("attempt {}", reply.attempt),
+            rec,
+            format!("started, attempt {}", rec.attempts),
         );
-        Ok(reply)
     }
 
     pub async fn renew(&self, req: RenewRequest) -> Result<RenewReply, RpcError> {
@@ -950,23 +926,34 @@ impl Service {
                 return Err(RpcError::new(ErrorKind::Revoked, reason));
             }
         }
-        let (lease, _, _) = self
+        let ran = req.ran_ms.map(std::time::Duration::from_millis);
+        let ((lease, first), rec, _) = self
             .store
             .modify_job(&req.job_id, |rec| {
-                Ok((fsm::renew(rec, req.epoch, &req.worker_id, now)?, true))
+                let first = rec.state == JobState::Dispatched;
+                let lease = fsm::renew(rec, req.epoch, &req.worker_id, ran, now)?;
+                Ok(((lease, first), true))
             })
             .await?;
+        if first {
+            metrics::claim(Ok(()));
+            self.started(&rec, req.epoch, now);
+        }
         Ok(RenewReply { lease })
     }
 
     pub async fn complete(&self, req: CompleteRequest) -> Result<CompleteReply, RpcError> {
         let now = self.clock.now();
         let cfg = &self.config;
-        let (done, rec, _) = self
+        let ran = req.ran_ms.map(std::time::Duration::from_millis);
+        let ((done, first), rec, _) = self
             .store
             .modify_job(&req.job_id, |rec| {
+                let first = rec.state == JobState::Dispatched;
+                // The attempt being completed: not counted yet when this completion is
+                // what confirms its start.
                 let delay = fsm::backoff(
-                    rec.attempts,
+                    rec.attempts + u32::from(first),
                     cfg.retry_base,
                     cfg.retry_max,
                     rand::random::<f64>(),
@@ -979,10 +966,11 @@ impl Service {
                     req.result.as_ref(),
                     req.usage.as_ref(),
                     delay,
+                    ran,
                     now,
                 )?;
                 let changed = done != fsm::Completed::AlreadyApplied;
-                Ok((done, changed))
+                Ok(((done, first), changed))
             })
             .await
             .inspect_err(|e| metrics::fenced("complete", e.kind))?;
@@ -993,6 +981,10 @@ impl Service {
         {
             // Also on a repeat: the first try may have stopped before publishing.
             self.publish_usage(&rec, req.epoch, u).await?;
+        }
+        if first {
+            metrics::claim(Ok(()));
+            self.started(&rec, req.epoch, now);
         }
         let what = fsm::describe(&req.outcome);
         if done != fsm::Completed::AlreadyApplied {

@@ -318,7 +318,11 @@ pub enum JobState {
     Pending,
     /// Cannot be dispatched now; `reason` says why (e.g. `unplaceable: …`).
     Blocked,
-    /// A notice was published with the current epoch; waiting for a claim.
+    /// Leased at dispatch to the worker named in `lease` (sent to it with the current
+    /// epoch), which has not confirmed the start yet: its first renewal or its
+    /// completion does, or the reaper takes the job back at the lease's `expires_at`
+    /// (the start deadline). Without a lease: a notice of an earlier coordinator,
+    /// waiting for a claim.
     Dispatched,
     /// A worker holds the lease and runs it.
     Running,
@@ -469,6 +473,8 @@ pub struct JobRecord {
     pub epoch: u64,
     /// Attempts started (claims granted).
     pub attempts: u32,
+    /// The holder's lease: of a `running` job, and of a `dispatched` one (granted at
+    /// dispatch, start not confirmed yet; `expires_at` is then the start deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     /// Not dispatched before this time (retry backoff).

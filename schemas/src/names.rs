@@ -379,7 +379,8 @@ pub fn event(kind: crate::EventKind) -> String {
     format!("gf.events.{}", kind.as_str())
 }
 
-/// Control subject a worker listens on for revocations pushed by coordinators.
+/// Control subject a worker listens on for revocations pushed by coordinators, drain
+/// requests and the leases granted to it at dispatch.
 pub fn worker_control(worker: &WorkerId) -> String {
     format!("gf.ctl.worker.{worker}")
 }
@@ -408,6 +409,9 @@ pub fn artifact_nuid(job: &JobId, part: &str, nonce: &str) -> String {
 pub fn artifact_meta(encoded_name: &str) -> String {
     format!("$O.{OBJECT_ARTIFACTS}.M.{encoded_name}")
 }
+
+/// [`worker_control`] with the worker as `*`: the bounded name of its spans.
+pub const WORKER_CONTROL_ANY: &str = "gf.ctl.worker.*";
 
 /// KV key of a job in [`BUCKET_JOBS`].
 pub fn job_key(job: &JobId) -> String {

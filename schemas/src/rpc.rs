@@ -287,6 +287,11 @@ pub struct RenewRequest {
     /// job's `max_cost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// How long the job has run on the worker (its monotonic clock), in ms. The first
+    /// renewal of a lease granted at dispatch confirms the start; the coordinator dates
+    /// the attempt's `started_at` this much before it received the renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -306,6 +311,10 @@ pub struct CompleteRequest {
     pub result: Option<serde_json::Value>,
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// How long the job ran, in ms (see [`RenewRequest::ran_ms`]): a completion that
+    /// confirms a start dates the attempt's `started_at` from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -357,6 +366,30 @@ pub enum ControlMessage {
     /// old key keeps working for a grace period). Sent as a request: answered with a
     /// [`ControlAck`] once the new key is in use.
     RotateKey,
+    /// Leases granted at dispatch to this worker (a batch of one pass, or one job
+    /// dispatched at its submission): run each job under its lease. Nothing else is
+    /// asked first; the first renewal or the completion (each carrying the lease's
+    /// epoch) confirms the start. A grant not confirmed by `lease.expires_at` (the
+    /// start deadline, server time) is taken back by the reaper, so a lost message
+    /// costs a start deadline, never a job.
+    Start {
+        grants: Vec<LeaseGrant>,
+    },
+}
+
+/// A job leased to one worker at dispatch: what a claim's reply carried, without the
+/// claim. See [`ControlMessage::Start`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseGrant {
+    pub job_id: JobId,
+    pub spec: JobSpec,
+    /// Its `expires_at` is the start deadline; the first renewal extends it by `ttl_ms`.
+    pub lease: Lease,
+    /// The attempt this start will be (1 for the first).
+    pub attempt: u32,
+    /// W3C `traceparent` of the submission, when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A worker's answer to a control message sent as a request.

@@ -140,7 +140,7 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             CLAIMS,
             Counter,
             &["result"],
-            "Claims by result (won, conflict, stale_epoch, not_eligible, error).",
+            "Starts by result: `won` counts every confirmed start (a claim, or the first renewal or completion of a lease granted at dispatch); the others count refused claims (conflict, stale_epoch, not_eligible, error).",
         ),
         (
             LEASES_EXPIRED,

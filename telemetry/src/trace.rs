@@ -79,6 +79,36 @@ pub fn current_traceparent() -> Option<String> {
     map.remove(TRACEPARENT)
 }
 
+/// `span`'s context as a `traceparent` value (`None` when tracing is off): to carry a
+/// trace in a message body, e.g. one of many items sharing a message.
+pub fn span_traceparent(span: &Span) -> Option<String> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut map = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut map);
+    map.remove(TRACEPARENT)
+}
+
+/// Span for processing one item of a message that carries its own trace context
+/// (`process gf.ctl.worker.*` for a lease granted at dispatch), parented by it.
+pub fn consume_item_span(subject: &str, traceparent: Option<&str>) -> Span {
+    let span = tracing::info_span!(
+        "grant.process",
+        otel.name = %format!("process {subject}"),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.operation.type = "process",
+        messaging.operation.name = "start",
+    );
+    if let Some(tp) = traceparent {
+        parent(&span, context_from_traceparent(tp));
+    }
+    span
+}
+
 /// The context a stored `traceparent` value names.
 pub fn context_from_traceparent(traceparent: &str) -> Context {
     let map = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);

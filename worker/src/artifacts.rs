@@ -380,6 +380,7 @@ pub async fn while_renewing<T>(
         epoch,
         worker_id: worker.clone(),
         usage: None,
+        ran_ms: None,
     };
     tokio::pin!(work);
     loop {

@@ -1,10 +1,14 @@
 //! The Gigafactory worker.
 //!
-//! Registers its capabilities through the coordinators, binds the durable pull consumer
-//! a coordinator created for its profile (filtered on the dispatch subjects it can
-//! serve, shared with every identical worker, so they compete for notices), claims jobs
-//! with the notice's epoch, runs them ([`runner`]), heartbeats, and on shutdown drains:
-//! no new claims, running jobs finish within the grace period or are given back.
+//! Registers its capabilities through the coordinators, runs the jobs the leader leases
+//! to it at dispatch ([`ControlMessage::Start`] on its control subject: no claim, the
+//! first renewal or the completion confirms the start; a grant waits here for a free
+//! slot, and one that cannot start before its start deadline is dropped, the reaper
+//! taking it back), runs them ([`runner`]), heartbeats, and on shutdown drains: grants
+//! still waiting are given back at once, running jobs finish within the grace period or
+//! are given back. It also binds the durable pull consumer a coordinator created for its
+//! profile and claims what arrives there (notices of an earlier coordinator, which
+//! leased nothing at dispatch).
 //!
 //! A worker never writes the KV store and never creates a consumer; it asks on its own
 //! RPC subjects (`gf.rpc.w.<id>.<verb>`), publishes its jobs' lines on its own log
@@ -29,7 +33,7 @@ use futures::StreamExt;
 use gf_schemas::names::{self, FactoryVerb};
 use gf_schemas::rpc::{
     ClaimReply, ClaimRequest, CompleteReply, CompleteRequest, ControlAck, ControlMessage,
-    DispatchNotice, HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest,
+    DispatchNotice, HeartbeatReply, HeartbeatRequest, LeaseGrant, RegisterReply, RegisterRequest,
     ReleaseRequest,
 };
 use gf_schemas::{Capabilities, ErrorKind, JobId, RunningJob, WorkerId, WorkerState};
@@ -118,6 +122,11 @@ struct Shared {
     /// Jobs running here. With `claiming`, under one lock: a job is in at most one.
     running: Mutex<Slots>,
     slot_freed: Notify,
+    /// The same, for the loop that starts granted jobs (a `Notify` wakes one waiter).
+    slot_freed_for_grants: Notify,
+    /// Leases granted at dispatch, from the control subject to [`start_loop`], each
+    /// with the local instant its start deadline passes.
+    grants: tokio::sync::mpsc::UnboundedSender<(LeaseGrant, tokio::time::Instant)>,
     /// Fired when the drain grace runs out: running jobs are killed and released.
     give_back: CancellationToken,
     scratch: PathBuf,
@@ -146,6 +155,10 @@ impl Shared {
     }
     fn is_drained(&self) -> bool {
         *self.drained.borrow()
+    }
+    fn slot_freed(&self) {
+        self.slot_freed.notify_one();
+        self.slot_freed_for_grants.notify_one();
     }
     fn free_slots(&self) -> u32 {
         let held = self.running.lock().expect("running");
@@ -268,6 +281,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
     tokio::fs::create_dir_all(&scratch)
         .await
         .with_context(|| format!("cannot create scratch directory {}", scratch.display()))?;
+    let (grants_tx, grants_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         id: id.clone(),
         claims: batch::Batcher::new(rpc.clone(), &id, FactoryVerb::Claim),
@@ -277,6 +291,8 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         slots: config.slots,
         running: Mutex::new(Slots::default()),
         slot_freed: Notify::new(),
+        slot_freed_for_grants: Notify::new(),
+        grants: grants_tx,
         give_back: CancellationToken::new(),
         scratch,
         handlers: config.handlers.clone(),
@@ -321,6 +337,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         let r = run_worker(
             shared,
             consumer,
+            grants_rx,
             control,
             heartbeat_every,
             config.drain_grace,
@@ -513,6 +530,7 @@ fn consumer_missing(e: &jetstream::stream::ConsumerError) -> bool {
 async fn run_worker(
     shared: Arc<Shared>,
     consumer: consumer::PullConsumer,
+    grants: tokio::sync::mpsc::UnboundedReceiver<(LeaseGrant, tokio::time::Instant)>,
     control: async_nats::Subscriber,
     heartbeat_every: Duration,
     drain_grace: Duration,
@@ -531,7 +549,10 @@ async fn run_worker(
     // Become active at once rather than a heartbeat later.
     heartbeat(&shared, WorkerState::Active).await;
 
-    fetch_loop(&shared, consumer, &jobs, &shutdown).await;
+    tokio::join!(
+        fetch_loop(&shared, consumer, &jobs, &shutdown),
+        start_loop(&shared, grants, &jobs, &shutdown),
+    );
 
     // Drain: no new claims; running jobs get the grace period, then are given back.
     draining.cancel();
@@ -712,7 +733,7 @@ async fn on_notice(
                         .expect("running")
                         .claiming
                         .remove(&job_id);
-                    shared.slot_freed.notify_one();
+                    shared.slot_freed();
                 }
             }
         }
@@ -752,7 +773,120 @@ async fn claim(
     }
 }
 
+/// Starts the jobs leased to this worker at dispatch, in the order granted, as slots
+/// free up. Grants that arrive while drained or stopping, or still wait when that
+/// begins, are given back at once (a release, so the job is dispatched again without
+/// waiting for its start deadline); one whose start deadline passed while it waited is
+/// dropped (the reaper has taken it back, or is about to).
+async fn start_loop(
+    shared: &Arc<Shared>,
+    mut grants: tokio::sync::mpsc::UnboundedReceiver<(LeaseGrant, tokio::time::Instant)>,
+    jobs: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let mut waiting: std::collections::VecDeque<(LeaseGrant, tokio::time::Instant)> =
+        Default::default();
+    let mut drained = shared.drained.subscribe();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if *drained.borrow_and_update() {
+            for (g, _) in waiting.drain(..) {
+                give_back_grant(shared, jobs, g, "worker drained");
+            }
+        }
+        while !waiting.is_empty() && shared.free_slots() > 0 {
+            let (g, start_by) = waiting.pop_front().expect("not empty");
+            if tokio::time::Instant::now() >= start_by {
+                tracing::warn!(job = %g.job_id, epoch = g.lease.epoch, "no slot before the start deadline; the grant lapses");
+                continue;
+            }
+            start_grant(shared, jobs, g, start_by);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = drained.changed() => {}
+            g = grants.recv() => match g {
+                Some((g, _)) if shared.is_drained() => {
+                    give_back_grant(shared, jobs, g, "worker drained");
+                }
+                Some(g) => waiting.push_back(g),
+                None => break,
+            },
+            _ = shared.slot_freed_for_grants.notified(), if !waiting.is_empty() => {}
+            // Belt and braces: re-check even if a notification was missed.
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !waiting.is_empty() => {}
+        }
+    }
+    grants.close();
+    while let Ok((g, _)) = grants.try_recv() {
+        waiting.push_back((g, tokio::time::Instant::now()));
+    }
+    for (g, _) in waiting {
+        give_back_grant(shared, jobs, g, "worker shutting down");
+    }
+}
+
+/// Runs a job leased to this worker at dispatch, unless it is already here (a repeated
+/// grant).
+fn start_grant(
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    grant: LeaseGrant,
+    start_by: tokio::time::Instant,
+) {
+    let here = {
+        let held = shared.running.lock().expect("running");
+        held.running.contains_key(&grant.job_id) || held.claiming.contains(&grant.job_id)
+    };
+    if here {
+        tracing::debug!(job = %grant.job_id, "grant for a job already here");
+        return;
+    }
+    let span = gf_telemetry::trace::consume_item_span(
+        names::WORKER_CONTROL_ANY,
+        grant.trace_parent.as_deref(),
+    );
+    let _entered = span.enter();
+    let claim = ClaimReply {
+        spec: grant.spec,
+        lease: grant.lease,
+        attempt: grant.attempt,
+    };
+    start_job(shared, jobs, grant.job_id, claim, Some(start_by));
+}
+
+/// Gives a granted job back without starting it, in the background (on the jobs
+/// tracker, so the drain waits for it).
+fn give_back_grant(shared: &Arc<Shared>, jobs: &TaskTracker, grant: LeaseGrant, reason: &str) {
+    let req = ReleaseRequest {
+        job_id: grant.job_id,
+        epoch: grant.lease.epoch,
+        worker_id: shared.id.clone(),
+        reason: reason.into(),
+    };
+    let rpc = shared.rpc.clone();
+    jobs.spawn(async move {
+        if let Err(e) = rpc.call_factory::<_, ()>(&req).await {
+            tracing::debug!(job = %req.job_id, error = %e, "grant not given back; its start deadline sends it back");
+        }
+    });
+}
+
 fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: ClaimReply) {
+    start_job(shared, jobs, job_id, claim, None)
+}
+
+/// Runs a job this worker holds: claimed (`start_by` is `None`), or leased at dispatch,
+/// to be confirmed by its first renewal (due before `start_by`) or its completion.
+fn start_job(
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    job_id: JobId,
+    claim: ClaimReply,
+    start_by: Option<tokio::time::Instant>,
+) {
     let epoch = claim.lease.epoch;
     let revoked = CancellationToken::new();
     {
@@ -775,7 +909,9 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
             worker: shared.id.clone(),
             revoked,
             give_back: shared.give_back.clone(),
+            start_by,
         };
+        let began = tokio::time::Instant::now();
         tracing::info!(job = %job_id, epoch, "running");
         let lease_ttl = Duration::from_millis(job.claim.lease.ttl_ms);
         let end = runner::run(job, shared.rpc.clone(), shared.js.clone(), &shared.scratch, &shared.handlers).await;
@@ -791,7 +927,9 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         metrics::counter!(gf_telemetry::names::WORKER_RUNS, "result" => result).increment(1);
         match end {
             runner::RunEnd::Finished { outcome, result, usage } => {
-                let req = CompleteRequest { job_id, epoch, worker_id: shared.id.clone(), outcome, result, usage };
+                // How long it ran: a completion that confirms a start dates it from this.
+                let ran_ms = start_by.map(|_| began.elapsed().as_millis() as u64);
+                let req = CompleteRequest { job_id, epoch, worker_id: shared.id.clone(), outcome, result, usage, ran_ms };
                 report(&shared, &req, lease_ttl).await;
             }
             runner::RunEnd::Revoked(why) => {
@@ -806,7 +944,7 @@ fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: Cla
         }
         shared.running.lock().expect("running").running.remove(&job_id);
         metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).decrement(1.0);
-        shared.slot_freed.notify_one();
+        shared.slot_freed();
     }.instrument(tracing::info_span!("run", otel.name = "run", gf.job_id = %job_id, gf.epoch = epoch)));
 }
 
@@ -892,10 +1030,19 @@ async fn heartbeat_loop(
     }
 }
 
-async fn control_loop(
-    shared: Arc<Shared>,
+async fn control_loop(shared: Arc<Shared>, sub: async_nats::Subscriber, stop: CancellationToken) {
+    // Grants that arrive after the start loop ended are given back from here.
+    let late = TaskTracker::new();
+    control_messages(&shared, sub, &stop, &late).await;
+    late.close();
+    late.wait().await;
+}
+
+async fn control_messages(
+    shared: &Arc<Shared>,
     mut sub: async_nats::Subscriber,
-    stop: CancellationToken,
+    stop: &CancellationToken,
+    late: &TaskTracker,
 ) {
     loop {
         let msg = tokio::select! {
@@ -904,6 +1051,21 @@ async fn control_loop(
         };
         match serde_json::from_slice::<ControlMessage>(&msg.payload) {
             Ok(ControlMessage::Revoke(r)) => shared.revoke(&r.job_id, r.epoch),
+            Ok(ControlMessage::Start { grants }) => {
+                let received = tokio::time::Instant::now();
+                for g in grants {
+                    if g.lease.worker != shared.id {
+                        tracing::warn!(job = %g.job_id, holder = %g.lease.worker, "grant for another worker ignored");
+                        continue;
+                    }
+                    // The start deadline by this worker's clock: the lease's window
+                    // (server time) from when the grant arrived.
+                    let window = g.lease.expires_at.since(g.lease.granted_at);
+                    if let Err(e) = shared.grants.send((g, received + window)) {
+                        give_back_grant(shared, late, e.0 .0, "worker shutting down");
+                    }
+                }
+            }
             Ok(ControlMessage::Drain { drain }) => {
                 shared.drained.send_replace(drain);
                 let state = if drain {
@@ -919,7 +1081,7 @@ async fn control_loop(
                 }
                 // Report the new state now rather than at the next tick, so the
                 // record (and the scheduler) see it at once.
-                heartbeat(&shared, state).await;
+                heartbeat(shared, state).await;
             }
             Ok(ControlMessage::RotateKey) => {
                 // Answered before rotating: the answer is allowed only on the
@@ -944,7 +1106,7 @@ async fn control_loop(
                     let _ = shared.rpc.nats().publish(to, body.into()).await;
                     let _ = shared.rpc.nats().flush().await;
                 }
-                if let Err(e) = rotate_key(&shared).await {
+                if let Err(e) = rotate_key(shared).await {
                     tracing::warn!(error = %format!("{e:#}"), "key rotation failed");
                 }
             }

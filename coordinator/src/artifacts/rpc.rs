@@ -165,7 +165,8 @@ async fn held(
 
 /// The attempt number of the record's current epoch.
 fn attempt_of(rec: &JobRecord) -> u32 {
-    rec.attempts.max(1)
+    // A job leased at dispatch counts its attempt once the start is confirmed.
+    (rec.attempts + u32::from(rec.state == gf_schemas::JobState::Dispatched)).max(1)
 }
 
 /// Most chunks one upload may have, from the cap of its kind.
@@ -232,6 +233,10 @@ async fn refuse(
     let noted = service
         .store
         .modify_job(&rec.id, |r| {
+            // An upload by the holder of a lease granted at dispatch shows it started.
+            if let Some(w) = r.lease.as_ref().map(|l| l.worker.clone()) {
+                crate::fsm::confirm_start(r, epoch, &w, None, service.clock.now());
+            }
             let Some(a) = r.history.iter_mut().rev().find(|a| a.epoch == epoch) else {
                 return Ok(((), false));
             };

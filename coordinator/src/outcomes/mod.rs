@@ -188,11 +188,14 @@ pub fn rows_between(
         .iter()
         .enumerate()
         .filter(|(i, a)| {
+            // Open in the old record, or not in it at all: a lease granted at dispatch
+            // opens its attempt when the start is confirmed, and a completion that
+            // confirms it opens and closes the attempt in one write.
             a.ended_at.is_some()
                 && old
                     .history
                     .get(*i)
-                    .is_some_and(|o| o.epoch == a.epoch && o.ended_at.is_none())
+                    .is_none_or(|o| o.epoch == a.epoch && o.ended_at.is_none())
         })
         .map(|(i, _)| i)
         .collect();
@@ -323,6 +326,20 @@ mod tests {
         assert_eq!(r.capabilities["os"], "linux");
         assert!(r.worker_tags.contains("gpu"));
         assert!(rows_between(&new, &new, &workers, &routing).is_empty());
+        // Leased at dispatch: the completion confirms the start and ends the attempt
+        // in one write, so the old record has no attempt at all.
+        let mut leased = JobRecord::new(JobId::new(), JobSpec::command(["eval"]), t(0));
+        leased.state = gf_schemas::JobState::Dispatched;
+        let mut done = leased.clone();
+        running(&mut done, 1, "w1", 100);
+        done.history[0].ended_at = Some(t(150));
+        done.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
+        let rows = rows_between(&leased, &done, &workers, &routing);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].outcome, rows[0].duration_ms),
+            (OutcomeClass::Succeeded, 50)
+        );
     }
 
     /// The recorder makes nothing from a first sighting (a new term's snapshot), sums

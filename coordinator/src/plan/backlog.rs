@@ -109,14 +109,22 @@ impl Planner {
         let mut active: Vec<&WorkerRecord> = live
             .iter()
             .copied()
-            .filter(|w| w.state == WorkerState::Active)
+            .filter(|w| w.state == WorkerState::Active && !view.suspect(w))
             .collect();
         active.sort_by(|a, b| a.id.cmp(&b.id));
         let inputs = Inputs {
             live: {
                 let mut l: Vec<_> = live
                     .iter()
-                    .map(|w| (w.id.clone(), w.state, w.capabilities.clone()))
+                    .map(|w| {
+                        // A suspect is placed on as a draining worker is: not at all.
+                        let state = if view.suspect(w) {
+                            WorkerState::Draining
+                        } else {
+                            w.state
+                        };
+                        (w.id.clone(), state, w.capabilities.clone())
+                    })
                     .collect();
                 l.sort_by(|a, b| a.0.cmp(&b.0));
                 l
@@ -190,10 +198,13 @@ impl Planner {
             for (k, _) in limit_keys(&rec.spec, policy.limits) {
                 *in_flight.entry(k).or_default() += 1;
             }
-            if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
+            // A job leased at dispatch holds its worker's slot as a running one does.
+            if let (JobState::Running | JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
                 if let Some(f) = free.get_mut(&l.worker) {
                     *f -= 1;
                 }
+            }
+            if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
                 running_on.entry(&l.worker).or_default().push(rec);
             }
         }
@@ -208,7 +219,13 @@ impl Planner {
                 .filter(|w| w.capabilities.unmet(spec).is_none())
                 .collect()
         };
-        let mut out_already: Vec<&JobRecord> = self.dispatched.iter().filter_map(record).collect();
+        // Notices out without a lease (an earlier coordinator's) take capacity first.
+        let mut out_already: Vec<&JobRecord> = self
+            .dispatched
+            .iter()
+            .filter_map(record)
+            .filter(|r| r.lease.is_none())
+            .collect();
         out_already.sort_by_key(|r| r.id);
         for rec in out_already {
             if let Some(w) = fitting(&rec.spec).into_iter().max_by_key(|w| free[&w.id]) {
@@ -317,6 +334,7 @@ impl Planner {
                     out.push(Decision::Dispatch(
                         rec.id,
                         super::placed_score(rec, w, policy.scoring, &view.learned, now),
+                        w.id.clone(),
                     ));
                 }
                 None => self.rank.skip(&c),
@@ -659,12 +677,13 @@ mod tests {
             return;
         };
         match d {
-            Decision::Dispatch(_, score) => {
-                rec.state = JobState::Dispatched;
-                rec.epoch += 1;
+            Decision::Dispatch(_, score, w) => {
                 rec.reason = None;
                 rec.dispatched_at = Some(now);
                 rec.score = Some(score.clone());
+                // Leased at dispatch (a new epoch) to the chosen worker.
+                lease(&mut rec, w, now);
+                rec.state = JobState::Dispatched;
             }
             Decision::Block(_, r) => {
                 rec.state = JobState::Blocked;
@@ -784,7 +803,7 @@ mod tests {
             // Most writes land; some do not (decided again next pass).
             for d in &reference.decisions {
                 if rng.random_bool(0.85) {
-                    if let Decision::Dispatch(id, _) = d {
+                    if let Decision::Dispatch(id, ..) = d {
                         for (k, _) in limit_keys(&view.jobs[id].0.spec, &limits) {
                             starts.record(k, now);
                         }
@@ -807,8 +826,14 @@ mod tests {
             for (id, state) in live {
                 let (mut r, rev) = view.jobs[&id].clone();
                 match state {
+                    // The start confirmed (leased at dispatch), or an old-style
+                    // notice claimed by any worker.
                     JobState::Dispatched if rng.random_bool(0.6) => {
-                        lease(&mut r, &ws[rng.random_range(0..ws.len())], now);
+                        if r.lease.is_some() {
+                            r.state = JobState::Running;
+                        } else {
+                            lease(&mut r, &ws[rng.random_range(0..ws.len())], now);
+                        }
                         view.set_job(r, rev + 1);
                     }
                     JobState::Running if rng.random_bool(0.4) => {
