@@ -113,20 +113,23 @@ pub fn job_detail(j: &JobRecord, now: Timestamp) -> String {
         format!("{} of {}", j.attempts, j.spec.max_attempts),
     );
     kv("epoch", j.epoch.to_string());
-    match (&j.lease, j.state) {
-        // Leased at dispatch, the start not confirmed yet.
-        (Some(l), JobState::Dispatched) => kv(
+    // Every step of the current attempt: dispatched to whom (the lease is granted at
+    // dispatch), started, renewed; ended ones are in the attempt lines below.
+    if let Some(l) = &j.lease {
+        kv(
             "dispatched",
-            format!(
-                "to {} at {}, to start by {} (epoch {})",
-                l.worker, l.granted_at, l.expires_at, l.epoch
-            ),
-        ),
-        (Some(l), _) => kv(
-            "lease",
-            format!("{} until {} (epoch {})", l.worker, l.expires_at, l.epoch),
-        ),
-        (None, _) => {}
+            format!("to {} at {} (epoch {})", l.worker, l.granted_at, l.epoch),
+        );
+        if j.state == JobState::Dispatched {
+            kv("start by", l.expires_at.to_string());
+        } else {
+            // Each renewal (and the start) sets the expiry one TTL ahead.
+            let renewed = Timestamp::from_unix_millis(l.expires_at.unix_millis() - l.ttl_ms as i64);
+            kv(
+                "lease",
+                format!("renewed at {renewed}, until {}", l.expires_at),
+            );
+        }
     }
     if let Some(t) = j.retry_at {
         kv("retry at", t.to_string());
@@ -155,9 +158,12 @@ pub fn job_detail(j: &JobRecord, now: Timestamp) -> String {
             (None, Some(b)) => b.clone(),
             (None, None) => "running".into(),
         };
+        let ended = a.ended_at.map_or(String::new(), |e| {
+            format!(", ended {e} ({:.1}s)", e.since(a.started_at).as_secs_f64())
+        });
         kv(
             &format!("attempt e{}", a.epoch),
-            format!("{} at {}: {end}", a.worker, a.started_at),
+            format!("{} started {}{ended}: {end}", a.worker, a.started_at),
         );
     }
     s
@@ -227,6 +233,81 @@ mod tests {
         assert_eq!(age(t0, Timestamp::from_unix_millis(59_000)), "59s");
         assert_eq!(age(t0, Timestamp::from_unix_millis(125_000)), "2m");
         assert_eq!(age(t0, Timestamp::from_unix_millis(7_300_000)), "2h");
+    }
+
+    /// `gf job` shows every step: dispatched to whom and when, the start deadline of a
+    /// grant, the start and last renewal of a running attempt, how each attempt ended.
+    #[test]
+    fn job_detail_shows_every_step() {
+        use gf_schemas::{Attempt, AttemptOutcome, JobId, JobSpec, Lease, WorkerId};
+        let at = Timestamp::from_unix_millis;
+        let w = WorkerId::new("w7").unwrap();
+        let mut j = JobRecord::new(JobId::new(), JobSpec::command(["true"]), at(0));
+        j.state = JobState::Dispatched;
+        j.epoch = 2;
+        j.lease = Some(Lease {
+            worker: w.clone(),
+            epoch: 2,
+            granted_at: at(1_000),
+            expires_at: at(4_000),
+            ttl_ms: 30_000,
+        });
+        j.history.push(Attempt {
+            epoch: 1,
+            worker: WorkerId::new("w3").unwrap(),
+            started_at: at(100),
+            ended_at: Some(at(600)),
+            outcome: Some(AttemptOutcome::Failed {
+                exit_code: Some(1),
+                error: "exit 1".into(),
+            }),
+            ended_because: None,
+            artifact_errors: Vec::new(),
+        });
+        let out = job_detail(&j, at(2_000));
+        let line = |k: &str| {
+            out.lines()
+                .find(|l| l.starts_with(k))
+                .unwrap_or_else(|| panic!("no `{k}` line in\n{out}"))
+                .to_string()
+        };
+        assert!(line("dispatched").contains(&format!("to w7 at {} (epoch 2)", at(1_000))));
+        assert!(line("start by").contains(&at(4_000).to_string()));
+        let first = line("attempt e1");
+        assert!(
+            first.contains(&format!("w3 started {}", at(100))),
+            "{first}"
+        );
+        assert!(
+            first.contains(&format!("ended {} (0.5s)", at(600))),
+            "{first}"
+        );
+        assert!(first.contains("exit 1"), "{first}");
+
+        // Started (confirmed at 1,500) and renewed at 11,500.
+        j.state = JobState::Running;
+        j.lease.as_mut().unwrap().expires_at = at(41_500);
+        j.history.push(Attempt {
+            epoch: 2,
+            worker: w,
+            started_at: at(1_400),
+            ended_at: None,
+            outcome: None,
+            ended_because: None,
+            artifact_errors: Vec::new(),
+        });
+        let out = job_detail(&j, at(12_000));
+        assert!(!out.contains("start by"), "{out}");
+        let lease = out.lines().find(|l| l.starts_with("lease")).unwrap();
+        assert!(
+            lease.contains(&format!("renewed at {}, until {}", at(11_500), at(41_500))),
+            "{lease}"
+        );
+        let second = out.lines().find(|l| l.starts_with("attempt e2")).unwrap();
+        assert!(
+            second.ends_with(&format!("w7 started {}: running", at(1_400))),
+            "{second}"
+        );
     }
 
     #[test]

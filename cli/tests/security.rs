@@ -307,8 +307,11 @@ async fn payload_naming_another_worker_is_forbidden() -> anyhow::Result<()> {
             .rpc
             .call_factory(&RegisterRequest {
                 worker_id: w.clone(),
+                // Mallory serves another queue, so the job is leased at dispatch to
+                // the victim whatever the planner's tie-break (it places by the
+                // records, not by the free slots a heartbeat reports).
                 capabilities: Capabilities {
-                    queues: vec!["default".into()],
+                    queues: vec![if w == &b { "default" } else { "other" }.into()],
                     ..Default::default()
                 },
                 slots: 1,
@@ -321,9 +324,7 @@ async fn payload_naming_another_worker_is_forbidden() -> anyhow::Result<()> {
             .call_factory(&HeartbeatRequest {
                 worker_id: w.clone(),
                 state: WorkerState::Active,
-                // Mallory has no room, so the lease granted at dispatch goes to the
-                // victim whatever the planner's tie-break.
-                free_slots: u32::from(w == &b),
+                free_slots: 1,
                 running: vec![],
             })
             .await?;
@@ -332,6 +333,11 @@ async fn payload_naming_another_worker_is_forbidden() -> anyhow::Result<()> {
     let rec = client
         .wait_state(id, JobState::Dispatched, Duration::from_secs(10))
         .await?;
+    assert_eq!(
+        rec.lease.as_ref().map(|l| &l.worker),
+        Some(&b),
+        "leased to the victim"
+    );
     let as_victim = ClaimRequest {
         job_id: id,
         epoch: rec.epoch,

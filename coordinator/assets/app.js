@@ -539,7 +539,11 @@ async function loadJob(id, withLog) {
   const lease = j.lease;
   const facts = [["queue", j.spec.queue], ["product", j.spec.product], ["priority", j.spec.priority], ["epoch", j.epoch],
     ["attempts", `${j.attempts} of ${j.spec.max_attempts}`], ["lease holder", lease ? lease.worker : "–"],
-    ["lease expires", lease ? `${time(lease.expires_at)} (ttl ${dur(lease.ttl_ms)})` : "–"], ["retry at", j.retry_at ? time(j.retry_at) : "–"],
+    // Leased at dispatch: until the start is confirmed the expiry is the start deadline;
+    // after it, each renewal sets the expiry one TTL ahead.
+    ["lease expires", lease ? (j.state === "dispatched" ? `${time(lease.expires_at)} (start deadline)` : `${time(lease.expires_at)} (ttl ${dur(lease.ttl_ms)})`) : "–"],
+    ["lease renewed", lease && j.state !== "dispatched" ? time(new Date(Date.parse(lease.expires_at) - lease.ttl_ms).toISOString()) : "–"],
+    ["retry at", j.retry_at ? time(j.retry_at) : "–"],
     ["submitted", new Date(j.submitted_at).toLocaleString()], ["updated", new Date(j.updated_at).toLocaleString()],
     ["requires", Object.entries(j.spec.requires || {}).map(([k, v]) => `${k}=${v}`).concat(j.spec.tags || []).join(" ") || "–"],
     ["usage", j.usage ? `${j.usage.provider || "?"}/${j.usage.model || "?"} · ${fmt(j.usage.calls)} calls · ${fmt(j.usage.input_tokens + j.usage.output_tokens)} tok · ${j.usage.cost}` : "–"]];
@@ -551,6 +555,11 @@ async function loadJob(id, withLog) {
     const cls = o && o.status === "succeeded" ? "good" : (o || a.ended_because) ? "bad" : "";
     tl.push(`<li class="${cls}"><div>attempt at epoch ${a.epoch} on <span class="mono">${esc(a.worker)}</span> — ${esc(res)}</div>${(a.artifact_errors || []).map(e => `<div class="error-text">${esc(e)}</div>`).join("")}
       <div class="when">${esc(new Date(a.started_at).toLocaleString())}${a.ended_at ? " → " + esc(time(a.ended_at)) + " (" + dur(Date.parse(a.ended_at) - Date.parse(a.started_at)) + ")" : ""}</div></li>`);
+  }
+  // The current grant: dispatched to whom, and the deadline to start by.
+  if (lease && j.state === "dispatched") {
+    tl.push(`<li><div>dispatched at epoch ${lease.epoch} to <span class="mono">${esc(lease.worker)}</span>, to start by ${esc(time(lease.expires_at))}</div>
+      <div class="when">${esc(new Date(lease.granted_at).toLocaleString())}</div></li>`);
   }
   tl.push(`<li class="${j.state === "succeeded" ? "good" : ["dead", "cancelled"].includes(j.state) ? "bad" : ""}"><div>now ${badge(j.state)} ${esc(j.reason || "")}</div><div class="when">${esc(new Date(j.updated_at).toLocaleString())}</div></li>`);
   $("#job-timeline").innerHTML = tl.join("");

@@ -2,7 +2,7 @@
 //! which scores and heapifies every waiting job) against the incremental planner
 //! (`plan::Planner`), at 5,000, 20,000, 50,000 and 100,000 waiting jobs.
 //!
-//! The fleet: 8 workers × 8 slots (+ 8 slack), all busy. Each measured pass follows
+//! The fleet: 8 workers × 8 slots, all busy. Each measured pass follows
 //! what a busy leader sees between two passes: 16 jobs finished (their slots freed),
 //! 16 notices claimed, 16 jobs submitted; the pass then dispatches 16 jobs. Also the
 //! incremental planner's full recomputation (its first pass, and after any change of
@@ -193,7 +193,6 @@ fn main() {
     let scoring = ScoringConfig::default();
     let policy = Policy {
         worker_timeout: Duration::from_secs(30),
-        slack: SLOTS,
         scoring: &scoring,
         preemption_margin: None,
         limits: &[],

@@ -30,8 +30,11 @@ pub struct CoordinatorConfig {
     pub leader_ttl: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// Notices published per worker beyond its free slots, so a worker finishing a job
-    /// finds the next one without a scheduler round trip.
+    /// Ignored; kept so configurations that set it still load. It was the notices
+    /// published per worker beyond its free slots. Since the lease is granted at
+    /// dispatch a worker is never granted more jobs than it has free slots: a grant
+    /// beyond them would wait on the worker behind a running job and lapse at its
+    /// start deadline, costing the job a second dispatch and the worker its standing.
     pub dispatch_slack: u32,
     /// Largest submission accepted (bytes of JSON).
     pub max_submit_bytes: usize,
@@ -163,7 +166,7 @@ impl Default for CoordinatorConfig {
             leader_ttl: Duration::from_secs(5),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
-            dispatch_slack: 1,
+            dispatch_slack: 0,
             max_submit_bytes: 256 * 1024,
             replicas: 1,
             max_inflight_rpc: 512,

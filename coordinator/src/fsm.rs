@@ -14,6 +14,22 @@
 //! lease holder it confirms the start, and a record dispatched without a lease (an
 //! earlier coordinator's notice) is claimed as before.
 //!
+//! What `dispatched` means (for whoever builds on it):
+//! - with a lease: granted to `lease.worker` at `lease.epoch` (= the record's epoch),
+//!   the start not confirmed yet; `lease.granted_at` is the dispatch, `lease.expires_at`
+//!   the start deadline. The worker may already be running it (its confirmation is in
+//!   flight), so it is not free to hand to someone else: it comes back only through
+//!   [`take_back_grant`] (the reaper's [`expire_start`] at the deadline, a release by
+//!   the holder, a cancellation), which revokes the holder and fences it by epoch;
+//! - without a lease: a notice of an earlier coordinator on the pull consumer, any
+//!   fitting worker's claim takes it ([`expire_claim`] at the claim timeout).
+//!
+//! The leader never grants a worker more jobs than it has slots (running ones and
+//! unconfirmed grants both count, see `plan`): a grant is started on arrival, so the
+//! start deadline only has to cover the grant's trip and a short stall of the worker
+//! (its first renewal is due a quarter of the window after the start), never a wait
+//! for a slot.
+//!
 //! Invariants kept here:
 //! - `epoch` only rises, and only in [`dispatch`];
 //! - a job has a lease iff it is `running`, or `dispatched` with a grant not yet
@@ -590,15 +606,37 @@ pub fn expire_lease(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
 /// holder may have started it unconfirmed: whatever it did is attributable and
 /// fenced). Returns the revocation for the holder.
 pub fn expire_start(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
-    if rec.state != JobState::Dispatched {
-        return None;
-    }
-    let lease = rec.lease.take_if(|l| lease_expired(l, now))?;
+    let lease = rec
+        .lease
+        .as_ref()
+        .filter(|l| rec.state == JobState::Dispatched && lease_expired(l, now))?;
     let because = format!(
         "not started by {} within {}s of dispatch",
         lease.worker,
         lease.expires_at.since(lease.granted_at).as_secs_f32()
     );
+    take_back_grant(rec, because, RevokeReason::LeaseExpired, now)
+}
+
+/// Takes back a lease granted at dispatch whose start is not confirmed (the record is
+/// `dispatched` under a lease): pending again at the same epoch, no attempt counted,
+/// the history keeping an entry without an outcome (`because`) that names the holder.
+/// The holder is fenced from then on: its confirmation (renewal, completion, claim) is
+/// refused as revoked, and as stale once the job is dispatched again (a new epoch).
+/// Returns the revocation to push to the holder; `None` (and nothing changed) when the
+/// record is not such a grant. The reaper's [`expire_start`] is this at the deadline;
+/// anything else that must take a job back before it starts (a more urgent job wants
+/// the slot) goes through here too, so a grant has one way back.
+pub fn take_back_grant(
+    rec: &mut JobRecord,
+    because: String,
+    reason: RevokeReason,
+    now: Timestamp,
+) -> Option<Revocation> {
+    if rec.state != JobState::Dispatched {
+        return None;
+    }
+    let lease = rec.lease.take()?;
     rec.history.push(Attempt {
         epoch: lease.epoch,
         worker: lease.worker,
@@ -614,7 +652,7 @@ pub fn expire_start(rec: &mut JobRecord, now: Timestamp) -> Option<Revocation> {
     Some(Revocation {
         job_id: rec.id,
         epoch: lease.epoch,
-        reason: RevokeReason::LeaseExpired,
+        reason,
     })
 }
 
@@ -1115,6 +1153,40 @@ mod tests {
         .unwrap();
         assert_eq!(late(&mut r), ErrorKind::StaleEpoch);
         assert_eq!(r.epoch, 2);
+    }
+
+    /// Taking a grant back before its deadline (what a more urgent job would do):
+    /// the holder is revoked with the reason given and fenced; a started job or a
+    /// pending one is not a grant, so nothing changes.
+    #[test]
+    fn a_grant_is_taken_back_only_before_its_start() {
+        let mut r = leased("a");
+        let rev = take_back_grant(
+            &mut r,
+            "made room".into(),
+            RevokeReason::Preempted,
+            t(1_500),
+        )
+        .unwrap();
+        assert_eq!((rev.epoch, rev.reason), (1, RevokeReason::Preempted));
+        assert_eq!(
+            (r.state, r.attempts, r.reason.as_deref()),
+            (JobState::Pending, 0, Some("made room"))
+        );
+        assert_eq!(
+            renew(&mut r, 1, &w("a"), None, t(1_600)).unwrap_err().kind,
+            ErrorKind::Revoked
+        );
+        let before = r.clone();
+        assert!(take_back_grant(&mut r, "x".into(), RevokeReason::Preempted, t(1_700)).is_none());
+        assert_eq!(r, before);
+        let mut started = leased("a");
+        renew(&mut started, 1, &w("a"), None, t(1_200)).unwrap();
+        let before = started.clone();
+        assert!(
+            take_back_grant(&mut started, "x".into(), RevokeReason::Preempted, t(1_700)).is_none()
+        );
+        assert_eq!(started, before);
     }
 
     /// A claim on a job leased at dispatch: the holder's confirms the start (and a

@@ -3,7 +3,9 @@
 //! For every waiting job, most valuable first (see [`crate::score`]), [`plan`] checks
 //! the gates in order — start time, dependencies, product budget, a live worker that
 //! fits, concurrency and rate limits — and dispatches it while some fitting worker has
-//! a free slot (slots − running − already dispatched + slack). A job that cannot pass
+//! a free slot (slots − running − leased at dispatch and not yet started). Never more:
+//! a grant must find its slot free when it arrives, or it would wait on the worker
+//! past its start deadline and be taken back (see `fsm::lease_at_dispatch`). A job that cannot pass
 //! a gate is `blocked` with the reason, written only when the reason changes. With
 //! preemption on, a job that passes every gate but finds no slot may revoke the
 //! lowest-scoring running job on a fitting worker, if that one scores at least the
@@ -274,7 +276,6 @@ pub fn unplaceable_reason<'a>(
 /// Settings the planner needs.
 pub struct Policy<'a> {
     pub worker_timeout: Duration,
-    pub slack: u32,
     pub scoring: &'a ScoringConfig,
     pub preemption_margin: Option<f64>,
     pub limits: &'a [LimitRule],
@@ -505,7 +506,7 @@ impl Eq for Ranked<'_> {}
 pub struct Pass {
     pub decisions: Vec<Decision>,
     /// Active workers with notices to spare after every waiting job that could use
-    /// them was placed (slots + slack − running − dispatched), for the direct lane.
+    /// them was placed (slots − running − dispatched), for the direct lane.
     pub rooms: Vec<crate::lane::Room>,
 }
 
@@ -526,10 +527,8 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
         .filter(|w| w.state == WorkerState::Active && !view.suspect(w))
         .collect();
     active.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut free: HashMap<&WorkerId, i64> = active
-        .iter()
-        .map(|w| (&w.id, i64::from(w.slots + policy.slack)))
-        .collect();
+    let mut free: HashMap<&WorkerId, i64> =
+        active.iter().map(|w| (&w.id, i64::from(w.slots))).collect();
     let mut in_flight: HashMap<String, u32> = HashMap::new();
     let mut running_on: HashMap<&WorkerId, Vec<&JobRecord>> = HashMap::new();
     for (rec, _) in view.jobs.values() {
@@ -538,7 +537,8 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
                 *in_flight.entry(k).or_default() += 1;
             }
         }
-        // A job leased at dispatch holds its worker's slot as a running one does.
+        // A job leased at dispatch holds its worker's slot as a running one does, from
+        // the grant on: the worker starts every grant at once, so none waits for a slot.
         if let (JobState::Running | JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
             if let Some(f) = free.get_mut(&l.worker) {
                 *f -= 1;
@@ -844,7 +844,13 @@ pub fn explain(
                 .as_ref()
                 .map_or("?".into(), |l| l.worker.to_string())
         ),
-        (JobState::Dispatched, _) => "dispatched; waiting for a worker to claim it".into(),
+        (JobState::Dispatched, _) => match &rec.lease {
+            Some(l) => format!(
+                "leased to {} at dispatch; waiting for it to start (by {})",
+                l.worker, l.expires_at
+            ),
+            None => "dispatched; waiting for a worker to claim it".into(),
+        },
         (JobState::Waiting, _) => format!("waiting for {} children", rec.children.len()),
         (_, Some(w)) => w.clone(),
         (_, None) => "ready; will be dispatched on the next scheduling pass".into(),
@@ -985,12 +991,10 @@ mod tests {
     fn policy<'a>(
         scoring: &'a ScoringConfig,
         limits: &'a [LimitRule],
-        slack: u32,
         preempt: Option<f64>,
     ) -> Policy<'a> {
         Policy {
             worker_timeout: TIMEOUT,
-            slack,
             scoring,
             preemption_margin: preempt,
             limits,
@@ -1007,16 +1011,16 @@ mod tests {
             })
             .collect()
     }
-    fn run(v: &View, slack: u32) -> Vec<Decision> {
+    fn run(v: &View) -> Vec<Decision> {
         plan(
             v,
-            &policy(&ScoringConfig::default(), &[], slack, None),
+            &policy(&ScoringConfig::default(), &[], None),
             &StartLog::default(),
             t(1),
         )
     }
 
-    /// Only as many jobs as free slots (plus slack) are dispatched, most urgent first.
+    /// Only as many jobs as free slots are dispatched, most urgent first.
     #[test]
     fn dispatch_bounded_by_capacity_and_priority_first() {
         let low: Vec<JobRecord> = (0..5).map(|i| job(5, i)).collect();
@@ -1024,8 +1028,7 @@ mod tests {
         let mut jobs = low.clone();
         jobs.push(urgent.clone());
         let v = view(vec![worker("a", 2, &[])], jobs);
-        assert_eq!(dispatched(&run(&v, 0)), vec![urgent.id, low[0].id]);
-        assert_eq!(dispatched(&run(&v, 1)).len(), 3);
+        assert_eq!(dispatched(&run(&v)), vec![urgent.id, low[0].id]);
     }
 
     /// With every slot taken, the rest of the backlog is still gated: a job that can
@@ -1046,7 +1049,7 @@ mod tests {
         ];
         jobs.extend(backlog.iter().cloned());
         let v = view(vec![worker("a", 1, &[])], jobs.clone());
-        let d = run(&v, 0);
+        let d = run(&v);
         assert!(dispatched(&d).is_empty());
         assert!(d.contains(&Decision::Block(
             plan9.id,
@@ -1058,7 +1061,7 @@ mod tests {
         let urgent = job(1, 500);
         jobs.push(urgent.clone());
         let v = view(vec![worker("a", 1, &[]), worker("b", 1, &[])], jobs);
-        assert_eq!(dispatched(&run(&v, 0)), vec![urgent.id]);
+        assert_eq!(dispatched(&run(&v)), vec![urgent.id]);
     }
 
     /// Running and already-dispatched jobs use up capacity.
@@ -1070,7 +1073,56 @@ mod tests {
             vec![worker("a", 2, &[])],
             vec![running_on(job(5, 0), "a"), d, job(5, 2)],
         );
-        assert!(dispatched(&run(&v, 0)).is_empty());
+        assert!(dispatched(&run(&v)).is_empty());
+    }
+
+    /// A grant not yet started holds a slot of the worker it names (not of any
+    /// worker), so no worker is ever granted more than its slots: a grant never waits
+    /// for a slot past its start deadline.
+    #[test]
+    fn grants_not_yet_started_hold_their_workers_slots() {
+        let mut granted = running_on(job(5, 1), "a");
+        granted.state = JobState::Dispatched;
+        let next = job(5, 2);
+        let solo = view(
+            vec![worker("a", 1, &[])],
+            vec![granted.clone(), next.clone()],
+        );
+        assert!(
+            dispatched(&run(&solo)).is_empty(),
+            "a's only slot is granted"
+        );
+        let pair = view(
+            vec![worker("a", 1, &[]), worker("b", 1, &[])],
+            vec![granted.clone(), next.clone()],
+        );
+        let d = run(&pair);
+        assert!(
+            d.iter().any(
+                |d| matches!(d, Decision::Dispatch(id, _, w) if *id == next.id && w.as_str() == "b")
+            ),
+            "{d:?}"
+        );
+        let pass = plan_pass(
+            &pair,
+            &policy(&ScoringConfig::default(), &[], None),
+            &StartLog::default(),
+            t(1),
+        );
+        assert!(pass.rooms.is_empty(), "no room left for the direct lane");
+        // The explanation names the holder.
+        let e = explain(
+            &granted,
+            &pair,
+            &policy(&ScoringConfig::default(), &[], None),
+            &StartLog::default(),
+            t(1),
+        );
+        assert!(
+            e.summary.contains("leased to a at dispatch"),
+            "{}",
+            e.summary
+        );
     }
 
     /// A job nobody can run is blocked with the missing capability; a job waiting for
@@ -1089,7 +1141,7 @@ mod tests {
             vec![worker("a", 4, &[]), stale],
             vec![plan9.clone(), later, gpu.clone()],
         );
-        let d = run(&v, 0);
+        let d = run(&v);
         assert!(d.contains(&Decision::Block(
             plan9.id,
             "unplaceable: no live worker has os=plan9".into()
@@ -1110,12 +1162,12 @@ mod tests {
         gpu.state = JobState::Blocked;
         gpu.reason = Some("unplaceable: no live worker has tag gpu".into());
         let v = view(vec![worker("a", 1, &[])], vec![gpu.clone()]);
-        assert!(run(&v, 0).is_empty());
+        assert!(run(&v).is_empty());
         let v = view(
             vec![worker("a", 1, &[]), worker("g", 1, &["gpu"])],
             vec![gpu.clone()],
         );
-        assert_eq!(dispatched(&run(&v, 0)), vec![gpu.id]);
+        assert_eq!(dispatched(&run(&v)), vec![gpu.id]);
     }
 
     /// Dependencies gate a job; a failed dependency cancels it; all succeeded opens it.
@@ -1125,19 +1177,19 @@ mod tests {
         let mut b = job(5, 1);
         b.spec.depends_on = vec![a.id];
         let mut v = view(vec![worker("w", 4, &[])], vec![a.clone(), b.clone()]);
-        let d = run(&v, 0);
+        let d = run(&v);
         assert!(d.contains(&Decision::Block(
             b.id,
             "waiting for 1 of 1 dependencies".into()
         )));
         v.terminal.insert(a.id, JobState::Dead);
         v.jobs.remove(&a.id);
-        assert!(run(&v, 0).contains(&Decision::Cancel(
+        assert!(run(&v).contains(&Decision::Cancel(
             b.id,
             format!("dependency {} ended dead", a.id)
         )));
         v.terminal.insert(a.id, JobState::Succeeded);
-        assert_eq!(dispatched(&run(&v, 0)), vec![b.id]);
+        assert_eq!(dispatched(&run(&v)), vec![b.id]);
     }
 
     /// A product at its budget gets no dispatches; others do.
@@ -1154,7 +1206,7 @@ mod tests {
         b.limit_cost = Some(1.0);
         b.spent_cost = 1.0;
         v.budgets.insert("acme".into(), b);
-        let d = run(&v, 0);
+        let d = run(&v);
         assert_eq!(dispatched(&d), vec![free_job.id]);
         assert!(
             matches!(&d[0], Decision::Block(id, r) if *id == paid.id && r.starts_with("budget:"))
@@ -1181,7 +1233,7 @@ mod tests {
         let scoring = ScoringConfig::default();
         let d = plan(
             &v,
-            &policy(&scoring, &limits, 0, None),
+            &policy(&scoring, &limits, None),
             &StartLog::default(),
             t(1),
         );
@@ -1193,7 +1245,7 @@ mod tests {
         }];
         let mut log = StartLog::default();
         log.record("repo=y".into(), t(0));
-        let d = plan(&v, &policy(&scoring, &rate, 0, None), &log, t(1));
+        let d = plan(&v, &policy(&scoring, &rate, None), &log, t(1));
         assert_eq!(dispatched(&d), vec![ids[1]]);
     }
 
@@ -1211,7 +1263,7 @@ mod tests {
         let scoring = ScoringConfig::default();
         let d = plan(
             &v,
-            &policy(&scoring, &[], 0, Some(30.0)),
+            &policy(&scoring, &[], Some(30.0)),
             &StartLog::default(),
             t(10),
         );
@@ -1224,10 +1276,10 @@ mod tests {
             }
         );
         assert_eq!(dispatched(&d), vec![urgent.id]);
-        assert!(dispatched(&run(&v, 0)).is_empty());
+        assert!(dispatched(&run(&v)).is_empty());
         let d = plan(
             &v,
-            &policy(&scoring, &[], 0, Some(100.0)),
+            &policy(&scoring, &[], Some(100.0)),
             &StartLog::default(),
             t(10),
         );
@@ -1244,10 +1296,10 @@ mod tests {
         p.children = vec![c1, c2];
         let mut v = view(vec![], vec![p.clone()]);
         v.terminal.insert(c1, JobState::Succeeded);
-        assert!(run(&v, 0).is_empty());
+        assert!(run(&v).is_empty());
         v.terminal.insert(c2, JobState::Cancelled);
         assert_eq!(
-            run(&v, 0),
+            run(&v),
             vec![Decision::FinishParent(
                 p.id,
                 Some((c2, JobState::Cancelled))
@@ -1268,7 +1320,7 @@ mod tests {
         let e = explain(
             &j,
             &v,
-            &policy(&scoring, &[], 0, None),
+            &policy(&scoring, &[], None),
             &StartLog::default(),
             t(1),
         );

@@ -79,7 +79,6 @@ pub fn policy(service: &Service) -> Policy<'_> {
     let cfg = &service.config;
     Policy {
         worker_timeout: cfg.worker_timeout,
-        slack: cfg.dispatch_slack,
         scoring: &cfg.scoring,
         preemption_margin: cfg.preemption_margin,
         limits: &cfg.limits,

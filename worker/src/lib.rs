@@ -127,6 +127,10 @@ struct Shared {
     /// Leases granted at dispatch, from the control subject to [`start_loop`], each
     /// with the local instant its start deadline passes.
     grants: tokio::sync::mpsc::UnboundedSender<(LeaseGrant, tokio::time::Instant)>,
+    /// Grants received and not started yet (waiting for a slot a completion is about
+    /// to free): they hold slots the heartbeat must not report free, and that the
+    /// notices of the pull consumer must not take.
+    grants_waiting: std::sync::atomic::AtomicU32,
     /// Fired when the drain grace runs out: running jobs are killed and released.
     give_back: CancellationToken,
     scratch: PathBuf,
@@ -164,6 +168,18 @@ impl Shared {
         let held = self.running.lock().expect("running");
         self.slots
             .saturating_sub((held.running.len() + held.claiming.len()) as u32)
+    }
+    /// A grant left the start loop's queue (started, lapsed or given back).
+    fn grant_left(&self) {
+        self.grants_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Free slots no grant received is waiting for.
+    fn unpromised_slots(&self) -> u32 {
+        self.free_slots().saturating_sub(
+            self.grants_waiting
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
     /// Stops a job if it still runs at `epoch`.
     fn revoke(&self, job: &JobId, epoch: u64) {
@@ -293,6 +309,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         slot_freed: Notify::new(),
         slot_freed_for_grants: Notify::new(),
         grants: grants_tx,
+        grants_waiting: Default::default(),
         give_back: CancellationToken::new(),
         scratch,
         handlers: config.handlers.clone(),
@@ -595,7 +612,7 @@ async fn fetch_loop(
             }
             continue;
         }
-        let free = shared.free_slots();
+        let free = shared.unpromised_slots();
         if free == 0 {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -793,11 +810,13 @@ async fn start_loop(
         }
         if *drained.borrow_and_update() {
             for (g, _) in waiting.drain(..) {
+                shared.grant_left();
                 give_back_grant(shared, jobs, g, "worker drained");
             }
         }
         while !waiting.is_empty() && shared.free_slots() > 0 {
             let (g, start_by) = waiting.pop_front().expect("not empty");
+            shared.grant_left();
             if tokio::time::Instant::now() >= start_by {
                 tracing::warn!(job = %g.job_id, epoch = g.lease.epoch, "no slot before the start deadline; the grant lapses");
                 continue;
@@ -809,6 +828,7 @@ async fn start_loop(
             _ = drained.changed() => {}
             g = grants.recv() => match g {
                 Some((g, _)) if shared.is_drained() => {
+                    shared.grant_left();
                     give_back_grant(shared, jobs, g, "worker drained");
                 }
                 Some(g) => waiting.push_back(g),
@@ -824,6 +844,7 @@ async fn start_loop(
         waiting.push_back((g, tokio::time::Instant::now()));
     }
     for (g, _) in waiting {
+        shared.grant_left();
         give_back_grant(shared, jobs, g, "worker shutting down");
     }
 }
@@ -983,7 +1004,7 @@ async fn heartbeat(shared: &Shared, state: WorkerState) {
     let req = HeartbeatRequest {
         worker_id: shared.id.clone(),
         state,
-        free_slots: shared.free_slots(),
+        free_slots: shared.unpromised_slots(),
         running: shared.running_jobs(),
     };
     match shared.rpc.call_factory::<_, HeartbeatReply>(&req).await {
@@ -1061,7 +1082,11 @@ async fn control_messages(
                     // The start deadline by this worker's clock: the lease's window
                     // (server time) from when the grant arrived.
                     let window = g.lease.expires_at.since(g.lease.granted_at);
+                    shared
+                        .grants_waiting
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Err(e) = shared.grants.send((g, received + window)) {
+                        shared.grant_left();
                         give_back_grant(shared, late, e.0 .0, "worker shutting down");
                     }
                 }

@@ -301,13 +301,22 @@ async fn keep_lease(
     // that first tick goes through the timer wheel, which rounds deadlines up to the
     // next millisecond, and cost every job 0.2–1.8 ms before it started (measured).
     // A lease granted at dispatch must hear from the worker before its start deadline:
-    // the first renewal is due halfway there (a job done sooner confirms its start with
-    // its completion instead, and never renews).
+    // the first renewal is due a quarter of the start window after the start (a job
+    // done sooner confirms its start with its completion instead, and never renews).
+    // A quarter of the window, not half of what this worker's clock says is left: that
+    // is counted from when the grant arrived, and a worker paused while the grant was in
+    // flight (up to a third of the TTL must cost nothing) received it that much late,
+    // so the deadline by the server's clock is nearer than it looks from here.
     let began = tokio::time::Instant::now();
     let first = match job.start_by {
-        Some(by) => (by.saturating_duration_since(began) / 2)
-            .min(renew_every)
-            .max(Duration::from_millis(10)),
+        Some(by) => {
+            let lease = &job.claim.lease;
+            let window = lease.expires_at.since(lease.granted_at);
+            (window / 4)
+                .min(by.saturating_duration_since(began) / 2)
+                .min(renew_every)
+                .max(Duration::from_millis(10))
+        }
         None => renew_every,
     };
     let mut renew = tokio::time::interval_at(began + first, renew_every);

@@ -182,10 +182,8 @@ impl Planner {
             );
         }
         // Capacity, from what runs and what was dispatched (bounded by the fleet).
-        let mut free: HashMap<&WorkerId, i64> = active
-            .iter()
-            .map(|w| (&w.id, i64::from(w.slots + policy.slack)))
-            .collect();
+        let mut free: HashMap<&WorkerId, i64> =
+            active.iter().map(|w| (&w.id, i64::from(w.slots))).collect();
         let mut in_flight: HashMap<String, u32> = HashMap::new();
         let mut running_on: HashMap<&WorkerId, Vec<&JobRecord>> = HashMap::new();
         let record = |id: &JobId| view.jobs.get(id).map(|(r, _)| r);
@@ -198,7 +196,8 @@ impl Planner {
             for (k, _) in limit_keys(&rec.spec, policy.limits) {
                 *in_flight.entry(k).or_default() += 1;
             }
-            // A job leased at dispatch holds its worker's slot as a running one does.
+            // A job leased at dispatch holds its worker's slot as a running one does
+            // (never more grants than slots: none waits for a slot on the worker).
             if let (JobState::Running | JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
                 if let Some(f) = free.get_mut(&l.worker) {
                     *f -= 1;
@@ -723,7 +722,6 @@ mod tests {
             .then(|| [5.0, 20.0, 60.0][rng.random_range(0..3)]);
         let policy = Policy {
             worker_timeout: Duration::from_secs(10),
-            slack: rng.random_range(0..3),
             scoring: &scoring,
             preemption_margin: preemption,
             limits: &limits,

@@ -582,7 +582,6 @@ mod tests {
         let scoring_ref = &scoring;
         let policy = Policy {
             worker_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
-            slack: 0,
             scoring: scoring_ref,
             preemption_margin: None,
             limits: &[],
