@@ -38,7 +38,7 @@ pub const EVENT_MESSAGE: &str = "at submission";
 pub struct Room {
     pub worker: WorkerId,
     pub capabilities: Capabilities,
-    /// Notices it can still take: slots + slack − running − dispatched.
+    /// Grants it can still take: slots − running − leased at dispatch and not started.
     pub free: i64,
 }
 
