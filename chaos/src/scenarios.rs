@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use gf_schemas::names::{self, rpc, Routing};
 use gf_schemas::rpc::{
