@@ -167,6 +167,14 @@ pub fn verify_proof(req: &AuthRequest) -> Result<String, Refusal> {
     Ok(co.nkey.clone())
 }
 
+/// The factory id an enrolling worker names in its client name
+/// (`gf-worker <id>`), if it is one.
+pub fn factory_id(client_name: &str) -> Option<WorkerId> {
+    client_name
+        .strip_prefix(CLIENT_NAME_PREFIX)
+        .and_then(|id| WorkerId::new(id.trim()).ok())
+}
+
 /// How a client got in.
 enum Admitted {
     Known,
@@ -209,10 +217,7 @@ async fn authorize(
     }
     let token = EnrollToken::parse(raw).map_err(|e| (None, Refusal::BadToken(e.to_string())))?;
     let name = &req.connect_opts.name;
-    let id = name
-        .strip_prefix(CLIENT_NAME_PREFIX)
-        .and_then(|id| WorkerId::new(id.trim()).ok())
-        .ok_or_else(|| (None, Refusal::NoFactoryId(format!("`{name}`"))))?;
+    let id = factory_id(name).ok_or_else(|| (None, Refusal::NoFactoryId(format!("`{name}`"))))?;
     let rec = store
         .enroll(&token, &nkey, &id, &req.client_info.host, now)
         .await

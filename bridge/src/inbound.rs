@@ -38,8 +38,9 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
-/// Verifies a delivery and returns its id.
-fn verify(src: &Source, headers: &http::HeaderMap, body: &[u8]) -> Result<String, BridgeError> {
+/// Verifies a delivery and returns its id. Pure and total over any headers and body
+/// (fuzzed: `fuzz/`).
+pub fn verify(src: &Source, headers: &http::HeaderMap, body: &[u8]) -> Result<String, BridgeError> {
     match src.format {
         Format::Github => {
             crate::verify::verify_github(&src.secret, header(headers, "x-hub-signature-256"), body)
@@ -151,6 +152,42 @@ fn job_spec(
     Ok((spec, item))
 }
 
+/// What a verified delivery asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// No rule matches; why.
+    Ignore(String),
+    /// Submit this job for this item.
+    Submit { spec: Box<JobSpec>, item: String },
+}
+
+/// Decides what a delivery (already verified) asks for, from its headers and body
+/// alone: the body must be JSON, and the first rule whose events and label match
+/// makes the job. Pure and total over any headers and body (fuzzed: `fuzz/`).
+pub fn decide(
+    src: &Source,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<Decision, BridgeError> {
+    let payload: Value = serde_json::from_slice(body)
+        .map_err(|e| BridgeError::Invalid(format!("malformed body (not JSON): {e}")))?;
+    let event = event_name(src, headers, &payload)?;
+    let labels = item_labels(src, &payload);
+    match src.rules.iter().find(|r| matches(r, &event, &labels)) {
+        None => Ok(Decision::Ignore(format!(
+            "no rule matches event `{event}` with labels [{}]",
+            labels.join(", ")
+        ))),
+        Some(rule) => {
+            let (spec, item) = job_spec(src, rule, &event, &payload)?;
+            Ok(Decision::Submit {
+                spec: Box::new(spec),
+                item,
+            })
+        }
+    }
+}
+
 pub(crate) async fn webhook(
     bridge: &Bridge,
     source: &str,
@@ -176,23 +213,15 @@ pub(crate) async fn webhook(
         reply.outcome = WebhookOutcome::DuplicateDelivery;
         return Ok(reply);
     }
-    let payload: Value = serde_json::from_slice(body)
-        .map_err(|e| BridgeError::Invalid(format!("malformed body (not JSON): {e}")))?;
-    let event = event_name(src, headers, &payload)?;
-    let labels = item_labels(src, &payload);
-    let reply = match src.rules.iter().find(|r| matches(r, &event, &labels)) {
-        None => WebhookReply {
+    let reply = match decide(src, headers, body)? {
+        Decision::Ignore(reason) => WebhookReply {
             outcome: WebhookOutcome::Ignored,
             job_id: None,
             item: None,
-            reason: Some(format!(
-                "no rule matches event `{event}` with labels [{}]",
-                labels.join(", ")
-            )),
+            reason: Some(reason),
         },
-        Some(rule) => {
-            let (spec, item) = job_spec(src, rule, &event, &payload)?;
-            let r = (bridge.submit)(spec).await.map_err(BridgeError::Submit)?;
+        Decision::Submit { spec, item } => {
+            let r = (bridge.submit)(*spec).await.map_err(BridgeError::Submit)?;
             WebhookReply {
                 outcome: if r.duplicate {
                     WebhookOutcome::Existing

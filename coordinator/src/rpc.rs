@@ -117,27 +117,7 @@ where
     F: Fn(&'a [u8]) -> Fut,
     Fut: std::future::Future<Output = Bytes>,
 {
-    use serde_json::value::RawValue;
-    let items = match serde_json::from_slice::<Vec<&RawValue>>(payload) {
-        Ok(items) if items.len() > gf_schemas::rpc::MAX_BATCH => Err(RpcError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "batch of {} items; the limit is {}",
-                items.len(),
-                gf_schemas::rpc::MAX_BATCH
-            ),
-        )),
-        Ok(items) if items.is_empty() => Err(RpcError::new(
-            ErrorKind::Invalid,
-            "empty batch: send at least one request",
-        )),
-        Ok(items) => Ok(items),
-        Err(e) => Err(RpcError::new(
-            ErrorKind::Invalid,
-            format!("malformed batch (a JSON array of requests): {e}"),
-        )),
-    };
-    let items = match items {
+    let items = match gf_schemas::rpc::batch_items(payload) {
         Ok(items) => items,
         Err(e) => return reply::<()>(service, subject, Err(e)),
     };

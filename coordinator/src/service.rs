@@ -54,19 +54,7 @@ fn invalid(msg: impl Into<String>) -> RpcError {
 }
 
 /// Decodes a JSON request body, with an error that names what is wrong.
-pub fn decode<T: serde::de::DeserializeOwned>(
-    what: &str,
-    body: &[u8],
-    max: usize,
-) -> Result<T, RpcError> {
-    if body.len() > max {
-        return Err(RpcError::new(
-            ErrorKind::TooLarge,
-            format!("{what} is {} bytes; the limit is {max}", body.len()),
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| invalid(format!("malformed {what}: {e}")))
-}
+pub use gf_schemas::rpc::decode_request as decode;
 
 impl Service {
     pub fn new(
@@ -717,32 +705,7 @@ impl Service {
         if let Some(f) = &self.factories {
             req.capabilities = f.approve(&req.worker_id, &req.capabilities).await?;
         }
-        if req.slots == 0 || req.slots > 10_000 {
-            return Err(invalid("`slots` must be between 1 and 10000"));
-        }
-        if req.capabilities.queues.is_empty() {
-            return Err(invalid(
-                "`capabilities.queues` must name at least one queue",
-            ));
-        }
-        // Queues become tokens of the consumer's filter subjects.
-        if let Some(q) = req
-            .capabilities
-            .queues
-            .iter()
-            .find(|q| !names::is_token(q) || *q == names::ANY)
-        {
-            return Err(invalid(format!(
-                "queue `{q}` is not made of A-Z a-z 0-9 _ - (and not `_` alone)"
-            )));
-        }
-        for (k, v) in &req.capabilities.values {
-            if !names::is_token(k) || !names::is_token(v) {
-                return Err(invalid(format!(
-                    "capability `{k}={v}` is not made of A-Z a-z 0-9 _ -"
-                )));
-            }
-        }
+        req.validate()?;
         // The consumer first: a worker told to bind it must find it.
         let consumer =
             crate::consumers::ensure(&self.store.js, &self.routing, &req.capabilities).await?;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::FactoryVerb;
 use crate::rpc::FactoryRequest;
-use crate::{JobId, Timestamp, WorkerId};
+use crate::{ErrorKind, JobId, RpcError, Timestamp, WorkerId};
 
 /// Largest chunk of one upload or read, in bytes (before base64).
 pub const CHUNK_SIZE: usize = 128 * 1024;
@@ -36,6 +36,16 @@ pub enum BlobKind {
     Artifact,
     /// The job's checkpoint (a tar of `$GF_CHECKPOINT_DIR`); a newer one replaces it.
     Checkpoint,
+}
+
+impl BlobKind {
+    /// The wire name, also a bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobKind::Artifact => "artifact",
+            BlobKind::Checkpoint => "checkpoint",
+        }
+    }
 }
 
 /// Starts an upload (`gf.rpc.w.<factory>.upload_begin`).
@@ -232,6 +242,17 @@ impl JobArtifacts {
             .filter(|f| f.name == name && attempt.is_none_or(|a| a == f.attempt))
             .max_by_key(|f| (f.attempt, f.epoch))
     }
+
+    /// The bytes stored once `name` of `attempt` is uploaded with `size` bytes
+    /// (replacing that attempt's file of the name, if any): what an upload's begin
+    /// checks against the job's cap. Saturating: a declared size near `u64::MAX` is
+    /// over any cap, never a wrapped small total.
+    pub fn total_after(&self, name: &str, attempt: u32, size: u64) -> u64 {
+        let replaced = self.find(name, Some(attempt)).map_or(0, |f| f.size);
+        self.total_bytes
+            .saturating_sub(replaced)
+            .saturating_add(size)
+    }
 }
 
 /// Why an artifact path is not acceptable.
@@ -267,6 +288,97 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
         return bad("must be a relative path without empty, `.` or `..` parts");
     }
     Ok(())
+}
+
+/// The kind of upload `upload` is, when it is one of `job`'s upload ids
+/// (`<job>.<part>.<nonce>`, see [`crate::names::artifact_nuid`]; part `ckpt` is the
+/// checkpoint, a number an attempt's artifact). Anything else is `invalid`: a factory
+/// may only write under its own job's uploads. Total over any input (fuzzed: `fuzz/`).
+pub fn upload_kind(job: &JobId, upload: &str) -> Result<BlobKind, RpcError> {
+    let bad = || {
+        RpcError::new(
+            ErrorKind::Invalid,
+            format!(
+                "`{}` is not an upload of job {job}",
+                upload.chars().take(120).collect::<String>()
+            ),
+        )
+    };
+    let rest = upload
+        .strip_prefix(&job.to_string())
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(bad)?;
+    let (part, nonce) = rest.split_once('.').ok_or_else(bad)?;
+    if !crate::names::is_token(part) || !crate::names::is_token(nonce) || nonce.len() != 16 {
+        return Err(bad());
+    }
+    if part == "ckpt" {
+        Ok(BlobKind::Checkpoint)
+    } else if part.parse::<u32>().is_ok() {
+        Ok(BlobKind::Artifact)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The bytes of a chunk (`UploadChunkRequest::data`): standard padded base64 of 1 to
+/// [`CHUNK_SIZE`] bytes, or `invalid`. Total over any input (fuzzed: `fuzz/`).
+pub fn decode_chunk(data: &str) -> Result<Vec<u8>, RpcError> {
+    use base64::Engine as _;
+    // Checked before decoding, so an oversized chunk costs no allocation.
+    if data.len() > CHUNK_SIZE.div_ceil(3) * 4 {
+        return Err(RpcError::new(
+            ErrorKind::Invalid,
+            format!("a chunk holds at most {CHUNK_SIZE} bytes"),
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map_err(|e| RpcError::new(ErrorKind::Invalid, format!("chunk data is not base64: {e}")))?;
+    if bytes.len() > CHUNK_SIZE || bytes.is_empty() {
+        return Err(RpcError::new(
+            ErrorKind::Invalid,
+            format!("a chunk holds 1 to {CHUNK_SIZE} bytes, not {}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
+}
+
+impl UploadCommitRequest {
+    /// The checks a commit passes before the store is read: the upload is one of the
+    /// job's and of the kind the commit says, the SHA-256 is 64 hex digits, and the
+    /// chunk count is the size's. Returns the kind and the SHA-256 in lowercase.
+    /// Total over any input (fuzzed: `fuzz/`).
+    pub fn checked(&self) -> Result<(BlobKind, String), RpcError> {
+        let kind = upload_kind(&self.job_id, &self.upload)?;
+        if kind != self.kind {
+            return Err(RpcError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "upload {} is not a {} upload",
+                    self.upload,
+                    self.kind.as_str()
+                ),
+            ));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RpcError::new(
+                ErrorKind::Invalid,
+                "sha256 must be 64 hex digits",
+            ));
+        }
+        let expected_chunks = self.size.div_ceil(CHUNK_SIZE as u64);
+        if u64::from(self.chunks) != expected_chunks {
+            return Err(RpcError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{} bytes are {expected_chunks} chunks, not {}",
+                    self.size, self.chunks
+                ),
+            ));
+        }
+        Ok((kind, self.sha256.to_ascii_lowercase()))
+    }
 }
 
 /// The object store name of an artifact.
@@ -305,6 +417,83 @@ mod tests {
     }
 
     #[test]
+    fn upload_ids_belong_to_their_job() {
+        use crate::names::artifact_nuid;
+        let job = JobId::new();
+        let other = JobId::new();
+        let id = artifact_nuid(&job, "2", "0123456789abcdef");
+        assert_eq!(upload_kind(&job, &id), Ok(BlobKind::Artifact));
+        let ck = artifact_nuid(&job, "ckpt", "0123456789abcdef");
+        assert_eq!(upload_kind(&job, &ck), Ok(BlobKind::Checkpoint));
+        for bad in [
+            artifact_nuid(&other, "2", "0123456789abcdef"),
+            artifact_nuid(&job, "x", "0123456789abcdef"),
+            artifact_nuid(&job, "2", "short"),
+            format!("{job}.2.0123456789abcdef.extra"),
+            format!("{job}.2.>"),
+            format!("{job}.*.0123456789abcdef"),
+            job.to_string(),
+        ] {
+            assert!(upload_kind(&job, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_1_to_chunk_size_bytes_of_base64() {
+        assert_eq!(decode_chunk("aGk=").unwrap(), b"hi");
+        for bad in ["", "aGk", "a Gk=", "!!!!"] {
+            assert_eq!(
+                decode_chunk(bad).unwrap_err().kind,
+                ErrorKind::Invalid,
+                "{bad:?}"
+            );
+        }
+        use base64::Engine as _;
+        let b64 = |n| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        assert_eq!(decode_chunk(&b64(CHUNK_SIZE)).unwrap().len(), CHUNK_SIZE);
+        assert!(decode_chunk(&b64(CHUNK_SIZE + 1)).is_err());
+    }
+
+    #[test]
+    fn a_commit_names_its_upload_digest_and_chunks() {
+        let job = JobId::new();
+        let commit = UploadCommitRequest {
+            job_id: job,
+            epoch: 1,
+            worker_id: WorkerId::new("w1").unwrap(),
+            upload: crate::names::artifact_nuid(&job, "1", "0123456789abcdef"),
+            kind: BlobKind::Artifact,
+            name: "a.txt".into(),
+            size: CHUNK_SIZE as u64 + 1,
+            chunks: 2,
+            sha256: "AB".repeat(32),
+        };
+        assert_eq!(commit.checked(), Ok((BlobKind::Artifact, "ab".repeat(32))));
+        let refused = |c: UploadCommitRequest| c.checked().unwrap_err().kind;
+        assert_eq!(
+            refused(UploadCommitRequest {
+                kind: BlobKind::Checkpoint,
+                ..commit.clone()
+            }),
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            refused(UploadCommitRequest {
+                chunks: 1,
+                ..commit.clone()
+            }),
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            refused(UploadCommitRequest {
+                sha256: "g".repeat(64),
+                ..commit.clone()
+            }),
+            ErrorKind::Invalid
+        );
+    }
+
+    #[test]
     fn find_prefers_the_latest_attempt() {
         let f = |name: &str, attempt| ArtifactInfo {
             name: name.into(),
@@ -324,5 +513,36 @@ mod tests {
         assert_eq!(a.find("x", Some(1)).map(|f| f.attempt), Some(1));
         assert_eq!(a.find("y", Some(2)), None);
         assert_eq!(a.find("z", None), None);
+    }
+
+    /// Regression (fuzzing): the total an upload would leave was `total - replaced +
+    /// size` in plain u64 arithmetic, so a declared size near `u64::MAX` panicked
+    /// (debug) or wrapped to a small total that passed the cap (release).
+    #[test]
+    fn total_after_saturates() {
+        let a = JobArtifacts {
+            files: vec![ArtifactInfo {
+                name: "x".into(),
+                attempt: 1,
+                epoch: 1,
+                size: 10,
+                sha256: String::new(),
+                uploaded_at: Timestamp::from_unix_millis(0),
+                nuid: String::new(),
+                chunks: 1,
+            }],
+            total_bytes: 10,
+            ..Default::default()
+        };
+        assert_eq!(a.total_after("x", 1, 4), 4);
+        assert_eq!(a.total_after("x", 2, 4), 14);
+        assert_eq!(a.total_after("y", 1, u64::MAX), u64::MAX);
+        assert_eq!(a.total_after("x", 1, u64::MAX), u64::MAX);
+        // An index whose total is behind its files (never written so) still counts.
+        let behind = JobArtifacts {
+            total_bytes: 0,
+            ..a
+        };
+        assert_eq!(behind.total_after("x", 1, 4), 4);
     }
 }

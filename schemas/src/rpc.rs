@@ -145,6 +145,45 @@ pub const MAX_BATCH: usize = 256;
 /// Reply to a batch request: each item's own envelope, in the order of the request.
 pub type BatchReply<T> = Vec<Reply<T>>;
 
+/// Decodes a JSON request body as the coordinators do, with an error that names what
+/// is wrong: `too_large` past `max` bytes, `invalid` when it is not a `T`. Total over
+/// any input (fuzzed: `fuzz/`).
+pub fn decode_request<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+    max: usize,
+) -> Result<T, RpcError> {
+    if body.len() > max {
+        return Err(RpcError::new(
+            ErrorKind::TooLarge,
+            format!("{what} is {} bytes; the limit is {max}", body.len()),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| RpcError::new(ErrorKind::Invalid, format!("malformed {what}: {e}")))
+}
+
+/// Splits a batch request body into its items, each still encoded (decoded later as
+/// if it had come alone). Refused as a whole only when it is not a JSON array of 1 to
+/// [`MAX_BATCH`] values. Total over any input (fuzzed: `fuzz/`).
+pub fn batch_items(payload: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, RpcError> {
+    match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(payload) {
+        Ok(items) if items.len() > MAX_BATCH => Err(RpcError::new(
+            ErrorKind::TooLarge,
+            format!("batch of {} items; the limit is {MAX_BATCH}", items.len()),
+        )),
+        Ok(items) if items.is_empty() => Err(RpcError::new(
+            ErrorKind::Invalid,
+            "empty batch: send at least one request",
+        )),
+        Ok(items) => Ok(items),
+        Err(e) => Err(RpcError::new(
+            ErrorKind::Invalid,
+            format!("malformed batch (a JSON array of requests): {e}"),
+        )),
+    }
+}
+
 /// Appends `[a,b,…]` to `out` from items that are each already encoded JSON, without
 /// decoding them again: a batch request from encoded requests, or a batch reply from
 /// encoded envelopes.
@@ -229,6 +268,41 @@ pub struct RegisterRequest {
     pub slots: u32,
     pub version: String,
     pub hostname: String,
+}
+
+impl RegisterRequest {
+    /// The checks a registration passes before anything is stored: 1 to 10,000 slots,
+    /// at least one queue, and queues and capabilities made of subject tokens (they
+    /// become the tokens of the dispatch consumer's filter subjects, so a `.`, `*` or
+    /// `>` would widen what the worker receives). Total over any input (fuzzed:
+    /// `fuzz/`).
+    pub fn validate(&self) -> Result<(), RpcError> {
+        let invalid = |m: String| Err(RpcError::new(ErrorKind::Invalid, m));
+        if self.slots == 0 || self.slots > 10_000 {
+            return invalid("`slots` must be between 1 and 10000".into());
+        }
+        let caps = &self.capabilities;
+        if caps.queues.is_empty() {
+            return invalid("`capabilities.queues` must name at least one queue".into());
+        }
+        if let Some(q) = caps
+            .queues
+            .iter()
+            .find(|q| !crate::names::is_token(q) || *q == crate::names::ANY)
+        {
+            return invalid(format!(
+                "queue `{q}` is not made of A-Z a-z 0-9 _ - (and not `_` alone)"
+            ));
+        }
+        for (k, v) in &caps.values {
+            if !crate::names::is_token(k) || !crate::names::is_token(v) {
+                return invalid(format!(
+                    "capability `{k}={v}` is not made of A-Z a-z 0-9 _ -"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the coordinators tell a registering worker.

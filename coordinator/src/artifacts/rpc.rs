@@ -178,35 +178,6 @@ fn max_chunks(store: &Artifacts, kind: BlobKind) -> u64 {
     cap.div_ceil(CHUNK_SIZE as u64)
 }
 
-/// Checks that `upload` is one of `job`'s upload ids, `<job>.<part>.<nonce>`, and
-/// returns its kind (from its part).
-fn check_upload(job: &JobId, upload: &str) -> Result<BlobKind, RpcError> {
-    let bad = || {
-        RpcError::new(
-            ErrorKind::Invalid,
-            format!(
-                "`{}` is not an upload of job {job}",
-                upload.chars().take(120).collect::<String>()
-            ),
-        )
-    };
-    let rest = upload
-        .strip_prefix(&job.to_string())
-        .and_then(|r| r.strip_prefix('.'))
-        .ok_or_else(bad)?;
-    let (part, nonce) = rest.split_once('.').ok_or_else(bad)?;
-    if !names::is_token(part) || !names::is_token(nonce) || nonce.len() != 16 {
-        return Err(bad());
-    }
-    if part == "ckpt" {
-        Ok(BlobKind::Checkpoint)
-    } else if part.parse::<u32>().is_ok() {
-        Ok(BlobKind::Artifact)
-    } else {
-        Err(bad())
-    }
-}
-
 /// Refuses an upload for a reason the job should know about: recorded in the index
 /// and in the attempt's `artifact_errors`.
 async fn refuse(
@@ -272,8 +243,8 @@ async fn begin(service: &Service, req: UploadBeginRequest) -> Result<UploadBegin
                 .await);
             }
             let current = store.list(&req.job_id).await?;
-            let replaced = current.find(&req.name, Some(attempt)).map_or(0, |f| f.size);
-            let total = current.total_bytes - replaced + req.size;
+            let replaced = current.find(&req.name, Some(attempt)).is_some();
+            let total = current.total_after(&req.name, attempt, req.size);
             let cap = store.config.max_job_bytes;
             if total > cap {
                 let message = format!(
@@ -295,7 +266,7 @@ async fn begin(service: &Service, req: UploadBeginRequest) -> Result<UploadBegin
                 )
                 .await);
             }
-            if replaced == 0 && current.files.len() >= artifact::MAX_FILES {
+            if !replaced && current.files.len() >= artifact::MAX_FILES {
                 let message = format!(
                     "artifact `{}`: the job already keeps {} files, the most allowed",
                     req.name,
@@ -345,22 +316,14 @@ async fn begin(service: &Service, req: UploadBeginRequest) -> Result<UploadBegin
 
 async fn chunk(service: &Service, req: UploadChunkRequest) -> Result<(), RpcError> {
     let store = store(service)?;
-    let kind = check_upload(&req.job_id, &req.upload)?;
+    let kind = artifact::upload_kind(&req.job_id, &req.upload)?;
     if u64::from(req.seq) >= max_chunks(store, kind).max(1) {
         return Err(RpcError::new(
             ErrorKind::TooLarge,
             format!("chunk {} is past the cap of this upload", req.seq),
         ));
     }
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(req.data.as_bytes())
-        .map_err(|e| RpcError::new(ErrorKind::Invalid, format!("chunk data is not base64: {e}")))?;
-    if data.len() > CHUNK_SIZE || data.is_empty() {
-        return Err(RpcError::new(
-            ErrorKind::Invalid,
-            format!("a chunk holds 1 to {CHUNK_SIZE} bytes, not {}", data.len()),
-        ));
-    }
+    let data = artifact::decode_chunk(&req.data)?;
     held(service, &req.job_id, req.epoch, &req.worker_id).await?;
     // A retried chunk (same upload and seq) is stored once: the stream's duplicate
     // window drops the repeat.
@@ -376,13 +339,6 @@ async fn chunk(service: &Service, req: UploadChunkRequest) -> Result<(), RpcErro
         .map_err(unavailable)?;
     ack.await.map_err(unavailable)?;
     Ok(())
-}
-
-fn kind_label(kind: BlobKind) -> &'static str {
-    match kind {
-        BlobKind::Artifact => "artifact",
-        BlobKind::Checkpoint => "checkpoint",
-    }
 }
 
 /// Chunks stored under an upload's subject.
@@ -406,35 +362,8 @@ async fn stored_chunks(store: &Artifacts, upload: &str) -> Result<u64, RpcError>
 
 async fn commit(service: &Service, req: UploadCommitRequest) -> Result<JobArtifacts, RpcError> {
     let store = store(service)?;
-    let kind = check_upload(&req.job_id, &req.upload)?;
-    if kind != req.kind {
-        return Err(RpcError::new(
-            ErrorKind::Invalid,
-            format!(
-                "upload {} is not a {} upload",
-                req.upload,
-                kind_label(req.kind)
-            ),
-        ));
-    }
-    if req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(RpcError::new(
-            ErrorKind::Invalid,
-            "sha256 must be 64 hex digits",
-        ));
-    }
-    let sha256 = req.sha256.to_ascii_lowercase();
-    let chunk = CHUNK_SIZE as u64;
-    let expected_chunks = req.size.div_ceil(chunk);
-    if u64::from(req.chunks) != expected_chunks {
-        return Err(RpcError::new(
-            ErrorKind::Invalid,
-            format!(
-                "{} bytes are {expected_chunks} chunks, not {}",
-                req.size, req.chunks
-            ),
-        ));
-    }
+    let (kind, sha256) = req.checked()?;
+    let expected_chunks = u64::from(req.chunks);
     let rec = held(service, &req.job_id, req.epoch, &req.worker_id).await?;
     let attempt = attempt_of(&rec);
     let stored = stored_chunks(store, &req.upload).await?;
@@ -537,7 +466,7 @@ async fn commit(service: &Service, req: UploadCommitRequest) -> Result<JobArtifa
     store
         .publish_meta(&object, &req.upload, req.size, req.chunks, &sha256)
         .await;
-    metrics::counter!(gf_telemetry::names::ARTIFACT_BYTES, "kind" => kind_label(kind))
+    metrics::counter!(gf_telemetry::names::ARTIFACT_BYTES, "kind" => kind.as_str())
         .increment(req.size);
     Ok(written)
 }
@@ -568,30 +497,4 @@ async fn checkpoint_read(
         data,
         next,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upload_ids_belong_to_their_job() {
-        let job = JobId::new();
-        let other = JobId::new();
-        let id = names::artifact_nuid(&job, "2", "0123456789abcdef");
-        assert_eq!(check_upload(&job, &id), Ok(BlobKind::Artifact));
-        let ck = names::artifact_nuid(&job, "ckpt", "0123456789abcdef");
-        assert_eq!(check_upload(&job, &ck), Ok(BlobKind::Checkpoint));
-        for bad in [
-            names::artifact_nuid(&other, "2", "0123456789abcdef"),
-            names::artifact_nuid(&job, "x", "0123456789abcdef"),
-            names::artifact_nuid(&job, "2", "short"),
-            format!("{job}.2.0123456789abcdef.extra"),
-            format!("{job}.2.>"),
-            format!("{job}.*.0123456789abcdef"),
-            job.to_string(),
-        ] {
-            assert!(check_upload(&job, &bad).is_err(), "{bad}");
-        }
-    }
 }
