@@ -104,6 +104,70 @@ async fn urgent_job_overtakes_queue() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 17's one-slot scenario with the default configuration (dispatch slack
+/// included): one worker with one slot busy with a long job, ten priority-5 jobs, then
+/// one priority-0 job. The urgent job runs second, right after the busy one: no
+/// priority-5 job was promised to the busy worker ahead of it, and none spent an attempt.
+#[tokio::test]
+async fn urgent_job_runs_next_on_a_busy_one_slot_worker() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 1)).await?;
+    let client = Client::connect(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let (gate, order) = (dir.path().join("gate"), dir.path().join("order"));
+    let busy = client.submit(&gated(&gate, &order, "busy")).await?.job_id;
+    client
+        .wait_state(busy, JobState::Running, Duration::from_secs(10))
+        .await?;
+    let mut low = Vec::new();
+    for i in 0..10 {
+        let mut spec = recorder(&order, &format!("p5-{i}"));
+        spec.priority = 5;
+        low.push(client.submit(&spec).await?.job_id);
+    }
+    // The leader knows every priority-5 job (with a slack, one of them would already be
+    // promised to the busy worker: that happens at submission) before the urgent one
+    // comes.
+    for id in &low {
+        let e: Explanation = client
+            .rpc
+            .call(
+                rpc::EXPLAIN,
+                &JobAction {
+                    job_id: *id,
+                    reason: None,
+                },
+            )
+            .await?;
+        assert_eq!(e.job_id, *id);
+    }
+    let mut urgent = recorder(&order, "p0");
+    urgent.priority = 0;
+    let urgent = client.submit(&urgent).await?.job_id;
+    std::fs::write(&gate, "")?;
+    for id in low.iter().chain([&urgent, &busy]) {
+        assert_eq!(
+            client
+                .wait_terminal(*id, Duration::from_secs(60))
+                .await?
+                .state,
+            JobState::Succeeded
+        );
+    }
+    let text = std::fs::read_to_string(&order)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 12, "order: {lines:?}");
+    assert_eq!(&lines[..2], ["busy", "p0"], "order: {lines:?}");
+    for id in &low {
+        assert_eq!(client.job(*id).await?.attempts, 1, "{id}: no attempt spent");
+    }
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
 /// `explain` names a missing capability right after submission, and for two eligible
 /// workers shows every score term (affinity differs by worker).
 #[tokio::test]
