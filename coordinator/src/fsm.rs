@@ -418,14 +418,24 @@ pub fn describe(outcome: &AttemptOutcome) -> String {
     }
 }
 
-/// Revokes a running job to make room for a more urgent one: pending again, the
-/// attempt not counted.
+/// Revokes a running job to make room for a more urgent one (or takes back a grant not
+/// started yet, see [`take_back_grant`]): pending again, the attempt not counted.
 pub fn preempt(
     rec: &mut JobRecord,
     epoch: u64,
     by: &gf_schemas::JobId,
     now: Timestamp,
 ) -> Option<Revocation> {
+    if rec.state == JobState::Dispatched {
+        // Granted but not started: taken back, no attempt spent (the first victim).
+        rec.lease.as_ref().filter(|l| l.epoch == epoch)?;
+        return take_back_grant(
+            rec,
+            format!("taken back for {by}"),
+            RevokeReason::Preempted,
+            now,
+        );
+    }
     let holder = rec
         .lease
         .as_ref()
@@ -1187,6 +1197,21 @@ mod tests {
             take_back_grant(&mut started, "x".into(), RevokeReason::Preempted, t(1_700)).is_none()
         );
         assert_eq!(started, before);
+    }
+
+    /// Preempting a grant not started yet takes it back (no attempt spent, the holder
+    /// revoked); a stale epoch changes nothing.
+    #[test]
+    fn preempting_an_unstarted_grant_takes_it_back() {
+        let by = gf_schemas::JobId::new();
+        let mut r = leased("a");
+        let before = r.clone();
+        assert!(preempt(&mut r, 7, &by, t(1_500)).is_none());
+        assert_eq!(r, before);
+        let rev = preempt(&mut r, 1, &by, t(1_500)).unwrap();
+        assert_eq!((rev.epoch, rev.reason), (1, RevokeReason::Preempted));
+        assert_eq!((r.state, r.attempts), (JobState::Pending, 0));
+        assert!(r.reason.unwrap().contains(&by.to_string()));
     }
 
     /// A claim on a job leased at dispatch: the holder's confirms the start (and a

@@ -348,10 +348,11 @@ pub(crate) fn best_fit<'c, W>(
         .map(|(_, _, w)| w)
 }
 
-/// The job to preempt for one that fits `fits` and finds no free slot: the lowest
-/// scoring job running on any of them (with its worker and score); among equals the
-/// first in `running_on`'s order (sorted by id, so the same one every pass). One rule
-/// for the full pass and the incremental planner.
+/// The job to preempt for one that fits `fits` and finds no free slot: a job leased at
+/// dispatch whose start is not confirmed first (taking it back loses no work and spends
+/// no attempt), then the lowest scoring job running on any of them (with its worker and
+/// score); among equals the first in `running_on`'s order (sorted by id, so the same
+/// one every pass). One rule for the full pass and the incremental planner.
 pub(crate) fn preemption_victim<'a>(
     fits: &[&'a WorkerRecord],
     running_on: &HashMap<&WorkerId, Vec<&'a JobRecord>>,
@@ -367,7 +368,10 @@ pub(crate) fn preemption_victim<'a>(
                 .map(move |v| (*w, *v))
         })
         .map(|(w, v)| (w, v, score::total(v, Some(&w.capabilities), scoring, now)))
-        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .min_by(|a, b| {
+            let started = |r: &JobRecord| r.state == JobState::Running;
+            started(a.1).cmp(&started(b.1)).then(a.2.total_cmp(&b.2))
+        })
 }
 
 /// The score a job is dispatched with on `worker`: [`score::score`] with the worker's
@@ -544,7 +548,7 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
                 *f -= 1;
             }
         }
-        if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
+        if let (JobState::Running | JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
             running_on.entry(&l.worker).or_default().push(rec);
         }
     }
@@ -1284,6 +1288,36 @@ mod tests {
             t(10),
         );
         assert!(d.is_empty(), "gap below the margin: {d:?}");
+    }
+
+    /// A job leased at dispatch but not started is the first victim, before a running
+    /// job that scores lower.
+    #[test]
+    fn an_unstarted_grant_is_the_first_victim() {
+        let low = running_on(job(9, 0), "w");
+        let mut granted = running_on(job(6, 0), "w");
+        granted.state = JobState::Dispatched;
+        let urgent = job(0, 5);
+        let v = view(
+            vec![worker("w", 2, &[])],
+            vec![low, granted.clone(), urgent.clone()],
+        );
+        let scoring = ScoringConfig::default();
+        let d = plan(
+            &v,
+            &policy(&scoring, &[], Some(30.0)),
+            &StartLog::default(),
+            t(10),
+        );
+        assert_eq!(
+            d[0],
+            Decision::Preempt {
+                victim: granted.id,
+                epoch: 1,
+                for_job: urgent.id
+            }
+        );
+        assert_eq!(dispatched(&d), vec![urgent.id]);
     }
 
     /// A waiting parent ends when its children do, dead if one failed.

@@ -203,7 +203,7 @@ impl Planner {
                     *f -= 1;
                 }
             }
-            if let (JobState::Running, Some(l)) = (rec.state, &rec.lease) {
+            if let (JobState::Running | JobState::Dispatched, Some(l)) = (rec.state, &rec.lease) {
                 running_on.entry(&l.worker).or_default().push(rec);
             }
         }
