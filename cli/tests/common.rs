@@ -50,6 +50,19 @@ impl Client {
         .await
     }
 
+    /// Waits for each job in turn to finish and asserts it succeeded.
+    pub async fn wait_all_succeeded<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a JobId>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        for id in ids {
+            let rec = self.wait_terminal(*id, timeout).await?;
+            assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+        }
+        Ok(())
+    }
+
     pub async fn wait_state(
         &self,
         id: JobId,

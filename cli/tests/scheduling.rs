@@ -80,15 +80,9 @@ async fn urgent_job_overtakes_queue() -> anyhow::Result<()> {
     urgent.priority = 0;
     let urgent = client.submit(&urgent).await?.job_id;
     std::fs::write(&gate, "")?;
-    for id in low.iter().chain([&urgent]) {
-        assert_eq!(
-            client
-                .wait_terminal(*id, Duration::from_secs(60))
-                .await?
-                .state,
-            JobState::Succeeded
-        );
-    }
+    client
+        .wait_all_succeeded(low.iter().chain([&urgent]), Duration::from_secs(60))
+        .await?;
     let text = std::fs::read_to_string(&order)?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("blocker")).collect();
     assert_eq!(lines.len(), 101);
@@ -147,15 +141,9 @@ async fn urgent_job_runs_next_on_a_busy_one_slot_worker() -> anyhow::Result<()> 
     urgent.priority = 0;
     let urgent = client.submit(&urgent).await?.job_id;
     std::fs::write(&gate, "")?;
-    for id in low.iter().chain([&urgent, &busy]) {
-        assert_eq!(
-            client
-                .wait_terminal(*id, Duration::from_secs(60))
-                .await?
-                .state,
-            JobState::Succeeded
-        );
-    }
+    client
+        .wait_all_succeeded(low.iter().chain([&urgent, &busy]), Duration::from_secs(60))
+        .await?;
     let text = std::fs::read_to_string(&order)?;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 12, "order: {lines:?}");
@@ -436,15 +424,9 @@ async fn budgets_gate_and_account_exactly() -> anyhow::Result<()> {
         tokens += 10 + i;
         ids.push(client.submit(&costly(c, 10 + i, "bulk")).await?.job_id);
     }
-    for id in &ids {
-        assert_eq!(
-            client
-                .wait_terminal(*id, Duration::from_secs(60))
-                .await?
-                .state,
-            JobState::Succeeded
-        );
-    }
+    client
+        .wait_all_succeeded(&ids, Duration::from_secs(60))
+        .await?;
     let b = eventually(Duration::from_secs(10), "all usage accounted", || async {
         budget_of(&client, "bulk")
             .await
