@@ -19,6 +19,10 @@
 #                            which every NATS node includes. Made once; `--force`
 #                            replaces every credential (then `docker-compose down -v`:
 #                            the stores hold factories enrolled under the old issuer).
+#   DIR/gf/api-tokens        the hash of the operator's HTTP API token, the file the
+#                            coordinators' `--api-tokens-file` reads;
+#   DIR/api/operator.token   the token itself (mode 0600, mounted into no container):
+#                            the dashboard's `#token=` and `Authorization: Bearer`.
 #
 # Environment: GF_COMPOSE_SECRETS (the default DIR, as docker-compose.yml reads it),
 # GF_IMAGE (the gf image that runs `gf admin init`, default gigafactory/gf:local),
@@ -82,5 +86,18 @@ if [ ! -s "$dir/gf/issuer.nk" ] || [ -n "$force" ]; then
       "${GF_IMAGE:-gigafactory/gf:local}" "${args[@]}" /secrets >/dev/null
   fi
   echo "compose secrets: gf admin init $dir/gf" >&2
+fi
+
+# 4. The HTTP API's operator token: the coordinators hold only its SHA-256.
+if [ ! -s "$dir/gf/api-tokens" ] || [ ! -s "$dir/api/operator.token" ] || [ -n "$force" ]; then
+  mkdir -p "$dir/api"
+  chmod 700 "$dir/api"
+  token="gf_$(openssl rand -hex 24)"
+  (umask 077 && printf '%s\n' "$token" >"$dir/api/operator.token")
+  {
+    echo "# HTTP API tokens (NAME:ROLE:SHA256 of the token), read by gf coordinator --api-tokens-file"
+    printf 'operator:operator:%s\n' "$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)"
+  } >"$dir/gf/api-tokens"
+  echo "compose secrets: made the HTTP API's operator token in $dir/api/operator.token" >&2
 fi
 echo "$dir"

@@ -391,6 +391,30 @@ impl ComposeCluster {
         self.compose(&["run", "--rm", "-T", "--no-deps", "enroll"])
             .context("the enroll service made no token")?;
         self.enrolled = true;
+        self.check_api_auth()
+    }
+
+    /// The deployment's HTTP API is secured by default: a read without a token is
+    /// refused (401), the one with the operator's token from compose-secrets.sh is
+    /// answered. Checked once per project, on the first coordinator.
+    fn check_api_auth(&self) -> anyhow::Result<()> {
+        let ip = self
+            .address(Part::Coordinator(0))
+            .context("coordinator-1 has no address")?;
+        let token_file = self.secrets.path().join("api/operator.token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("{}", token_file.display()))?;
+        let bearer = format!("Bearer {}", token.trim());
+        let status =
+            |auth: Option<&str>| http_status(&format!("{ip}:8080"), "/api/jobs?limit=1", auth);
+        let open = status(None)?;
+        if open != 401 {
+            bail!("the compose HTTP API answered {open} to a request without a token (want 401)");
+        }
+        let with = status(Some(&bearer))?;
+        if with != 200 {
+            bail!("the compose HTTP API answered {with} to the operator's token (want 200)");
+        }
         Ok(())
     }
 
@@ -684,6 +708,30 @@ impl Drop for ComposeCluster {
             );
         }
     }
+}
+
+/// The status code of a plain HTTP/1.0 GET (blocking; the compose cluster's calls are
+/// synchronous), with an optional `Authorization` header.
+fn http_status(host: &str, path: &str, auth: Option<&str>) -> anyhow::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let addr: std::net::SocketAddr = host.parse().with_context(|| format!("address {host}"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect to {host}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes())?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head)
+        .with_context(|| format!("no answer from {host}{path}"))?;
+    // "HTTP/1.1 401"
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer from {host}{path}"))
 }
 
 #[cfg(test)]

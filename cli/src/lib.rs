@@ -171,6 +171,11 @@ pub struct CoordinatorArgs {
         value_name = "NAME:ROLE:SHA256"
     )]
     pub api_tokens: Vec<String>,
+    /// A file of HTTP API tokens, one `NAME:ROLE:SHA256HEX` a line (`#` comments and
+    /// blank lines ignored), added to `--api-token`; the compose deployment's
+    /// `scripts/compose-secrets.sh` writes one. Read at start: restart to apply changes.
+    #[arg(long, env = "GF_API_TOKENS_FILE", value_name = "PATH")]
+    pub api_tokens_file: Option<PathBuf>,
     /// Serve the HTTP API and dashboard without authentication (local use only).
     #[arg(long, env = "GF_NO_AUTH")]
     pub no_auth: bool,
@@ -178,6 +183,20 @@ pub struct CoordinatorArgs {
     /// its nkey user and answers the auth callout (enrolls and admits factories).
     #[arg(long, env = "GF_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
+}
+
+/// The lines of an `--api-tokens-file`: `NAME:ROLE:SHA256HEX`, `#` comments and blank
+/// lines ignored. A bad line is an error naming its line number: a token silently
+/// dropped would lock its holder out with no hint why.
+pub fn parse_api_tokens_file(text: &str) -> anyhow::Result<Vec<gf_coordinator::config::ApiToken>> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(n, l)| {
+            gf_coordinator::config::ApiToken::parse(l).map_err(|e| anyhow::anyhow!("line {n}: {e}"))
+        })
+        .collect()
 }
 
 pub fn parse_limit(s: &str) -> Result<gf_coordinator::config::LimitRule, String> {
@@ -228,18 +247,26 @@ fn str_list(v: &[String]) -> toml::Value {
 type FlagLayer = Vec<(String, toml::Value, String)>;
 
 impl CoordinatorArgs {
-    /// API tokens (flags and `GF_API_TOKENS`, not config-file keys: a token list is
-    /// deployment-specific), on top of the loaded config. Refuses to serve the API with
-    /// no tokens unless `--no-auth`.
+    /// API tokens (flags, `GF_API_TOKENS` and `--api-tokens-file`, not config-file
+    /// keys: a token list is deployment-specific), on top of the loaded config. Refuses
+    /// to serve the API with no tokens unless `--no-auth`.
     pub fn apply_policy(&self, c: &mut gf_coordinator::CoordinatorConfig) -> anyhow::Result<()> {
-        let tokens = self
+        let mut tokens = self
             .api_tokens
             .iter()
             .map(|t| gf_coordinator::config::ApiToken::parse(t).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()
             .context("--api-token / GF_API_TOKENS")?;
+        if let Some(path) = &self.api_tokens_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--api-tokens-file {}", path.display()))?;
+            tokens.extend(
+                parse_api_tokens_file(&text)
+                    .with_context(|| format!("--api-tokens-file {}", path.display()))?,
+            );
+        }
         if tokens.is_empty() && !self.no_auth {
-            bail!("the HTTP API needs tokens: pass --api-token NAME:ROLE:SHA256 (make one with `gf api-token`), or --no-auth to serve it to anyone");
+            bail!("the HTTP API needs tokens: pass --api-token NAME:ROLE:SHA256 (make one with `gf api-token`) or --api-tokens-file, or --no-auth to serve it to anyone");
         }
         c.auth = gf_coordinator::config::AuthConfig {
             enabled: !self.no_auth,
@@ -631,4 +658,27 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| {
             format!("cannot reach NATS at {shown} (is it running? set --nats-url or GF_NATS_URL)")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_api_tokens_file;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn api_tokens_file_skips_comments_and_names_a_bad_line() {
+        let good = format!(
+            "# made by compose-secrets.sh\n\nops:operator:{HASH}\n  dash:viewer:{HASH}  \n"
+        );
+        let tokens = parse_api_tokens_file(&good).unwrap();
+        let names: Vec<_> = tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["ops", "dash"]);
+        assert_eq!(tokens[0].role.as_str(), "operator");
+
+        let bad = format!("ops:operator:{HASH}\nops:operator:short\n");
+        let err = format!("{:#}", parse_api_tokens_file(&bad).unwrap_err());
+        assert!(err.contains("line 2"), "{err}");
+        assert!(parse_api_tokens_file("# nothing\n").unwrap().is_empty());
+    }
 }
