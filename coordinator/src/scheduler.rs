@@ -350,9 +350,10 @@ fn blocked_products(view: &View) -> HashSet<String> {
         .collect()
 }
 
-/// Re-reads one job into the view after a conflicting write.
+/// Re-reads one job into the view after a conflicting write: the leader's copy, which
+/// holds the write that won (a replica's could be older than the view itself).
 async fn refresh(service: &Service, view: &mut View, id: &JobId) {
-    match service.store.load_job(id).await {
+    match service.store.load_job_latest(id).await {
         Ok(Some((rec, rev))) => view.set_job(rec, rev),
         Ok(None) => view.remove_job(id),
         Err(e) => tracing::debug!(job = %id, error = %e, "refresh failed"),

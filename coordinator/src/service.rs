@@ -796,12 +796,20 @@ impl Service {
                 "",
             );
         }
-        // Anything the worker runs that it no longer holds must stop.
+        // Anything the worker runs that it no longer holds must stop (decided on the
+        // leader's copy: a lagging replica must not stop a job it has not seen start).
         let mut revoked = Vec::new();
         for job in &req.running {
-            let holds = match self.store.load_job(&job.job_id).await? {
-                Some((j, _)) => fsm::check_holder(&j, job.epoch, &req.worker_id).is_ok(),
-                None => false,
+            let holds = match self
+                .store
+                .held_job(&job.job_id, job.epoch, &req.worker_id)
+                .await
+            {
+                Ok(_) => true,
+                Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Internal) => {
+                    return Err(e)
+                }
+                Err(_) => false,
             };
             if !holds {
                 metrics::revoked(RevokeReason::Superseded);
@@ -874,8 +882,10 @@ impl Service {
     pub async fn renew(&self, req: RenewRequest) -> Result<RenewReply, RpcError> {
         let now = self.clock.now();
         if let Some(usage) = &req.usage {
-            let rec = self.get_job(&req.job_id).await?;
-            fsm::check_holder(&rec, req.epoch, &req.worker_id)
+            let rec = self
+                .store
+                .held_job(&req.job_id, req.epoch, &req.worker_id)
+                .await
                 .inspect_err(|e| metrics::fenced("renew", e.kind))?;
             if let Some(cap) = rec.spec.max_cost.filter(|cap| usage.cost > *cap) {
                 let reason = format!("budget_exceeded: spent {} of max_cost {cap}", usage.cost);

@@ -136,8 +136,8 @@ const RECENT_JOBS: usize = 16_384;
 ///
 /// Invariant: only a hint. A write from it is revision-checked, so an entry that is
 /// behind costs one failed write and a read; and a decision taken on it that writes
-/// nothing (a refusal, an idempotent repeat) is taken again on a fresh read, since only
-/// a successful write proves the entry was current.
+/// nothing (a refusal, an idempotent repeat) is taken again on the stream leader's
+/// copy, since only a successful write proves the entry was current.
 #[derive(Default)]
 struct RecentJobs(HashMap<JobId, (JobRecord, u64)>);
 
@@ -247,6 +247,11 @@ impl Store {
         &self.history
     }
 
+    /// A job's record by a direct get: cheap, answered by any replica of the bucket
+    /// (with a cluster, the one on the server this coordinator is connected to), so it
+    /// may be behind the last write by milliseconds or more: good to show, or to start
+    /// a revision-checked write from, never enough to refuse on. See
+    /// [`Store::load_job_latest`].
     pub async fn load_job(&self, id: &JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
         let key = names::job_key(id);
         let Some(entry) = self.jobs.entry(key.clone()).await.map_err(transport)? else {
@@ -260,6 +265,65 @@ impl Store {
             error: e.to_string(),
         })?;
         Ok(Some((rec, entry.revision)))
+    }
+
+    /// A job's record as the bucket's stream leader has it (`STREAM.MSG.GET`, which only
+    /// the leader answers): every write acknowledged before the request is in it. What
+    /// a decision that writes nothing (a refusal, a revocation, "no such job") must be
+    /// taken on: a replica answering a direct get ([`Store::load_job`]) can be behind,
+    /// and with two coordinators on different NATS nodes a worker's completion often
+    /// reaches the coordinator whose local replica has not applied the dispatch yet.
+    pub async fn load_job_latest(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let key = names::job_key(id);
+        let subject = format!("{}{key}", self.jobs.prefix);
+        let msg = match self
+            .jobs
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(transport(e)),
+        };
+        // A delete, a purge, or the marker a finished job's expiry leaves.
+        if msg.headers.get("KV-Operation").is_some()
+            || msg
+                .headers
+                .get(async_nats::header::NATS_MARKER_REASON)
+                .is_some()
+        {
+            return Ok(None);
+        }
+        let rec = serde_json::from_slice(&msg.payload).map_err(|e| StoreError::Corrupt {
+            key,
+            error: e.to_string(),
+        })?;
+        Ok(Some((rec, msg.sequence)))
+    }
+
+    /// The job's record if `worker` holds its lease at `epoch` ([`fsm::check_holder`]).
+    /// Accepted on a direct get; refused only on the leader's copy
+    /// ([`Store::load_job_latest`]), so a lagging replica never revokes a lease.
+    pub async fn held_job(
+        &self,
+        id: &JobId,
+        epoch: u64,
+        worker: &gf_schemas::WorkerId,
+    ) -> Result<JobRecord, RpcError> {
+        if let Ok(Some((rec, _))) = self.load_job(id).await {
+            if crate::fsm::check_holder(&rec, epoch, worker).is_ok() {
+                return Ok(rec);
+            }
+        }
+        match self.load_job_latest(id).await? {
+            Some((rec, _)) => crate::fsm::check_holder(&rec, epoch, worker).map(|()| rec),
+            None => Err(StoreError::NotFound(format!("job {id}")).into()),
+        }
     }
 
     pub async fn create_job(&self, rec: &JobRecord) -> Result<u64, StoreError> {
@@ -314,35 +378,57 @@ impl Store {
     }
 
     /// Read-modify-write of one job: takes the record (from [`RecentJobs`] if this
-    /// coordinator wrote it last, else a read), applies `f`, writes it back
-    /// revision-checked, and on a conflict starts over from a fresh read. `f` sees the
-    /// current record every time, so a retry decides again rather than replaying.
+    /// coordinator wrote it last, else a direct get), applies `f`, writes it back
+    /// revision-checked, and on a conflict starts over from the leader's copy. `f` sees
+    /// the record read every time, so a retry decides again rather than replaying.
     ///
     /// Returns `f`'s output, the record as written and its revision. When `f` returns
-    /// `Ok((out, false))` nothing is written; that answer and any error always come
-    /// from a fresh read.
+    /// `Ok((out, false))` nothing is written; that answer, any error and "no such job"
+    /// always come from the leader's copy ([`Store::load_job_latest`]): only a
+    /// successful write proves a hint or a direct get was current.
     pub async fn modify_job<T>(
         &self,
         id: &JobId,
         mut f: impl FnMut(&mut JobRecord) -> Result<(T, bool), RpcError>,
     ) -> Result<(T, JobRecord, u64), RpcError> {
+        #[derive(PartialEq)]
+        enum Source {
+            Hint,
+            Replica,
+            Leader,
+        }
         let mut hint = self.recent_job(id);
+        let mut source = if hint.is_some() {
+            Source::Hint
+        } else {
+            Source::Replica
+        };
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let from_hint = hint.is_some();
-            let (mut rec, rev) = match hint.take() {
-                Some(r) => r,
-                None => match self.load_job(id).await? {
-                    Some(r) => r,
-                    None => return Err(StoreError::NotFound(format!("job {id}")).into()),
-                },
+            let read = match source {
+                Source::Hint => hint.take(),
+                // Only a first guess: whatever goes wrong, the leader is asked next.
+                Source::Replica => self.load_job(id).await.unwrap_or_else(|e| {
+                    tracing::debug!(job = %id, error = %e, "direct get failed");
+                    None
+                }),
+                Source::Leader => self.load_job_latest(id).await?,
+            };
+            let trusted = source == Source::Leader;
+            // Whatever happens next, the next read is the leader's.
+            source = Source::Leader;
+            let Some((mut rec, rev)) = read else {
+                if trusted {
+                    return Err(StoreError::NotFound(format!("job {id}")).into());
+                }
+                continue;
             };
             let (out, changed) = match f(&mut rec) {
                 Ok(decided) => decided,
-                Err(_) if from_hint => continue,
+                Err(_) if !trusted => continue,
                 Err(e) => return Err(e),
             };
             if !changed {
-                if from_hint {
+                if !trusted {
                     continue;
                 }
                 return Ok((out, rec, rev));

@@ -158,9 +158,7 @@ async fn held(
     epoch: u64,
     worker: &WorkerId,
 ) -> Result<JobRecord, RpcError> {
-    let rec = service.get_job(job).await?;
-    crate::fsm::check_holder(&rec, epoch, worker)?;
-    Ok(rec)
+    service.store.held_job(job, epoch, worker).await
 }
 
 /// The attempt number of the record's current epoch.
