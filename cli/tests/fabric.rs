@@ -370,7 +370,6 @@ async fn submission_dispatches_when_a_worker_has_room() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
     let mut cfg = coordinator_config(&nats.url());
-    cfg.dispatch_slack = 0;
     // No worker is judged gone while the test runs without heartbeats.
     cfg.worker_timeout = Duration::from_secs(60);
     let coord = Running::coordinator(cfg).await?;

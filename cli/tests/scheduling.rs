@@ -46,8 +46,7 @@ async fn all_jobs(client: &Client) -> anyhow::Result<Vec<JobRecord>> {
 async fn urgent_job_overtakes_queue() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
-    let mut cfg = coordinator_config(&nats.url());
-    cfg.dispatch_slack = 0;
+    let cfg = coordinator_config(&nats.url());
     let coord = Running::coordinator(cfg).await?;
     let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
     let client = Client::connect(&nats).await?;
@@ -243,7 +242,6 @@ async fn preemption_makes_room() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let mut cfg = coordinator_config(&nats.url());
     cfg.preemption_margin = Some(30.0);
-    cfg.dispatch_slack = 0;
     let coord = Running::coordinator(cfg).await?;
     let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
     let client = Client::connect(&nats).await?;
