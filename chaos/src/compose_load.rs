@@ -185,11 +185,11 @@ fn print(m: &Measured) {
     );
 }
 
-/// After the no-op load, what the rest of the dashboard shows: a budget with spend,
-/// jobs that report model usage and hold their lease long enough to renew it, a job
-/// that runs out of attempts, one that no worker can run, a webhook for a source
-/// nobody configured, and a signed tracker webhook whose job's state changes are
-/// echoed to a tracker that is down (attempts, then given up).
+/// After the no-op load, what the rest of the dashboard shows: a job that leaves an
+/// artifact, a budget with spend, jobs that report model usage and hold their lease
+/// long enough to renew it, a job that runs out of attempts, one that no worker can
+/// run, a webhook for a source nobody configured, and a signed tracker webhook whose
+/// job's state changes are echoed to a tracker that is down (attempts, then given up).
 async fn exercise(c: &ComposeCluster) -> anyhow::Result<()> {
     let client = connect(c).await?;
     let js = jetstream::new(client.clone());
@@ -203,7 +203,13 @@ async fn exercise(c: &ComposeCluster) -> anyhow::Result<()> {
         paused: None,
     };
     let _: serde_json::Value = rpc.call(names::rpc::BUDGET_SET, &budget).await?;
-    let mut specs = Vec::new();
+    // A file left in $GF_ARTIFACTS_DIR: stored by the coordinators, so the panel
+    // "Artifact and checkpoint bytes stored" has data.
+    let mut specs = vec![JobSpec::command([
+        "sh",
+        "-c",
+        r#"echo "stored by the load exercise" > "$GF_ARTIFACTS_DIR/exercise.txt""#,
+    ])];
     for _ in 0..4 {
         // Longer than a third of the load timings' 30 s lease: renewed once.
         let mut s = JobSpec::command([
