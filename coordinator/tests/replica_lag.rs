@@ -26,7 +26,9 @@ use futures::StreamExt;
 use gf_schemas::names::{self, rpc};
 use gf_schemas::rpc::SubmitReply;
 use gf_schemas::{JobRecord, JobSpec, JobState};
-use gf_testkit::{coordinator_config, eventually, init_tracing, worker_config, NatsServer, Running};
+use gf_testkit::{
+    coordinator_config, eventually, init_tracing, worker_config, NatsServer, Running,
+};
 use gf_worker::RpcClient;
 
 const JOBS_STREAM: &str = "KV_gf_jobs";
@@ -61,7 +63,9 @@ async fn lagging_replica(
         while let Some(msg) = gets.next().await {
             let (Some(reply), Some(subject)) = (
                 msg.reply.clone(),
-                msg.subject.strip_prefix(&request_prefix).map(str::to_string),
+                msg.subject
+                    .strip_prefix(&request_prefix)
+                    .map(str::to_string),
             ) else {
                 continue;
             };
@@ -128,7 +132,9 @@ async fn completions_on_a_coordinator_reading_a_lagging_replica_are_not_refused(
     let rpc = RpcClient::new(client.clone(), Duration::from_secs(10));
     let mut ids = Vec::new();
     for _ in 0..40 {
-        let r: SubmitReply = rpc.call(rpc::SUBMIT, &JobSpec::command(["gf:noop"])).await?;
+        let r: SubmitReply = rpc
+            .call(rpc::SUBMIT, &JobSpec::command(["gf:noop"]))
+            .await?;
         ids.push(r.job_id);
     }
     let jobs = js.get_key_value(names::BUCKET_JOBS).await?;
