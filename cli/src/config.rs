@@ -204,6 +204,11 @@ pub const KEYS: &[Key] = &[
         ["GF_COORDINATOR_REAPER_PERIOD", "GF_REAPER_PERIOD"]
     ),
     key!(
+        "coordinator.watch_replay_timeout",
+        Str,
+        ["GF_COORDINATOR_WATCH_REPLAY_TIMEOUT"]
+    ),
+    key!(
         "coordinator.heartbeat_interval",
         Str,
         ["GF_COORDINATOR_HEARTBEAT_INTERVAL"]
@@ -467,6 +472,8 @@ pub struct CoordinatorSettings {
     #[serde(with = "dur")]
     pub leader_ttl: Duration,
     #[serde(with = "dur")]
+    pub watch_replay_timeout: Duration,
+    #[serde(with = "dur")]
     pub retry_base: Duration,
     #[serde(with = "dur")]
     pub retry_max: Duration,
@@ -496,6 +503,7 @@ impl Default for CoordinatorSettings {
             heartbeat_interval: d.heartbeat_interval,
             worker_timeout: d.worker_timeout,
             leader_ttl: d.leader_ttl,
+            watch_replay_timeout: d.watch_replay_timeout,
             retry_base: d.retry_base,
             retry_max: d.retry_max,
             dispatch_slack: d.dispatch_slack,
@@ -926,6 +934,12 @@ fn validate(
     if let Err((key, e)) = s.history.parsed() {
         return Err(bad(key, e));
     }
+    if s.coordinator.watch_replay_timeout.is_zero() {
+        return Err(bad(
+            "coordinator.watch_replay_timeout",
+            "must be more than 0".into(),
+        ));
+    }
     for l in &s.coordinator.limits {
         crate::parse_limit(l).map_err(|e| bad("coordinator.limits", e))?;
     }
@@ -1124,6 +1138,7 @@ impl Loaded {
             heartbeat_interval: c.heartbeat_interval,
             worker_timeout: c.worker_timeout,
             leader_ttl: c.leader_ttl,
+            watch_replay_timeout: c.watch_replay_timeout,
             retry_base: c.retry_base,
             retry_max: c.retry_max,
             dispatch_slack: c.dispatch_slack,

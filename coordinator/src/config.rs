@@ -28,6 +28,10 @@ pub struct CoordinatorConfig {
     pub worker_timeout: Duration,
     /// Scheduler leader lease; a standby takes over within about this long.
     pub leader_ttl: Duration,
+    /// Longest wait for a bucket watch (the leader's view, the stats task) to deliver
+    /// what the bucket held when it was opened; one that does not is re-opened, after
+    /// a backoff, from what it did deliver (`crate::watch`).
+    pub watch_replay_timeout: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
     /// Ignored; kept so configurations that set it still load. It was the notices
@@ -164,6 +168,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(2),
             worker_timeout: Duration::from_secs(10),
             leader_ttl: Duration::from_secs(5),
+            watch_replay_timeout: Duration::from_secs(30),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             dispatch_slack: 0,

@@ -35,6 +35,7 @@ pub mod score;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -141,8 +142,11 @@ pub async fn start(
     let bridge = bridged::start(&service, shutdown.clone())
         .await
         .context("cannot start the tracker bridge")?;
-    let (stats, stats_feed, stats_task) =
-        stats::start(service.store.jobs.clone(), shutdown.clone());
+    let (stats, stats_feed, stats_task) = stats::start(
+        service.store.jobs.clone(),
+        config.watch_replay_timeout,
+        shutdown.clone(),
+    );
     let archiver = tokio::spawn(history::archive::run(js.clone(), shutdown.clone()));
     let _ = service.jobs_index.set(stats.clone());
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));

@@ -18,6 +18,22 @@ pub fn init_counters() {
     }
 }
 
+/// A bucket watch opened (`which` names the watch, never an id): `resumed` from the
+/// view's last revision, or a replay of the whole bucket.
+pub fn watch_opened(which: &'static str, resumed: bool) {
+    let name = if resumed {
+        WATCH_RESUMES
+    } else {
+        WATCH_REPLAYS
+    };
+    counter!(name, "watch" => which).increment(1);
+}
+
+/// A watch that did not deliver what its bucket held in time.
+pub fn watch_replay_timeout(which: &'static str) {
+    counter!(WATCH_REPLAY_TIMEOUTS, "watch" => which).increment(1);
+}
+
 /// A worker marked gone by the leader.
 pub fn worker_lost() {
     counter!(WORKERS_LOST).increment(1);

@@ -24,6 +24,7 @@ use crate::metrics::{self, ViewCounts, ViewGauges};
 pub use crate::plan::{plan, unplaceable_reason, worker_live, Decision, Policy, StartLog, View};
 use crate::service::Service;
 use crate::store::encode;
+use crate::watch::{Backoff, Resumable, Start};
 
 /// Shared, read-only status for `/health`.
 #[derive(Default)]
@@ -123,16 +124,31 @@ pub async fn run(
         status.is_leader.store(true, Ordering::SeqCst);
         metrics::leader(true);
         *status.leader.lock().expect("status") = Some(me.clone());
+        // What the term keeps between re-opened watches; the next term starts over.
+        let mut term = Term::new();
         loop {
-            let end = lead(&service, &mut lease, &stats, &mut reconnects, &shutdown).await;
-            // The next view is read from the store, which holds every job the lane
-            // created; until then nothing may take a slot the old view promised.
+            let mut end = lead(
+                &service,
+                &mut lease,
+                &stats,
+                &mut reconnects,
+                &shutdown,
+                &mut term,
+            )
+            .await;
+            // Until the view is current again nothing may take a slot the old view
+            // promised; jobs the lane created meanwhile come back with the watch.
             service.lane.close();
+            if matches!(end, LeadEnd::Restart) && lease.valid() {
+                let pause = term.backoff.next_pause();
+                tracing::info!(
+                    pause_ms = pause.as_millis() as u64,
+                    "re-opening the scheduler's watches"
+                );
+                end = pause_leading(&service, &mut lease, pause, &shutdown).await;
+            }
             match end {
-                LeadEnd::Restart if lease.valid() => {
-                    tracing::info!("rebuilding scheduler view");
-                    continue;
-                }
+                LeadEnd::Restart if lease.valid() => continue,
                 LeadEnd::Shutdown => {
                     leader::step_down(&service.store.leader, &lease).await;
                     status.is_leader.store(false, Ordering::SeqCst);
@@ -146,6 +162,72 @@ pub async fn run(
         status.is_leader.store(false, Ordering::SeqCst);
         metrics::leader(false);
         ViewGauges::default().clear();
+    }
+}
+
+/// Waits `pause` before the leader re-opens its watches, renewing the lease meanwhile
+/// (the pause may be longer than the lease). `Restart` when it is over.
+async fn pause_leading(
+    service: &Service,
+    lease: &mut LeaderLease,
+    pause: Duration,
+    shutdown: &CancellationToken,
+) -> LeadEnd {
+    let until = tokio::time::Instant::now() + pause;
+    let mut renew = tokio::time::interval_at(
+        tokio::time::Instant::now() + service.config.leader_ttl / 3,
+        service.config.leader_ttl / 3,
+    );
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return LeadEnd::Shutdown,
+            _ = tokio::time::sleep_until(until) => return LeadEnd::Restart,
+            _ = renew.tick() => {
+                if !leader::renew(&service.store.leader, &service.config.id, lease).await {
+                    return LeadEnd::Lost;
+                }
+            }
+        }
+    }
+}
+
+/// What a leader keeps while it re-opens its watches within one term (after a watch
+/// broke, NATS reconnected, or a watch was too slow): its view, with the planner and
+/// the start log that go with it, where each watch got to, and the backoff between
+/// attempts. A watch that can resume keeps the view and applies only what changed
+/// (`crate::watch`); a jobs watch that must replay rebuilds the view from nothing.
+struct Term {
+    view: Option<View>,
+    planner: crate::plan::Planner,
+    starts: StartLog,
+    jobs: Resumable,
+    workers: Resumable,
+    budgets: Resumable,
+    backoff: Backoff,
+    /// The jobs watch is replaying the bucket into a fresh view (the counters sweep
+    /// what it did not deliver once it is current).
+    replaying: bool,
+}
+
+impl Term {
+    fn new() -> Self {
+        Self {
+            view: None,
+            planner: crate::plan::Planner::new(),
+            starts: StartLog::default(),
+            jobs: Resumable::new("leader_jobs"),
+            workers: Resumable::new("leader_workers"),
+            budgets: Resumable::new("leader_budgets"),
+            backoff: Backoff::default(),
+            replaying: false,
+        }
+    }
+
+    fn broke(&mut self) {
+        self.jobs.broke();
+        self.workers.broke();
+        self.budgets.broke();
     }
 }
 
@@ -166,7 +248,8 @@ async fn sync_clock(service: &Service) {
 enum LeadEnd {
     Shutdown,
     Lost,
-    /// Watches broke or NATS reconnected: rebuild the view.
+    /// Watches broke, NATS reconnected, or a watch was too slow: re-open them (resuming
+    /// where they got to, see [`Term`]).
     Restart,
 }
 
@@ -176,58 +259,171 @@ async fn lead(
     stats: &crate::stats::StatsFeed,
     reconnects: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
+    term: &mut Term,
+) -> LeadEnd {
+    let end = lead_with(service, lease, stats, reconnects, shutdown, term).await;
+    if matches!(end, LeadEnd::Restart) {
+        term.broke();
+    }
+    end
+}
+
+async fn lead_with(
+    service: &Arc<Service>,
+    lease: &mut LeaderLease,
+    stats: &crate::stats::StatsFeed,
+    reconnects: &mut watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+    term: &mut Term,
+) -> LeadEnd {
+    let store = &service.store;
+    if term.view.is_none() {
+        term.jobs.forget();
+    }
+    reconnects.borrow_and_update();
+    let usage = match usage_consumer(&store.js).await {
+        Ok(u) => u.messages().await.map_err(async_nats::Error::from),
+        Err(e) => Err(e),
+    };
+    let mut usage = match usage {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot bind the usage consumer; retrying");
+            return LeadEnd::Restart;
+        }
+    };
+    // Each opened as a resume from where the view got to when it can be, else a
+    // replay of its bucket (`crate::watch`).
+    let opened = (
+        term.jobs.open(&store.jobs).await,
+        term.workers.open(&store.workers).await,
+        term.budgets.open(&store.budgets).await,
+    );
+    let (jobs, workers, budgets) = match opened {
+        (Ok(j), Ok(w), Ok(b)) => (j, w, b),
+        (j, w, b) => {
+            // A replay opened here is not applied: the next open must replay again.
+            for (o, r) in [
+                (&j, &mut term.jobs),
+                (&w, &mut term.workers),
+                (&b, &mut term.budgets),
+            ] {
+                if matches!(o, Ok(o) if matches!(o.start, Start::Replay { .. })) {
+                    r.forget();
+                }
+            }
+            let e = [j.err(), w.err(), b.err()]
+                .into_iter()
+                .flatten()
+                .next()
+                .map(|e| e.to_string());
+            tracing::warn!(error = ?e, "cannot watch the buckets; retrying");
+            return LeadEnd::Restart;
+        }
+    };
+    let (mut jobs_w, mut workers_w, mut budgets_w) = (jobs.watch, workers.watch, budgets.watch);
+    let mut view = match (term.view.take(), jobs.start) {
+        (Some(view), Start::Resume) => view,
+        (old, start) => {
+            // The old view's counters feed goes before the new one starts.
+            drop(old);
+            let mut view = View {
+                stats: Some(stats.lead()),
+                outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
+                ..View::default()
+            };
+            // What earlier terms learned; the workers' profiles follow from the watch.
+            view.learned =
+                crate::outcomes::warm(&store.js, &service.routing, service.clock.now()).await;
+            if let (Start::Replay { upto }, Some(feed)) = (start, &view.stats) {
+                feed.begin_replay(upto);
+            }
+            term.replaying = true;
+            term.planner = crate::plan::Planner::new();
+            term.starts = StartLog::default();
+            view
+        }
+    };
+    if let Some(feed) = &view.stats {
+        feed.position(term.jobs.last());
+    }
+    // A bucket replayed is applied from nothing.
+    if matches!(workers.start, Start::Replay { .. }) {
+        view.workers.clear();
+    }
+    if matches!(budgets.start, Start::Replay { .. }) {
+        view.budgets.clear();
+    }
+    let end = follow(
+        service,
+        lease,
+        &mut usage,
+        (&mut jobs_w, &mut workers_w, &mut budgets_w),
+        (jobs.current, workers.current, budgets.current),
+        &mut view,
+        reconnects,
+        shutdown,
+        term,
+    )
+    .await;
+    term.view = Some(view);
+    end
+}
+
+/// The three watches the leader's view follows.
+type Watches<'a> = (
+    &'a mut async_nats::jetstream::kv::Watch,
+    &'a mut async_nats::jetstream::kv::Watch,
+    &'a mut async_nats::jetstream::kv::Watch,
+);
+
+/// The leader's loop over its open watches: applies what they deliver to the view,
+/// plans when something changed and the view is current, renews the lease, reaps.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    service: &Arc<Service>,
+    lease: &mut LeaderLease,
+    usage: &mut consumer::pull::Stream,
+    (jobs_w, workers_w, budgets_w): Watches<'_>,
+    // Whether each watch has delivered what its bucket held when it was opened.
+    (mut jobs_current, mut workers_current, mut budgets_current): (bool, bool, bool),
+    view: &mut View,
+    reconnects: &mut watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+    term: &mut Term,
 ) -> LeadEnd {
     let cfg = service.config.clone();
     let me = cfg.id.clone();
     let store = &service.store;
-    let watches = (
-        store.jobs.watch_with_history(">").await,
-        store.workers.watch_with_history(">").await,
-        store.budgets.watch_with_history(">").await,
-        usage_consumer(&store.js).await,
-    );
-    let (mut jobs_w, mut workers_w, mut budgets_w, usage) = match watches {
-        (Ok(j), Ok(w), Ok(b), Ok(u)) => (j, w, b, u),
-        _ => {
-            tracing::warn!("cannot watch buckets or bind the usage consumer; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return LeadEnd::Restart;
-        }
-    };
-    let mut usage = match usage.messages().await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "usage consumer");
-            return LeadEnd::Restart;
-        }
-    };
-    reconnects.borrow_and_update();
-    let mut view = View {
-        stats: Some(stats.lead()),
-        outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
-        ..View::default()
-    };
-    // What earlier terms learned; the workers' profiles follow from the watch.
-    view.learned = crate::outcomes::warm(&store.js, &service.routing, service.clock.now()).await;
     let mut outcome_tick = tokio::time::interval(crate::outcomes::FLUSH_PERIOD);
     outcome_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut starts = StartLog::default();
-    let mut planner = crate::plan::Planner::new();
-    let mut gauges = ViewGauges::default();
-    // The watch marks when it has delivered the snapshot; an empty bucket delivers
-    // nothing, so ask the stream whether there is anything to wait for.
-    let mut jobs_stream = store.jobs.stream.clone();
-    let mut jobs_current = matches!(jobs_stream.info().await, Ok(i) if i.state.messages == 0);
     let mut renew = tokio::time::interval(cfg.leader_ttl / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reap = tokio::time::interval(cfg.reaper_period);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gauge_tick = tokio::time::interval(GAUGE_PERIOD);
     gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gauges = ViewGauges::default();
+    // The watches must deliver what their buckets held by then (`crate::watch`).
+    let replay_deadline = tokio::time::Instant::now() + cfg.watch_replay_timeout;
+    let mut current = false;
     // A pass is due when something changed (`dirty`) and not before `next_pass`.
     let mut dirty = false;
     let mut next_pass = tokio::time::Instant::now();
     loop {
+        // The view is current once every watch delivered what its bucket held: only
+        // then may it be planned on (a view missing workers would find jobs
+        // unplaceable), counted or reaped.
+        if !current && jobs_current && workers_current && budgets_current {
+            current = true;
+            dirty = true;
+            term.backoff.reset();
+            if std::mem::take(&mut term.replaying) {
+                if let Some(feed) = &view.stats {
+                    feed.end_replay();
+                }
+            }
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
@@ -239,8 +435,27 @@ async fn lead(
                 sync_clock(service).await;
             }
             _ = reconnects.changed() => return LeadEnd::Restart,
+            _ = tokio::time::sleep_until(replay_deadline), if !current => {
+                tracing::warn!(
+                    jobs = jobs_current,
+                    workers = workers_current,
+                    budgets = budgets_current,
+                    timeout_ms = cfg.watch_replay_timeout.as_millis() as u64,
+                    "a watch did not deliver its bucket in time (current = true for those that did); re-opening"
+                );
+                for (done, r) in [
+                    (jobs_current, &mut term.jobs),
+                    (workers_current, &mut term.workers),
+                    (budgets_current, &mut term.budgets),
+                ] {
+                    if !done {
+                        r.timed_out();
+                    }
+                }
+                return LeadEnd::Restart;
+            }
             // Before the watches: under load they are always ready and would starve it.
-            _ = due(next_pass), if dirty => {
+            _ = due(next_pass), if dirty && current => {
                 if !lease.valid() {
                     return LeadEnd::Lost;
                 }
@@ -249,22 +464,22 @@ async fn lead(
                 }
                 let (planning, rooms) = apply_plan(
                     service,
-                    &mut planner,
-                    &mut view,
-                    &mut starts,
+                    &mut term.planner,
+                    view,
+                    &mut term.starts,
                 )
                 .await;
-                service.lane.open(lease.valid_until(), rooms, blocked_products(&view));
+                service.lane.open(lease.valid_until(), rooms, blocked_products(view));
                 dirty = false;
                 next_pass = tokio::time::Instant::now() + pass_spacing(planning);
             }
             _ = gauge_tick.tick() => {
-                if jobs_current {
+                if current {
                     if let Some(stats) = &view.stats {
                         stats.synced();
                     }
                     gauges.publish(&counts(
-                        &view,
+                        view,
                         &service.routing,
                         cfg.worker_timeout,
                         service.clock.now(),
@@ -279,23 +494,32 @@ async fn lead(
             entry = jobs_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
                 jobs_current |= e.seen_current || e.delta == 0;
+                term.jobs.seen(e.revision);
                 view.apply_job(&e.key, e.revision, e.operation, &e.value);
                 // Take everything already buffered before deciding.
                 while let Some(Some(Ok(e))) = futures::FutureExt::now_or_never(jobs_w.next()) {
                     jobs_current |= e.seen_current || e.delta == 0;
+                    term.jobs.seen(e.revision);
                     view.apply_job(&e.key, e.revision, e.operation, &e.value);
                 }
-                dirty |= jobs_current;
+                if let Some(feed) = &view.stats {
+                    feed.position(term.jobs.last());
+                }
+                dirty = true;
             }
             entry = workers_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
+                workers_current |= e.seen_current || e.delta == 0;
+                term.workers.seen(e.revision);
                 view.apply_worker(&e.key, e.operation, &e.value);
-                dirty |= jobs_current;
+                dirty = true;
             }
             entry = budgets_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
+                budgets_current |= e.seen_current || e.delta == 0;
+                term.budgets.seen(e.revision);
                 view.apply_budget(&e.key, e.operation, &e.value);
-                dirty |= jobs_current;
+                dirty = true;
             }
             msg = usage.next() => {
                 let Some(Ok(msg)) = msg else { return LeadEnd::Restart };
@@ -304,11 +528,11 @@ async fn lead(
                 }
             }
             _ = reap.tick() => {
-                if jobs_current && lease.valid() {
-                    crate::history::resolve_references(&service.store, &mut view).await;
-                    reap_expired(service, &mut view).await;
+                if current && lease.valid() {
+                    crate::history::resolve_references(&service.store, view).await;
+                    reap_expired(service, view).await;
                     fire_schedules(service).await;
-                    starts.prune(service.clock.now());
+                    term.starts.prune(service.clock.now());
                     dirty = true;
                 }
             }

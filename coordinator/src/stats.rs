@@ -8,6 +8,10 @@
 //! channel. The aggregator is a pure value fed records, so
 //! it is unit-tested on fixed timestamps, and `gf stats` reuses it on a bucket read.
 //!
+//! The watch resumes from the last revision it counted when it is re-opened, and a
+//! replay (when a resume could miss a removal) drops what it does not deliver; see
+//! [`crate::watch`].
+//!
 //! Throughput buckets are keyed by the time a job *finished* (its record's
 //! `updated_at`, server-anchored), not by when this coordinator saw it: a coordinator
 //! that starts (or restarts) rebuilds the last minutes' figures from the replay, and a
@@ -92,6 +96,10 @@ pub struct Aggregator {
     depth: BTreeMap<String, u64>,
     buckets: BTreeMap<i64, Bucket>,
     models: BTreeMap<ModelKey, UsageSums>,
+    /// While a full replay of `gf_jobs` is being fed: the stream's last revision when it
+    /// began, and every job it (or anything since) delivered. See
+    /// [`Aggregator::begin_replay`].
+    replay: Option<(u64, std::collections::HashSet<JobId>)>,
 }
 
 /// One point of the throughput/latency series.
@@ -177,6 +185,9 @@ impl Aggregator {
     /// revision already counted is ignored, so two feeds (a watch and the leader's
     /// view, see [`StatsFeed`]) can overlap while they hand over.
     pub fn ingest_revision(&mut self, rec: &JobRecord, rev: u64, now: Timestamp) {
+        if let Some((_, seen)) = &mut self.replay {
+            seen.insert(rec.id);
+        }
         if rev != 0 && self.jobs.get(&rec.id).is_some_and(|o| o.rev >= rev) {
             return;
         }
@@ -253,8 +264,42 @@ impl Aggregator {
 
     /// A deleted (purged) job leaves the counters; its finish stays in the series.
     pub fn remove(&mut self, id: &JobId) {
+        if let Some((_, seen)) = &mut self.replay {
+            seen.insert(*id);
+        }
         if let Some(old) = self.jobs.remove(id) {
             self.count(&old, -1);
+        }
+    }
+
+    /// A full replay of the bucket starts; `upto` is the stream's last revision just
+    /// before it. A job counted here that the replay does not deliver was removed while
+    /// nobody watched (e.g. its expiry marker came and went during a long outage):
+    /// [`Aggregator::end_replay`] takes it out, so the counters follow the bucket and
+    /// not everything ever seen.
+    pub fn begin_replay(&mut self, upto: u64) {
+        self.replay = Some((upto, std::collections::HashSet::new()));
+    }
+
+    /// Forgets a replay that will not be finished (its ids are no longer collected).
+    pub fn cancel_replay(&mut self) {
+        self.replay = None;
+    }
+
+    /// The replay delivered everything: drops the jobs it did not deliver (and that
+    /// were not written since it began).
+    pub fn end_replay(&mut self) {
+        let Some((upto, seen)) = self.replay.take() else {
+            return;
+        };
+        let stale: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(id, s)| s.rev <= upto && !seen.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.remove(&id);
         }
     }
 
@@ -414,13 +459,17 @@ struct Shared {
     /// `true` while this coordinator leads: its scheduler's view feeds the aggregator
     /// and the stats task keeps no watch of its own.
     leader_feeds: watch::Sender<bool>,
+    /// The last revision the leader's jobs watch applied (every entry up to it fed the
+    /// aggregator): where the stats task's watch resumes when the leader stops.
+    leader_position: std::sync::atomic::AtomicU64,
 }
 
 /// The leader's side of the counters. The leader already watches `gf_jobs` and decodes
 /// every record for its view; feeding the same records here saves a second watch, which
 /// cost one more message from the server and one more decode per job write. Created by
 /// [`StatsFeed::lead`] when a term starts; dropping it (however the term ends) hands the
-/// counting back to the stats task's own watch, which replays the bucket.
+/// counting back to the stats task's own watch, which resumes from where the leader's
+/// watch got to ([`LeaderFeed::position`]).
 pub struct LeaderFeed(Arc<Shared>);
 
 impl LeaderFeed {
@@ -440,6 +489,22 @@ impl LeaderFeed {
     /// The leader's view has replayed the whole bucket.
     pub fn synced(&self) {
         self.0.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// The leader's jobs watch applied every entry up to `revision` (0 while a replay
+    /// starts over).
+    pub fn position(&self, revision: u64) {
+        self.0.leader_position.store(revision, Ordering::Relaxed);
+    }
+
+    /// The leader's view starts a full replay ([`Aggregator::begin_replay`]).
+    pub fn begin_replay(&self, upto: u64) {
+        self.0.agg.lock().expect("stats").begin_replay(upto);
+    }
+
+    /// The leader's replay is current ([`Aggregator::end_replay`]).
+    pub fn end_replay(&self) {
+        self.0.agg.lock().expect("stats").end_replay();
     }
 }
 
@@ -461,8 +526,11 @@ impl StatsFeed {
 }
 
 /// Starts the task that keeps the counters; it ends when `shutdown` fires.
+/// `replay_timeout` bounds the wait for its watch to deliver the bucket
+/// ([`crate::watch`]).
 pub fn start(
     jobs: kv::Store,
+    replay_timeout: Duration,
     shutdown: CancellationToken,
 ) -> (StatsHandle, StatsFeed, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Arc::new(
@@ -472,8 +540,9 @@ pub fn start(
         agg: Mutex::new(Aggregator::new()),
         synced: AtomicBool::new(false),
         leader_feeds: watch::Sender::new(false),
+        leader_position: std::sync::atomic::AtomicU64::new(0),
     });
-    let task = tokio::spawn(run(jobs, shared.clone(), tx, shutdown));
+    let task = tokio::spawn(run(jobs, shared.clone(), tx, replay_timeout, shutdown));
     (
         StatsHandle {
             rx,
@@ -485,11 +554,15 @@ pub fn start(
 }
 
 /// Publishes a snapshot twice a second and, while this coordinator does not lead,
-/// counts from its own watch of `gf_jobs`.
+/// counts from its own watch of `gf_jobs`. The watch resumes from the last revision it
+/// counted when it is re-opened (after it broke, or the leader's view fed the counters
+/// meanwhile; records the leader fed are recognised by their revision), and replays
+/// the bucket only when a resume could miss a removal ([`crate::watch`]).
 async fn run(
     jobs: kv::Store,
     shared: Arc<Shared>,
     tx: watch::Sender<Arc<JobStats>>,
+    replay_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut publish = tokio::time::interval(Duration::from_millis(500));
@@ -502,8 +575,16 @@ async fn run(
             Timestamp::now_local(),
         ))
     };
+    let mut position = crate::watch::Resumable::new("stats_jobs");
+    let mut backoff = crate::watch::Backoff::default();
+    // Whether the last watch ended in trouble (then the next one waits its backoff).
+    let mut troubled = false;
     loop {
         if *leading.borrow_and_update() {
+            // The leader's view feeds the counters; the watch resumes when it stops,
+            // from where the leader's watch got to if that is later.
+            position.broke();
+            position.adopt(shared.leader_position.load(Ordering::Relaxed));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = publish.tick() => { tx.send_replace(snapshot(&shared)); }
@@ -511,37 +592,68 @@ async fn run(
             }
             continue;
         }
-        // (Re)creating the watch replays every current record; the aggregator counts a
-        // finish once, so a replay after a reconnect does not double the series.
-        let mut stream = jobs.stream.clone();
-        if matches!(stream.info().await, Ok(i) if i.state.messages == 0) {
-            shared.synced.store(true, Ordering::Relaxed);
+        if std::mem::take(&mut troubled) {
+            let pause = backoff.next_pause();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            if *leading.borrow() {
+                continue;
+            }
         }
-        let watch = match jobs.watch_with_history(">").await {
-            Ok(w) => w,
+        position.adopt(shared.leader_position.load(Ordering::Relaxed));
+        let opened = match position.open(&jobs).await {
+            Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "stats: cannot watch the jobs bucket; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
+                position.broke();
+                troubled = true;
+                continue;
             }
         };
-        let mut watch = watch.fuse();
-        let broken = loop {
+        let mut current = opened.current;
+        match opened.start {
+            crate::watch::Start::Replay { upto } => {
+                shared.agg.lock().expect("stats").begin_replay(upto)
+            }
+            // A replay the leader's view began and did not finish is not this one.
+            crate::watch::Start::Resume => shared.agg.lock().expect("stats").cancel_replay(),
+        }
+        if current {
+            backoff.reset();
+            shared.agg.lock().expect("stats").end_replay();
+            shared.synced.store(true, Ordering::Relaxed);
+        }
+        let deadline = tokio::time::Instant::now() + replay_timeout;
+        let mut watch = opened.watch.fuse();
+        loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = publish.tick() => { tx.send_replace(snapshot(&shared)); }
                 // The leader's view takes over: drop this watch.
-                _ = leading.changed() => break false,
+                _ = leading.changed() => break,
+                _ = tokio::time::sleep_until(deadline), if !current => {
+                    tracing::warn!(
+                        timeout_ms = replay_timeout.as_millis() as u64,
+                        "stats: the jobs watch did not deliver the bucket in time; re-opening"
+                    );
+                    position.timed_out();
+                    troubled = true;
+                    break;
+                }
                 entry = watch.next() => {
                     let entry = match entry {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "stats: jobs watch failed; re-creating");
-                            break true;
+                            troubled = true;
+                            break;
                         }
-                        None => break true,
+                        None => {
+                            troubled = true;
+                            break;
+                        }
                     };
                     // Decoded before taking the lock the snapshots also take.
                     if entry.operation == kv::Operation::Put {
@@ -553,18 +665,17 @@ async fn run(
                     } else if let Ok(id) = entry.key.parse::<JobId>() {
                         shared.agg.lock().expect("stats").remove(&id);
                     }
-                    if entry.delta == 0 {
+                    position.seen(entry.revision);
+                    if !current && (entry.seen_current || entry.delta == 0) {
+                        current = true;
+                        backoff.reset();
+                        shared.agg.lock().expect("stats").end_replay();
                         shared.synced.store(true, Ordering::Relaxed);
                     }
                 }
             }
-        };
-        if broken {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
         }
+        position.broke();
     }
 }
 
@@ -606,6 +717,36 @@ mod tests {
         assert_eq!(s.running, 0);
         let finished: u64 = s.series.iter().map(|p| p.succeeded).sum();
         assert_eq!(finished, 1, "counted once");
+    }
+
+    /// A replay drops the jobs it did not deliver (removed while nobody watched), and
+    /// keeps those it delivered, those written since it began, and a removal's own.
+    #[test]
+    fn a_replay_drops_what_it_did_not_deliver() {
+        let now = t(10_000);
+        let mut a = Aggregator::new();
+        let kept = job("q", JobState::Pending, 9_990, 9_990);
+        let gone = job("q", JobState::Succeeded, 9_990, 9_995);
+        let later = job("q", JobState::Running, 9_990, 9_999);
+        a.ingest_revision(&kept, 1, now);
+        a.ingest_revision(&gone, 2, now);
+        a.begin_replay(2);
+        a.ingest_revision(&kept, 1, now);
+        // Written after the replay began, and arriving before it ends: not stale.
+        a.ingest_revision(&later, 3, now);
+        a.end_replay();
+        assert!(a.contains(&kept.id) && a.contains(&later.id));
+        assert!(!a.contains(&gone.id), "removed while nobody watched");
+        let s = a.snapshot(true, now);
+        assert_eq!((s.total, s.processed), (2, 0));
+        // Without a replay under way, nothing is swept.
+        a.end_replay();
+        assert_eq!(a.snapshot(true, now).total, 2);
+        // A replay cancelled (another feed took over) sweeps nothing either.
+        a.begin_replay(10);
+        a.cancel_replay();
+        a.end_replay();
+        assert_eq!(a.snapshot(true, now).total, 2);
     }
 
     /// Counts follow a job through its states; queue depth counts only the backlog.

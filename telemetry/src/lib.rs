@@ -56,6 +56,9 @@ pub mod names {
     pub const ARCHIVED: &str = "gf_archived_jobs_total";
     pub const ARCHIVE_LAG: &str = "gf_archive_lag_seconds";
     pub const ARTIFACT_BYTES: &str = "gf_artifact_bytes_total";
+    pub const WATCH_RESUMES: &str = "gf_watch_resumes_total";
+    pub const WATCH_REPLAYS: &str = "gf_watch_replays_total";
+    pub const WATCH_REPLAY_TIMEOUTS: &str = "gf_watch_replay_timeouts_total";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,6 +314,24 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Counter,
             &["kind"],
             "Bytes of committed uploads stored in the gf_artifacts object store, by kind (artifact, checkpoint).",
+        ),
+        (
+            WATCH_RESUMES,
+            Counter,
+            &["watch"],
+            "Bucket watches re-opened from the last revision their view applied (only the changes since are delivered), by watch (leader_jobs, leader_workers, leader_budgets, stats_jobs).",
+        ),
+        (
+            WATCH_REPLAYS,
+            Counter,
+            &["watch"],
+            "Bucket watches opened with a replay of every key (the first one, and when a resume could miss a removal), by watch.",
+        ),
+        (
+            WATCH_REPLAY_TIMEOUTS,
+            Counter,
+            &["watch"],
+            "Watches that did not deliver what the bucket held within coordinator.watch_replay_timeout and were re-opened, by watch.",
         ),
     ]
 };

@@ -362,7 +362,11 @@ async fn listing_pages_the_live_store_then_the_archive() -> anyhow::Result<()> {
     let (service, store, js) = service(&nats, history.clone()).await?;
     archive::ensure_stream(&js, 1, history.archive).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let (index, _feed, stats_task) = crate::stats::start(store.jobs.clone(), shutdown.clone());
+    let (index, _feed, stats_task) = crate::stats::start(
+        store.jobs.clone(),
+        Duration::from_secs(30),
+        shutdown.clone(),
+    );
     let _ = service.jobs_index.set(index.clone());
     let archiver = tokio::spawn(archive::run(js.clone(), shutdown.clone()));
 
