@@ -262,6 +262,8 @@ pub const KEYS: &[Key] = &[
     key!("history.rejected", Str, ["GF_HISTORY_REJECTED"]),
     key!("history.dead", Str, ["GF_HISTORY_DEAD"]),
     key!("history.archive", Str, ["GF_HISTORY_ARCHIVE"]),
+    key!("history.logs", Str, ["GF_HISTORY_LOGS"]),
+    key!("history.events", Str, ["GF_HISTORY_EVENTS"]),
     key!("worker.id", Str, ["GF_WORKER_ID"]),
     key!("worker.queues", List, ["GF_WORKER_QUEUES"]),
     key!("worker.capabilities", Map, ["GF_WORKER_CAPABILITIES"]),
@@ -529,6 +531,11 @@ pub struct HistorySettings {
     pub dead: String,
     /// How long the archive keeps a finished job (a duration, not `never`).
     pub archive: String,
+    /// How long job logs are kept (a duration); unset: as long as the archive keeps a
+    /// job (`archive`).
+    pub logs: Option<String>,
+    /// How long events are kept (a duration).
+    pub events: String,
 }
 
 impl Default for HistorySettings {
@@ -546,6 +553,8 @@ impl Default for HistorySettings {
             rejected: show(d.rejected),
             dead: show(d.dead),
             archive: show(Some(d.archive)),
+            logs: d.logs.map(|l| show(Some(l))),
+            events: show(Some(d.events)),
         }
     }
 }
@@ -564,6 +573,17 @@ impl HistorySettings {
             archive: p("history.archive", &self.archive)?.ok_or((
                 "history.archive",
                 "the archive cannot keep jobs for ever: give a duration such as 30d".to_string(),
+            ))?,
+            logs: match &self.logs {
+                None => None,
+                Some(l) => Some(p("history.logs", l)?.ok_or((
+                    "history.logs",
+                    "logs cannot be kept for ever: give a duration such as 30d, or leave it unset to keep them as long as the archive keeps the job".to_string(),
+                ))?),
+            },
+            events: p("history.events", &self.events)?.ok_or((
+                "history.events",
+                "events cannot be kept for ever: give a duration such as 7d".to_string(),
             ))?,
         })
     }
@@ -1511,6 +1531,44 @@ engine = "docker"
             err.contains("history.rejected") && err.contains("soon"),
             "{err}"
         );
+    }
+
+    /// Logs follow the archive's retention unless set; events have their own; neither
+    /// may be `never`.
+    #[test]
+    fn log_and_event_retention_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(
+            dir.path(),
+            "gigafactory.toml",
+            "[history]\narchive = \"10d\"\n",
+        );
+        let c = Loader::new(Some(base.clone()), env(&[]))
+            .load()
+            .unwrap()
+            .coordinator_policy();
+        assert_eq!(c.history.logs, None);
+        assert_eq!(c.history.logs(), Duration::from_secs(10 * 86_400));
+        assert_eq!(c.history.events, Duration::from_secs(7 * 86_400));
+        let c = Loader::new(
+            Some(base.clone()),
+            env(&[("GF_HISTORY_LOGS", "2d"), ("GF_HISTORY_EVENTS", "36h")]),
+        )
+        .load()
+        .unwrap()
+        .coordinator_policy();
+        assert_eq!(c.history.logs(), Duration::from_secs(2 * 86_400));
+        assert_eq!(c.history.events, Duration::from_secs(36 * 3600));
+        for (var, key) in [
+            ("GF_HISTORY_LOGS", "history.logs"),
+            ("GF_HISTORY_EVENTS", "history.events"),
+        ] {
+            let err = Loader::new(Some(base.clone()), env(&[(var, "never")]))
+                .load()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("for ever"), "{err}");
+        }
     }
 
     /// The example gigafactory.toml at the repo root parses and documents every key.

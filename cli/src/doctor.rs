@@ -4,7 +4,8 @@
 //! Checks, in order: the configuration parses; the overlay `GF_ENV` names exists; NATS
 //! is reachable; its version is at least [`MIN_SERVER_VERSION`]; JetStream is on; every
 //! bucket and stream exists with the settings of
-//! [`gf_coordinator::store::bucket_configs`] / [`stream_configs`](gf_coordinator::store::stream_configs);
+//! [`gf_coordinator::store::bucket_configs`] / [`stream_configs_with`](gf_coordinator::store::stream_configs_with)
+//! (the logs' and events' retention from this configuration's `[history]`);
 //! NATS and HTTP API authentication (an open deployment warns, and fails under a
 //! production profile, `GF_ENV=prod|production`); the local clock against the server's (a KV write's timestamp).
 
@@ -282,7 +283,7 @@ async fn check(loader: Loader, args: DoctorArgs) -> Report {
         }
     };
     if js_ok {
-        check_storage(&mut r, &js, replicas).await;
+        check_storage(&mut r, &js, replicas, &loaded.coordinator_policy().history).await;
         check_archive(&mut r, &js).await;
         check_clock(&mut r, &js, args.max_skew).await;
     } else {
@@ -327,7 +328,12 @@ fn differences(want: &[(&'static str, String)], have: &[(&'static str, String)])
         .collect()
 }
 
-async fn check_storage(r: &mut Report, js: &jetstream::Context, replicas: usize) {
+async fn check_storage(
+    r: &mut Report,
+    js: &jetstream::Context,
+    replicas: usize,
+    history: &gf_coordinator::history::HistoryConfig,
+) {
     for want in gf_coordinator::store::bucket_configs(replicas) {
         let name = format!("bucket {}", want.bucket);
         let mut stream = match js.get_stream(format!("KV_{}", want.bucket)).await {
@@ -374,7 +380,8 @@ async fn check_storage(r: &mut Report, js: &jetstream::Context, replicas: usize)
         ];
         report_diff(r, name, &differences(&w, &h));
     }
-    for want in gf_coordinator::store::stream_configs(replicas) {
+    // The logs' and events' retention are the configured ones (`[history]`).
+    for want in gf_coordinator::store::stream_configs_with(replicas, history) {
         let name = format!("stream {}", want.name);
         let have = match js.get_stream(&want.name).await {
             Ok(mut s) => match s.info().await {

@@ -206,3 +206,72 @@ async fn fails_on_bad_config_and_missing_overlay() -> anyhow::Result<()> {
     coord.stop().await?;
     Ok(())
 }
+
+/// The logs' and events' retention follow `[history]`: an existing logs stream with an
+/// older version's 7 days is brought to the archive's retention at start (a job's logs
+/// go with its archived record), a coordinator started with other settings applies
+/// them, and `gf doctor` passes with the same settings and fails naming `max_age`
+/// with others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_and_event_retention_follow_the_history_settings() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let day = Duration::from_secs(86_400);
+    let old = gf_coordinator::store::stream_configs(1)
+        .into_iter()
+        .find(|c| c.name == gf_schemas::names::STREAM_LOGS)
+        .expect("logs stream");
+    js.create_stream(jetstream::stream::Config {
+        max_age: 7 * day,
+        ..old
+    })
+    .await?;
+    let max_age = |name: &'static str| {
+        let js = js.clone();
+        async move { anyhow::Ok(js.get_stream(name).await?.info().await?.config.max_age) }
+    };
+
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    coord.stop().await?;
+    assert_eq!(
+        max_age("GF_LOGS").await?,
+        30 * day,
+        "the archive's retention"
+    );
+    assert_eq!(max_age("GF_EVENTS").await?, 7 * day);
+
+    let mut cfg = coordinator_config(&nats.url());
+    cfg.history.logs = Some(2 * day);
+    cfg.history.events = day;
+    let coord = Running::coordinator(cfg).await?;
+    coord.stop().await?;
+    assert_eq!(max_age("GF_LOGS").await?, 2 * day);
+    assert_eq!(max_age("GF_EVENTS").await?, day);
+
+    let dir = tempfile::tempdir()?;
+    let same = [("GF_HISTORY_LOGS", "2d"), ("GF_HISTORY_EVENTS", "1d")];
+    let (_, out) = doctor(dir.path(), &nats.url(), &same)?;
+    for name in ["stream GF_LOGS", "stream GF_EVENTS"] {
+        assert_eq!(
+            line(&out, name).map(|l| l.0),
+            Some("pass"),
+            "{name}:\n{out}"
+        );
+    }
+    let (code, out) = doctor(dir.path(), &nats.url(), &[])?;
+    assert_eq!(code, 1, "{out}");
+    let (status, detail) = line(&out, "stream GF_LOGS").expect("line");
+    assert_eq!(status, "fail", "{out}");
+    assert!(
+        detail.contains("max_age is 172800s (expected 2592000s)"),
+        "{out}"
+    );
+    let (status, detail) = line(&out, "stream GF_EVENTS").expect("line");
+    assert_eq!(status, "fail", "{out}");
+    assert!(
+        detail.contains("max_age is 86400s (expected 604800s)"),
+        "{out}"
+    );
+    Ok(())
+}

@@ -100,6 +100,9 @@ pub async fn start(
     history::archive::ensure_stream(&js, config.replicas, config.history.archive)
         .await
         .context("cannot create or update the archive stream")?;
+    history::ensure_log_retention(&js, &config.history)
+        .await
+        .context("cannot set the retention of the logs and events streams")?;
     let clock = clock::ServerClock::anchored(Timestamp::now_local());
     if let Err(e) = clock
         .sync(&store.leader, &format!("clock.{}", config.id))

@@ -71,7 +71,17 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
     ]
 }
 
+/// [`stream_configs_with`] the default retention.
 pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
+    stream_configs_with(replicas, &crate::history::HistoryConfig::default())
+}
+
+/// The streams this project uses, with their settings; the logs' and events'
+/// retention come from `history` (`[history]`, docs/history.md).
+pub fn stream_configs_with(
+    replicas: usize,
+    history: &crate::history::HistoryConfig,
+) -> Vec<stream::Config> {
     let base = |name: &str, subject: &str, max_age_secs: u64| stream::Config {
         name: name.into(),
         subjects: vec![subject.into()],
@@ -87,14 +97,23 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
         base(names::STREAM_DISPATCH, names::DISPATCH_ALL, 3600),
         stream::Config {
             max_bytes: 1 << 30,
-            ..base(names::STREAM_EVENTS, names::EVENTS_ALL, 7 * 24 * 3600)
+            ..base(
+                names::STREAM_EVENTS,
+                names::EVENTS_ALL,
+                history.events.as_secs(),
+            )
         },
         // Direct gets: log readers (submit-only clients included) read by subject
-        // without making a consumer.
+        // without making a consumer. Kept as long as the archive keeps a job unless
+        // set otherwise; the byte cap still applies (oldest lines go first).
         stream::Config {
             max_bytes: 4 << 30,
             allow_direct: true,
-            ..base(names::STREAM_LOGS, names::LOGS_ALL, 7 * 24 * 3600)
+            ..base(
+                names::STREAM_LOGS,
+                names::LOGS_ALL,
+                history.logs().as_secs(),
+            )
         },
         // Usage entries, deduplicated by job and epoch over the window, added to
         // budgets by the leader in order.

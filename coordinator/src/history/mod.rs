@@ -53,6 +53,11 @@ pub struct HistoryConfig {
     /// How long a finished job's record is kept in the archive (`GF_ARCHIVE`),
     /// counted from when it was archived.
     pub archive: Duration,
+    /// How long job logs (`GF_LOGS`) are kept, counted from when each line was
+    /// written. `None`: as long as the archive keeps a job ([`HistoryConfig::logs`]).
+    pub logs: Option<Duration>,
+    /// How long events (`GF_EVENTS`) are kept.
+    pub events: Duration,
 }
 
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -67,6 +72,8 @@ impl Default for HistoryConfig {
             rejected: Some(DAY),
             dead: Some(7 * DAY),
             archive: 30 * DAY,
+            logs: None,
+            events: 7 * DAY,
         }
     }
 }
@@ -79,7 +86,7 @@ impl HistoryConfig {
             cancelled: None,
             rejected: None,
             dead: None,
-            archive: 30 * DAY,
+            ..Self::default()
         }
     }
 
@@ -93,6 +100,14 @@ impl HistoryConfig {
             JobState::Dead => self.dead,
             _ => None,
         }
+    }
+
+    /// How long `GF_LOGS` keeps a line: the `logs` setting, else the archive's
+    /// retention, so a job's logs go with its archived record (both counted from when
+    /// they were written: the first lines of a job that ran for hours go that much
+    /// before its record).
+    pub fn logs(&self) -> Duration {
+        self.logs.unwrap_or(self.archive)
     }
 
     /// The shortest grace period of any outcome, if any outcome expires.
@@ -269,6 +284,43 @@ pub async fn ensure_bucket_settings(js: &jetstream::Context) -> Result<bool, Sto
         .map_err(|e| StoreError::Transport(format!("updating stream {name}: {e}")))?;
     tracing::info!(stream = %name, "jobs bucket converted for retention: per-message TTLs, limit markers, one revision per key");
     Ok(true)
+}
+
+/// Brings the retention (`max_age`) of the logs and events streams to `cfg`'s, on a
+/// stream created by an earlier version or under other settings. Returns the streams
+/// it changed. Every coordinator runs it at start; coordinators started with different
+/// settings would undo each other's, so a fleet shares one `[history]` (`gf doctor`
+/// reports a difference).
+pub async fn ensure_log_retention(
+    js: &jetstream::Context,
+    cfg: &HistoryConfig,
+) -> Result<Vec<&'static str>, StoreError> {
+    let mut changed = Vec::new();
+    for (name, max_age) in [
+        (names::STREAM_LOGS, cfg.logs()),
+        (names::STREAM_EVENTS, cfg.events),
+    ] {
+        let mut s = js
+            .get_stream(name)
+            .await
+            .map_err(|e| StoreError::Transport(format!("stream {name}: {e}")))?;
+        let have = s
+            .info()
+            .await
+            .map_err(|e| StoreError::Transport(format!("stream {name}: {e}")))?
+            .config
+            .clone();
+        if have.max_age == max_age {
+            continue;
+        }
+        let was = have.max_age;
+        js.update_stream(stream::Config { max_age, ..have })
+            .await
+            .map_err(|e| StoreError::Transport(format!("updating stream {name}: {e}")))?;
+        tracing::info!(stream = name, was = ?was, now = ?max_age, "retention updated");
+        changed.push(name);
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]

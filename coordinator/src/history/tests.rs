@@ -40,6 +40,7 @@ fn short() -> HistoryConfig {
         rejected: Some(Duration::from_secs(1)),
         dead: None,
         archive: DAY,
+        ..HistoryConfig::default()
     }
 }
 
