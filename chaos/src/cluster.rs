@@ -107,6 +107,12 @@ pub struct ClusterSpec {
     /// they finish and are found in the archive only. `None` keeps the defaults (a day
     /// and more: nothing leaves during a run).
     pub history_grace: Option<Duration>,
+    /// Run secured, as an operator deploys it (docs/security.md): `gf admin init` in
+    /// the run's folder, nats-server with its config (the auth callout), coordinators
+    /// with `--secrets-dir`, workers enrolled as factories with a token and their own
+    /// keys, the suite's clients as the operators' user `gf-admin`. The compose
+    /// backend is always secured.
+    pub secured: bool,
 }
 
 impl Default for ClusterSpec {
@@ -117,6 +123,7 @@ impl Default for ClusterSpec {
             timings: Timings::default(),
             dispatch_slack: None,
             history_grace: None,
+            secured: false,
         }
     }
 }

@@ -92,6 +92,54 @@ pub struct LoadArgs {
     /// Jobs per system in the comparison with the peers.
     #[arg(long, default_value_t = 20000)]
     pub peer_jobs: usize,
+    /// How the fleet runs connect to NATS: `open` (no authentication), `secured` (as
+    /// an operator deploys it: `gf admin init`, the auth callout, factories enrolled
+    /// with a token and their own keys; docs/security.md), or both, `open,secured`:
+    /// each fleet run is then made in each mode, one right after the other, and the
+    /// figures are printed side by side at the end. The ceilings, the fabric run, the
+    /// memory measurement and the peers stay open. (The compose backend is always
+    /// secured.)
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "open")]
+    pub auth: Vec<AuthMode>,
+    /// Shorthand for `--auth secured`.
+    #[arg(long, conflicts_with = "auth")]
+    pub secured: bool,
+}
+
+/// Whether a fleet run's NATS authenticates its clients ([`LoadArgs::auth`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Open,
+    Secured,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Open => "open",
+            AuthMode::Secured => "secured",
+        }
+    }
+}
+
+impl LoadArgs {
+    /// The modes each fleet run is made in, in the order given, each once.
+    pub fn auth_modes(&self) -> Vec<AuthMode> {
+        if self.secured {
+            return vec![AuthMode::Secured];
+        }
+        let mut modes: Vec<AuthMode> = Vec::new();
+        for m in &self.auth {
+            if !modes.contains(m) {
+                modes.push(*m);
+            }
+        }
+        if modes.is_empty() {
+            modes.push(AuthMode::Open);
+        }
+        modes
+    }
 }
 
 /// A fixed rate: jobs per second, above 0 and at most 100,000.
@@ -133,6 +181,12 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Run {
     pub label: String,
+    /// Open NATS, or secured (auth callout, enrolled factories).
+    pub auth: AuthMode,
+    /// Secured: the workers enrolled as factories (active, in the factories bucket)
+    /// at the end of the run. `None` when open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factories: Option<usize>,
     pub workers: usize,
     pub slots: u32,
     pub durable: bool,
@@ -251,21 +305,28 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
                 ..args.clone()
             };
             let label = format!("backlog: {n} jobs at once");
-            let r = fleet_run(gf, &at_once, workers, false, None, &label, NOOP).await?;
-            print_run(&r);
-            report.runs.push(r);
+            let fleet = Fleet::new(workers, &label);
+            report.runs.extend(fleet_runs(gf, &at_once, fleet).await?);
         }
-        let first = report.runs[0].jobs_per_sec;
-        println!("backlog curve ({workers} workers × {} slots):", args.slots);
-        for r in &report.runs {
+        for mode in args.auth_modes() {
+            let runs: Vec<&Run> = report.runs.iter().filter(|r| r.auth == mode).collect();
+            let Some(first) = runs.first() else { continue };
             println!(
-                "    {:>7} jobs at once: {:>7.0} jobs/s, {:>5.1}% of the {}-job figure (target ≥ 90%)",
-                r.jobs,
-                r.jobs_per_sec,
-                100.0 * r.jobs_per_sec / first,
-                report.runs[0].jobs
+                "backlog curve ({workers} workers × {} slots, {}):",
+                args.slots,
+                mode.as_str()
             );
+            for r in &runs {
+                println!(
+                    "    {:>7} jobs at once: {:>7.0} jobs/s, {:>5.1}% of the {}-job figure (target ≥ 90%)",
+                    r.jobs,
+                    r.jobs_per_sec,
+                    100.0 * r.jobs_per_sec / first.jobs_per_sec,
+                    first.jobs
+                );
+            }
         }
+        print_auth_comparison(&report.runs);
         return write_report(&args, &report);
     }
     if let Some(rate) = args.rate {
@@ -275,9 +336,12 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
             .copied()
             .max()
             .context("no worker counts given")?;
-        let r = fleet_run(gf, &args, workers, false, Some(rate), "fixed rate", NOOP).await?;
-        print_run(&r);
-        report.runs.push(r);
+        let fleet = Fleet {
+            rate: Some(rate),
+            ..Fleet::new(workers, "fixed rate")
+        };
+        report.runs.extend(fleet_runs(gf, &args, fleet).await?);
+        print_auth_comparison(&report.runs);
         return write_report(&args, &report);
     }
     for durable in [false, true] {
@@ -315,18 +379,19 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
     if args.ceilings_only {
         return write_report(&args, &report);
     }
+    // The best worker count is the first mode's (open, unless only secured is asked).
     let mut best: Option<Run> = None;
     for &w in &args.workers {
         let label = format!("scale-out {w}w");
-        let r = fleet_run(gf, &args, w, false, None, &label, NOOP).await?;
-        print_run(&r);
+        let runs = fleet_runs(gf, &args, Fleet::new(w, &label)).await?;
+        let r = &runs[0];
         if best
             .as_ref()
             .is_none_or(|b| r.jobs_per_sec > b.jobs_per_sec)
         {
             best = Some(r.clone());
         }
-        report.runs.push(r);
+        report.runs.extend(runs);
     }
     let best = best.context("no worker counts given")?;
     let r = fabric_run(gf, &args).await?;
@@ -341,9 +406,13 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         ("subprocess jobs (`true`)", false, None, &["true"]),
     ];
     for (label, durable, rate, command) in follow_ups {
-        let r = fleet_run(gf, &args, best.workers, durable, rate, label, command).await?;
-        print_run(&r);
-        report.runs.push(r);
+        let fleet = Fleet {
+            durable,
+            rate,
+            command,
+            ..Fleet::new(best.workers, label)
+        };
+        report.runs.extend(fleet_runs(gf, &args, fleet).await?);
     }
     // The latency floor: the same fleet nearly idle, so the figures are the chain of
     // hops a job takes, without queueing behind other work.
@@ -351,10 +420,12 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         jobs: args.jobs.min(LATENCY_FLOOR_JOBS),
         ..args.clone()
     };
-    let label = "latency floor (100 jobs/s)";
-    let r = fleet_run(gf, &floor, best.workers, false, Some(100.0), label, NOOP).await?;
-    print_run(&r);
-    report.runs.push(r);
+    let fleet = Fleet {
+        rate: Some(100.0),
+        ..Fleet::new(best.workers, "latency floor (100 jobs/s)")
+    };
+    report.runs.extend(fleet_runs(gf, &floor, fleet).await?);
+    print_auth_comparison(&report.runs);
     if args.pending > 0 {
         let m = memory_run(gf, args.pending).await?;
         println!(
@@ -425,7 +496,7 @@ async fn compare(
         ..args.clone()
     };
     let label = format!("Gigafactory, {} jobs", args.peer_jobs);
-    let gigafactory = fleet_run(gf, &ours, workers, false, None, &label, NOOP).await?;
+    let gigafactory = fleet_run(gf, &ours, &Fleet::new(workers, &label), AuthMode::Open).await?;
     print_run(&gigafactory);
     let (jobs, slots) = (args.peer_jobs, args.slots);
     let installed = peers::Installed {
@@ -525,8 +596,9 @@ fn print_run(r: &Run) {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "{:<34} {:>2} workers: {:>7.1} jobs/s ({}/{} ok in {:.1} s; submit {:.0}/s); submit→done {}; submit→claim {}; msgs in/out per job {:.1}/{:.1}",
+        "{:<34} {:<7} {:>2} workers: {:>7.1} jobs/s ({}/{} ok in {:.1} s; submit {:.0}/s); submit→done {}; submit→claim {}; msgs in/out per job {:.1}/{:.1}",
         r.label,
+        r.auth.as_str(),
         r.workers,
         r.jobs_per_sec,
         r.succeeded,
@@ -787,22 +859,127 @@ pub(crate) fn load_timings() -> Timings {
     }
 }
 
-/// One measurement: a fresh cluster with one coordinator and `workers` worker
-/// processes; `n` no-op jobs submitted as fast as possible (or at `rate`/s).
-async fn fleet_run(
-    gf: &GfCommand,
-    args: &LoadArgs,
+/// What one fleet measurement runs: how many workers, the store's durability, the
+/// submission rate (`None`: as fast as possible), the jobs' command, its label.
+#[derive(Clone, Debug)]
+struct Fleet<'a> {
     workers: usize,
     durable: bool,
     rate: Option<f64>,
-    label: &str,
-    command: &[&str],
+    command: &'a [&'a str],
+    label: &'a str,
+}
+
+impl<'a> Fleet<'a> {
+    /// No-op jobs as fast as possible, in memory.
+    fn new(workers: usize, label: &'a str) -> Self {
+        Self {
+            workers,
+            durable: false,
+            rate: None,
+            command: NOOP,
+            label,
+        }
+    }
+}
+
+/// The fleet measurement once per mode of `--auth`, one right after the other (so both
+/// see the same machine), each printed as it ends.
+async fn fleet_runs(gf: &GfCommand, args: &LoadArgs, fleet: Fleet<'_>) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for mode in args.auth_modes() {
+        let r = fleet_run(gf, args, &fleet, mode).await?;
+        print_run(&r);
+        runs.push(r);
+    }
+    Ok(runs)
+}
+
+/// The runs made both open and secured, side by side: what authentication costs.
+/// Nothing when only one mode ran.
+fn print_auth_comparison(runs: &[Run]) {
+    let pairs: Vec<(&Run, &Run)> = runs
+        .iter()
+        .filter(|o| o.auth == AuthMode::Open)
+        .filter_map(|o| {
+            runs.iter()
+                .find(|s| {
+                    s.auth == AuthMode::Secured
+                        && s.label == o.label
+                        && s.workers == o.workers
+                        && s.jobs == o.jobs
+                })
+                .map(|s| (o, s))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let p = |x: &Option<Percentiles>| {
+        x.as_ref()
+            .map(|p| format!("{:.1}/{:.1}", p.p50_ms, p.p99_ms))
+            .unwrap_or_else(|| "-".into())
+    };
+    let cpu = |r: &Run| r.cpu_ms_per_job.values().sum::<f64>();
+    println!("\nopen vs secured NATS (same jobs, workers and rate; secured = auth callout, enrolled factories):");
+    println!(
+        "{:<34} {:<8} {:>9} {:>8} {:>15} {:>15} {:>11} {:>13}",
+        "run",
+        "auth",
+        "jobs/s",
+        "ratio",
+        "done p50/p99",
+        "claim p50/p99",
+        "CPU ms/job",
+        "msgs in/out"
+    );
+    for (o, s) in pairs {
+        for r in [o, s] {
+            println!(
+                "{:<34} {:<8} {:>9.1} {:>8} {:>15} {:>15} {:>11.2} {:>13}",
+                r.label,
+                r.auth.as_str(),
+                r.jobs_per_sec,
+                if r.auth == AuthMode::Secured {
+                    format!("{:.3}×", s.jobs_per_sec / o.jobs_per_sec)
+                } else {
+                    String::new()
+                },
+                p(&r.submit_to_done),
+                p(&r.submit_to_claim),
+                cpu(r),
+                format!(
+                    "{:.1}/{:.1}",
+                    r.server_msgs_in_per_job.unwrap_or(f64::NAN),
+                    r.server_msgs_out_per_job.unwrap_or(f64::NAN)
+                ),
+            );
+        }
+    }
+}
+
+/// One measurement: a fresh cluster with one coordinator and `fleet.workers` worker
+/// processes; `--jobs` jobs submitted as fast as possible (or at `fleet.rate`/s), NATS
+/// open or secured (`auth`).
+async fn fleet_run(
+    gf: &GfCommand,
+    args: &LoadArgs,
+    fleet: &Fleet<'_>,
+    auth: AuthMode,
 ) -> anyhow::Result<Run> {
+    let Fleet {
+        workers,
+        durable,
+        rate,
+        command,
+        label,
+    } = *fleet;
     let spec = ClusterSpec {
         nats_nodes: 1,
         durable,
         timings: load_timings(),
         dispatch_slack: Some(args.slots),
+        secured: auth == AuthMode::Secured,
         ..Default::default()
     };
     let Bench {
@@ -886,11 +1063,25 @@ async fn fleet_run(
         }
     }
     let rss = cluster.pid(coord).and_then(rss_mib);
+    let factories = match auth {
+        AuthMode::Open => None,
+        AuthMode::Secured => Some(
+            gf_auth::store::Store::open(&js, 1)
+                .await?
+                .factories()
+                .await?
+                .iter()
+                .filter(|f| f.state == gf_auth::store::FactoryState::Active)
+                .count(),
+        ),
+    };
     if succeeded < n {
         eprintln!("chaos load: only {succeeded} of {n} jobs succeeded in {label}");
     }
     Ok(Run {
         label: label.into(),
+        auth,
+        factories,
         workers,
         slots: args.slots,
         durable,
@@ -1709,6 +1900,8 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
     let _ = fake;
     Ok(Run {
         label: "fabric only (in-process fake worker)".into(),
+        auth: AuthMode::Open,
+        factories: None,
         workers: 1,
         slots: 64,
         durable: false,

@@ -6,6 +6,14 @@
 //! collide with ports handed out by `-p -1`/port 0 elsewhere, and a start that finds
 //! one taken is retried with another). Coordinators and workers are `gf coordinator`
 //! and `gf worker` processes. Everything is killed when the cluster is dropped.
+//!
+//! Secured ([`ClusterSpec::secured`]), the cluster is set up the way an operator sets up
+//! a deployment (docs/security.md): `gf admin init` writes the secrets into the run's
+//! folder, each node's config carries the `nats.conf` it wrote (accounts, the auth
+//! callout), coordinators run with `--secrets-dir`, `gf factory token create` (as the
+//! operators' user) makes one token every worker enrolls with (`--key-dir`, the token
+//! in `GF_ENROLL_TOKEN`, never on a command line), and the suite's own clients connect
+//! as `gf-admin`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -128,6 +136,14 @@ struct NatsNode {
     monitor_port: Option<u16>,
 }
 
+/// What a secured cluster keeps: the secrets `gf admin init` wrote, and the workers'
+/// enrollment token once made.
+struct Secured {
+    dir: PathBuf,
+    secrets: gf_auth::Secrets,
+    token: Option<String>,
+}
+
 struct WorkerEntry {
     proc: Proc,
     id: String,
@@ -143,6 +159,7 @@ pub struct ProcessCluster {
     coordinators: Vec<(Proc, String)>,
     workers: Vec<WorkerEntry>,
     log_level: String,
+    secured: Option<Secured>,
 }
 
 /// Client and monitoring ports from a ports file
@@ -190,7 +207,11 @@ impl ProcessCluster {
             coordinators: Vec::new(),
             workers: Vec::new(),
             log_level: std::env::var("CHAOS_GF_LOG").unwrap_or_else(|_| "warn".into()),
+            secured: None,
         };
+        if c.spec.secured {
+            c.secured = Some(c.admin_init()?);
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -204,6 +225,80 @@ impl ProcessCluster {
             }
         }
         Ok(c)
+    }
+
+    /// `gf admin init` into the run's folder, and the secrets it wrote.
+    fn admin_init(&self) -> anyhow::Result<Secured> {
+        let dir = self.dir.path().join("secrets");
+        let dir_arg = dir.display().to_string();
+        self.gf_output("gf admin init", &["admin", "init", &dir_arg], None)?;
+        let secrets = gf_auth::Secrets::read(&dir)
+            .with_context(|| format!("gf admin init wrote no secrets into {dir_arg}"))?;
+        Ok(Secured {
+            dir,
+            secrets,
+            token: None,
+        })
+    }
+
+    /// Runs a short `gf` command to its end (as the operator when `nats_url` is given)
+    /// and returns what it printed on stdout.
+    fn gf_output(
+        &self,
+        what: &str,
+        args: &[&str],
+        nats_url: Option<String>,
+    ) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.gf.program);
+        cmd.args(&self.gf.prefix)
+            .args(args)
+            .env("GF_LOG", "warn")
+            .stdin(Stdio::null());
+        if let Some(url) = nats_url {
+            cmd.env("GF_NATS_URL", url);
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {what} ({})", self.gf.program.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The workers' enrollment token, made (once) by `gf factory token create` as the
+    /// operator: one token with enough uses for every worker of the run, as the
+    /// compose deployment's `enroll` service makes one for its fleet.
+    fn enrollment_token(&mut self) -> anyhow::Result<Option<String>> {
+        let Some(s) = &self.secured else {
+            return Ok(None);
+        };
+        if let Some(t) = &s.token {
+            return Ok(Some(t.clone()));
+        }
+        if self.coordinators.is_empty() {
+            bail!("secured workers enroll through a coordinator's auth callout: add one first");
+        }
+        let url = s.secrets.admin_url(&self.node_url(0));
+        let out = self.gf_output(
+            "gf factory token create",
+            &[
+                "factory", "token", "create", "--ttl", "24h", "--uses", "100000",
+            ],
+            Some(url),
+        )?;
+        let token = out.trim().to_string();
+        if !token.starts_with("gfe_") {
+            bail!("gf factory token create printed no token: {out:?}");
+        }
+        if let Some(s) = &mut self.secured {
+            s.token = Some(token.clone());
+        }
+        Ok(Some(token))
     }
 
     fn start_nats(&mut self) -> anyhow::Result<()> {
@@ -276,6 +371,12 @@ impl ProcessCluster {
                 self.cluster_ports[i],
                 routes.join(", ")
             ));
+        }
+        if let Some(s) = &self.secured {
+            // What `gf admin init` wrote: the accounts, static users and auth callout.
+            let secured = std::fs::read_to_string(s.dir.join("nats.conf"))
+                .context("the secrets folder has no nats.conf")?;
+            conf.push_str(&secured);
         }
         std::fs::write(&node.conf, conf)?;
         Ok(())
@@ -394,6 +495,11 @@ impl Cluster for ProcessCluster {
             // The suite drives the fleet over NATS; its HTTP API is loopback-only here.
             "--no-auth".into(),
         ];
+        let mut args = args;
+        if let Some(s) = &self.secured {
+            // The coordinators' nkey user, and the auth callout answered by each.
+            args.extend(["--secrets-dir".into(), s.dir.display().to_string()]);
+        }
         // One server URL per process, spread over the nodes: `gf` takes a single URL,
         // and the client learns the other nodes from the server and fails over to them.
         let url = self.node_url(i % self.nats.len());
@@ -406,6 +512,7 @@ impl Cluster for ProcessCluster {
 
     fn add_worker(&mut self, spec: WorkerSpec) -> anyhow::Result<Part> {
         let i = self.workers.len();
+        let token = self.enrollment_token()?;
         let proxy = if spec.via_proxy {
             let target = self.node_url(0).trim_start_matches("nats://").to_string();
             Some(Proxy::start_blocking(target)?)
@@ -428,7 +535,17 @@ impl Cluster for ProcessCluster {
             "--scratch-dir".into(),
             scratch.display().to_string(),
         ];
+        let mut args = args;
+        if token.is_some() {
+            // Its own key, made at its first start and kept across restarts: the
+            // token enrolls it once, then the key alone lets it in.
+            let key_dir = self.dir.path().join("factories").join(&spec.id);
+            args.extend(["--key-dir".into(), key_dir.display().to_string()]);
+        }
         let mut p = self.gf_proc(format!("worker-{}", spec.id), args, url);
+        if let Some(token) = token {
+            p.env.push(("GF_ENROLL_TOKEN".into(), token));
+        }
         if let Some(offset) = &spec.clock_offset {
             // libfaketime, preloaded into the worker itself (not the `faketime`
             // wrapper, whose child would outlive a kill -9 of the wrapper), shifts the
@@ -542,6 +659,16 @@ impl Cluster for ProcessCluster {
             Part::Worker(i) => self.workers.get(i).map(|w| w.proc.log_tail()),
         }
         .unwrap_or_default()
+    }
+
+    fn connect_options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
+        Ok(match &self.secured {
+            Some(s) => async_nats::ConnectOptions::new().user_and_password(
+                gf_auth::secrets::ADMIN_USER.into(),
+                s.secrets.admin_password.clone(),
+            ),
+            None => async_nats::ConnectOptions::new(),
+        })
     }
 }
 
