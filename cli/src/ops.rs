@@ -322,28 +322,38 @@ pub struct LogsArgs {
     /// Keep following new lines until the job ends.
     #[arg(short, long)]
     pub follow: bool,
+    /// Print each line exactly as the job wrote it, control characters and escape
+    /// sequences included (by default they are shown escaped: `\x1b[31m`).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// A job's log lines, read with direct gets by subject (`gf.logs.*.<job>`) from
 /// `GF_LOGS`: read only, no consumer, so a submit-only client may do it too. With
 /// `--follow`, new lines are polled for until the job is over (then one more round,
 /// for lines published just before its end).
+///
+/// Only lines from a factory that held the job at the line's epoch are shown
+/// ([`gf_schemas::LogOrigins`]): any factory may publish under any job id on its own
+/// log subjects, so the others are counted and named on stderr at the end, not shown.
 pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let rpc_client = rpc_client(&client);
-    let state = async || -> anyhow::Result<JobState> {
-        let rec: JobRecord = rpc_client
+    let record = async || -> anyhow::Result<JobRecord> {
+        rpc_client
             .call(
                 rpc::GET_JOB,
                 &gf_schemas::rpc::GetJobRequest { job_id: a.id },
             )
             .await
-            .with_context(|| format!("no job {}", a.id))?;
-        Ok(rec.state)
+            .with_context(|| format!("no job {}", a.id))
     };
+    let mut origins = gf_schemas::LogOrigins::new(a.id);
+    let rec = record().await?;
+    origins.learn(&rec);
     // Wherever the job is (live, in its grace period or archived): its lines are kept
     // by GF_LOGS's own retention.
-    let mut done = state().await?.is_terminal() || !a.follow;
+    let mut done = rec.state.is_terminal() || !a.follow;
     let stream = jetstream::new(client.clone())
         .get_stream_no_info(names::STREAM_LOGS)
         .await?;
@@ -351,6 +361,7 @@ pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
     let subject = names::job_logs(&a.id);
     let mut next = 1;
     let mut epoch = None;
+    let mut foreign: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         match stream
             .direct_get_next_for_subject(subject.as_str(), Some(next))
@@ -358,24 +369,47 @@ pub async fn logs(url: &str, a: LogsArgs) -> anyhow::Result<ExitCode> {
         {
             Ok(m) => {
                 next = m.sequence + 1;
-                if let Ok(line) = serde_json::from_slice::<LogLine>(&m.payload) {
-                    if epoch.is_some_and(|e| e != line.epoch) {
-                        eprintln!("── attempt at epoch {} ──", line.epoch);
-                    }
-                    epoch = Some(line.epoch);
-                    match line.stream {
-                        LogStream::Stdout => println!("{}", line.line),
-                        LogStream::Stderr => eprintln!("{}", line.line),
-                    }
+                let Ok(line) = serde_json::from_slice::<LogLine>(&m.payload) else {
+                    continue;
+                };
+                let mut origin = origins.check(&m.subject, &line);
+                if origin == gf_schemas::LineOrigin::Unknown {
+                    origins.learn(&record().await?);
+                    origin = origins.check(&m.subject, &line);
+                }
+                if origin != gf_schemas::LineOrigin::Holder {
+                    let factory = names::parse_logs(&m.subject)
+                        .map_or_else(|| m.subject.to_string(), |(f, _)| f.to_string());
+                    *foreign.entry(factory).or_default() += 1;
+                    continue;
+                }
+                if epoch.is_some_and(|e| e != line.epoch) {
+                    eprintln!("── attempt at epoch {} ──", line.epoch);
+                }
+                epoch = Some(line.epoch);
+                let text = if a.raw {
+                    std::borrow::Cow::Borrowed(line.line.as_str())
+                } else {
+                    output::printable(&line.line)
+                };
+                match line.stream {
+                    LogStream::Stdout => println!("{text}"),
+                    LogStream::Stderr => eprintln!("{text}"),
                 }
             }
             Err(e) if matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound) => {
                 if done {
+                    for (factory, n) in &foreign {
+                        eprintln!(
+                            "gf logs: {n} line(s) published for job {} by factory {factory}, which did not hold it at their epoch, not shown",
+                            a.id
+                        );
+                    }
                     return Ok(ExitCode::SUCCESS);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 // One more round after the end, for the last lines.
-                done = state().await?.is_terminal();
+                done = record().await?.state.is_terminal();
             }
             Err(e) => bail!("cannot read the log of job {}: {e}", a.id),
         }

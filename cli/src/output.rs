@@ -223,9 +223,51 @@ pub fn provenance(j: &JobRecord) -> String {
     s
 }
 
+/// A job's output line made safe for a terminal: every control character but tab
+/// (C0, DEL, and the C1 range, whose CSI U+009B starts escape sequences on some
+/// terminals) is written as a visible escape (`\x1b`, `\r`, `\u{9b}`) instead of being
+/// sent to the terminal, so a job (or whoever wrote into its log) cannot move the
+/// cursor, recolour, retitle or clear the operator's terminal, or hide text with `\r`.
+/// A line without any is returned as it is.
+pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c != '\t' && c != '\n' && c.is_control();
+    if !line.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Escape sequences and other controls are shown, not sent; text, tabs, newlines
+    /// and non-ASCII letters pass untouched.
+    #[test]
+    fn printable_lines() {
+        assert!(matches!(
+            printable("plain\ttext, é ✓"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("a\nb"), "a\nb");
+        assert_eq!(
+            printable("\x1b[2J\x1b]0;pwned\x07red"),
+            "\\x1b[2J\\x1b]0;pwned\\x07red"
+        );
+        assert_eq!(printable("ok\rFAKE"), "ok\\rFAKE");
+        assert_eq!(printable("\u{9b}31m\u{7f}\0"), "\\u{9b}31m\\x7f\\x00");
+    }
 
     #[test]
     fn ages() {

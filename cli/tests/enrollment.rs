@@ -344,3 +344,84 @@ async fn key_rotation_keeps_running_and_retires_the_old_key() -> anyhow::Result<
     coord.stop().await?;
     Ok(())
 }
+
+/// A factory may publish only under its own `gf.logs.<factory>.>`, but the job after it
+/// is its to choose: an enrolled factory that never held a job writes into that job's
+/// log subject (at the epoch the real holder ran, and at one nobody ran), and neither
+/// `gf logs` nor the HTTP log stream (what the dashboard shows) shows its lines; `gf
+/// logs` names it on stderr. The holder's own line is shown, its escape sequence
+/// rendered visibly, not sent to the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_factorys_lines_in_a_jobs_log_are_not_shown() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
+    let client = Client::connect_url(&admin).await?;
+    let token = create_token(&admin, &["--uses", "2"])?;
+    // f2 enrolls, then leaves: it runs nothing, but its key is good.
+    let d2 = tempfile::tempdir()?;
+    let f2 = Running::worker(enrolling(&nats.url(), "f2", d2.path(), &token)).await?;
+    wait_workers(&client, 1).await?;
+    f2.stop().await?;
+    let d1 = tempfile::tempdir()?;
+    let f1 = Running::worker(enrolling(&nats.url(), "f1", d1.path(), &token)).await?;
+    let job = client
+        .submit(&sh(r#"printf 'from f1 \033[31mred\n'"#))
+        .await?
+        .job_id;
+    let rec = client.wait_terminal(job, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!(rec.history.len(), 1);
+    assert_eq!(rec.history[0].worker.as_str(), "f1");
+
+    // f2, on its own key's connection: the server lets it publish on its log subject.
+    let key = FactoryKey::load_or_create(d2.path(), None, || unreachable!())?;
+    let raw = key
+        .connect_options()
+        .custom_inbox_prefix(gf_schemas::names::factory_inbox_prefix(key.id()))
+        .connect(nats.url())
+        .await?;
+    let js = async_nats::jetstream::new(raw);
+    for (epoch, text) in [
+        (rec.history[0].epoch, "FORGED same epoch"),
+        (99, "FORGED other epoch"),
+    ] {
+        let line = gf_schemas::LogLine {
+            job_id: job,
+            epoch,
+            seq: 1,
+            stream: gf_schemas::LogStream::Stdout,
+            line: text.into(),
+            time: Timestamp::now_local(),
+        };
+        js.publish(
+            gf_schemas::names::logs(key.id(), &job),
+            serde_json::to_vec(&line)?.into(),
+        )
+        .await?
+        .await
+        .map_err(|e| anyhow::anyhow!("the server refused f2's log line: {e}"))?;
+    }
+
+    let (code, out, err) = gf(&admin, &["logs", &job.to_string()])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from f1 \\x1b[31mred\n", "stderr: {err}");
+    assert!(
+        err.contains("2 line(s)") && err.contains("factory f2"),
+        "{err}"
+    );
+    let (raw_code, raw_out, _) = gf(&admin, &["logs", "--raw", &job.to_string()])?;
+    assert_eq!(raw_code, 0);
+    assert_eq!(raw_out, "from f1 \x1b[31mred\n");
+
+    let url = format!("{}/api/jobs/{job}/logs/stream", coord.http());
+    let (status, body) = http_request("GET", &url, b"").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("from f1"), "{body}");
+    assert!(!body.contains("FORGED"), "{body}");
+    assert!(body.contains("event: end"), "{body}");
+    f1.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}

@@ -138,9 +138,177 @@ pub struct LogLine {
     pub time: Timestamp,
 }
 
+/// What a log reader does with one line ([`LogOrigins::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineOrigin {
+    /// Written by the factory that held the job at the line's epoch: show it.
+    Holder,
+    /// Its factory and epoch are not in the record the reader has: read the job again
+    /// ([`LogOrigins::learn`]) and check again (a line still not known then is not to
+    /// be shown). Said once per (factory, epoch), and again while the line's epoch is
+    /// newer than the record's (the record read was older than the line).
+    Unknown,
+    /// Not the job's (another job in the subject or the payload), or from a factory that
+    /// did not hold the job at that epoch: do not show it.
+    Foreign,
+}
+
+/// Which of a job's log lines come from a factory that held the job.
+///
+/// The server lets a factory publish only under its own `gf.logs.<factory>.>`, so the
+/// factory in a line's subject is authenticated; the job after it is not (any factory
+/// may publish `gf.logs.<itself>.<any job>`). The job's record is the authority on
+/// who ran it: every attempt names its factory and epoch, and a lease granted at
+/// dispatch names its holder before the attempt is recorded. A reader shows a line only
+/// when its subject's factory held the job at the line's epoch. Lines are published only
+/// after the lease (or claim) that allows them is written, so a reader that meets an
+/// unknown pair reads the record again before it decides.
+#[derive(Clone, Debug)]
+pub struct LogOrigins {
+    job: JobId,
+    held: std::collections::HashSet<(WorkerId, u64)>,
+    /// The newest epoch of the records learnt.
+    epoch: u64,
+    /// Pairs already answered [`LineOrigin::Unknown`].
+    asked: std::collections::HashSet<(WorkerId, u64)>,
+    /// [`LineOrigin::Unknown`] answers so far (at most [`Self::MAX_ASKED`]).
+    asks: usize,
+}
+
+impl LogOrigins {
+    /// How many times a reader re-reads the record at most; beyond that (lines under
+    /// ever new epochs: a factory writing into a job it does not hold) every unknown
+    /// line is foreign, so a forger cannot make a reader read the store once per line.
+    pub const MAX_ASKED: usize = 1024;
+
+    pub fn new(job: JobId) -> Self {
+        Self {
+            job,
+            held: Default::default(),
+            epoch: 0,
+            asked: Default::default(),
+            asks: 0,
+        }
+    }
+
+    /// Takes the holders from the job's record: each attempt's, and the current lease's.
+    pub fn learn(&mut self, rec: &crate::JobRecord) {
+        if rec.id != self.job {
+            return;
+        }
+        self.epoch = self.epoch.max(rec.epoch);
+        self.held
+            .extend(rec.history.iter().map(|a| (a.worker.clone(), a.epoch)));
+        if let Some(l) = &rec.lease {
+            self.held.insert((l.worker.clone(), l.epoch));
+        }
+    }
+
+    /// The verdict on a line read from `subject`.
+    pub fn check(&mut self, subject: &str, line: &LogLine) -> LineOrigin {
+        let Some((factory, job)) = crate::names::parse_logs(subject) else {
+            return LineOrigin::Foreign;
+        };
+        if job != self.job || line.job_id != self.job {
+            return LineOrigin::Foreign;
+        }
+        let pair = (factory, line.epoch);
+        if self.held.contains(&pair) {
+            return LineOrigin::Holder;
+        }
+        if self.asks >= Self::MAX_ASKED {
+            return LineOrigin::Foreign;
+        }
+        // A record older than the line cannot know its holder (a replica behind, or the
+        // record read before this dispatch); one at or past its epoch is asked once
+        // more per pair (read before the claim that named the holder).
+        let newer = line.epoch > self.epoch;
+        if self.asked.insert(pair) || newer {
+            self.asks += 1;
+            return LineOrigin::Unknown;
+        }
+        LineOrigin::Foreign
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the factory that held the job at an epoch is shown; an unknown pair asks for
+    /// the record once, then is decided.
+    #[test]
+    fn log_lines_from_the_holder_only() {
+        let job = JobId::new();
+        let other = JobId::new();
+        let (f1, f2) = (WorkerId::new("f1").unwrap(), WorkerId::new("f2").unwrap());
+        let now = Timestamp::from_unix_millis(1);
+        let mut rec = crate::JobRecord::new(job, crate::JobSpec::command(["true"]), now);
+        rec.epoch = 1;
+        rec.history.push(crate::Attempt {
+            epoch: 1,
+            worker: f1.clone(),
+            started_at: now,
+            ended_at: None,
+            outcome: None,
+            ended_because: None,
+            artifact_errors: Vec::new(),
+        });
+        let line = |epoch| LogLine {
+            job_id: job,
+            epoch,
+            seq: 1,
+            stream: LogStream::Stdout,
+            line: "x".into(),
+            time: now,
+        };
+        let subject = |f: &WorkerId, j: &JobId| crate::names::logs(f, j);
+        let mut o = LogOrigins::new(job);
+        // Nothing learnt yet: the line is newer than anything known, ask.
+        assert_eq!(o.check(&subject(&f1, &job), &line(1)), LineOrigin::Unknown);
+        assert_eq!(o.check(&subject(&f1, &job), &line(1)), LineOrigin::Unknown);
+        o.learn(&rec);
+        assert_eq!(o.check(&subject(&f1, &job), &line(1)), LineOrigin::Holder);
+        // f2 never held epoch 1: asked once (the record might predate a claim), then
+        // decided.
+        assert_eq!(o.check(&subject(&f2, &job), &line(1)), LineOrigin::Unknown);
+        assert_eq!(o.check(&subject(&f2, &job), &line(1)), LineOrigin::Foreign);
+        // Epoch 2 is newer than the record: asked until a record that knows it is learnt.
+        assert_eq!(o.check(&subject(&f1, &job), &line(2)), LineOrigin::Unknown);
+        assert_eq!(o.check(&subject(&f1, &job), &line(2)), LineOrigin::Unknown);
+        // A lease granted at dispatch names its holder before any attempt does.
+        rec.epoch = 2;
+        rec.lease = Some(crate::Lease {
+            worker: f2.clone(),
+            epoch: 2,
+            granted_at: now,
+            expires_at: now,
+            ttl_ms: 1,
+        });
+        o.learn(&rec);
+        assert_eq!(o.check(&subject(&f2, &job), &line(2)), LineOrigin::Holder);
+        assert_eq!(o.check(&subject(&f1, &job), &line(2)), LineOrigin::Foreign);
+        // Another job in the subject or in the payload, or no log subject at all.
+        assert_eq!(
+            o.check(&subject(&f1, &other), &line(1)),
+            LineOrigin::Foreign
+        );
+        let mut elsewhere = line(1);
+        elsewhere.job_id = other;
+        assert_eq!(
+            o.check(&subject(&f1, &job), &elsewhere),
+            LineOrigin::Foreign
+        );
+        assert_eq!(
+            o.check("gf.events.job_succeeded", &line(1)),
+            LineOrigin::Foreign
+        );
+        // A forger cycling epochs makes the reader ask a bounded number of times.
+        let asked = (3..3 + 2 * LogOrigins::MAX_ASKED as u64)
+            .filter(|e| o.check(&subject(&f2, &job), &line(*e)) == LineOrigin::Unknown)
+            .count();
+        assert!(asked < LogOrigins::MAX_ASKED, "{asked}");
+    }
 
     #[test]
     fn a_message_is_one_event_or_an_array() {

@@ -21,7 +21,9 @@ pub mod time;
 pub mod worker;
 
 pub use budget::{Budget, Explanation, Schedule, SpendPoint, WorkerFit};
-pub use event::{decode_events, Event, EventKind, Level, LogLine, LogStream};
+pub use event::{
+    decode_events, Event, EventKind, Level, LineOrigin, LogLine, LogOrigins, LogStream,
+};
 pub use ids::{ConsumerName, IdError, JobId, WorkerId};
 pub use job::{
     Attempt, AttemptOutcome, JobRecord, JobSpec, JobState, Lease, Score, ScoreWeights, SpecError,

@@ -99,6 +99,11 @@ pub async fn cancel(
 /// has ended and every line was sent, one `event: end` (data: the final state) closes
 /// the stream. Because the id is the stream's own sequence, a reconnect resumes exactly
 /// after the last line received, on any coordinator.
+///
+/// Only lines from a factory that held the job at the line's epoch are sent
+/// ([`gf_schemas::LogOrigins`]; docs/security.md): a factory may publish under any job
+/// id on its own log subjects, and such lines are dropped here, so the dashboard never
+/// shows them.
 pub async fn logs_stream(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -106,7 +111,9 @@ pub async fn logs_stream(
 ) -> Result<NoApi<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>>, ApiError> {
     let id = parse_job_id(&id?.0)?;
     // 404 for a job that does not exist, rather than an endless empty stream.
-    st.service.get_job(&id).await?;
+    let rec = st.service.get_job(&id).await?;
+    let mut origins = gf_schemas::LogOrigins::new(id);
+    origins.learn(&rec);
     let messages = super::resume_after(
         &st,
         names::STREAM_LOGS,
@@ -118,6 +125,9 @@ pub async fn logs_stream(
     let follow = LogFollow {
         messages: Box::pin(messages),
         jobs: st.service.store.clone(),
+        service: st.service.clone(),
+        origins,
+        foreign: 0,
         id,
         check: tokio::time::interval(Duration::from_millis(500)),
         pending: 0,
@@ -146,6 +156,12 @@ type Messages = std::pin::Pin<
 struct LogFollow {
     messages: Messages,
     jobs: crate::store::Store,
+    /// To read the job again (live or archived) when a line's factory and epoch are
+    /// not in the record yet.
+    service: std::sync::Arc<crate::service::Service>,
+    origins: gf_schemas::LogOrigins,
+    /// Lines not sent: from a factory that did not hold the job at their epoch.
+    foreign: u64,
     id: JobId,
     check: tokio::time::Interval,
     /// Lines the consumer said were still stored after the last one sent.
@@ -156,6 +172,29 @@ struct LogFollow {
 }
 
 impl LogFollow {
+    /// Whether the line was written by a factory that held the job at its epoch.
+    async fn by_holder(&mut self, m: &async_nats::jetstream::Message) -> bool {
+        use gf_schemas::LineOrigin;
+        let Ok(line) = serde_json::from_slice::<gf_schemas::LogLine>(&m.payload) else {
+            return false;
+        };
+        let mut origin = self.origins.check(m.subject.as_str(), &line);
+        if origin == LineOrigin::Unknown {
+            if let Ok(rec) = self.service.get_job(&self.id).await {
+                self.origins.learn(&rec);
+            }
+            origin = self.origins.check(m.subject.as_str(), &line);
+        }
+        if origin == LineOrigin::Holder {
+            return true;
+        }
+        if self.foreign == 0 {
+            tracing::warn!(job = %self.id, subject = %m.subject, epoch = line.epoch, "log line from a factory that did not hold the job at that epoch: not shown");
+        }
+        self.foreign += 1;
+        false
+    }
+
     async fn next_event(&mut self) -> Option<SseEvent> {
         if self.finished {
             return None;
@@ -168,6 +207,9 @@ impl LogFollow {
                         let Ok(info) = m.info() else { continue };
                         self.pending = info.pending;
                         let seq = info.stream_sequence;
+                        if !self.by_holder(&m).await {
+                            continue;
+                        }
                         let data = String::from_utf8_lossy(&m.payload).into_owned();
                         return Some(SseEvent::default().event("log").id(seq.to_string()).data(data));
                     }
