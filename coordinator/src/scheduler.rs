@@ -443,14 +443,19 @@ async fn follow(
                     timeout_ms = cfg.watch_replay_timeout.as_millis() as u64,
                     "a watch did not deliver its bucket in time (current = true for those that did); re-opening"
                 );
+                let mut progressed = false;
                 for (done, r) in [
                     (jobs_current, &mut term.jobs),
                     (workers_current, &mut term.workers),
                     (budgets_current, &mut term.budgets),
                 ] {
                     if !done {
-                        r.timed_out();
+                        progressed |= r.timed_out();
                     }
+                }
+                if progressed {
+                    // Re-opens are spaced by the timeout, and each resumes further on.
+                    term.backoff.reset();
                 }
                 return LeadEnd::Restart;
             }

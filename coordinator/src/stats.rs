@@ -638,7 +638,10 @@ async fn run(
                         timeout_ms = replay_timeout.as_millis() as u64,
                         "stats: the jobs watch did not deliver the bucket in time; re-opening"
                     );
-                    position.timed_out();
+                    if position.timed_out() {
+                        // Spaced by the timeout already, and it resumes further on.
+                        backoff.reset();
+                    }
                     troubled = true;
                     break;
                 }

@@ -24,7 +24,8 @@
 //! Opening a watch waits at most `watch_replay_timeout` for it to deliver what the
 //! bucket held when it was opened; a watch that does not is dropped and re-opened
 //! (resuming from what it did deliver). Re-opening waits an exponential backoff with
-//! jitter, capped at [`BACKOFF_MAX`] and reset once a watch is current, so a NATS
+//! jitter, capped at [`BACKOFF_MAX`] and reset once a watch is current (or timed out
+//! after making progress: its re-opens are spaced by the timeout already), so a NATS
 //! outage or a watch that keeps failing does not turn into a storm of consumers
 //! (OpenObserve saw 587 consumers on one stream from a 1 s re-create loop).
 //!
@@ -154,12 +155,16 @@ impl Resumable {
 
     /// The watch did not deliver what the bucket held within its time. One that
     /// delivered nothing at all is not trusted to resume: the next open replays.
-    pub fn timed_out(&mut self) {
+    /// Returns whether it made progress (delivered something): then the caller
+    /// re-opens it after the shortest pause, since its re-opens are already spaced by
+    /// the timeout and each one resumes further on.
+    pub fn timed_out(&mut self) -> bool {
         crate::metrics::watch_replay_timeout(self.which);
         if !self.delivered {
             self.force_replay = true;
         }
         self.broke();
+        self.delivered
     }
 
     /// Forget the position: the next open replays (the view was dropped).
@@ -272,11 +277,11 @@ mod tests {
         }
         r.down_since = None;
         r.delivered = false;
-        r.timed_out();
+        assert!(!r.timed_out(), "no progress");
         assert!(!r.may_resume(), "timed out without delivering anything");
         let mut r = Resumable::new("test");
         r.seen(5);
-        r.timed_out();
+        assert!(r.timed_out(), "progress");
         assert!(
             r.may_resume(),
             "timed out after delivering some: resume from there"

@@ -229,3 +229,50 @@ async fn stats_watch_resumes_after_the_leader_stops_feeding_it() -> anyhow::Resu
     coord.stop().await?;
     Ok(())
 }
+
+/// A watch that cannot deliver its bucket within `watch_replay_timeout` is dropped and
+/// re-opened after a backoff, resuming from what it delivered: with a timeout far
+/// shorter than the replay of a few thousand jobs, the leader still ends up with all
+/// of them in its view, through timeouts and resumes rather than endless replays.
+#[tokio::test]
+async fn a_slow_replay_times_out_and_resumes_where_it_got_to() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let n = 3000;
+    {
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let store = gf_coordinator::store::Store::open(js, 1).await?;
+        let now = gf_schemas::Timestamp::now_local();
+        let writes = (0..n).map(|_| {
+            let rec = gf_schemas::JobRecord::new(JobId::new(), JobSpec::command(["true"]), now);
+            let store = store.clone();
+            async move { store.create_job(&rec).await }
+        });
+        let written: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(writes),
+            64,
+        ))
+        .await;
+        assert!(written.iter().all(|w| w.is_ok()));
+    }
+    let mut cfg = coordinator_config(&nats.url());
+    cfg.watch_replay_timeout = Duration::from_millis(20);
+    let coord = Running::coordinator(cfg).await?;
+    let jobs = "watch=\"leader_jobs\"";
+    // Each attempt delivers ~20 ms worth and resumes after the shortest pause.
+    eventually(Duration::from_secs(60), "every job in the view", || async {
+        (live_in_view(&coord) == n as f64).then_some(())
+    })
+    .await?;
+    let timeouts = metric(&coord, "gf_watch_replay_timeouts_total", jobs);
+    let resumes = metric(&coord, RESUMES, jobs);
+    assert!(timeouts >= 1.0, "the replay was not cut short: {timeouts}");
+    assert!(resumes >= 1.0, "a timed-out watch resumes: {resumes}");
+    assert!(
+        metric(&coord, REPLAYS, jobs) <= 1.0,
+        "only the first open replays"
+    );
+    coord.stop().await?;
+    Ok(())
+}
