@@ -496,22 +496,6 @@ async fn follow(
                     o.flush(&store.js).await;
                 }
             }
-            entry = jobs_w.next() => {
-                let Some(Ok(e)) = entry else { return LeadEnd::Restart };
-                jobs_current |= e.seen_current || e.delta == 0;
-                term.jobs.seen(e.revision);
-                view.apply_job(&e.key, e.revision, e.operation, &e.value);
-                // Take everything already buffered before deciding.
-                while let Some(Some(Ok(e))) = futures::FutureExt::now_or_never(jobs_w.next()) {
-                    jobs_current |= e.seen_current || e.delta == 0;
-                    term.jobs.seen(e.revision);
-                    view.apply_job(&e.key, e.revision, e.operation, &e.value);
-                }
-                if let Some(feed) = &view.stats {
-                    feed.position(term.jobs.last());
-                }
-                dirty = true;
-            }
             entry = workers_w.next() => {
                 let Some(Ok(e)) = entry else { return LeadEnd::Restart };
                 workers_current |= e.seen_current || e.delta == 0;
@@ -541,6 +525,34 @@ async fn follow(
                     dirty = true;
                 }
             }
+            // Last: under a flood of submissions the jobs watch is always ready, and
+            // first in this biased select it starved every arm below it. Heartbeats
+            // then stopped reaching the view, every worker looked gone after
+            // `worker_timeout`, the pass wrote the whole backlog `blocked`
+            // ("unplaceable") and back once they reappeared, again and again (50,000
+            // jobs at once: 8 of 8 workers gone, ~200,000 unplaceable writes, 68
+            // record writes per finished job, under 1 job/s). The other arms are rarely
+            // ready and cheap.
+            entry = jobs_w.next() => {
+                let Some(Ok(e)) = entry else { return LeadEnd::Restart };
+                jobs_current |= e.seen_current || e.delta == 0;
+                term.jobs.seen(e.revision);
+                view.apply_job(&e.key, e.revision, e.operation, &e.value);
+                // Take what is already buffered before deciding, a bounded amount at a
+                // time so the other arms get their turn.
+                for _ in 0..WATCH_ENTRIES_PER_TURN {
+                    let Some(Some(Ok(e))) = futures::FutureExt::now_or_never(jobs_w.next()) else {
+                        break;
+                    };
+                    jobs_current |= e.seen_current || e.delta == 0;
+                    term.jobs.seen(e.revision);
+                    view.apply_job(&e.key, e.revision, e.operation, &e.value);
+                }
+                if let Some(feed) = &view.stats {
+                    feed.position(term.jobs.last());
+                }
+                dirty = true;
+            }
         }
     }
 }
@@ -556,6 +568,9 @@ async fn due(at: tokio::time::Instant) {
         tokio::time::sleep_until(at).await;
     }
 }
+
+/// Job watch entries applied in one turn of the leader's loop at most.
+const WATCH_ENTRIES_PER_TURN: usize = 4096;
 
 /// How often the leader's gauges (jobs by state, queue depth, slots) are recomputed:
 /// a walk over every live job, so not on every pass; scrapes are seconds apart.
