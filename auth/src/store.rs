@@ -440,16 +440,42 @@ impl Store {
         })
     }
 
+    /// A key's value and revision as the bucket's stream leader has it
+    /// (`STREAM.MSG.GET`, which only the leader answers): every write acknowledged
+    /// before the request is in it.
+    ///
+    /// Not a KV get: that is a direct get any replica may answer (with R3, the follower
+    /// on the server this client is connected to), and a follower can be behind the
+    /// last acknowledged write. This store decides on what it reads: a refusal (unknown
+    /// token, unknown key, used up) or a compare-and-set, often right after a write made
+    /// through another server (a token made by `gf factory token create`, the factory
+    /// record the callout has just created). Read from a follower, a fresh token was
+    /// refused as unknown or its use lost every compare-and-set, and recording the
+    /// connection of a factory enrolled a moment before found no record (the warning
+    /// "cannot record the factory's connection: f.<id> not found"). The cost is one
+    /// request to the leader per read; this store is read per connection attempt,
+    /// registration and operator command, never per job.
     async fn get<T: DeserializeOwned>(
         kv: &kv::Store,
         key: &str,
     ) -> Result<Option<(T, u64)>, StoreError> {
-        match kv.entry(key).await.map_err(transport)? {
-            Some(e) if e.operation == kv::Operation::Put => {
-                Ok(Some((decode(key, &e.value)?, e.revision)))
-            }
-            _ => Ok(None),
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", kv.prefix);
+        let msg = match kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(transport(e)),
+        };
+        // A delete or a purge (the value is gone), or a marker the server left.
+        if msg.headers.get("KV-Operation").is_some()
+            || msg
+                .headers
+                .get(async_nats::header::NATS_MARKER_REASON)
+                .is_some()
+        {
+            return Ok(None);
         }
+        Ok(Some((decode(key, &msg.payload)?, msg.sequence)))
     }
 
     /// Read, change, compare-and-set; retried on a concurrent change. `change` returns

@@ -425,3 +425,156 @@ async fn another_factorys_lines_in_a_jobs_log_are_not_shown() -> anyhow::Result<
     coord.stop().await?;
     Ok(())
 }
+
+/// Stands in for a follower replica of `bucket` that has applied only the first write
+/// of each key: answers every direct get of the bucket's stream with that revision
+/// (waiting for the key's first write to arrive on a watch). What a client connected
+/// to another server of an R3 cluster can read right after a write.
+async fn lagging_replica(
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    bucket: &str,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::kv::Entry;
+    use futures::StreamExt as _;
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<std::collections::HashMap<String, Entry>>> = Arc::default();
+    let kv = js.get_key_value(bucket).await?;
+    let stream = format!("KV_{bucket}");
+    let mut watch = kv.watch_with_history(">").await?;
+    let (seen, prefix) = (first.clone(), kv.prefix.clone());
+    tokio::spawn(async move {
+        while let Some(Ok(e)) = watch.next().await {
+            seen.lock()
+                .unwrap()
+                .entry(format!("{prefix}{}", e.key))
+                .or_insert(e);
+        }
+    });
+    let request_prefix = format!("$JS.API.DIRECT.GET.{stream}.");
+    let mut gets = client.subscribe(format!("{request_prefix}>")).await?;
+    tokio::spawn(async move {
+        while let Some(msg) = gets.next().await {
+            let (Some(reply), Some(subject)) = (
+                msg.reply.clone(),
+                msg.subject
+                    .strip_prefix(&request_prefix)
+                    .map(str::to_string),
+            ) else {
+                continue;
+            };
+            let (first, client, stream) = (first.clone(), client.clone(), stream.clone());
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    let found = first.lock().unwrap().get(&subject).cloned();
+                    if let Some(e) = found {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Stream", stream.as_str());
+                        headers.insert("Nats-Subject", subject.as_str());
+                        headers.insert("Nats-Sequence", e.revision.to_string().as_str());
+                        let at = e
+                            .created
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .expect("formats");
+                        headers.insert("Nats-Time-Stamp", at.as_str());
+                        let _ = client.publish_with_headers(reply, headers, e.value).await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    // From now on the buckets' own servers answer no direct get: only the stand-in.
+    let mut s = js.get_stream(format!("KV_{bucket}")).await?;
+    let mut cfg = s.info().await?.config.clone();
+    cfg.allow_direct = false;
+    js.update_stream(cfg).await?;
+    Ok(())
+}
+
+/// The enrollment store decides on the stream leader's copy, never on a replica's
+/// that may be behind: with every direct get of the tokens and factories buckets
+/// answered by a replica holding each key's first revision, a second factory still
+/// enrolls with a token the first one used (its use is taken by a compare-and-set on
+/// the current revision), and each connection is recorded on the factory (before the
+/// fix: the token's use lost every compare-and-set and the enrollment was refused, and
+/// the coordinator warned "cannot record the factory's connection").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_decides_on_the_leaders_copy_not_a_lagging_replica() -> anyhow::Result<()> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
+    let client = Client::connect_url(&admin).await?;
+    let js = async_nats::jetstream::new(client.nats.clone());
+    // The coordinator has opened both buckets (direct gets on) once it answers RPCs.
+    let token = create_token(&admin, &["--uses", "2"])?;
+    gf_testkit::eventually(Duration::from_secs(20), "the RPC plane", || async {
+        client
+            .nats
+            .request(gf_schemas::names::rpc::BUDGET_LIST, "{}".into())
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await?;
+    for bucket in [
+        gf_schemas::names::auth::BUCKET_ENROLL,
+        gf_schemas::names::auth::BUCKET_FACTORIES,
+    ] {
+        lagging_replica(client.nats.clone(), js.clone(), bucket).await?;
+    }
+
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let limit = Duration::from_secs(30);
+    let f1 = tokio::time::timeout(
+        limit,
+        Running::worker(enrolling(&nats.url(), "f1", d1.path(), &token)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("f1 did not enroll within {limit:?}"))??;
+    let f2 = tokio::time::timeout(
+        limit,
+        Running::worker(enrolling(&nats.url(), "f2", d2.path(), &token)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("f2 did not enroll within {limit:?}"))??;
+    wait_workers(&client, 2).await?;
+    let store = Store::open(&js, 1).await?;
+    let connected = |id: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .factory(&WorkerId::new(id).ok()?)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|f| f.connection)
+        }
+    };
+    let first = connected("f1").await.expect("f1's connection recorded");
+    assert!(connected("f2").await.is_some(), "f2's connection recorded");
+    let t = store
+        .tokens()
+        .await?
+        .into_iter()
+        .find(|t| t.id == token.id)
+        .expect("token");
+    assert_eq!((t.used, t.uses_left), (2, 0), "{t:?}");
+
+    // A known key's reconnect is recorded too (its record is past its first revision).
+    f1.stop().await?;
+    let mut again = worker_config(&nats.url(), 1);
+    again.key_dir = Some(d1.path().to_path_buf());
+    let f1 = Running::worker(again).await?;
+    let now = connected("f1").await.expect("f1 connected");
+    assert!(
+        (now.cid, now.at) != (first.cid, first.at),
+        "the reconnect was recorded: {first:?} then {now:?}"
+    );
+    f1.stop().await?;
+    f2.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
