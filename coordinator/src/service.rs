@@ -253,7 +253,7 @@ impl Service {
     /// job can only point at jobs created before it), and the parent must not be done.
     async fn check_references(&self, spec: &JobSpec) -> Result<(), RpcError> {
         for dep in &spec.depends_on {
-            if self.store.load_job(dep).await?.is_none()
+            if self.store.find_job(dep).await?.is_none()
                 && crate::history::archive::find(&self.store.js, dep)
                     .await?
                     .is_none()
@@ -262,7 +262,7 @@ impl Service {
             }
         }
         if let Some(p) = &spec.parent {
-            match self.store.load_job(p).await? {
+            match self.store.find_job(p).await? {
                 None => return Err(invalid(format!("`parent`: no job {p}"))),
                 Some((rec, _)) if rec.state.is_terminal() => {
                     return Err(RpcError::new(

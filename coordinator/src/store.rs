@@ -325,7 +325,16 @@ impl Store {
         Ok(Some((rec, msg.sequence)))
     }
 
-    /// The job's record if `worker` holds its lease at `epoch` ([`fsm::check_holder`]).
+    /// A job's record by a direct get or, when that finds none, the leader's copy: "no
+    /// such job" is never decided on a replica, which may not have the job yet.
+    pub async fn find_job(&self, id: &JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        if let Ok(Some(found)) = self.load_job(id).await {
+            return Ok(Some(found));
+        }
+        self.load_job_latest(id).await
+    }
+
+    /// The job's record if `worker` holds its lease at `epoch` ([`crate::fsm::check_holder`]).
     /// Accepted on a direct get; refused only on the leader's copy
     /// ([`Store::load_job_latest`]), so a lagging replica never revokes a lease.
     pub async fn held_job(

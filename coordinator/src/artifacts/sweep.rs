@@ -48,7 +48,8 @@ pub async fn sweep_once(service: &Service) -> anyhow::Result<usize> {
         let Ok(job) = key.parse::<JobId>() else {
             continue;
         };
-        if service.store.load_job(&job).await?.is_none() {
+        // The leader's copy: a lagging replica may not have a job created moments ago.
+        if service.store.find_job(&job).await?.is_none() {
             store.remove_job(&job).await?;
             removed += 1;
         }
