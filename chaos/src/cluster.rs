@@ -176,6 +176,11 @@ pub trait Cluster: Send {
     fn nats_url(&self) -> String;
     /// Client URL of one NATS node.
     fn node_url(&self, i: usize) -> String;
+    /// [`Cluster::node_url`] with the operators' credentials in it when the cluster is
+    /// secured: for clients the suite runs itself (in-process workers, `gf` commands).
+    fn operator_url(&self, i: usize) -> String {
+        self.node_url(i)
+    }
     /// A directory shared with the workers' jobs (the side-effect file lives here).
     fn work_dir(&self) -> &std::path::Path;
     fn spec(&self) -> &ClusterSpec;

@@ -88,6 +88,11 @@ impl Harness {
         coordinators: usize,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
+        // `chaos --secured`: the process cluster too (compose always is).
+        let spec = ClusterSpec {
+            secured: spec.secured || (gf.secured && gf.compose.is_none()),
+            ..spec
+        };
         let spec2 = spec.clone();
         let cluster: Box<dyn Cluster> = match gf.compose.clone() {
             Some(opts) => Box::new(
@@ -340,6 +345,16 @@ impl Harness {
         });
         violations.extend(self.audit.watch_violations());
         findings.kv_revisions_seen = self.audit.revisions_seen();
+        if self.cluster.spec().secured {
+            // Evidence that the run was secured: its workers are enrolled factories.
+            let enrolled = match gf_auth::store::Store::open(&self.js, 1).await {
+                Ok(s) => s.factories().await.map(|f| f.len()).unwrap_or(0),
+                Err(_) => 0,
+            };
+            self.notes.push(format!(
+                "secured NATS: {enrolled} workers enrolled as factories"
+            ));
+        }
         for p in self.cluster.parts() {
             if matches!(p, Part::Coordinator(_)) && !self.cluster.alive(p) {
                 let killed = faults.iter().any(|f| f.part == p && f.fault == Fault::Kill);

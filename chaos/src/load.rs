@@ -98,12 +98,9 @@ pub struct LoadArgs {
     /// each fleet run is then made in each mode, one right after the other, and the
     /// figures are printed side by side at the end. The ceilings, the fabric run, the
     /// memory measurement and the peers stay open. (The compose backend is always
-    /// secured.)
+    /// secured.) `chaos --secured load` is `--auth secured`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "open")]
     pub auth: Vec<AuthMode>,
-    /// Shorthand for `--auth secured`.
-    #[arg(long, conflicts_with = "auth")]
-    pub secured: bool,
 }
 
 /// Whether a fleet run's NATS authenticates its clients ([`LoadArgs::auth`]).
@@ -126,9 +123,6 @@ impl AuthMode {
 impl LoadArgs {
     /// The modes each fleet run is made in, in the order given, each once.
     pub fn auth_modes(&self) -> Vec<AuthMode> {
-        if self.secured {
-            return vec![AuthMode::Secured];
-        }
         let mut modes: Vec<AuthMode> = Vec::new();
         for m in &self.auth {
             if !modes.contains(m) {

@@ -29,6 +29,12 @@ struct Cli {
     /// (project names' prefix, default gfchaos).
     #[arg(long, global = true, value_enum, default_value_t = Backend::Process, env = "CHAOS_BACKEND")]
     backend: Backend,
+    /// Run the scenarios' process clusters secured, as an operator deploys it: `gf admin
+    /// init`, NATS with the auth callout, coordinators with the secrets, workers
+    /// enrolled as factories with their own keys (the compose backend is always
+    /// secured; for `load`, see its `--auth`).
+    #[arg(long, global = true)]
+    secured: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -111,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Some(p) => GfCommand::external(p.clone()),
         None => GfCommand::self_exec()?,
     };
+    gf.secured = cli.secured;
     let compose = cli.backend == Backend::Compose;
     if compose {
         gf.compose = Some(chaos::compose::ComposeOptions::from_env());
@@ -143,7 +150,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let scale = Scale { jobs, quick: false };
             run_many(&[name.as_str()], &scale, &gf, report).await
         }
-        Cmd::Load(args) => {
+        Cmd::Load(mut args) => {
+            if cli.secured {
+                args.auth = vec![chaos::load::AuthMode::Secured];
+            }
             if compose {
                 // Scale-out on containers beside processes (docs/chaos-and-load.md).
                 return chaos::compose_load::run(args, &gf).await;

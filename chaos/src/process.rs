@@ -36,6 +36,9 @@ pub struct GfCommand {
     /// Run the cluster on docker-compose instead (coordinators and workers are
     /// containers of the gf image; `program` is then unused).
     pub compose: Option<crate::compose::ComposeOptions>,
+    /// Run every scenario's process cluster secured ([`ClusterSpec::secured`]; `chaos
+    /// --secured`). The compose deployment is always secured.
+    pub secured: bool,
 }
 
 impl GfCommand {
@@ -46,6 +49,7 @@ impl GfCommand {
             program: std::env::current_exe()?,
             prefix: vec!["gf".into()],
             compose: None,
+            secured: false,
         })
     }
     /// An external `gf` binary.
@@ -54,6 +58,7 @@ impl GfCommand {
             program: path,
             prefix: Vec::new(),
             compose: None,
+            secured: false,
         }
     }
 }
@@ -659,6 +664,13 @@ impl Cluster for ProcessCluster {
             Part::Worker(i) => self.workers.get(i).map(|w| w.proc.log_tail()),
         }
         .unwrap_or_default()
+    }
+
+    fn operator_url(&self, i: usize) -> String {
+        match &self.secured {
+            Some(s) => s.secrets.admin_url(&self.node_url(i)),
+            None => self.node_url(i),
+        }
     }
 
     fn connect_options(&self) -> anyhow::Result<async_nats::ConnectOptions> {

@@ -1078,7 +1078,8 @@ async fn race_50(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let mut workers = Vec::new();
     for i in 0..workers_n {
         let cfg = gf_worker::WorkerConfig {
-            nats_url: h.cluster.node_url(0),
+            // Secured: in-process workers of the harness log in as the operator.
+            nats_url: h.cluster.operator_url(0),
             id: Some(WorkerId::new(format!("race{i}"))?),
             slots: 1,
             drain_grace: Duration::from_secs(2),

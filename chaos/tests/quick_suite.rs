@@ -24,3 +24,25 @@ fn quick_suite_passes() -> anyhow::Result<()> {
     assert!(reports.iter().all(|r| r["passed"] == true));
     Ok(())
 }
+
+/// With `--secured` the process cluster runs as an operator deploys it (`gf admin
+/// init`, the auth callout, workers enrolled with their own keys): a worker killed and
+/// started again, and NATS restarted under the whole fleet, reconnect through the
+/// callout and every invariant holds.
+#[test]
+fn secured_scenarios_pass() -> anyhow::Result<()> {
+    for scenario in ["worker-kill", "nats-restart"] {
+        let args = ["--secured", "scenario", scenario, "--jobs", "40"];
+        let (status, out) = common::run_chaos(args, Duration::from_secs(120))?;
+        println!("{out}");
+        assert!(
+            status.success(),
+            "{scenario} secured failed ({status}):\n{out}"
+        );
+        assert!(
+            out.contains("secured NATS: 3 workers enrolled as factories"),
+            "{scenario} ran secured:\n{out}"
+        );
+    }
+    Ok(())
+}
