@@ -798,26 +798,27 @@ impl Service {
         }
         // Anything the worker runs that it no longer holds must stop (decided on the
         // leader's copy: a lagging replica must not stop a job it has not seen start).
+        // All the worker's jobs at once: one round trip, not one per job.
+        let worker = &req.worker_id;
+        let checks = req.running.iter().map(|job| async move {
+            let held = self.store.held_job(&job.job_id, job.epoch, worker).await;
+            (job, held)
+        });
         let mut revoked = Vec::new();
-        for job in &req.running {
-            let holds = match self
-                .store
-                .held_job(&job.job_id, job.epoch, &req.worker_id)
-                .await
-            {
-                Ok(_) => true,
+        for (job, held) in futures::future::join_all(checks).await {
+            match held {
+                Ok(_) => {}
                 Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Internal) => {
                     return Err(e)
                 }
-                Err(_) => false,
-            };
-            if !holds {
-                metrics::revoked(RevokeReason::Superseded);
-                revoked.push(Revocation {
-                    job_id: job.job_id,
-                    epoch: job.epoch,
-                    reason: RevokeReason::Superseded,
-                });
+                Err(_) => {
+                    metrics::revoked(RevokeReason::Superseded);
+                    revoked.push(Revocation {
+                        job_id: job.job_id,
+                        epoch: job.epoch,
+                        reason: RevokeReason::Superseded,
+                    });
+                }
             }
         }
         Ok(HeartbeatReply {
