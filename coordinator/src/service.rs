@@ -751,6 +751,9 @@ impl Service {
         })
     }
 
+    /// A worker's record: a direct get, or when that finds none the stream leader's
+    /// copy (a replica may not have a registration made a moment ago on another
+    /// coordinator; "unknown" sends the worker to register again).
     async fn load_worker(&self, id: &WorkerId) -> Result<Option<(WorkerRecord, u64)>, RpcError> {
         let entry = self
             .store
@@ -758,16 +761,18 @@ impl Service {
             .entry(id.as_str())
             .await
             .map_err(|e| StoreError::Transport(e.to_string()))?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let rec = serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
-                    key: id.to_string(),
-                    error: err.to_string(),
-                })?;
-                Ok(Some((rec, e.revision)))
-            }
-            _ => Ok(None),
-        }
+        let found = match entry {
+            Some(e) if e.operation == kv::Operation::Put => Some((e.value, e.revision)),
+            _ => crate::store::latest_entry(&self.store.workers, id.as_str()).await?,
+        };
+        let Some((value, rev)) = found else {
+            return Ok(None);
+        };
+        let rec = serde_json::from_slice(&value).map_err(|err| StoreError::Corrupt {
+            key: id.to_string(),
+            error: err.to_string(),
+        })?;
+        Ok(Some((rec, rev)))
     }
 
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, RpcError> {

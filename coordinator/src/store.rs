@@ -296,33 +296,15 @@ impl Store {
         &self,
         id: &JobId,
     ) -> Result<Option<(JobRecord, u64)>, StoreError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let key = names::job_key(id);
-        let subject = format!("{}{key}", self.jobs.prefix);
-        let msg = match self
-            .jobs
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(m) => m,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => return Err(transport(e)),
-        };
-        // A delete, a purge, or the marker a finished job's expiry leaves.
-        if msg.headers.get("KV-Operation").is_some()
-            || msg
-                .headers
-                .get(async_nats::header::NATS_MARKER_REASON)
-                .is_some()
-        {
+        let Some((value, rev)) = latest_entry(&self.jobs, &key).await? else {
             return Ok(None);
-        }
-        let rec = serde_json::from_slice(&msg.payload).map_err(|e| StoreError::Corrupt {
+        };
+        let rec = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
             key,
             error: e.to_string(),
         })?;
-        Ok(Some((rec, msg.sequence)))
+        Ok(Some((rec, rev)))
     }
 
     /// A job's record by a direct get or, when that finds none, the leader's copy: "no
@@ -477,6 +459,35 @@ impl Store {
                 .into(),
         )
     }
+}
+
+/// A key's value and revision as the bucket's stream leader has it (`STREAM.MSG.GET`,
+/// answered by the leader only, unlike a KV get's direct get); `None` if the key was
+/// never written, deleted, purged, or expired (the marker left).
+pub async fn latest_entry(
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Option<(Bytes, u64)>, StoreError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", bucket.prefix);
+    let msg = match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(transport(e)),
+    };
+    if msg.headers.get("KV-Operation").is_some()
+        || msg
+            .headers
+            .get(async_nats::header::NATS_MARKER_REASON)
+            .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some((msg.payload, msg.sequence)))
 }
 
 pub fn encode<T: serde::Serialize>(v: &T) -> Bytes {
