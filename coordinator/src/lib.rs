@@ -24,6 +24,7 @@ pub mod identity;
 pub mod lane;
 pub mod leader;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod outcomes;
 pub mod plan;

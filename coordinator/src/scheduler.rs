@@ -422,6 +422,8 @@ async fn follow(
                 if let Some(feed) = &view.stats {
                     feed.end_replay();
                 }
+                // The replay's transient buffers are freed; give the pages back.
+                crate::memory::release_freed();
             }
         }
         tokio::select! {

@@ -674,6 +674,7 @@ async fn run(
                         backoff.reset();
                         shared.agg.lock().expect("stats").end_replay();
                         shared.synced.store(true, Ordering::Relaxed);
+                        crate::memory::release_freed();
                     }
                 }
             }
