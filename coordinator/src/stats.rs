@@ -36,15 +36,40 @@ pub const BUCKET_SECS: i64 = 10;
 pub const WINDOW_SECS: i64 = 15 * 60;
 
 /// What one job contributes to the counters; kept so an update can first take the
-/// previous contribution away.
+/// previous contribution away. One per job in `gf_jobs`, grace-window jobs included,
+/// so it is kept small (56 bytes): queue and product names are shared (see
+/// [`Names`]), usage, which few jobs report, is boxed. With 100,000 finished jobs in
+/// their grace period the owned strings and the inline usage cost a standby 31 MiB
+/// (BENCHMARKS.md, issue 19).
 #[derive(Clone, Debug)]
 struct Summary {
     /// KV revision of the record summed up (0 when unknown).
     rev: u64,
     state: JobState,
-    queue: String,
-    product: String,
-    usage: Option<(ModelKey, UsageSums)>,
+    queue: Arc<str>,
+    product: Arc<str>,
+    usage: Option<Box<(ModelKey, UsageSums)>>,
+}
+
+/// Queue and product names shared by every [`Summary`] naming them. Bounded: past
+/// `MAX_NAMES` distinct names a name is no longer shared (each summary then holds
+/// its own copy), so made-up names cannot grow it without end.
+#[derive(Debug, Default)]
+struct Names(std::collections::HashSet<Arc<str>>);
+
+impl Names {
+    const MAX_NAMES: usize = 4096;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        if self.0.len() < Self::MAX_NAMES {
+            self.0.insert(n.clone());
+        }
+        n
+    }
 }
 
 type ModelKey = (String, String);
@@ -91,6 +116,7 @@ struct Bucket {
 #[derive(Debug, Default)]
 pub struct Aggregator {
     jobs: HashMap<JobId, Summary>,
+    names: Names,
     by_state: BTreeMap<JobState, u64>,
     /// Pending, blocked and dispatched jobs per queue: the backlog.
     depth: BTreeMap<String, u64>,
@@ -204,13 +230,13 @@ impl Aggregator {
                 cost: u.cost,
                 run_ms: run_ms(rec),
             };
-            (key, sums)
+            Box::new((key, sums))
         });
         let new = Summary {
             rev,
             state: rec.state,
-            queue: rec.spec.queue.clone(),
-            product: rec.spec.product.clone(),
+            queue: self.names.get(&rec.spec.queue),
+            product: self.names.get(&rec.spec.product),
             usage,
         };
         let old = self.jobs.insert(rec.id, new.clone());
@@ -239,8 +265,8 @@ impl Aggregator {
         let mut ids: Vec<JobId> = Vec::new();
         for (id, s) in &self.jobs {
             if state.is_some_and(|st| st != s.state)
-                || queue.is_some_and(|q| q != s.queue)
-                || product.is_some_and(|p| p != s.product)
+                || queue.is_some_and(|q| q != &*s.queue)
+                || product.is_some_and(|p| p != &*s.product)
             {
                 continue;
             }
@@ -313,13 +339,13 @@ impl Aggregator {
         };
         bump(self.by_state.entry(s.state).or_default());
         if is_backlog(s.state) {
-            let d = self.depth.entry(s.queue.clone()).or_default();
+            let d = self.depth.entry(s.queue.to_string()).or_default();
             bump(d);
             if *d == 0 {
-                self.depth.remove(&s.queue);
+                self.depth.remove(&*s.queue);
             }
         }
-        if let Some((key, sums)) = &s.usage {
+        if let Some((key, sums)) = s.usage.as_deref() {
             self.models.entry(key.clone()).or_default().add(sums, sign);
         }
     }
@@ -699,6 +725,26 @@ mod tests {
         r.state = state;
         r.updated_at = t(updated);
         r
+    }
+
+    /// The per-job summary stays small: it is held for every job in `gf_jobs`.
+    #[test]
+    fn a_summary_is_small_and_shares_its_names() {
+        assert!(
+            std::mem::size_of::<Summary>() <= 56,
+            "{}",
+            std::mem::size_of::<Summary>()
+        );
+        let now = t(10_000);
+        let mut a = Aggregator::new();
+        let (j1, j2) = (
+            job("q", JobState::Succeeded, 1, 2),
+            job("q", JobState::Pending, 1, 2),
+        );
+        a.ingest(&j1, now);
+        a.ingest(&j2, now);
+        assert!(Arc::ptr_eq(&a.jobs[&j1.id].queue, &a.jobs[&j2.id].queue));
+        assert_eq!(a.matching(None, Some("q"), None, None, 10).1, 2);
     }
 
     /// Two feeds overlapping while they hand over: a record older than the one counted
