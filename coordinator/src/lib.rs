@@ -78,6 +78,14 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Coordinator> {
     let config = Arc::new(config);
+    // The recorder goes in before any part starts: a metric recorded earlier goes to
+    // no recorder and is lost, and a fresh leader sets `gf_scheduler_leader` once, as
+    // soon as the scheduler task wins the (empty) leader key.
+    let metrics_handle = config.http_addr.map(|_| {
+        let handle = gf_telemetry::install("coordinator");
+        metrics::init_counters();
+        handle
+    });
     let (reconnect_tx, reconnect_rx) = tokio::sync::watch::channel(0u64);
     let client = auth::connect_options(&config.nats_url, config.security.as_ref())
         .name(format!("gf-coordinator {}", config.id))
@@ -161,14 +169,12 @@ pub async fn start(
         reconnect_rx,
         shutdown.clone(),
     ));
-    let (http_addr, http, http_state) = match config.http_addr {
-        Some(addr) => {
+    let (http_addr, http, http_state) = match (config.http_addr, metrics_handle) {
+        (Some(addr), Some(handle)) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} (set --http-addr or GF_HTTP_ADDR)")
             })?;
             let bound = listener.local_addr()?;
-            let handle = gf_telemetry::install("coordinator");
-            metrics::init_counters();
             let state = http::AppState {
                 service: service.clone(),
                 leader: leader.clone(),
@@ -193,7 +199,7 @@ pub async fn start(
             });
             (Some(bound), Some(task), Some(state))
         }
-        None => {
+        _ => {
             drop(stats);
             (None, None, None)
         }
