@@ -76,14 +76,32 @@ if [ ! -s "$dir/nats/server.pem" ] || [ ! -s "$dir/nats/server.key" ] ||
 fi
 
 # 3. gf admin init, once. The TLS paths are where the NATS containers mount DIR/nats.
-if [ ! -s "$dir/gf/issuer.nk" ] || [ -n "$force" ]; then
+# A `docker-compose up` run before this script leaves an empty directory where Docker
+# found no file to bind-mount (nats.conf, api-tokens): those are removed, and an init
+# that did not finish (no nats.conf beside the issuer key) is done again.
+for f in "$dir/gf/nats.conf" "$dir/gf/api-tokens"; do
+  if [ -d "$f" ]; then
+    rmdir "$f" 2>/dev/null || {
+      echo "compose secrets: $f is a directory with files in it; move it away and run again" >&2
+      exit 1
+    }
+  fi
+done
+if [ ! -s "$dir/gf/issuer.nk" ] || [ ! -s "$dir/gf/nats.conf" ] || [ -n "$force" ]; then
+  image="${GF_IMAGE:-gigafactory/gf:local}"
+  if [ -z "${GF_BIN:-}" ] && ! docker image inspect "$image" >/dev/null 2>&1; then
+    echo "compose secrets: image $image not found; build it first (scripts/docker-images.sh gf)" >&2
+    echo "  or point GF_BIN at a gf binary (e.g. GF_BIN=target/release/gf)" >&2
+    exit 1
+  fi
   args=(admin init --tls-cert /etc/nats/tls/server.pem --tls-key /etc/nats/tls/server.key)
-  [ -n "$force" ] && args+=(--force)
+  # An unfinished init (keys but no nats.conf) was never used by a server: redo it.
+  if [ -n "$force" ] || [ -s "$dir/gf/issuer.nk" ]; then args+=(--force); fi
   if [ -n "${GF_BIN:-}" ]; then
     "$GF_BIN" "${args[@]}" "$dir/gf" >/dev/null
   else
     docker run --rm --user "$(id -u):$(id -g)" -v "$dir/gf:/secrets" \
-      "${GF_IMAGE:-gigafactory/gf:local}" "${args[@]}" /secrets >/dev/null
+      "$image" "${args[@]}" /secrets >/dev/null
   fi
   echo "compose secrets: gf admin init $dir/gf" >&2
 fi

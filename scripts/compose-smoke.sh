@@ -6,7 +6,8 @@
 #   2. `docker-compose up -d --scale worker=2` exactly as docs/compose.md says, secured
 #      with secrets made for this run (a fresh machine's first start), waits for every
 #      container to be healthy, checks that both workers enrolled as factories, runs a
-#      job through it as the operator (scripts/gf-compose.sh), and `down -v`;
+#      job through it as the operator (scripts/gf-compose.sh), checks that one
+#      coordinator reports itself leader on /metrics, and `down -v`;
 #   3. the chaos suite's worker-kill scenario on its own compose project: 200 jobs, one
 #      worker container killed (docker kill -s KILL) mid-job, every job succeeds and
 #      its side effect happens once (the same invariant checker as the full suite).
@@ -84,6 +85,17 @@ if [ "$out" != "compose smoke ok" ]; then
   exit 1
 fi
 echo "compose smoke: 2 workers enrolled, job $id ran in a worker container over TLS"
+# The job ran, so a scheduler leader exists: exactly one coordinator reports it on
+# /metrics (what Prometheus, the dashboard and GigafactoryNoSchedulerLeader read).
+leaders=0
+for c in coordinator-1 coordinator-2; do
+  m=$(timeout 30 "${compose[@]}" exec -T "$c" wget -qO- http://127.0.0.1:8080/metrics)
+  if grep -qx 'gf_scheduler_leader 1' <<<"$m"; then leaders=$((leaders + 1)); fi
+done
+if [ "$leaders" != 1 ]; then
+  echo "error: $leaders coordinators report gf_scheduler_leader 1 on /metrics, not 1" >&2
+  exit 1
+fi
 timeout 120 "${compose[@]}" down -v -t 5
 
 # 3. A worker container killed mid-job, 200 jobs, the audit's invariants.

@@ -11,11 +11,15 @@ use metrics::{counter, gauge, histogram};
 
 /// Registers the label-free counters the alert rules take `increase()` of at 0: a
 /// series that first appears at 1 has no increase to Prometheus, so the first lease
-/// expiry or lost worker would go unseen. Call once the recorder is installed.
+/// expiry or lost worker would go unseen. Call once the recorder is installed, before
+/// the scheduler starts.
 pub fn init_counters() {
     for name in [LEASES_EXPIRED, WORKERS_LOST, LEADER_CHANGES] {
         counter!(name).increment(0);
     }
+    // A standby reports 0 rather than nothing, so "no leader" is a 0 on every
+    // coordinator and not only an absent series. Set before the scheduler starts.
+    gauge!(SCHEDULER_LEADER).set(0.0);
 }
 
 /// A bucket watch opened (`which` names the watch, never an id): `resumed` from the
