@@ -8,6 +8,8 @@
 //!   token, and issues short-lived user JWTs with exactly
 //!   [`gf_schemas::permissions::factory`];
 //! - [`store`]: enrollment tokens and enrolled factories in KV;
+//! - [`leader_copy`]: reading a KV key from the stream leader's copy (read-your-writes
+//!   with R3), shared with the coordinator's job store;
 //! - [`key`]: a factory's own key on its host;
 //! - [`token`], [`jwt`]: the formats.
 
@@ -16,6 +18,7 @@ pub mod files;
 pub mod jwt;
 pub mod key;
 pub mod kick;
+pub mod leader_copy;
 pub mod secrets;
 pub mod store;
 pub mod token;

@@ -441,8 +441,8 @@ impl Store {
     }
 
     /// A key's value and revision as the bucket's stream leader has it
-    /// (`STREAM.MSG.GET`, which only the leader answers): every write acknowledged
-    /// before the request is in it.
+    /// (`STREAM.MSG.GET`, which only the leader answers, [`crate::leader_copy`]): every
+    /// write acknowledged before the request is in it.
     ///
     /// Not a KV get: that is a direct get any replica may answer (with R3, the follower
     /// on the server this client is connected to), and a follower can be behind the
@@ -459,23 +459,10 @@ impl Store {
         kv: &kv::Store,
         key: &str,
     ) -> Result<Option<(T, u64)>, StoreError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let subject = format!("{}{key}", kv.prefix);
-        let msg = match kv.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => return Err(transport(e)),
-        };
-        // A delete or a purge (the value is gone), or a marker the server left.
-        if msg.headers.get("KV-Operation").is_some()
-            || msg
-                .headers
-                .get(async_nats::header::NATS_MARKER_REASON)
-                .is_some()
-        {
+        let Some(entry) = crate::leader_copy::get(kv, key).await.map_err(transport)? else {
             return Ok(None);
-        }
-        Ok(Some((decode(key, &msg.payload)?, msg.sequence)))
+        };
+        Ok(Some((decode(key, &entry.value)?, entry.revision)))
     }
 
     /// Read, change, compare-and-set; retried on a concurrent change. `change` returns

@@ -462,32 +462,16 @@ impl Store {
 }
 
 /// A key's value and revision as the bucket's stream leader has it (`STREAM.MSG.GET`,
-/// answered by the leader only, unlike a KV get's direct get); `None` if the key was
-/// never written, deleted, purged, or expired (the marker left).
+/// answered by the leader only, unlike a KV get's direct get: [`gf_auth::leader_copy`]);
+/// `None` if the key was never written, deleted, purged, or expired (the marker left).
 pub async fn latest_entry(
     bucket: &kv::Store,
     key: &str,
 ) -> Result<Option<(Bytes, u64)>, StoreError> {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let subject = format!("{}{key}", bucket.prefix);
-    let msg = match bucket
-        .stream
-        .get_last_raw_message_by_subject(&subject)
+    let entry = gf_auth::leader_copy::get(bucket, key)
         .await
-    {
-        Ok(m) => m,
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => return Err(transport(e)),
-    };
-    if msg.headers.get("KV-Operation").is_some()
-        || msg
-            .headers
-            .get(async_nats::header::NATS_MARKER_REASON)
-            .is_some()
-    {
-        return Ok(None);
-    }
-    Ok(Some((msg.payload, msg.sequence)))
+        .map_err(transport)?;
+    Ok(entry.map(|e| (e.value, e.revision)))
 }
 
 pub fn encode<T: serde::Serialize>(v: &T) -> Bytes {
