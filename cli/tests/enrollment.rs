@@ -10,7 +10,7 @@ use common::*;
 use gf_auth::store::Store;
 use gf_auth::{FactoryKey, TokenSpec};
 use gf_schemas::{JobState, Timestamp, WorkerId};
-use gf_testkit::{secured_coordinator_config, NatsServer};
+use gf_testkit::{lagging_replica, secured_coordinator_config, NatsServer};
 
 /// `gf factory token create ARGS` as an operator; the token it printed.
 fn create_token(admin_url: &str, args: &[&str]) -> anyhow::Result<gf_auth::EnrollToken> {
@@ -423,73 +423,6 @@ async fn another_factorys_lines_in_a_jobs_log_are_not_shown() -> anyhow::Result<
     assert!(body.contains("event: end"), "{body}");
     f1.stop().await?;
     coord.stop().await?;
-    Ok(())
-}
-
-/// Stands in for a follower replica of `bucket` that has applied only the first write
-/// of each key: answers every direct get of the bucket's stream with that revision
-/// (waiting for the key's first write to arrive on a watch). What a client connected
-/// to another server of an R3 cluster can read right after a write.
-async fn lagging_replica(
-    client: async_nats::Client,
-    js: async_nats::jetstream::Context,
-    bucket: &str,
-) -> anyhow::Result<()> {
-    use async_nats::jetstream::kv::Entry;
-    use futures::StreamExt as _;
-    use std::sync::{Arc, Mutex};
-    let first: Arc<Mutex<std::collections::HashMap<String, Entry>>> = Arc::default();
-    let kv = js.get_key_value(bucket).await?;
-    let stream = format!("KV_{bucket}");
-    let mut watch = kv.watch_with_history(">").await?;
-    let (seen, prefix) = (first.clone(), kv.prefix.clone());
-    tokio::spawn(async move {
-        while let Some(Ok(e)) = watch.next().await {
-            seen.lock()
-                .unwrap()
-                .entry(format!("{prefix}{}", e.key))
-                .or_insert(e);
-        }
-    });
-    let request_prefix = format!("$JS.API.DIRECT.GET.{stream}.");
-    let mut gets = client.subscribe(format!("{request_prefix}>")).await?;
-    tokio::spawn(async move {
-        while let Some(msg) = gets.next().await {
-            let (Some(reply), Some(subject)) = (
-                msg.reply.clone(),
-                msg.subject
-                    .strip_prefix(&request_prefix)
-                    .map(str::to_string),
-            ) else {
-                continue;
-            };
-            let (first, client, stream) = (first.clone(), client.clone(), stream.clone());
-            tokio::spawn(async move {
-                for _ in 0..200 {
-                    let found = first.lock().unwrap().get(&subject).cloned();
-                    if let Some(e) = found {
-                        let mut headers = async_nats::HeaderMap::new();
-                        headers.insert("Nats-Stream", stream.as_str());
-                        headers.insert("Nats-Subject", subject.as_str());
-                        headers.insert("Nats-Sequence", e.revision.to_string().as_str());
-                        let at = e
-                            .created
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .expect("formats");
-                        headers.insert("Nats-Time-Stamp", at.as_str());
-                        let _ = client.publish_with_headers(reply, headers, e.value).await;
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        }
-    });
-    // From now on the buckets' own servers answer no direct get: only the stand-in.
-    let mut s = js.get_stream(format!("KV_{bucket}")).await?;
-    let mut cfg = s.info().await?.config.clone();
-    cfg.allow_direct = false;
-    js.update_stream(cfg).await?;
     Ok(())
 }
 

@@ -15,86 +15,18 @@
 //! itself, and a stand-in replica answers them instead with each key's first
 //! revision, i.e. a follower that has applied nothing since a job was created.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::HeaderMap;
-use futures::StreamExt;
 use gf_schemas::names::{self, rpc};
 use gf_schemas::rpc::SubmitReply;
 use gf_schemas::{JobRecord, JobSpec, JobState};
 use gf_testkit::{
-    coordinator_config, eventually, init_tracing, worker_config, NatsServer, Running,
+    coordinator_config, eventually, init_tracing, lagging_replica, worker_config, NatsServer,
+    Running,
 };
 use gf_worker::RpcClient;
-
-const JOBS_STREAM: &str = "KV_gf_jobs";
-
-/// Stands in for a follower replica of the jobs bucket that has applied only the first
-/// write of every key: answers every direct get by subject with that revision. Returns
-/// how many gets it answered.
-async fn lagging_replica(
-    client: async_nats::Client,
-    js: jetstream::Context,
-) -> anyhow::Result<Arc<AtomicUsize>> {
-    // key subject -> (first revision, its time, its value)
-    type First = HashMap<String, (u64, time::OffsetDateTime, bytes::Bytes)>;
-    let first: Arc<Mutex<First>> = Arc::default();
-    let bucket = js.get_key_value(names::BUCKET_JOBS).await?;
-    let mut watch = bucket.watch_with_history(">").await?;
-    let seen = first.clone();
-    let prefix = bucket.prefix.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(e)) = watch.next().await {
-            seen.lock()
-                .unwrap()
-                .entry(format!("{prefix}{}", e.key))
-                .or_insert((e.revision, e.created, e.value));
-        }
-    });
-    let request_prefix = format!("$JS.API.DIRECT.GET.{JOBS_STREAM}.");
-    let mut gets = client.subscribe(format!("{request_prefix}>")).await?;
-    let answered = Arc::new(AtomicUsize::new(0));
-    let count = answered.clone();
-    tokio::spawn(async move {
-        while let Some(msg) = gets.next().await {
-            let (Some(reply), Some(subject)) = (
-                msg.reply.clone(),
-                msg.subject
-                    .strip_prefix(&request_prefix)
-                    .map(str::to_string),
-            ) else {
-                continue;
-            };
-            let (first, client, count) = (first.clone(), client.clone(), count.clone());
-            tokio::spawn(async move {
-                // The key was written (acknowledged) before anyone could ask for it:
-                // the watch delivers it shortly.
-                for _ in 0..200 {
-                    let found = first.lock().unwrap().get(&subject).cloned();
-                    if let Some((seq, at, value)) = found {
-                        let mut headers = HeaderMap::new();
-                        headers.insert("Nats-Stream", JOBS_STREAM);
-                        headers.insert("Nats-Subject", subject.as_str());
-                        headers.insert("Nats-Sequence", seq.to_string().as_str());
-                        let at = at
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .expect("formats");
-                        headers.insert("Nats-Time-Stamp", at.as_str());
-                        let _ = client.publish_with_headers(reply, headers, value).await;
-                        count.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        }
-    });
-    Ok(answered)
-}
 
 #[tokio::test]
 async fn completions_on_a_coordinator_reading_a_lagging_replica_are_not_refused(
@@ -123,11 +55,7 @@ async fn completions_on_a_coordinator_reading_a_lagging_replica_are_not_refused(
     gf_testkit::wait_active_workers(&js, 1, Duration::from_secs(20)).await?;
 
     // From now on only the stand-in replica answers the coordinators' direct gets.
-    let answered = lagging_replica(client.clone(), js.clone()).await?;
-    let mut stream = js.get_stream(JOBS_STREAM).await?;
-    let mut cfg = stream.info().await?.config.clone();
-    cfg.allow_direct = false;
-    js.update_stream(cfg).await?;
+    let answered = lagging_replica(client.clone(), js.clone(), names::BUCKET_JOBS).await?;
 
     let rpc = RpcClient::new(client.clone(), Duration::from_secs(10));
     let mut ids = Vec::new();

@@ -332,3 +332,84 @@ pub async fn wait_active_workers(
     })
     .await
 }
+
+/// Stands in for a follower replica of KV `bucket` that has applied only the first write
+/// of each key: from the moment this returns, the bucket's own servers answer no direct
+/// get (its stream's `allow_direct` is turned off) and this answers every direct get of
+/// the bucket's stream with the key's first revision (waiting for that write to arrive
+/// on a watch). What a client connected to another server of an R3 cluster can read
+/// right after a write, made deterministic; a client must have opened the bucket (and
+/// cached that it allows direct gets) before, or it never sends a direct get. Returns
+/// how many gets the stand-in answered.
+pub async fn lagging_replica(
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    bucket: &str,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use async_nats::jetstream::kv::Entry;
+    use futures::StreamExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    // key subject -> its first write
+    let first: Arc<Mutex<std::collections::HashMap<String, Entry>>> = Arc::default();
+    let kv = js.get_key_value(bucket).await?;
+    let stream = format!("KV_{bucket}");
+    let mut watch = kv.watch_with_history(">").await?;
+    let (seen, prefix) = (first.clone(), kv.prefix.clone());
+    tokio::spawn(async move {
+        while let Some(Ok(e)) = watch.next().await {
+            seen.lock()
+                .unwrap()
+                .entry(format!("{prefix}{}", e.key))
+                .or_insert(e);
+        }
+    });
+    let request_prefix = format!("$JS.API.DIRECT.GET.{stream}.");
+    let mut gets = client.subscribe(format!("{request_prefix}>")).await?;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (count, stream_name) = (answered.clone(), stream.clone());
+    tokio::spawn(async move {
+        while let Some(msg) = gets.next().await {
+            let (Some(reply), Some(subject)) = (
+                msg.reply.clone(),
+                msg.subject
+                    .strip_prefix(&request_prefix)
+                    .map(str::to_string),
+            ) else {
+                continue;
+            };
+            let (first, client, stream, count) = (
+                first.clone(),
+                client.clone(),
+                stream_name.clone(),
+                count.clone(),
+            );
+            tokio::spawn(async move {
+                // The key was written (acknowledged) before anyone could ask for it:
+                // the watch delivers it shortly.
+                for _ in 0..200 {
+                    let found = first.lock().unwrap().get(&subject).cloned();
+                    if let Some(e) = found {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Stream", stream.as_str());
+                        headers.insert("Nats-Subject", subject.as_str());
+                        headers.insert("Nats-Sequence", e.revision.to_string().as_str());
+                        // RFC 3339, as the server writes it.
+                        let at = gf_schemas::Timestamp::from_datetime(e.created).to_string();
+                        headers.insert("Nats-Time-Stamp", at.as_str());
+                        let _ = client.publish_with_headers(reply, headers, e.value).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    // From now on the bucket's own servers answer no direct get: only the stand-in.
+    let mut s = js.get_stream(&stream).await?;
+    let mut cfg = s.info().await?.config.clone();
+    cfg.allow_direct = false;
+    js.update_stream(cfg).await?;
+    Ok(answered)
+}
