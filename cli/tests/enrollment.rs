@@ -9,8 +9,10 @@ use std::time::Duration;
 use common::*;
 use gf_auth::store::Store;
 use gf_auth::{FactoryKey, TokenSpec};
+use gf_coordinator::{Coordinator, CoordinatorConfig};
 use gf_schemas::{JobState, Timestamp, WorkerId};
 use gf_testkit::{lagging_replica, secured_coordinator_config, NatsServer};
+use gf_worker::Worker;
 
 /// `gf factory token create ARGS` as an operator; the token it printed.
 fn create_token(admin_url: &str, args: &[&str]) -> anyhow::Result<gf_auth::EnrollToken> {
@@ -34,6 +36,39 @@ fn enrolling(
     w
 }
 
+/// A secured nats-server (auth callout on) with one coordinator answering the callout,
+/// and an operator connected to it as a static user (the server, the operator's URL,
+/// the coordinator, the operator's client): where every test here starts.
+async fn secured() -> anyhow::Result<(NatsServer, String, Running<Coordinator>, Client)> {
+    secured_with(|_| {}).await
+}
+
+/// [`secured`], with the coordinator's config changed by `adjust` before it starts.
+async fn secured_with(
+    adjust: impl FnOnce(&mut CoordinatorConfig),
+) -> anyhow::Result<(NatsServer, String, Running<Coordinator>, Client)> {
+    init_tracing();
+    let (nats, secrets) = NatsServer::start_secured()?;
+    let admin = secrets.admin_url(&nats.url());
+    let mut cfg = secured_coordinator_config(&nats.url(), &secrets);
+    adjust(&mut cfg);
+    let coord = Running::coordinator(cfg).await?;
+    let client = Client::connect_url(&admin).await?;
+    Ok((nats, admin, coord, client))
+}
+
+/// Factory `id` enrolling with `token`, its key in a fresh directory (returned with it:
+/// the key stays there while the directory lives).
+async fn enroll(
+    url: &str,
+    id: &str,
+    token: &gf_auth::EnrollToken,
+) -> anyhow::Result<(tempfile::TempDir, Running<Worker>)> {
+    let dir = tempfile::tempdir()?;
+    let worker = Running::worker(enrolling(url, id, dir.path(), token)).await?;
+    Ok((dir, worker))
+}
+
 /// A factory enrolls once with a one-use token (its key generated on its side, 0600,
 /// its id beside it), runs jobs, and from then on connects with its key alone; the
 /// token's second use is refused and the refusal is on the token; the enrolled key's
@@ -41,11 +76,8 @@ fn enrolling(
 /// static users.
 #[tokio::test]
 async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()> {
-    init_tracing();
-    let (nats, secrets) = NatsServer::start_secured()?;
-    let admin = secrets.admin_url(&nats.url());
     // Coordinators and operators are static users: no callout needed to connect.
-    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
+    let (nats, admin, coord, client) = secured().await?;
     // Without credentials nothing connects.
     // (async-nats may hand out the client before the server's refusal arrives; a
     // request is answered only on an authorised connection.)
@@ -57,11 +89,9 @@ async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()>
         .await;
         assert!(!matches!(asked, Ok(Ok(_))), "an anonymous client got in");
     }
-    let client = Client::connect_url(&admin).await?;
 
     let token = create_token(&admin, &["--uses", "1", "--ttl", "10m"])?;
-    let dir = tempfile::tempdir()?;
-    let worker = Running::worker(enrolling(&nats.url(), "f1", dir.path(), &token)).await?;
+    let (dir, worker) = enroll(&nats.url(), "f1", &token).await?;
     wait_workers(&client, 1).await?;
     let job = client.submit(&sh("echo enrolled")).await?.job_id;
     let rec = client.wait_terminal(job, Duration::from_secs(30)).await?;
@@ -92,8 +122,7 @@ async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()>
 
     // A second use of the one-use token (another host, another key) is refused, and
     // the worker says what to check; the token records why.
-    let other = tempfile::tempdir()?;
-    let err = match Running::worker(enrolling(&nats.url(), "f2", other.path(), &token)).await {
+    let err = match enroll(&nats.url(), "f2", &token).await {
         Ok(_) => anyhow::bail!("a used-up token enrolled a second factory"),
         Err(e) => format!("{e:#}"),
     };
@@ -168,11 +197,7 @@ async fn factory_enrolls_once_then_connects_with_its_key() -> anyhow::Result<()>
 /// with more than its token approved gets only what was approved.
 #[tokio::test]
 async fn tokens_refused_when_expired_revoked_or_outside_cidr() -> anyhow::Result<()> {
-    init_tracing();
-    let (nats, secrets) = NatsServer::start_secured()?;
-    let admin = secrets.admin_url(&nats.url());
-    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
-    let client = Client::connect_url(&admin).await?;
+    let (nats, admin, coord, client) = secured().await?;
     let store = Store::open(&async_nats::jetstream::new(client.nats.clone()), 1).await?;
 
     // Expired: made an hour ago with a minute to live.
@@ -192,8 +217,7 @@ async fn tokens_refused_when_expired_revoked_or_outside_cidr() -> anyhow::Result
         (&revoked, "was revoked"),
         (&outside, "does not allow connections from 127.0.0.1"),
     ] {
-        let dir = tempfile::tempdir()?;
-        let r = Running::worker(enrolling(&nats.url(), "fx", dir.path(), token)).await;
+        let r = enroll(&nats.url(), "fx", token).await;
         assert!(r.is_err(), "token {} enrolled", token.id);
         let (_, out, _) = gf(&admin, &["factory", "token", "list"])?;
         let line = out
@@ -253,14 +277,9 @@ async fn tokens_refused_when_expired_revoked_or_outside_cidr() -> anyhow::Result
 /// thread while the in-process coordinator and workers must answer them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_factory_is_kicked_refused_and_its_job_runs_elsewhere() -> anyhow::Result<()> {
-    init_tracing();
-    let (nats, secrets) = NatsServer::start_secured()?;
-    let admin = secrets.admin_url(&nats.url());
-    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
-    let client = Client::connect_url(&admin).await?;
+    let (nats, admin, coord, client) = secured().await?;
     let token = create_token(&admin, &["--uses", "2"])?;
-    let d1 = tempfile::tempdir()?;
-    let f1 = Running::worker(enrolling(&nats.url(), "f1", d1.path(), &token)).await?;
+    let (d1, f1) = enroll(&nats.url(), "f1", &token).await?;
     wait_workers(&client, 1).await?;
     // Runs for good on f1; anywhere else it ends at once.
     let job = client
@@ -273,8 +292,7 @@ async fn revoked_factory_is_kicked_refused_and_its_job_runs_elsewhere() -> anyho
         .wait_state(job, JobState::Running, Duration::from_secs(20))
         .await?;
     assert_eq!(running.history[0].worker.as_str(), "f1");
-    let d2 = tempfile::tempdir()?;
-    let f2 = Running::worker(enrolling(&nats.url(), "f2", d2.path(), &token)).await?;
+    let (_d2, f2) = enroll(&nats.url(), "f2", &token).await?;
 
     let (code, out, err) = gf(&admin, &["factory", "revoke", "f1"])?;
     assert_eq!(code, 0, "{err}");
@@ -306,16 +324,12 @@ async fn revoked_factory_is_kicked_refused_and_its_job_runs_elsewhere() -> anyho
 /// grace period) the old key is refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_keeps_running_and_retires_the_old_key() -> anyhow::Result<()> {
-    init_tracing();
-    let (nats, secrets) = NatsServer::start_secured()?;
-    let admin = secrets.admin_url(&nats.url());
-    let mut cfg = secured_coordinator_config(&nats.url(), &secrets);
-    cfg.security.as_mut().expect("secured").key_grace = Duration::ZERO;
-    let coord = Running::coordinator(cfg).await?;
-    let client = Client::connect_url(&admin).await?;
+    let (nats, admin, coord, client) = secured_with(|cfg| {
+        cfg.security.as_mut().expect("secured").key_grace = Duration::ZERO;
+    })
+    .await?;
     let token = create_token(&admin, &[])?;
-    let dir = tempfile::tempdir()?;
-    let worker = Running::worker(enrolling(&nats.url(), "f1", dir.path(), &token)).await?;
+    let (dir, worker) = enroll(&nats.url(), "f1", &token).await?;
     wait_workers(&client, 1).await?;
     let old_dir = tempfile::tempdir()?;
     for f in [gf_auth::key::SEED_FILE, gf_auth::key::ID_FILE] {
@@ -353,19 +367,13 @@ async fn key_rotation_keeps_running_and_retires_the_old_key() -> anyhow::Result<
 /// rendered visibly, not sent to the terminal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_factorys_lines_in_a_jobs_log_are_not_shown() -> anyhow::Result<()> {
-    init_tracing();
-    let (nats, secrets) = NatsServer::start_secured()?;
-    let admin = secrets.admin_url(&nats.url());
-    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
-    let client = Client::connect_url(&admin).await?;
+    let (nats, admin, coord, client) = secured().await?;
     let token = create_token(&admin, &["--uses", "2"])?;
     // f2 enrolls, then leaves: it runs nothing, but its key is good.
-    let d2 = tempfile::tempdir()?;
-    let f2 = Running::worker(enrolling(&nats.url(), "f2", d2.path(), &token)).await?;
+    let (d2, f2) = enroll(&nats.url(), "f2", &token).await?;
     wait_workers(&client, 1).await?;
     f2.stop().await?;
-    let d1 = tempfile::tempdir()?;
-    let f1 = Running::worker(enrolling(&nats.url(), "f1", d1.path(), &token)).await?;
+    let (_d1, f1) = enroll(&nats.url(), "f1", &token).await?;
     let job = client
         .submit(&sh(r#"printf 'from f1 \033[31mred\n'"#))
         .await?
@@ -435,11 +443,7 @@ async fn another_factorys_lines_in_a_jobs_log_are_not_shown() -> anyhow::Result<
 /// the coordinator warned "cannot record the factory's connection").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_decides_on_the_leaders_copy_not_a_lagging_replica() -> anyhow::Result<()> {
-    init_tracing();
-    let (nats, secrets) = NatsServer::start_secured()?;
-    let admin = secrets.admin_url(&nats.url());
-    let coord = Running::coordinator(secured_coordinator_config(&nats.url(), &secrets)).await?;
-    let client = Client::connect_url(&admin).await?;
+    let (nats, admin, coord, client) = secured().await?;
     let js = async_nats::jetstream::new(client.nats.clone());
     // The coordinator has opened both buckets (direct gets on) once it answers RPCs.
     let token = create_token(&admin, &["--uses", "2"])?;
@@ -459,20 +463,13 @@ async fn enrollment_decides_on_the_leaders_copy_not_a_lagging_replica() -> anyho
         lagging_replica(client.nats.clone(), js.clone(), bucket).await?;
     }
 
-    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let limit = Duration::from_secs(30);
-    let f1 = tokio::time::timeout(
-        limit,
-        Running::worker(enrolling(&nats.url(), "f1", d1.path(), &token)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("f1 did not enroll within {limit:?}"))??;
-    let f2 = tokio::time::timeout(
-        limit,
-        Running::worker(enrolling(&nats.url(), "f2", d2.path(), &token)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("f2 did not enroll within {limit:?}"))??;
+    let (d1, f1) = tokio::time::timeout(limit, enroll(&nats.url(), "f1", &token))
+        .await
+        .map_err(|_| anyhow::anyhow!("f1 did not enroll within {limit:?}"))??;
+    let (_d2, f2) = tokio::time::timeout(limit, enroll(&nats.url(), "f2", &token))
+        .await
+        .map_err(|_| anyhow::anyhow!("f2 did not enroll within {limit:?}"))??;
     wait_workers(&client, 2).await?;
     let store = Store::open(&js, 1).await?;
     let connected = |id: &'static str| {
