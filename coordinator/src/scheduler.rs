@@ -136,6 +136,10 @@ pub async fn run(
                 &mut term,
             )
             .await;
+            if matches!(end, LeadEnd::Restart) {
+                // Its watches are dropped, to be opened again where they got to.
+                term.broke();
+            }
             // Until the view is current again nothing may take a slot the old view
             // promised; jobs the lane created meanwhile come back with the watch.
             service.lane.close();
@@ -254,21 +258,6 @@ enum LeadEnd {
 }
 
 async fn lead(
-    service: &Arc<Service>,
-    lease: &mut LeaderLease,
-    stats: &crate::stats::StatsFeed,
-    reconnects: &mut watch::Receiver<u64>,
-    shutdown: &CancellationToken,
-    term: &mut Term,
-) -> LeadEnd {
-    let end = lead_with(service, lease, stats, reconnects, shutdown, term).await;
-    if matches!(end, LeadEnd::Restart) {
-        term.broke();
-    }
-    end
-}
-
-async fn lead_with(
     service: &Arc<Service>,
     lease: &mut LeaderLease,
     stats: &crate::stats::StatsFeed,
