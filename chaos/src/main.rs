@@ -12,6 +12,12 @@ use chaos::process::GfCommand;
 use chaos::scenarios::{self, Scale};
 use clap::{Parser, Subcommand};
 
+/// The same allocator as `gf` (cli/src/main.rs): this binary runs the coordinators and
+/// workers of the load suite when no `--gf-bin` is given, so it must measure what `gf`
+/// runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos",
