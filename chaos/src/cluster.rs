@@ -99,9 +99,6 @@ pub struct ClusterSpec {
     /// NATS with `sync_interval: always` (fsync every write).
     pub durable: bool,
     pub timings: Timings,
-    /// The coordinators' `coordinator.dispatch_slack` (notices queued per worker beyond
-    /// its free slots); `None` keeps their default.
-    pub dispatch_slack: Option<u32>,
     /// The grace period of every outcome in the live store (`history.succeeded`,
     /// `.cancelled`, `.rejected`, `.dead`): finished jobs leave `gf_jobs` this long after
     /// they finish and are found in the archive only. `None` keeps the defaults (a day
@@ -121,7 +118,6 @@ impl Default for ClusterSpec {
             nats_nodes: 1,
             durable: false,
             timings: Timings::default(),
-            dispatch_slack: None,
             history_grace: None,
             secured: false,
         }
@@ -133,9 +129,6 @@ impl ClusterSpec {
     /// flag.
     pub fn coordinator_env(&self) -> Vec<(String, String)> {
         let mut env = Vec::new();
-        if let Some(slack) = self.dispatch_slack {
-            env.push(("GF_COORDINATOR_DISPATCH_SLACK".into(), slack.to_string()));
-        }
         if let Some(grace) = self.history_grace {
             for outcome in ["SUCCEEDED", "CANCELLED", "REJECTED", "DEAD"] {
                 env.push((

@@ -48,12 +48,11 @@ struct Report {
     dashboard: Vec<(String, usize, usize)>,
 }
 
-fn spec(args: &LoadArgs) -> ClusterSpec {
+fn spec() -> ClusterSpec {
     ClusterSpec {
         nats_nodes: 3,
         durable: true,
         timings: load_timings(),
-        dispatch_slack: Some(args.slots),
         ..Default::default()
     }
 }
@@ -78,7 +77,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
     let only = std::env::var("CHAOS_LOAD_ONLY").unwrap_or_default();
     for &w in &args.workers {
         if only != "process" {
-            let (s, o) = (spec(&args), opts.clone());
+            let (s, o) = (spec(), opts.clone());
             let mut c = tokio::task::spawn_blocking(move || ComposeCluster::start(s, o)).await??;
             c.add_coordinator()?;
             c.add_coordinator()?;
@@ -100,7 +99,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         if only == "compose" {
             continue;
         }
-        let (s, g) = (spec(&args), process_gf.clone());
+        let (s, g) = (spec(), process_gf.clone());
         let mut p = tokio::task::spawn_blocking(move || ProcessCluster::start(s, g)).await??;
         p.add_coordinator()?;
         p.add_coordinator()?;

@@ -972,7 +972,6 @@ async fn fleet_run(
         nats_nodes: 1,
         durable,
         timings: load_timings(),
-        dispatch_slack: Some(args.slots),
         secured: auth == AuthMode::Secured,
         ..Default::default()
     };
@@ -1821,7 +1820,6 @@ async fn fabric_run(gf: &GfCommand, args: &LoadArgs) -> anyhow::Result<Run> {
     use gf_schemas::rpc::ControlMessage;
     let spec = ClusterSpec {
         timings: load_timings(),
-        dispatch_slack: Some(args.slots),
         ..Default::default()
     };
     let Bench {

@@ -50,20 +50,54 @@ pub async fn store_replicas(stream: &mut async_nats::jetstream::stream::Stream) 
     let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(1), stream.info()).await else {
         return;
     };
-    let (current, unavailable) = match &info.cluster {
-        Some(c) => {
-            let down = c
-                .replicas
-                .iter()
-                .filter(|r| r.offline || !r.current)
-                .count();
-            let leader = usize::from(c.leader.is_some());
-            (leader + c.replicas.len() - down, down)
-        }
-        None => (1, 0),
+    let counts = match &info.cluster {
+        Some(c) => ReplicaCounts::of(c.leader.is_some(), &c.replicas),
+        None => ReplicaCounts {
+            current: 1,
+            ..Default::default()
+        },
     };
-    gauge!(STORE_REPLICAS, "state" => "current").set(current as f64);
-    gauge!(STORE_REPLICAS, "state" => "unavailable").set(unavailable as f64);
+    gauge!(STORE_REPLICAS, "state" => "current").set(counts.current as f64);
+    gauge!(STORE_REPLICAS, "state" => "lagging").set(counts.lagging as f64);
+    gauge!(STORE_REPLICAS, "state" => "unavailable").set(counts.unavailable as f64);
+}
+
+/// A follower not heard from for longer than this is unavailable; NATS itself stops
+/// calling a peer current after the same time (its lost-quorum interval).
+const REPLICA_SILENCE: Duration = Duration::from_secs(10);
+
+/// The stream's replicas by state, the leader counted as current.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ReplicaCounts {
+    current: usize,
+    /// Up and heard from, but behind the leader: under a burst of fsynced writes on a
+    /// busy host a follower can stay behind for minutes; the store keeps working and
+    /// nothing is to be restarted, so it is not what `GigafactoryNatsReplicaDown` is for.
+    lagging: usize,
+    /// Offline, not heard from for [`REPLICA_SILENCE`], or never heard from by this
+    /// leader (NATS reports a zero `active` for a peer it has not seen since it took
+    /// over): a node down or cut off.
+    unavailable: usize,
+}
+
+impl ReplicaCounts {
+    fn of(has_leader: bool, followers: &[async_nats::jetstream::stream::PeerInfo]) -> Self {
+        let mut counts = Self {
+            current: usize::from(has_leader),
+            ..Default::default()
+        };
+        for r in followers {
+            let unheard = r.active > REPLICA_SILENCE || (r.active.is_zero() && !r.current);
+            if r.offline || unheard {
+                counts.unavailable += 1;
+            } else if r.current {
+                counts.current += 1;
+            } else {
+                counts.lagging += 1;
+            }
+        }
+        counts
+    }
 }
 
 pub fn outcome_label(o: &AttemptOutcome) -> &'static str {
@@ -248,5 +282,46 @@ pub fn budget(b: &gf_schemas::Budget) {
     gauge!(BUDGET_SPENT, "product" => b.product.clone()).set(b.spent_cost);
     if let Some(l) = b.limit_cost {
         gauge!(BUDGET_LIMIT, "product" => b.product.clone()).set(l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::stream::PeerInfo;
+
+    fn peer(current: bool, active_ms: u64, offline: bool) -> PeerInfo {
+        PeerInfo {
+            name: "n".into(),
+            current,
+            active: Duration::from_millis(active_ms),
+            offline,
+            lag: None,
+        }
+    }
+
+    /// Only a follower that is offline or silent counts against the alert; one that
+    /// is up but behind is `lagging`.
+    #[test]
+    fn a_lagging_follower_is_not_a_replica_down() {
+        let counts = ReplicaCounts::of(
+            true,
+            &[
+                peer(true, 120, false),
+                peer(false, 80, false),
+                peer(false, 15_000, false),
+                peer(true, 0, true),
+                peer(false, 0, false),
+            ],
+        );
+        assert_eq!(
+            counts,
+            ReplicaCounts {
+                current: 2,
+                lagging: 1,
+                unavailable: 3
+            }
+        );
+        assert_eq!(ReplicaCounts::of(false, &[]), ReplicaCounts::default());
     }
 }

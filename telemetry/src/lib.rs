@@ -203,7 +203,7 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             STORE_REPLICAS,
             Gauge,
             &["state"],
-            "Replicas of the jobs bucket's stream as its NATS leader reports them at each scrape: current (leader included) or unavailable (offline or not current: a NATS node down or cut off).",
+            "Replicas of the jobs bucket's stream as its NATS leader reports them at each scrape: current (leader included), lagging (up but behind the leader) or unavailable (offline, or not heard from for 10 s: a NATS node down or cut off).",
         ),
         (
             LEADER_CHANGES,
