@@ -12,12 +12,6 @@ use chaos::process::GfCommand;
 use chaos::scenarios::{self, Scale};
 use clap::{Parser, Subcommand};
 
-/// The same allocator as `gf` (cli/src/main.rs): this binary runs the coordinators and
-/// workers of the load suite when no `--gf-bin` is given, so it must measure what `gf`
-/// runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos",
@@ -80,6 +74,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // The allocator is `gf`'s (gf_cli::allocator), set up the same way.
+    gf_cli::allocator::configure();
     let args: Vec<String> = std::env::args().collect();
     // `chaos gf …` is the `gf` CLI itself: the cluster runs coordinators and workers
     // as processes of this binary.

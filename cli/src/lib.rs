@@ -1,6 +1,7 @@
 //! The `gf` command line: every operator action, and `gf dev` which runs a whole local
 //! fleet in one process.
 
+pub mod allocator;
 pub mod config;
 pub mod dev;
 pub mod doctor;
