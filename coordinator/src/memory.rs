@@ -8,8 +8,9 @@
 //! returned 52 MiB (measured with gdb on a release coordinator; BENCHMARKS.md, issue
 //! 19). [`release_freed`] asks for that once a replay is done; it is a no-op where the
 //! allocator is not glibc's. The `gf` and `chaos` binaries run on mimalloc (issue 20:
-//! 10 % less coordinator CPU per job), which hands freed pages back on its own; the trim
-//! remains for programs that embed the coordinator on glibc's allocator (the tests).
+//! 10 % less coordinator CPU per job), set to hand freed pages back at once
+//! (`gf_cli::allocator`); the trim remains for programs that embed the coordinator on
+//! glibc's allocator (the tests).
 
 /// Returns the heap pages freed since the last trim to the system (`malloc_trim(0)`).
 /// Costs a walk over the free lists, a few milliseconds on a 100 MiB heap: call it after
