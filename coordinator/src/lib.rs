@@ -169,8 +169,9 @@ pub async fn start(
         reconnect_rx,
         shutdown.clone(),
     ));
-    let (http_addr, http, http_state) = match (config.http_addr, metrics_handle) {
-        (Some(addr), Some(handle)) => {
+    // Both or neither: the handle exists exactly when there is an address.
+    let (http_addr, http, http_state) = match config.http_addr.zip(metrics_handle) {
+        Some((addr, handle)) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} (set --http-addr or GF_HTTP_ADDR)")
             })?;
@@ -199,7 +200,7 @@ pub async fn start(
             });
             (Some(bound), Some(task), Some(state))
         }
-        _ => {
+        None => {
             drop(stats);
             (None, None, None)
         }

@@ -442,13 +442,7 @@ impl Service {
                 .await
                 .map_err(|e| StoreError::Transport(e.to_string()))?;
             let (mut b, rev) = match entry.filter(|e| e.operation == kv::Operation::Put) {
-                Some(e) => (
-                    serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
-                        key: product.into(),
-                        error: err.to_string(),
-                    })?,
-                    Some(e.revision),
-                ),
+                Some(e) => (crate::store::decode(product, &e.value)?, Some(e.revision)),
                 None => (gf_schemas::Budget::new(product, now), None),
             };
             let rolled = b.roll_period(now);
@@ -768,11 +762,7 @@ impl Service {
         let Some((value, rev)) = found else {
             return Ok(None);
         };
-        let rec = serde_json::from_slice(&value).map_err(|err| StoreError::Corrupt {
-            key: id.to_string(),
-            error: err.to_string(),
-        })?;
-        Ok(Some((rec, rev)))
+        Ok(Some((crate::store::decode(id.as_str(), &value)?, rev)))
     }
 
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, RpcError> {

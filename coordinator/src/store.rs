@@ -279,11 +279,7 @@ impl Store {
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        let rec = serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
-            key,
-            error: e.to_string(),
-        })?;
-        Ok(Some((rec, entry.revision)))
+        Ok(Some((decode(&key, &entry.value)?, entry.revision)))
     }
 
     /// A job's record as the bucket's stream leader has it (`STREAM.MSG.GET`, which only
@@ -300,11 +296,7 @@ impl Store {
         let Some((value, rev)) = latest_entry(&self.jobs, &key).await? else {
             return Ok(None);
         };
-        let rec = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-            key,
-            error: e.to_string(),
-        })?;
-        Ok(Some((rec, rev)))
+        Ok(Some((decode(&key, &value)?, rev)))
     }
 
     /// A job's record by a direct get or, when that finds none, the leader's copy: "no
@@ -472,6 +464,14 @@ pub async fn latest_entry(
         .await
         .map_err(transport)?;
     Ok(entry.map(|e| (e.value, e.revision)))
+}
+
+/// A stored value decoded; a value that does not decode is `Corrupt`, naming its key.
+pub fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.into(),
+        error: e.to_string(),
+    })
 }
 
 pub fn encode<T: serde::Serialize>(v: &T) -> Bytes {
