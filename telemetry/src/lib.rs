@@ -47,6 +47,7 @@ pub mod names {
     pub const WORKER_CAPACITY: &str = "gf_worker_capacity_slots";
     pub const WORKER_RUNS: &str = "gf_worker_runs_total";
     pub const WORKER_RENEWALS: &str = "gf_worker_lease_renewals_total";
+    pub const WORKER_RPC_HEDGES: &str = "gf_worker_rpc_hedges_total";
     pub const WORKER_LOG_LINES: &str = "gf_worker_log_lines_total";
     pub const BUDGET_SPENT: &str = "gf_budget_spent";
     pub const BUDGET_LIMIT: &str = "gf_budget_limit";
@@ -260,6 +261,12 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = {
             Counter,
             &["result"],
             "Lease renewals by result (ok, lost, error).",
+        ),
+        (
+            WORKER_RPC_HEDGES,
+            Counter,
+            &[],
+            "Copies of a completion or renewal sent again because no coordinator answered the first in time (a stalled coordinator).",
         ),
         (
             WORKER_LOG_LINES,

@@ -48,6 +48,9 @@ pub struct Batcher<Resp> {
     senders: Semaphore,
     /// Set when a coordinator refused the batch subject as unknown.
     unsupported: AtomicBool,
+    /// Requests go out as [`RpcClient::call_raw_hedged`] (only for verbs whose repeat
+    /// is answered like the first).
+    hedged: bool,
 }
 
 impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
@@ -73,6 +76,30 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
             queue: Mutex::new(Vec::new()),
             senders: Semaphore::new(SENDERS),
             unsupported: AtomicBool::new(false),
+            hedged: false,
+        }
+    }
+
+    /// Sends every request and batch hedged ([`RpcClient::call_raw_hedged`]): for a
+    /// verb whose repeat the coordinator answers like the first (completions). With one
+    /// batch in flight at a time, a batch stuck on a stalled coordinator would otherwise
+    /// hold up every request queued behind it for a whole timeout.
+    pub fn hedged(mut self) -> Self {
+        self.hedged = true;
+        self
+    }
+
+    async fn call_raw<T: DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let rpc = self.rpc.with_timeout(timeout);
+        if self.hedged {
+            rpc.call_raw_hedged(subject, body).await
+        } else {
+            rpc.call_raw(subject, body).await
         }
     }
 
@@ -87,11 +114,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
             .expect("wire types serialize")
             .into();
         if self.unsupported.load(Ordering::Relaxed) {
-            return self
-                .rpc
-                .with_timeout(timeout)
-                .call_raw(&self.single, body)
-                .await;
+            return self.call_raw(&self.single, body, timeout).await;
         }
         let (answer, mut answered) = oneshot::channel();
         self.queue.lock().expect("batch queue").push(Queued {
@@ -131,11 +154,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
         if items.len() == 1 || self.unsupported.load(Ordering::Relaxed) {
             // One request alone goes on the single subject: same bytes, no batch framing.
             let calls = items.into_iter().map(|q| async move {
-                let r = self
-                    .rpc
-                    .with_timeout(q.timeout)
-                    .call_raw(&self.single, q.body)
-                    .await;
+                let r = self.call_raw(&self.single, q.body, q.timeout).await;
                 let _ = q.answer.send(r);
             });
             futures::future::join_all(calls).await;
@@ -146,9 +165,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Batcher<Resp> {
             Vec::with_capacity(2 + items.iter().map(|q| q.body.len() + 1).sum::<usize>());
         gf_schemas::rpc::append_json_array(&mut body, items.iter().map(|q| q.body.as_ref()));
         let reply = self
-            .rpc
-            .with_timeout(timeout)
-            .call_raw::<Vec<Reply<Resp>>>(&self.batch, body.into())
+            .call_raw::<Vec<Reply<Resp>>>(&self.batch, body.into(), timeout)
             .await;
         match reply {
             Ok(replies) if replies.len() == items.len() => {

@@ -301,7 +301,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
     let shared = Arc::new(Shared {
         id: id.clone(),
         claims: batch::Batcher::new(rpc.clone(), &id, FactoryVerb::Claim),
-        completions: batch::Batcher::new(rpc.clone(), &id, FactoryVerb::Complete),
+        completions: batch::Batcher::new(rpc.clone(), &id, FactoryVerb::Complete).hedged(),
         rpc,
         js,
         slots: config.slots,

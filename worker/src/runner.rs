@@ -342,7 +342,9 @@ async fn keep_lease(
                 if job.start_by.is_some() {
                     renew_req.ran_ms = Some(began.elapsed().as_millis() as u64);
                 }
-                let renewed = rpc.with_timeout(renew_every).call_factory::<_, RenewReply>(&renew_req).await;
+                // Hedged: a renewal stuck on a stalled coordinator would cost a whole
+                // period, and the first one confirms a start with a deadline.
+                let renewed = rpc.with_timeout(renew_every).call_factory_hedged::<_, RenewReply>(&renew_req).await;
                 let label = match &renewed {
                     Ok(_) => "ok",
                     Err(e) if e.lost_lease() => "lost",
