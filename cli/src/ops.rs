@@ -45,7 +45,9 @@ pub struct SubmitArgs {
     /// 0 (most urgent) to 9.
     #[arg(long, default_value_t = gf_schemas::DEFAULT_PRIORITY)]
     pub priority: u8,
-    /// A repeat with the same key (and product) returns the first job.
+    /// A repeat with the same key (and product) returns the first job. Without one,
+    /// this submission gets its own (`gf-submit-<random hex>`), so that copies of the request
+    /// sent while a coordinator is slow to answer make one job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Maximum run time per attempt, e.g. `90s`, `2h`.
@@ -146,13 +148,31 @@ fn rpc_client(client: &async_nats::Client) -> RpcClient {
     RpcClient::new(client.clone(), Duration::from_secs(10))
 }
 
+/// `spec` with an idempotency key: its own, or one made for this one submission
+/// (`gf-submit-<128 random bits in hex>`; the second value is `true` then). With a key, copies of the
+/// request make one job, so the submission can be hedged.
+fn keyed(mut spec: JobSpec) -> (JobSpec, bool) {
+    let made = spec.idempotency_key.is_none();
+    if made {
+        spec.idempotency_key = Some(format!("gf-submit-{:032x}", rand::random::<u128>()));
+    }
+    (spec, made)
+}
+
 pub async fn submit(url: &str, a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let spec = a.spec()?;
+    // Hedged: a coordinator that is paused or cut off stays in the RPC queue group for
+    // a while and NATS gives it about half the requests; a plain request that lands
+    // there fails after its timeout (and may still make the job when that coordinator
+    // wakes, so a retry by hand would make two). The key makes the copies one job.
+    let (spec, made_key) = keyed(a.spec()?);
     let client = connect(url).await?;
-    let reply: SubmitReply = rpc_client(&client)
-        .call(rpc::SUBMIT, &spec)
+    let body = serde_json::to_vec(&spec)?;
+    let mut reply: SubmitReply = rpc_client(&client)
+        .call_raw_hedged(rpc::SUBMIT, body.into())
         .await
         .context("submission failed")?;
+    // A key made here is seen before only when one copy was answered after another.
+    reply.duplicate &= !made_key;
     if a.json && !a.wait {
         println!("{}", serde_json::to_string(&reply)?);
     } else if !a.json {
@@ -467,4 +487,28 @@ pub async fn workers(url: &str, a: WorkersArgs) -> anyhow::Result<ExitCode> {
         println!("{}", output::workers_table(&ws, Timestamp::now_local()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_without_a_key_gets_its_own_and_a_given_key_is_kept() {
+        let bare = || JobSpec::command(["true"]);
+        let (a, made_a) = keyed(bare());
+        let (b, made_b) = keyed(bare());
+        assert!(made_a && made_b);
+        let (ka, kb) = (a.idempotency_key.unwrap(), b.idempotency_key.unwrap());
+        assert!(ka.starts_with("gf-submit-"), "{ka}");
+        assert_ne!(ka, kb, "each submission its own key");
+        let mut given = bare();
+        given.idempotency_key = Some("TICKET-42".into());
+        let (kept, made) = keyed(given);
+        assert!(!made);
+        assert_eq!(kept.idempotency_key.as_deref(), Some("TICKET-42"));
+        kept.validate().expect("still valid");
+        let (made_spec, _) = keyed(bare());
+        made_spec.validate().expect("a made key is valid");
+    }
 }

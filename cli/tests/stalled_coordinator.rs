@@ -1,0 +1,58 @@
+//! `gf submit` while a coordinator in the RPC queue group takes requests and does not
+//! answer them (paused, or cut off before NATS drops its connection).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use gf_schemas::names::{self, rpc};
+use gf_schemas::rpc::SubmitReply;
+use gf_testkit::NatsServer;
+
+/// The submission's first copy goes to a stalled coordinator (the only member of the
+/// queue group then), which NATS afterwards drops while a healthy one starts: a later
+/// copy is answered, and when the stalled one wakes and handles the copy it held, the
+/// key `gf submit` gave the submission makes it the same job, not a second one.
+#[tokio::test]
+async fn gf_submit_gets_past_a_stalled_coordinator_and_makes_one_job() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let stalled = async_nats::connect(nats.url()).await?;
+    let mut held = stalled
+        .queue_subscribe(rpc::SUBMIT, names::RPC_QUEUE_GROUP.into())
+        .await?;
+    stalled.flush().await?;
+
+    let url = nats.url();
+    let submit = tokio::task::spawn_blocking(move || gf(&url, &["submit", "--json", "--", "true"]));
+    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
+        .await?
+        .expect("the first copy reached the stalled coordinator");
+    held.unsubscribe().await?;
+    stalled.flush().await?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+
+    let (code, out, err) = submit.await??;
+    assert_eq!(code, 0, "gf submit failed: {err}");
+    let reply: SubmitReply = serde_json::from_str(out.trim())?;
+    assert!(
+        !reply.duplicate,
+        "a key made by gf submit is never reported seen before"
+    );
+
+    // The stalled coordinator wakes and applies the copy it held.
+    let client = Client::connect(&nats).await?;
+    let late: SubmitReply = client
+        .rpc
+        .call_raw(rpc::SUBMIT, first.payload.clone())
+        .await?;
+    assert_eq!(late.job_id, reply.job_id, "the held copy made a second job");
+    assert!(late.duplicate);
+    let rec = client.job(reply.job_id).await?;
+    let key = rec.spec.idempotency_key.unwrap_or_default();
+    assert!(key.starts_with("gf-submit-"), "{key}");
+    coord.stop().await?;
+    Ok(())
+}
