@@ -387,7 +387,8 @@ pub async fn while_renewing<T>(
         tokio::select! {
             out = &mut work => return Ok(out),
             _ = tick.tick() => {
-                match rpc.with_timeout(every).call_factory::<_, RenewReply>(&renew).await {
+                // Hedged like the run's own renewals (`runner::keep_lease`).
+                match rpc.with_timeout(every).call_factory_hedged::<_, RenewReply>(&renew).await {
                     Err(e) if e.lost_lease() => return Err(e),
                     Err(e) => tracing::warn!(%job, error = %e, "renew failed; will retry"),
                     Ok(_) => {}
