@@ -149,8 +149,8 @@ fn rpc_client(client: &async_nats::Client) -> RpcClient {
 }
 
 /// `spec` with an idempotency key: its own, or one made for this one submission
-/// (`gf-submit-<128 random bits in hex>`; the second value is `true` then). With a key, copies of the
-/// request make one job, so the submission can be hedged.
+/// (`gf-submit-` and 128 random bits in hex; the second value is `true` then). With a
+/// key, copies of the request make one job, so the submission can be hedged.
 fn keyed(mut spec: JobSpec) -> (JobSpec, bool) {
     let made = spec.idempotency_key.is_none();
     if made {

@@ -973,8 +973,8 @@ fn start_job(
 /// repeat of an applied completion with the same result.
 async fn report(shared: &Shared, req: &CompleteRequest, lease_ttl: Duration) {
     let mut wait = Duration::from_millis(100);
-    // Each try gets a third of the lease, so a stalled coordinator costs a retry, not
-    // the lease.
+    // Each try gets a third of the lease and is hedged (`Batcher::hedged`), so a
+    // stalled coordinator costs a copy a quarter of a try later, not the lease.
     let timeout = (lease_ttl / 3).max(Duration::from_millis(200));
     for _ in 0..30 {
         match shared.completions.call(req, timeout).await {
