@@ -14,7 +14,7 @@ use gf_schemas::rpc::{CancelReply, CancelRequest, SubmitReply};
 use gf_schemas::{
     JobId, JobRecord, JobSpec, JobState, LogLine, LogStream, Timestamp, WorkerRecord,
 };
-use gf_worker::RpcClient;
+use gf_worker::{CallError, RpcClient};
 
 use crate::{connect, output, parse_kv};
 
@@ -148,6 +148,10 @@ fn rpc_client(client: &async_nats::Client) -> RpcClient {
     RpcClient::new(client.clone(), Duration::from_secs(10))
 }
 
+/// How long one round of a hedged submission waits, and how many rounds it makes.
+const SUBMIT_ROUND: Duration = Duration::from_secs(4);
+const SUBMIT_ROUNDS: u32 = 3;
+
 /// `spec` with an idempotency key: its own, or one made for this one submission
 /// (`gf-submit-` and 128 random bits in hex; the second value is `true` then). With a
 /// key, copies of the request make one job, so the submission can be hedged.
@@ -167,10 +171,18 @@ pub async fn submit(url: &str, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let (spec, made_key) = keyed(a.spec()?);
     let client = connect(url).await?;
     let body = serde_json::to_vec(&spec)?;
-    let mut reply: SubmitReply = rpc_client(&client)
-        .call_raw_hedged(rpc::SUBMIT, body.into())
-        .await
-        .context("submission failed")?;
+    // Rounds of 4 s, a copy every second: with one of two coordinators stalled a round
+    // fails when all 4 copies reach it (1 in 16), so 3 rounds (12 s at most; a plain
+    // request waited 10 s) leave 1 in 4,096.
+    let rpc = RpcClient::new(client.clone(), SUBMIT_ROUND);
+    let mut round = 1;
+    let mut reply: SubmitReply = loop {
+        match rpc.call_raw_hedged(rpc::SUBMIT, body.clone().into()).await {
+            Err(CallError::Timeout { .. }) if round < SUBMIT_ROUNDS => round += 1,
+            answered => break answered,
+        }
+    }
+    .with_context(|| format!("submission failed after {round} round(s) of {SUBMIT_ROUND:?}"))?;
     // A key made here is seen before only when one copy was answered after another.
     reply.duplicate &= !made_key;
     if a.json && !a.wait {
