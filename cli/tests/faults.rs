@@ -194,6 +194,34 @@ async fn nats_restart_loses_no_job() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With NATS gone for good, a coordinator and a worker told to stop still stop: their
+/// last flush used to wait for a reconnect that never came, so they hung until killed.
+#[tokio::test]
+async fn coordinator_and_worker_stop_while_nats_is_down() -> anyhow::Result<()> {
+    init_tracing();
+    let mut nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let client = Client::connect(&nats).await?;
+    let id = client.submit(&sh("true")).await?.job_id;
+    client.wait_terminal(id, Duration::from_secs(30)).await?;
+    nats.stop();
+    // A bound on a hang, not a speed target: each stop sends what it can and gives up
+    // on what it cannot (heartbeats of a few seconds, a 2 s flush).
+    let bound = Duration::from_secs(60);
+    tokio::time::timeout(bound, worker.stop())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the worker did not stop within {bound:?} with NATS down")
+        })??;
+    tokio::time::timeout(bound, coord.stop())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the coordinator did not stop within {bound:?} with NATS down")
+        })??;
+    Ok(())
+}
+
 /// A Python client (nats-py) submits over `gf.rpc.submit` using only the published
 /// JSON Schemas, and sees its job succeed.
 #[tokio::test]

@@ -110,6 +110,8 @@ impl EventSink {
 /// Nothing on a job's path waits for its events.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 const MAX_PER_FLUSH: usize = 512;
+/// How long a stopping coordinator waits to flush what it published last.
+pub(crate) const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Publishes what is queued, grouping the events that arrive within [`BATCH_WINDOW`] of
 /// each other into one message per kind (a JSON array; a lone event stays an object,
@@ -164,8 +166,11 @@ async fn publish_loop(
             }
         }
     }
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "events not flushed");
+    // Bounded: with NATS unreachable a flush waits for a reconnect that may never come.
+    match tokio::time::timeout(FLUSH_ON_EXIT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "events not flushed"),
+        Err(_) => tracing::warn!("events not flushed: NATS unreachable"),
     }
 }
 

@@ -253,7 +253,14 @@ impl Coordinator {
         // Every part that narrates has stopped; a service handle someone still holds
         // must not keep the publisher (and this join) waiting.
         self.events.close().await;
-        client.flush().await.ok();
+        // Bounded: with NATS unreachable a flush waits for a reconnect that may never
+        // come, and a coordinator told to stop must stop.
+        if tokio::time::timeout(events::FLUSH_ON_EXIT, client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS unreachable: stopping without flushing");
+        }
         rpc??;
         if let Some(h) = http {
             h??;

@@ -45,6 +45,9 @@ use tracing::Instrument;
 pub use client::{CallError, RpcClient};
 pub use handler::{Handler, HandlerCall, HandlerFuture, HandlerOutput, Handlers};
 
+/// How long a stopping worker waits to flush what it sent last (its `gone` heartbeat).
+const FLUSH_ON_EXIT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub nats_url: String,
@@ -591,7 +594,14 @@ async fn run_worker(
     background.cancel();
     let _ = control_task.await;
     let _ = heartbeat_task.await;
-    shared.rpc.nats().flush().await.ok();
+    // Bounded: with NATS unreachable a flush waits for a reconnect that may never come,
+    // and a worker told to stop must stop (what it would flush is lost either way).
+    if tokio::time::timeout(FLUSH_ON_EXIT, shared.rpc.nats().flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS unreachable: stopping without flushing");
+    }
     tracing::info!(worker = %shared.id, "worker stopped");
     Ok(())
 }
