@@ -111,7 +111,7 @@ impl EventSink {
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 const MAX_PER_FLUSH: usize = 512;
 /// How long a stopping coordinator waits to flush what it published last.
-pub(crate) const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Publishes what is queued, grouping the events that arrive within [`BATCH_WINDOW`] of
 /// each other into one message per kind (a JSON array; a lone event stays an object,

@@ -248,19 +248,12 @@ impl Coordinator {
         self.artifact_sweep.await.ok();
         // The bridge's echo tasks hand back a message in flight (nak) and stop.
         self.bridge.join().await;
-        let client = self.service.client.clone();
         drop(self.service);
         // Every part that narrates has stopped; a service handle someone still holds
-        // must not keep the publisher (and this join) waiting.
+        // must not keep the publisher (and this join) waiting. The publisher ends by
+        // flushing the connection every part published on (bounded, for NATS
+        // unreachable): the last write of this coordinator.
         self.events.close().await;
-        // Bounded: with NATS unreachable a flush waits for a reconnect that may never
-        // come, and a coordinator told to stop must stop.
-        if tokio::time::timeout(events::FLUSH_ON_EXIT, client.flush())
-            .await
-            .is_err()
-        {
-            tracing::warn!("NATS unreachable: stopping without flushing");
-        }
         rpc??;
         if let Some(h) = http {
             h??;

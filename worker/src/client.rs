@@ -44,15 +44,20 @@ impl CallError {
             Some(ErrorKind::StaleEpoch | ErrorKind::Revoked)
         )
     }
-    /// Worth retrying: the request may not have arrived (or its answer was lost).
-    pub fn retryable(&self) -> bool {
+    /// No coordinator answered (the request may still have been applied).
+    fn unanswered(&self) -> bool {
         matches!(
             self,
             CallError::Timeout { .. } | CallError::NoResponders(_) | CallError::Transport(_)
-        ) || matches!(
-            self.kind(),
-            Some(ErrorKind::Unavailable | ErrorKind::Conflict)
         )
+    }
+    /// Worth retrying: the request may not have arrived (or its answer was lost).
+    pub fn retryable(&self) -> bool {
+        self.unanswered()
+            || matches!(
+                self.kind(),
+                Some(ErrorKind::Unavailable | ErrorKind::Conflict)
+            )
     }
 }
 
@@ -62,16 +67,6 @@ pub const HEDGE_COPIES: u32 = 4;
 /// Copies of a hedged request are never closer together than this, so a short timeout
 /// does not turn into a burst.
 const MIN_HEDGE_GAP: Duration = Duration::from_millis(50);
-
-impl CallError {
-    /// No coordinator answered this copy (it may still have been applied).
-    fn unanswered(&self) -> bool {
-        matches!(
-            self,
-            CallError::Timeout { .. } | CallError::NoResponders(_) | CallError::Transport(_)
-        )
-    }
-}
 
 #[derive(Clone)]
 pub struct RpcClient {
