@@ -159,13 +159,14 @@ pub async fn start(
         config.watch_replay_timeout,
         shutdown.clone(),
     );
-    let archiver = tokio::spawn(history::archive::run(js.clone(), shutdown.clone()));
+    let (archiver, archiver_task) = history::archive::start(js.clone(), shutdown.clone());
     let _ = service.jobs_index.set(stats.clone());
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(scheduler::run(
         service.clone(),
         leader.clone(),
         stats_feed,
+        archiver,
         reconnect_rx,
         shutdown.clone(),
     ));
@@ -217,7 +218,7 @@ pub async fn start(
         scheduler,
         events: events_task,
         stats: stats_task,
-        archiver,
+        archiver: archiver_task,
         bridge,
         callout,
         artifact_sweep,

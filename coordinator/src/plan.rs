@@ -55,6 +55,9 @@ pub struct View {
     pub stats: Option<crate::stats::LeaderFeed>,
     /// On the leader, attempts that end become outcome rows (see [`crate::outcomes`]).
     pub outcomes: Option<crate::outcomes::Recorder>,
+    /// On the leader, finished records go to the archive (see
+    /// [`crate::history::archive`]).
+    pub archive: Option<crate::history::archive::Feed>,
     /// What finished attempts taught about placement (fed from `outcomes` on the
     /// leader; read from the stream for an explanation).
     pub learned: learned::Learned,
@@ -129,6 +132,9 @@ impl View {
                 self.count_refs(&old, false);
             }
             self.terminal.insert(rec.id, rec.state);
+            if let Some(archive) = &mut self.archive {
+                archive.finished(rec, rev);
+            }
         } else {
             self.terminal.remove(&rec.id);
             self.retained.remove(&rec.id);

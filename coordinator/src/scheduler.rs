@@ -92,6 +92,7 @@ pub async fn run(
     service: Arc<Service>,
     status: Arc<LeaderStatus>,
     stats: crate::stats::StatsFeed,
+    archiver: crate::history::archive::Archiver,
     mut reconnects: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
@@ -130,7 +131,7 @@ pub async fn run(
             let mut end = lead(
                 &service,
                 &mut lease,
-                &stats,
+                (&stats, &archiver),
                 &mut reconnects,
                 &shutdown,
                 &mut term,
@@ -260,7 +261,7 @@ enum LeadEnd {
 async fn lead(
     service: &Arc<Service>,
     lease: &mut LeaderLease,
-    stats: &crate::stats::StatsFeed,
+    (stats, archiver): (&crate::stats::StatsFeed, &crate::history::archive::Archiver),
     reconnects: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
     term: &mut Term,
@@ -319,6 +320,7 @@ async fn lead(
             let mut view = View {
                 stats: Some(stats.lead()),
                 outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
+                archive: Some(archiver.feed().await),
                 ..View::default()
             };
             // What earlier terms learned; the workers' profiles follow from the watch.
@@ -541,6 +543,15 @@ async fn follow(
                 }
                 if let Some(feed) = &view.stats {
                     feed.position(term.jobs.last());
+                }
+                if let Some(archive) = &mut view.archive {
+                    archive.seen(term.jobs.last());
+                    if archive.overflowed() {
+                        // Built again from a replay, which hands the archiver every
+                        // finished record above its stored position once more.
+                        term.jobs.forget();
+                        return LeadEnd::Restart;
+                    }
                 }
                 dirty = true;
             }

@@ -68,6 +68,7 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
         ),
         gf_bridge::bucket_config(replicas),
         crate::artifacts::index_config(replicas),
+        crate::history::archive::position_config(replicas),
     ]
 }
 

@@ -566,9 +566,13 @@ impl Route {
 /// [`archive`]'s subject, kept for the archive retention.
 pub const STREAM_ARCHIVE: &str = "GF_ARCHIVE";
 pub const ARCHIVE_ALL: &str = "gf.archive.>";
-/// The durable consumer on the jobs bucket's stream that feeds the archive, shared by
-/// the coordinators.
+/// The durable consumer on the jobs bucket's stream that fed the archive before the
+/// scheduler leader did; coordinators remove it when they start.
 pub const ARCHIVER_CONSUMER: &str = "gf_archiver";
+/// The archive's position: every finished job write up to the `gf_jobs` revision
+/// stored under [`ARCHIVE_POSITION_KEY`] (decimal text) is archived.
+pub const BUCKET_ARCHIVE_POSITION: &str = "gf_archive_position";
+pub const ARCHIVE_POSITION_KEY: &str = "through";
 
 /// Subject of a finished job in [`STREAM_ARCHIVE`]:
 /// `gf.archive.<yyyymmdd>.<state>.<queue>.<job>`, the day being the job's creation day

@@ -1,36 +1,65 @@
 //! The archive: every finished job's record copied into `GF_ARCHIVE` before its grace
 //! period in `gf_jobs` can end, and found there by id.
 //!
-//! A durable pull consumer (`gf_archiver`) on the jobs bucket's stream, shared by the
-//! coordinators (JetStream hands each message to one of them), sees every job write.
-//! For a terminal one it publishes the record to
+//! The scheduler leader archives: its view already takes in, decodes and orders every
+//! job write (its watch of `gf_jobs`), so it hands each finished record to the
+//! [`Archiver`] task, which publishes it to
 //! `gf.archive.<created yyyymmdd>.<state>.<queue>.<id>` with `Nats-Msg-Id:
-//! <id>.<revision>`, waits for the stream's ack, and only then acks the write: at least
-//! once, and a repeat is dropped by the duplicate window and in any case replaces the
-//! same subject (one message per subject).
+//! <id>.<revision>` (a repeat is dropped by the duplicate window and in any case
+//! replaces the same subject: one message per subject). A durable consumer of its own
+//! (what this was until issue 20's phase E) cost three deliveries, three decodes and
+//! three acks per job — a third of the server's messages per job — for records the
+//! leader had decoded already.
 //!
-//! Invariant: a terminal revision stays in `gf_jobs` for its whole grace period, so the
-//! archiver may lag by anything short of the shortest grace period and still miss
-//! nothing. `gf_archive_lag_seconds` (age of the oldest job write not yet handled) is
-//! exported and alerted on long before that.
+//! At least once, across crashes and leader changes, by a position: the task keeps
+//! `through`, the highest revision such that every finished write at or below it is
+//! archived (or was superseded before the view saw it), and stores it in
+//! `gf_archive_position` (compare-and-set, only ever raised, about once a second). A
+//! new term's view replays the bucket and hands over the finished records above the
+//! stored position, so whatever a killed leader had not archived is archived by the
+//! next. A record handed over twice is harmless (the message id, the subject).
 //!
-//! A write superseded before the archiver reached it (a requeue within the grace
-//! period) is gone from the stream (one revision per key) and never delivered; a job
-//! archived and then requeued has its archived copy removed at the requeue
-//! ([`forget`]), so at most one copy per job exists once the archiver has caught up.
+//! Invariants:
+//! - A finished revision stays in `gf_jobs` for its whole grace period, so the archive
+//!   may lag by anything short of the shortest grace period and still miss nothing.
+//!   `gf_archive_lag_seconds` (age of the oldest job write above the position) is
+//!   exported and alerted on long before that.
+//! - The position only claims what this task archived or saw superseded: a write is
+//!   below it only once the view delivered everything up to it and every finished
+//!   record up to it was acknowledged by the archive stream.
+//! - A write superseded before the view reached it (a requeue within the grace
+//!   period) is never delivered; a job archived and then requeued has its archived
+//!   copy removed at the requeue ([`forget`]), so at most one copy per job exists once
+//!   the archive has caught up.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::HeaderMap;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use gf_schemas::{names, JobId, JobRecord, Timestamp};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StoreError;
 
-/// Writes the archiver may have in flight (also its consumer's `max_ack_pending`).
+/// Archive publishes awaiting their ack at once.
 const IN_FLIGHT: usize = 256;
+/// Finished records handed over and not yet taken by the task; a feed that finds the
+/// queue full reports [`Feed::overflowed`] and the leader's view replays.
+const QUEUED: usize = 50_000;
+/// How often the position is stored (when it moved) and failed publishes retried.
+const STORE_PERIOD: Duration = Duration::from_secs(1);
+/// A failed publish is tried again after at least this long.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// At shutdown, the longest wait for publishes in flight before the position is
+/// stored for the last time (what is left is archived again by the next leader).
+const DRAIN: Duration = Duration::from_secs(2);
 /// How often the lag is measured.
 const LAG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -131,114 +160,325 @@ pub async fn forget(js: &jetstream::Context, id: &JobId) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Publishes `rec` (the job write at stream sequence `seq`) to the archive and waits
-/// for the stream's ack.
-async fn archive(js: &jetstream::Context, rec: &JobRecord, seq: u64) -> Result<(), StoreError> {
-    let subject = names::archive(&day_of(&rec.id), rec.state, &rec.spec.queue, &rec.id);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{}.{seq}", rec.id).as_str(),
-    );
-    js.publish_with_headers(subject, headers, crate::store::encode(rec))
-        .await
-        .map_err(transport)?
-        .await
-        .map_err(transport)?;
-    crate::metrics::archived(rec.state);
-    Ok(())
-}
-
-/// What one job write asks of the archiver.
-enum Work {
-    /// Not a finished record (a live state, a deletion, an expiry marker): just ack.
-    Skip,
-    Archive(Box<JobRecord>),
-}
-
-fn classify(msg: &jetstream::Message) -> Work {
-    let headers = msg.headers.as_ref();
-    let op = headers.and_then(|h| h.get("KV-Operation"));
-    let marker = headers.and_then(|h| h.get(async_nats::header::NATS_MARKER_REASON));
-    if op.is_some_and(|o| o.as_str() != "PUT") || marker.is_some() {
-        return Work::Skip;
+/// The settings of `gf_archive_position`, the bucket holding the archive's position.
+pub fn position_config(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: names::BUCKET_ARCHIVE_POSITION.into(),
+        description: "Gigafactory archive position: every finished job write up to this gf_jobs revision is archived".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
     }
-    match serde_json::from_slice::<JobRecord>(&msg.payload) {
-        Ok(rec) if rec.state.is_terminal() => Work::Archive(Box::new(rec)),
-        Ok(_) => Work::Skip,
-        Err(e) => {
-            tracing::error!(subject = %msg.subject, error = %e, "archiver: unreadable job record skipped");
-            Work::Skip
+}
+
+/// The stored position and its entry's revision; `None` when none is stored yet.
+async fn read_position(bucket: &kv::Store) -> Result<Option<(u64, u64)>, StoreError> {
+    let key = names::ARCHIVE_POSITION_KEY;
+    match bucket.entry(key).await.map_err(transport)? {
+        Some(e) if e.operation == kv::Operation::Put => std::str::from_utf8(&e.value)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .map(|through| Some((through, e.revision)))
+            .ok_or_else(|| StoreError::Corrupt {
+                key: format!("{}.{key}", names::BUCKET_ARCHIVE_POSITION),
+                error: "not a revision".into(),
+            }),
+        _ => Ok(None),
+    }
+}
+
+/// The archive's position: every finished job write up to this `gf_jobs` revision is
+/// archived. 0 when none is stored yet (nothing is known to be archived).
+pub async fn position(js: &jetstream::Context) -> Result<u64, StoreError> {
+    let bucket = js
+        .get_key_value(names::BUCKET_ARCHIVE_POSITION)
+        .await
+        .map_err(|e| transport(format!("bucket {}: {e}", names::BUCKET_ARCHIVE_POSITION)))?;
+    Ok(read_position(&bucket)
+        .await?
+        .map_or(0, |(through, _)| through))
+}
+
+/// Raises the stored position to `through`; never lowers it (another coordinator's
+/// archiver may have stored a higher one, as true as this). Returns what is stored.
+async fn raise_position(bucket: &kv::Store, through: u64) -> Result<u64, StoreError> {
+    let key = names::ARCHIVE_POSITION_KEY;
+    for _ in 0..3 {
+        let value = bytes::Bytes::from(through.to_string());
+        let written = match read_position(bucket).await? {
+            Some((stored, _)) if stored >= through => return Ok(stored),
+            Some((_, revision)) => bucket.update(key, value, revision).await.is_ok(),
+            None => bucket.create(key, value).await.is_ok(),
+        };
+        if written {
+            return Ok(through);
         }
     }
+    Err(StoreError::Conflict(format!(
+        "{}.{key}",
+        names::BUCKET_ARCHIVE_POSITION
+    )))
 }
 
-/// Handles one job write; the write is acked only once its record is archived.
-async fn handle(js: &jetstream::Context, msg: jetstream::Message) {
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    if let Work::Archive(rec) = classify(&msg) {
-        if let Err(e) = archive(js, &rec, seq).await {
-            tracing::warn!(job = %rec.id, error = %e, "archiver: not archived; redelivered later");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+/// Publishes `rec` (the job write at revision `rev`) to the archive and waits for the
+/// stream's ack; hands the record back with the result.
+fn publish(
+    js: &jetstream::Context,
+    rec: Box<JobRecord>,
+    rev: u64,
+) -> impl Future<Output = (u64, Box<JobRecord>, Result<(), StoreError>)> {
+    let js = js.clone();
+    async move {
+        let subject = names::archive(&day_of(&rec.id), rec.state, &rec.spec.queue, &rec.id);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}.{rev}", rec.id).as_str(),
+        );
+        let sent = async {
+            js.publish_with_headers(subject, headers, crate::store::encode(&rec))
+                .await
+                .map_err(transport)?
+                .await
+                .map_err(transport)?;
+            Ok(())
+        }
+        .await;
+        (rev, rec, sent)
+    }
+}
+
+/// What the leader's view hands the archiver, in the order it took it in.
+enum Handed {
+    /// A finished record, at its revision.
+    Finished(Box<JobRecord>, u64),
+    /// The view has taken in every job write up to this revision.
+    Seen(u64),
+}
+
+/// The leader's end of the archiver for one view (a term, or a replay within one):
+/// the finished records it takes in above the position stored when it started, and
+/// how far it got. Never blocks the leader: when the task's queue is full the feed
+/// reports [`Feed::overflowed`] and hands over nothing more.
+pub struct Feed {
+    tx: mpsc::Sender<Handed>,
+    /// Finished writes at or below this revision were archived before the view began.
+    from: u64,
+    overflowed: bool,
+}
+
+impl Feed {
+    /// The view took in `rec` (finished) at revision `rev`.
+    pub fn finished(&mut self, rec: JobRecord, rev: u64) {
+        if rev > self.from && rec.state.is_terminal() {
+            self.hand(Handed::Finished(Box::new(rec), rev));
+        }
+    }
+
+    /// The view took in every job write up to revision `rev`.
+    pub fn seen(&mut self, rev: u64) {
+        self.hand(Handed::Seen(rev));
+    }
+
+    /// Something could not be handed over: the view must be built again (a replay
+    /// hands over everything above the stored position once more).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    fn hand(&mut self, h: Handed) {
+        if self.overflowed {
             return;
         }
-    }
-    if let Err(e) = msg.ack().await {
-        // Redelivered after the ack wait; archiving it again is harmless.
-        tracing::debug!(error = %e, "archiver: ack failed");
+        if self.tx.try_send(h).is_err() {
+            tracing::warn!(
+                queued = QUEUED,
+                "archiver: its queue is full (is GF_ARCHIVE writable?); the leader's view replays"
+            );
+            self.overflowed = true;
+        }
     }
 }
 
-async fn consumer(
-    js: &jetstream::Context,
-) -> Result<consumer::Consumer<consumer::pull::Config>, StoreError> {
-    let stream = js
+/// Hands out [`Feed`]s to the scheduler leader's views.
+#[derive(Clone)]
+pub struct Archiver {
+    tx: mpsc::Sender<Handed>,
+    js: jetstream::Context,
+}
+
+impl Archiver {
+    /// A feed for a view about to replay the jobs bucket: it hands over finished
+    /// records above the stored position (all of them when the position cannot be
+    /// read: a repeat is harmless).
+    pub async fn feed(&self) -> Feed {
+        let from = position(&self.js).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "archiver: position unreadable; archiving every finished job in the bucket again");
+            0
+        });
+        Feed {
+            tx: self.tx.clone(),
+            from,
+            overflowed: false,
+        }
+    }
+}
+
+/// Starts the archiver task on this coordinator (it archives what the leader's views
+/// hand it, so only while this coordinator leads, and finishes what it has after a
+/// term ends). It stops when `shutdown` fires, after up to [`DRAIN`] for the publishes
+/// in flight and a last store of its position.
+pub fn start(js: jetstream::Context, shutdown: CancellationToken) -> (Archiver, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUED);
+    let task = tokio::spawn(run(js.clone(), rx, shutdown));
+    (Archiver { tx, js }, task)
+}
+
+/// Revisions handed over and not archived yet (in flight, or waiting for a retry),
+/// each with how many copies are open (a replay can hand a record over again).
+#[derive(Default)]
+struct Open(BTreeMap<u64, u32>);
+
+impl Open {
+    fn add(&mut self, rev: u64) {
+        *self.0.entry(rev).or_default() += 1;
+    }
+
+    fn done(&mut self, rev: u64) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.0.entry(rev) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// The position these allow when the views have seen everything up to `seen`.
+    fn through(&self, seen: u64) -> u64 {
+        self.0
+            .keys()
+            .next()
+            .map_or(seen, |&lowest| seen.min(lowest - 1))
+    }
+}
+
+async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: CancellationToken) {
+    // The consumer that fed the archive before it was the leader's: nothing reads it.
+    if let Ok(s) = js
         .get_stream_no_info(format!("KV_{}", names::BUCKET_JOBS))
         .await
-        .map_err(transport)?;
-    stream
-        .get_or_create_consumer(
-            names::ARCHIVER_CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(names::ARCHIVER_CONSUMER.into()),
-                description: Some("Gigafactory archiver: finished jobs into GF_ARCHIVE".into()),
-                // From the start: on an existing deployment the first run archives
-                // what is already finished (the bucket holds one revision per job).
-                deliver_policy: consumer::DeliverPolicy::All,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: IN_FLIGHT as i64,
-                filter_subject: names::js::kv_all(names::BUCKET_JOBS),
-                ..Default::default()
+    {
+        if s.delete_consumer(names::ARCHIVER_CONSUMER).await.is_ok() {
+            tracing::info!(
+                consumer = names::ARCHIVER_CONSUMER,
+                "archiver: removed the consumer earlier versions archived from"
+            );
+        }
+    }
+    let mut bucket: Option<kv::Store> = None;
+    let mut acks = FuturesUnordered::new();
+    let mut open = Open::default();
+    let mut retry: VecDeque<(Instant, u64, Box<JobRecord>)> = VecDeque::new();
+    let (mut seen, mut stored) = (0u64, 0u64);
+    let mut store_tick = tokio::time::interval(STORE_PERIOD);
+    store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lag_tick = tokio::time::interval(LAG_PERIOD);
+    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some((rev, rec, sent)) = acks.next(), if !acks.is_empty() => {
+                let rec: Box<JobRecord> = rec;
+                match sent {
+                    Ok(()) => {
+                        open.done(rev);
+                        crate::metrics::archived(rec.state);
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %rec.id, error = %e, "archiver: not archived; trying again");
+                        retry.push_back((Instant::now() + RETRY_AFTER, rev, rec));
+                    }
+                }
+            }
+            handed = rx.recv(), if acks.len() < IN_FLIGHT => match handed {
+                Some(Handed::Finished(rec, rev)) => {
+                    open.add(rev);
+                    acks.push(publish(&js, rec, rev));
+                }
+                Some(Handed::Seen(rev)) => seen = seen.max(rev),
+                None => break,
             },
-        )
-        .await
-        .map_err(transport)
+            _ = store_tick.tick() => {
+                while acks.len() < IN_FLIGHT && retry.front().is_some_and(|(at, ..)| *at <= Instant::now()) {
+                    let (_, rev, rec) = retry.pop_front().expect("front checked");
+                    acks.push(publish(&js, rec, rev));
+                }
+                store(&js, &mut bucket, open.through(seen), &mut stored).await;
+            }
+            _ = lag_tick.tick() => {
+                match lag(&js).await {
+                    Ok(l) => crate::metrics::archive_lag(l),
+                    Err(e) => tracing::debug!(error = %e, "archiver: lag"),
+                }
+            }
+        }
+    }
+    // What was handed over and already sent gets its ack if it comes soon; what is
+    // still queued is left to the next leader's replay (above the stored position).
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Some((rev, _, sent)) = acks.next().await {
+            if sent.is_ok() {
+                open.done(rev);
+            }
+        }
+    })
+    .await;
+    while let Ok(h) = rx.try_recv() {
+        match h {
+            Handed::Seen(rev) => seen = seen.max(rev),
+            // Not archived: it holds the position below it.
+            Handed::Finished(_, rev) => open.add(rev),
+        }
+    }
+    let _ = tokio::time::timeout(
+        DRAIN,
+        store(&js, &mut bucket, open.through(seen), &mut stored),
+    )
+    .await;
 }
 
-/// How far behind the archiver is: the age (by the server's clock, from the stream's
-/// timestamps) of the oldest job write not yet acked, 0 when it has caught up.
+/// Stores `through` when it is above what this task stored last.
+async fn store(
+    js: &jetstream::Context,
+    bucket: &mut Option<kv::Store>,
+    through: u64,
+    stored: &mut u64,
+) {
+    if through <= *stored {
+        return;
+    }
+    if bucket.is_none() {
+        *bucket = js.get_key_value(names::BUCKET_ARCHIVE_POSITION).await.ok();
+    }
+    let Some(b) = bucket else { return };
+    match raise_position(b, through).await {
+        Ok(now) => *stored = now,
+        Err(e) => tracing::debug!(error = %e, through, "archiver: position not stored; next time"),
+    }
+}
+
+/// How far behind the archive is: the age (by the server's clock, from the stream's
+/// timestamps) of the oldest job write above the stored position, 0 when there is none.
 pub async fn lag(js: &jetstream::Context) -> Result<Duration, StoreError> {
+    let through = position(js).await?;
     let stream = js
         .get_stream_no_info(format!("KV_{}", names::BUCKET_JOBS))
         .await
         .map_err(transport)?;
-    // Only looks: `gf doctor` uses it too and must not create the consumer.
-    let mut c: consumer::Consumer<consumer::pull::Config> = stream
-        .get_consumer(names::ARCHIVER_CONSUMER)
-        .await
-        .map_err(|e| transport(format!("consumer {}: {e}", names::ARCHIVER_CONSUMER)))?;
-    let info = c.info().await.map_err(transport)?;
-    if info.num_pending == 0 && info.num_ack_pending == 0 {
-        return Ok(Duration::ZERO);
-    }
     let oldest = match stream
-        .direct_get_next_for_subject(
-            names::js::kv_all(names::BUCKET_JOBS),
-            Some(info.ack_floor.stream_sequence + 1),
-        )
+        .direct_get_next_for_subject(names::js::kv_all(names::BUCKET_JOBS), Some(through + 1))
         .await
     {
         Ok(m) => m.time,
@@ -262,68 +502,25 @@ pub async fn lag(js: &jetstream::Context) -> Result<Duration, StoreError> {
     ))
 }
 
-/// The archiver: runs on every coordinator until `shutdown`, sharing the durable
-/// consumer; re-binds with backoff when the consumer or the connection fails.
-pub async fn run(js: jetstream::Context, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(250);
-    let mut lag_tick = tokio::time::interval(LAG_PERIOD);
-    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let messages = match consumer(&js).await {
-            Ok(c) => c.messages().await.map_err(transport),
-            Err(e) => Err(e),
-        };
-        let messages = match messages {
-            Ok(m) => {
-                backoff = Duration::from_millis(250);
-                m
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "archiver: cannot bind its consumer; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        let js2 = js.clone();
-        // Up to IN_FLIGHT writes handled at once; each acks its own message.
-        let mut work = std::pin::pin!(messages
-            .filter_map(|m| async move {
-                match m {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "archiver: pull");
-                        None
-                    }
-                }
-            })
-            .map(move |m| {
-                let js = js2.clone();
-                async move { handle(&js, m).await }
-            })
-            .buffer_unordered(IN_FLIGHT));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = lag_tick.tick() => {
-                    match lag(&js).await {
-                        Ok(l) => crate::metrics::archive_lag(l),
-                        Err(e) => tracing::debug!(error = %e, "archiver: lag"),
-                    }
-                }
-                done = work.next() => {
-                    if done.is_none() {
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
+#[cfg(test)]
+mod unit {
+    use super::Open;
+
+    #[test]
+    fn the_position_stops_below_the_lowest_open_revision() {
+        let mut open = Open::default();
+        assert_eq!(open.through(10), 10, "nothing open: everything seen");
+        open.add(4);
+        open.add(7);
+        open.add(4);
+        assert_eq!(open.through(10), 3);
+        open.done(4);
+        assert_eq!(open.through(10), 3, "a second copy of 4 is still open");
+        open.done(4);
+        assert_eq!(open.through(10), 6);
+        assert_eq!(open.through(5), 5, "never above what the views have seen");
+        open.done(7);
+        open.done(7);
+        assert_eq!(open.through(12), 12);
     }
 }

@@ -63,6 +63,26 @@ async fn service(
     Ok((service, store, js))
 }
 
+/// A coordinator on `nats` with `history`, until the returned token is cancelled and
+/// the task joined: alone, it leads, so its scheduler's view feeds the archiver.
+async fn archiving_coordinator(
+    nats: &gf_testkit::NatsServer,
+    history: &HistoryConfig,
+) -> anyhow::Result<(
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = CoordinatorConfig {
+        nats_url: nats.url(),
+        http_addr: None,
+        history: history.clone(),
+        ..Default::default()
+    };
+    let coordinator = crate::start(config, shutdown.clone()).await?;
+    Ok((shutdown, tokio::spawn(coordinator.join())))
+}
+
 /// Criterion 2 of issue 19 with a short grace: the store keeps only live jobs and
 /// those inside their grace period. A cancelled job is removed by the server (a
 /// watcher sees the removal); a requeue within the grace period makes it live again
@@ -221,10 +241,11 @@ async fn an_old_jobs_bucket_is_converted_in_place() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Criterion 3 of issue 19: jobs that finish while no archiver runs (it was killed, or
-/// this is the first start on an old store) are all archived once one starts, within
-/// their grace period; after they leave the live store they are found by id in the
-/// archive, and one can be requeued from there.
+/// Criterion 3 of issue 19: jobs that finish while no archiver runs (no coordinator
+/// leads, or this is the first start on an old store) are all archived once a leader
+/// starts, within their grace period, from the position the last leader stored; after
+/// they leave the live store they are found by id in the archive, and one can be
+/// requeued from there.
 #[tokio::test]
 async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> anyhow::Result<()> {
     let nats = gf_testkit::NatsServer::start()?;
@@ -235,9 +256,8 @@ async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> a
     let (service, store, js) = service(&nats, history.clone()).await?;
     archive::ensure_stream(&js, 1, history.archive).await?;
 
-    // A first archiver runs, then stops (killed) before the rest finish.
-    let first = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(archive::run(js.clone(), first.clone()));
+    // A first leader archives, then stops before the rest finish.
+    let (first, task) = archiving_coordinator(&nats, &history).await?;
     let mut ids = Vec::new();
     for _ in 0..10 {
         let id = service
@@ -260,7 +280,9 @@ async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> a
     };
     assert!(eventually(Duration::from_secs(10), || all_archived(ids.clone())).await);
     first.cancel();
-    task.await?;
+    task.await??;
+    let position = archive::position(&js).await?;
+    assert!(position > 0, "the first leader stored how far it archived");
     for _ in 0..20 {
         let id = service
             .submit_spec(JobSpec::command(["true"]))
@@ -273,8 +295,7 @@ async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> a
         archive::lag(&js).await? > Duration::ZERO,
         "writes wait for the archiver"
     );
-    let second = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(archive::run(js.clone(), second.clone()));
+    let (second, task) = archiving_coordinator(&nats, &history).await?;
     assert!(
         eventually(Duration::from_secs(10), || all_archived(ids.clone())).await,
         "a finished job is missing from the archive"
@@ -285,6 +306,7 @@ async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> a
         })
         .await
     );
+    assert!(archive::position(&js).await? > position);
 
     // Past the grace period: gone from the live store, found in the archive.
     let gone = eventually(Duration::from_secs(20), || async {
@@ -310,6 +332,9 @@ async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> a
         .clone();
     assert_eq!(info.messages, ids.len() as u64);
 
+    // No leader from here on: with no worker it would write the requeued job blocked.
+    second.cancel();
+    task.await??;
     // A requeue after the grace period brings the job back from the archive, and its
     // archived copy goes.
     let back = ids[0];
@@ -323,8 +348,6 @@ async fn the_archiver_catches_up_and_finished_jobs_are_found_after_expiry() -> a
     let mut spec = JobSpec::command(["true"]);
     spec.depends_on = vec![ids[1]];
     service.submit_spec(spec).await?;
-    second.cancel();
-    task.await?;
     Ok(())
 }
 
@@ -356,8 +379,9 @@ fn archive_subjects_partition_by_creation_day() {
 async fn listing_pages_the_live_store_then_the_archive() -> anyhow::Result<()> {
     use gf_schemas::rpc::JobListRequest;
     let nats = gf_testkit::NatsServer::start()?;
+    // Long enough for the leader started below to archive them first.
     let history = HistoryConfig {
-        cancelled: Some(Duration::from_secs(3)),
+        cancelled: Some(Duration::from_secs(6)),
         ..short()
     };
     let (service, store, js) = service(&nats, history.clone()).await?;
@@ -369,7 +393,6 @@ async fn listing_pages_the_live_store_then_the_archive() -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let _ = service.jobs_index.set(index.clone());
-    let archiver = tokio::spawn(archive::run(js.clone(), shutdown.clone()));
 
     let mut live = Vec::new();
     for _ in 0..5 {
@@ -432,6 +455,9 @@ async fn listing_pages_the_live_store_then_the_archive() -> anyhow::Result<()> {
     newest_first.reverse();
     assert_eq!(pending, newest_first, "newest first");
 
+    // A leader archives (started only now: with no worker it writes pending jobs
+    // blocked, and the pages above are of pending ones).
+    let (archiving, archiver) = archiving_coordinator(&nats, &history).await?;
     // Within the grace period: from the live store, each once (also archived by now).
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -469,7 +495,8 @@ async fn listing_pages_the_live_store_then_the_archive() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(bad.kind, ErrorKind::Invalid);
     shutdown.cancel();
-    archiver.await?;
+    archiving.cancel();
+    archiver.await??;
     stats_task.await?;
     Ok(())
 }
