@@ -415,12 +415,16 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: C
                     let (_, rev, rec) = retry.pop_front().expect("front checked");
                     acks.push(publish(&js, rec, rev));
                 }
-                store(&js, &mut bucket, open.through(seen), &mut stored).await;
+                // Bounded, like the lag below: with NATS unreachable these requests
+                // wait out their timeouts, and nothing here may hold up a shutdown.
+                let through = open.through(seen);
+                let _ = tokio::time::timeout(STORE_PERIOD, store(&js, &mut bucket, through, &mut stored)).await;
             }
             _ = lag_tick.tick() => {
-                match lag(&js).await {
-                    Ok(l) => crate::metrics::archive_lag(l),
-                    Err(e) => tracing::debug!(error = %e, "archiver: lag"),
+                match tokio::time::timeout(STORE_PERIOD, lag(&js)).await {
+                    Ok(Ok(l)) => crate::metrics::archive_lag(l),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "archiver: lag"),
+                    Err(_) => tracing::debug!("archiver: lag not measured in time"),
                 }
             }
         }
