@@ -359,7 +359,8 @@ impl Open {
         self.0
             .keys()
             .next()
-            .map_or(seen, |&lowest| seen.min(lowest - 1))
+            // Stream revisions start at 1; saturating all the same.
+            .map_or(seen, |&lowest| seen.min(lowest.saturating_sub(1)))
     }
 }
 
