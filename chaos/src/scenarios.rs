@@ -585,9 +585,10 @@ const ARCHIVER_KILL_GRACE: Duration = Duration::from_secs(45);
 /// How long the archiver is down: a few seconds, well inside the grace period.
 const ARCHIVER_OUTAGE: Duration = Duration::from_secs(3);
 
-/// Kills every coordinator (the leader archives, from its view) while jobs finish, restarts them within the grace period, and lets every job's grace period
-/// end: each finished job must be in the archive, as the watch last saw it, and the
-/// final check reads them there.
+/// Kills every coordinator (the leader archives, from its view) while jobs finish,
+/// restarts them within the grace period, and lets every job's grace period end: each
+/// finished job must be in the archive, as the watch last saw it, and the final check
+/// reads them there.
 async fn archiver_kill(scale: &Scale, gf: &GfCommand) -> anyhow::Result<Report> {
     let spec = ClusterSpec {
         history_grace: Some(ARCHIVER_KILL_GRACE),
