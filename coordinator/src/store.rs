@@ -68,7 +68,10 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
         ),
         gf_bridge::bucket_config(replicas),
         crate::artifacts::index_config(replicas),
-        crate::history::archive::position_config(replicas),
+        base(
+            names::BUCKET_ARCHIVE_POSITION,
+            "Gigafactory archive position: every finished job write up to this gf_jobs revision is archived",
+        ),
     ]
 }
 

@@ -160,18 +160,6 @@ pub async fn forget(js: &jetstream::Context, id: &JobId) -> Result<(), StoreErro
     Ok(())
 }
 
-/// The settings of `gf_archive_position`, the bucket holding the archive's position.
-pub fn position_config(replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: names::BUCKET_ARCHIVE_POSITION.into(),
-        description: "Gigafactory archive position: every finished job write up to this gf_jobs revision is archived".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    }
-}
-
 /// The stored position and its entry's revision; `None` when none is stored yet.
 async fn read_position(bucket: &kv::Store) -> Result<Option<(u64, u64)>, StoreError> {
     let key = names::ARCHIVE_POSITION_KEY;
