@@ -20,12 +20,14 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use bytes::Bytes;
 use gf_schemas::{
     Budget, Capabilities, JobId, JobRecord, JobSpec, JobState, Score, Timestamp, WorkerId,
     WorkerRecord, WorkerState,
 };
 
 use crate::config::LimitRule;
+use crate::jobmap::{JobMap, JobSet};
 use crate::score::{self, ScoringConfig};
 
 mod backlog;
@@ -38,16 +40,16 @@ pub use backlog::Planner;
 /// dependencies and parents), workers and budgets.
 #[derive(Default)]
 pub struct View {
-    pub jobs: HashMap<JobId, (JobRecord, u64)>,
+    pub jobs: JobMap<(JobRecord, u64)>,
     /// Finished jobs still in `gf_jobs` (their grace period), and those that left it
     /// while a live job still names them (see `retained`).
-    pub terminal: HashMap<JobId, JobState>,
+    pub terminal: JobMap<JobState>,
     /// How many live jobs name each id as a dependency or a child.
-    pub(crate) refs: HashMap<JobId, u32>,
+    pub(crate) refs: JobMap<u32>,
     /// Finished jobs whose record expired from `gf_jobs` but which a live job still
     /// names: their state stays in `terminal` until no live job names them. So the
     /// view follows the live jobs and the grace window, not all history.
-    pub(crate) retained: std::collections::HashSet<JobId>,
+    pub(crate) retained: JobSet,
     pub workers: HashMap<WorkerId, WorkerRecord>,
     pub budgets: HashMap<String, Budget>,
     /// On the leader, every job record the view takes in also feeds the operator
@@ -58,6 +60,9 @@ pub struct View {
     /// On the leader, finished records go to the archive (see
     /// [`crate::history::archive`]).
     pub archive: Option<crate::history::archive::Feed>,
+    /// On the leader, the records this coordinator wrote, taken instead of decoding
+    /// what the watch delivers (see [`crate::handoff`]).
+    pub handoff: Option<std::sync::Arc<crate::handoff::Handoff>>,
     /// What finished attempts taught about placement (fed from `outcomes` on the
     /// leader; read from the stream for an explanation).
     pub learned: learned::Learned,
@@ -73,7 +78,8 @@ pub struct View {
 }
 
 impl View {
-    pub fn apply_job(&mut self, key: &str, rev: u64, op: kv::Operation, value: &[u8]) {
+    /// Takes in what the jobs watch delivered: revision `rev` of `key`.
+    pub fn apply_job(&mut self, key: &str, rev: u64, op: kv::Operation, value: &Bytes) {
         let Ok(id) = key.parse::<JobId>() else { return };
         if op != kv::Operation::Put {
             // A deleted key, or a finished job's grace period ended (the server's
@@ -88,8 +94,9 @@ impl View {
         if self.jobs.get(&id).is_some_and(|(_, r)| *r >= rev) {
             return;
         }
-        match serde_json::from_slice::<JobRecord>(value) {
-            Ok(rec) => self.set_job(rec, rev),
+        let written = self.handoff.as_ref().and_then(|h| h.take(&id, rev));
+        match written.map_or_else(|| serde_json::from_slice::<JobRecord>(value), Ok) {
+            Ok(rec) => self.take_in(rec, rev, Some(value)),
             Err(e) => tracing::error!(job = %id, error = %e, "unreadable job record"),
         }
     }
@@ -117,6 +124,12 @@ impl View {
     }
 
     pub fn set_job(&mut self, rec: JobRecord, rev: u64) {
+        self.take_in(rec, rev, None);
+    }
+
+    /// [`View::set_job`], with the record as stored when the caller has it (`raw`),
+    /// so the archive need not encode it again.
+    fn take_in(&mut self, rec: JobRecord, rev: u64, raw: Option<&Bytes>) {
         if let Some(stats) = &self.stats {
             stats.ingest(&rec, rev);
         }
@@ -133,7 +146,7 @@ impl View {
             }
             self.terminal.insert(rec.id, rec.state);
             if let Some(archive) = &mut self.archive {
-                archive.finished(rec, rev);
+                archive.finished(rec, rev, raw.cloned());
             }
         } else {
             self.terminal.remove(&rec.id);
@@ -943,8 +956,9 @@ mod tests {
         other.state = JobState::Dead;
         v.set_job(dep.clone(), 4);
         v.set_job(other.clone(), 5);
-        let expire =
-            |v: &mut View, id: &JobId| v.apply_job(&id.to_string(), 9, kv::Operation::Purge, b"");
+        let expire = |v: &mut View, id: &JobId| {
+            v.apply_job(&id.to_string(), 9, kv::Operation::Purge, &Bytes::new())
+        };
         expire(&mut v, &other.id);
         expire(&mut v, &dep.id);
         assert_eq!(v.state_of(&other.id), None, "nobody names it: forgotten");

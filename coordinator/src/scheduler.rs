@@ -321,6 +321,7 @@ async fn lead(
                 stats: Some(stats.lead()),
                 outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
                 archive: Some(archiver.feed().await),
+                handoff: Some(service.handoff.clone()),
                 ..View::default()
             };
             // What earlier terms learned; the workers' profiles follow from the watch.
@@ -345,6 +346,7 @@ async fn lead(
     if matches!(budgets.start, Start::Replay { .. }) {
         view.budgets.clear();
     }
+    service.handoff.open(term.jobs.last());
     let end = follow(
         service,
         lease,
@@ -357,6 +359,7 @@ async fn lead(
         term,
     )
     .await;
+    service.handoff.close();
     term.view = Some(view);
     end
 }
@@ -544,6 +547,7 @@ async fn follow(
                 if let Some(feed) = &view.stats {
                     feed.position(term.jobs.last());
                 }
+                service.handoff.seen(term.jobs.last());
                 if let Some(archive) = &mut view.archive {
                     archive.seen(term.jobs.last());
                     if archive.overflowed() {

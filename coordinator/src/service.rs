@@ -38,6 +38,8 @@ pub struct Service {
     caps: Mutex<HashMap<WorkerId, Capabilities>>,
     /// Slots the leader's last pass left free, for dispatch at submission.
     pub lane: crate::lane::DirectLane,
+    /// Records written here, for this process's leader view ([`crate::handoff`]).
+    pub handoff: Arc<crate::handoff::Handoff>,
     /// The tracker bridge, set once at start (it submits through this service).
     pub bridge: std::sync::OnceLock<Arc<gf_bridge::Bridge>>,
     /// The jobs in the live store, for listing ([`crate::history::list`]); set at start.
@@ -74,6 +76,7 @@ impl Service {
             routing,
             caps: Mutex::new(HashMap::new()),
             lane: crate::lane::DirectLane::default(),
+            handoff: Arc::default(),
             bridge: std::sync::OnceLock::new(),
             jobs_index: std::sync::OnceLock::new(),
             factories: None,
@@ -196,11 +199,14 @@ impl Service {
                 rec.score = Some(score);
                 Some(ticket)
             });
+        // The revision to hand the record over at, when it goes to the view that way.
+        let mut created = None;
         let state = match self.store.create_job(&rec).await {
             Ok(rev) => {
                 self.events.job(EventKind::JobSubmitted, &rec, "");
-                if let Some(ticket) = ticket {
-                    self.dispatched_at_submit(ticket, &rec, rev).await;
+                match ticket {
+                    Some(ticket) => self.dispatched_at_submit(ticket, &rec, rev).await,
+                    None => created = Some(rev),
                 }
                 rec.state
             }
@@ -223,6 +229,9 @@ impl Service {
         }
         if !duplicate {
             metrics::submitted(&rec.spec.queue, &rec.spec.product);
+        }
+        if let Some(rev) = created {
+            self.handoff.give(rec, rev);
         }
         Ok(SubmitReply {
             job_id: id,
@@ -915,7 +924,7 @@ impl Service {
         let now = self.clock.now();
         let cfg = &self.config;
         let ran = req.ran_ms.map(std::time::Duration::from_millis);
-        let ((done, first), rec, _) = self
+        let ((done, first), rec, rev) = self
             .store
             .modify_job(&req.job_id, |rec| {
                 let first = rec.state == JobState::Dispatched;
@@ -986,7 +995,11 @@ impl Service {
             ),
             fsm::Completed::AlreadyApplied => {}
         }
-        Ok(CompleteReply { state: rec.state })
+        let state = rec.state;
+        if done != fsm::Completed::AlreadyApplied {
+            self.handoff.give(rec, rev);
+        }
+        Ok(CompleteReply { state })
     }
 
     pub async fn release(&self, req: ReleaseRequest) -> Result<(), RpcError> {

@@ -17,7 +17,7 @@
 //! that starts (or restarts) rebuilds the last minutes' figures from the replay, and a
 //! job is counted once however often the watch replays it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,7 +115,7 @@ struct Bucket {
 /// Counters over every job record it has been fed.
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    jobs: HashMap<JobId, Summary>,
+    jobs: crate::jobmap::JobMap<Summary>,
     names: Names,
     by_state: BTreeMap<JobState, u64>,
     /// Pending, blocked and dispatched jobs per queue: the backlog.
@@ -125,7 +125,7 @@ pub struct Aggregator {
     /// While a full replay of `gf_jobs` is being fed: the stream's last revision when it
     /// began, and every job it (or anything since) delivered. See
     /// [`Aggregator::begin_replay`].
-    replay: Option<(u64, std::collections::HashSet<JobId>)>,
+    replay: Option<(u64, crate::jobmap::JobSet)>,
 }
 
 /// One point of the throughput/latency series.
@@ -304,7 +304,7 @@ impl Aggregator {
     /// [`Aggregator::end_replay`] takes it out, so the counters follow the bucket and
     /// not everything ever seen.
     pub fn begin_replay(&mut self, upto: u64) {
-        self.replay = Some((upto, std::collections::HashSet::new()));
+        self.replay = Some((upto, crate::jobmap::JobSet::default()));
     }
 
     /// Forgets a replay that will not be finished (its ids are no longer collected).

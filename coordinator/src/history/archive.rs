@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use gf_schemas::{names, JobId, JobRecord, Timestamp};
@@ -209,13 +210,14 @@ async fn raise_position(bucket: &kv::Store, through: u64) -> Result<u64, StoreEr
     )))
 }
 
-/// Publishes `rec` (the job write at revision `rev`) to the archive and waits for the
-/// stream's ack; hands the record back with the result.
+/// Publishes `rec` (the job write at revision `rev`, `body` as stored) to the archive
+/// and waits for the stream's ack; hands the record back with the result.
 fn publish(
     js: &jetstream::Context,
     rec: Box<JobRecord>,
     rev: u64,
-) -> impl Future<Output = (u64, Box<JobRecord>, Result<(), StoreError>)> {
+    body: Bytes,
+) -> impl Future<Output = (u64, Box<JobRecord>, Bytes, Result<(), StoreError>)> {
     let js = js.clone();
     async move {
         let subject = names::archive(&day_of(&rec.id), rec.state, &rec.spec.queue, &rec.id);
@@ -225,7 +227,7 @@ fn publish(
             format!("{}.{rev}", rec.id).as_str(),
         );
         let sent = async {
-            js.publish_with_headers(subject, headers, crate::store::encode(&rec))
+            js.publish_with_headers(subject, headers, body.clone())
                 .await
                 .map_err(transport)?
                 .await
@@ -233,14 +235,14 @@ fn publish(
             Ok(())
         }
         .await;
-        (rev, rec, sent)
+        (rev, rec, body, sent)
     }
 }
 
 /// What the leader's view hands the archiver, in the order it took it in.
 enum Handed {
-    /// A finished record, at its revision.
-    Finished(Box<JobRecord>, u64),
+    /// A finished record, at its revision, and as stored when the view had that.
+    Finished(Box<JobRecord>, u64, Option<Bytes>),
     /// The view has taken in every job write up to this revision.
     Seen(u64),
 }
@@ -257,10 +259,11 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// The view took in `rec` (finished) at revision `rev`.
-    pub fn finished(&mut self, rec: JobRecord, rev: u64) {
+    /// The view took in `rec` (finished) at revision `rev`; `raw` is the record as
+    /// the watch delivered it, if it came that way (else the archiver encodes it).
+    pub fn finished(&mut self, rec: JobRecord, rev: u64, raw: Option<Bytes>) {
         if rev > self.from && rec.state.is_terminal() {
-            self.hand(Handed::Finished(Box::new(rec), rev));
+            self.hand(Handed::Finished(Box::new(rec), rev, raw));
         }
     }
 
@@ -368,7 +371,7 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: C
     let mut bucket: Option<kv::Store> = None;
     let mut acks = FuturesUnordered::new();
     let mut open = Open::default();
-    let mut retry: VecDeque<(Instant, u64, Box<JobRecord>)> = VecDeque::new();
+    let mut retry: VecDeque<(Instant, u64, Box<JobRecord>, Bytes)> = VecDeque::new();
     let (mut seen, mut stored) = (0u64, 0u64);
     let mut store_tick = tokio::time::interval(STORE_PERIOD);
     store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -378,7 +381,7 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: C
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some((rev, rec, sent)) = acks.next(), if !acks.is_empty() => {
+            Some((rev, rec, body, sent)) = acks.next(), if !acks.is_empty() => {
                 let rec: Box<JobRecord> = rec;
                 match sent {
                     Ok(()) => {
@@ -387,22 +390,23 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: C
                     }
                     Err(e) => {
                         tracing::warn!(job = %rec.id, error = %e, "archiver: not archived; trying again");
-                        retry.push_back((Instant::now() + RETRY_AFTER, rev, rec));
+                        retry.push_back((Instant::now() + RETRY_AFTER, rev, rec, body));
                     }
                 }
             }
             handed = rx.recv(), if acks.len() < IN_FLIGHT => match handed {
-                Some(Handed::Finished(rec, rev)) => {
+                Some(Handed::Finished(rec, rev, raw)) => {
                     open.add(rev);
-                    acks.push(publish(&js, rec, rev));
+                    let body = raw.unwrap_or_else(|| crate::store::encode(&rec));
+                    acks.push(publish(&js, rec, rev, body));
                 }
                 Some(Handed::Seen(rev)) => seen = seen.max(rev),
                 None => break,
             },
             _ = store_tick.tick() => {
                 while acks.len() < IN_FLIGHT && retry.front().is_some_and(|(at, ..)| *at <= Instant::now()) {
-                    let (_, rev, rec) = retry.pop_front().expect("front checked");
-                    acks.push(publish(&js, rec, rev));
+                    let (_, rev, rec, body) = retry.pop_front().expect("front checked");
+                    acks.push(publish(&js, rec, rev, body));
                 }
                 // Bounded, like the lag below: with NATS unreachable these requests
                 // wait out their timeouts, and nothing here may hold up a shutdown.
@@ -421,7 +425,7 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: C
     // What was handed over and already sent gets its ack if it comes soon; what is
     // still queued is left to the next leader's replay (above the stored position).
     let _ = tokio::time::timeout(DRAIN, async {
-        while let Some((rev, _, sent)) = acks.next().await {
+        while let Some((rev, _, _, sent)) = acks.next().await {
             if sent.is_ok() {
                 open.done(rev);
             }
@@ -432,7 +436,7 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Handed>, shutdown: C
         match h {
             Handed::Seen(rev) => seen = seen.max(rev),
             // Not archived: it holds the position below it.
-            Handed::Finished(_, rev) => open.add(rev),
+            Handed::Finished(_, rev, _) => open.add(rev),
         }
     }
     let _ = tokio::time::timeout(

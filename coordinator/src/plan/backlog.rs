@@ -21,7 +21,7 @@
 //! goes to is chosen by [`super::best_fit`] among the workers free at that moment
 //! (affinity only picks the worker; the order ranks without it), as in the full scan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gf_schemas::{
     Capabilities, JobId, JobRecord, JobState, Timestamp, WorkerId, WorkerRecord, WorkerState,
@@ -32,6 +32,7 @@ use super::{
     best_fit, gate, limit_keys, worker_live, Decision, Gate, Pass, Policy, StartLog, View,
 };
 use crate::config::LimitRule;
+use crate::jobmap::{JobMap, JobSet};
 use crate::score::{self, Fixed, ScoringConfig};
 
 /// What every gate and group depends on besides the jobs themselves; a change
@@ -53,12 +54,12 @@ pub struct Planner {
     /// when a job changes; a stale one only re-examines the job once more.
     timers: BTreeSet<(i128, JobId)>,
     /// Dependency → jobs blocked waiting for it.
-    dependents: HashMap<JobId, HashSet<JobId>>,
+    dependents: JobMap<JobSet>,
     /// Child → waiting parents that list it.
-    parents: HashMap<JobId, HashSet<JobId>>,
-    running: HashSet<JobId>,
-    dispatched: HashSet<JobId>,
-    waiting: HashSet<JobId>,
+    parents: JobMap<JobSet>,
+    running: JobSet,
+    dispatched: JobSet,
+    waiting: JobSet,
     /// Jobs decided on in the last pass.
     decided: Vec<JobId>,
     /// How many jobs the last pass examined (for the benchmark and tests).
@@ -137,7 +138,7 @@ impl Planner {
             scoring: policy.scoring.clone(),
             limits: policy.limits.to_vec(),
         };
-        let mut dirty: HashSet<JobId> = HashSet::new();
+        let mut dirty = JobSet::default();
         if self.inputs.as_ref() != Some(&inputs) {
             *self = Planner {
                 inputs: Some(inputs),
@@ -238,7 +239,7 @@ impl Planner {
         let mut victim_floor: Option<f64> = None;
         let mut starts_now: HashMap<String, usize> = HashMap::new();
         let mut preempted = false;
-        let mut dispatched_now: HashSet<JobId> = HashSet::new();
+        let mut dispatched_now = JobSet::default();
         self.rank.begin(now_ns);
         loop {
             let placing = capacity > 0 || (can_preempt && !preempted);

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use gf_schemas::JobId;
 
+use crate::jobmap::JobMap;
 use crate::score::Fixed;
 
 const NANOS_PER_MINUTE: f64 = 60e9;
@@ -269,9 +270,9 @@ pub(crate) struct RankIndex {
     by_key: HashMap<GroupKey, u32>,
     classes: HashMap<u64, Class>,
     /// Which group each grouped job is in, and its submission millisecond.
-    member: HashMap<JobId, (u32, i64)>,
+    member: JobMap<(u32, i64)>,
     /// Jobs scored exactly on every pass: submission and ready times, fixed terms.
-    exact: HashMap<JobId, (i128, i128, Fixed)>,
+    exact: JobMap<(i128, i128, Fixed)>,
     /// Bound on |exact score − approximate score| over the groups filed since the
     /// index was made.
     eps: f64,
