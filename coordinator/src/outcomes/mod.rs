@@ -30,7 +30,7 @@ use futures::{FutureExt, StreamExt};
 use gf_schemas::budget::UsageEntry;
 use gf_schemas::names::{self, Routing};
 use gf_schemas::outcome::OutcomeRow;
-use gf_schemas::{Budget, JobId, JobRecord, WorkerId, WorkerRecord};
+use gf_schemas::{Budget, Capabilities, JobId, JobRecord, WorkerId, WorkerRecord};
 
 use crate::store::encode;
 
@@ -48,7 +48,7 @@ type Ack = <jetstream::context::PublishAckFuture as std::future::IntoFuture>::In
 
 /// Captures rows from the records the leader's view takes in.
 pub struct Recorder {
-    routing: Routing,
+    profiles: Profiles,
     rows: Vec<OutcomeRow>,
     /// Worker seconds per product not published yet (products with a budget only).
     worker_secs: BTreeMap<String, f64>,
@@ -58,7 +58,7 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(routing: Routing) -> Self {
         Self {
-            routing,
+            profiles: Profiles::new(routing),
             rows: Vec::new(),
             worker_secs: BTreeMap::new(),
             acks: Default::default(),
@@ -75,7 +75,7 @@ impl Recorder {
         budgets: &HashMap<String, Budget>,
     ) -> &[OutcomeRow] {
         let Some(old) = old else { return &[] };
-        let rows = rows_between(old, new, workers, &self.routing);
+        let rows = rows_between(old, new, workers, &mut self.profiles);
         if rows.is_empty() {
             return &[];
         }
@@ -174,6 +174,39 @@ pub async fn warm(
     learned
 }
 
+/// Each worker's profile name (`consumers::name_for`: a JSON encoding and a SHA-256 of
+/// its capabilities), worked out once per worker and capabilities rather than once per
+/// finished job (a worker that registers again may bring other capabilities).
+pub struct Profiles {
+    routing: Routing,
+    names: HashMap<WorkerId, (Capabilities, String)>,
+}
+
+/// Most workers whose profile name [`Profiles`] keeps; past it, it starts over.
+const PROFILES_KEPT: usize = 4096;
+
+impl Profiles {
+    pub fn new(routing: Routing) -> Self {
+        Self {
+            routing,
+            names: HashMap::new(),
+        }
+    }
+
+    fn name(&mut self, w: &WorkerRecord) -> String {
+        if let Some((_, n)) = self.names.get(&w.id).filter(|(c, _)| *c == w.capabilities) {
+            return n.clone();
+        }
+        if self.names.len() >= PROFILES_KEPT {
+            self.names.clear();
+        }
+        let n = crate::consumers::name_for(&self.routing, &w.capabilities).to_string();
+        self.names
+            .insert(w.id.clone(), (w.capabilities.clone(), n.clone()));
+        n
+    }
+}
+
 /// The rows of the attempts closed between two records of one job. The usage the
 /// record gained in between is this attempt's (a completion writes both at once); if
 /// several attempts closed, it goes to the last one that reported an outcome.
@@ -181,7 +214,7 @@ pub fn rows_between(
     old: &JobRecord,
     new: &JobRecord,
     workers: &HashMap<WorkerId, WorkerRecord>,
-    routing: &Routing,
+    profiles: &mut Profiles,
 ) -> Vec<OutcomeRow> {
     let closed: Vec<usize> = new
         .history
@@ -221,8 +254,7 @@ pub fn rows_between(
             let usage = if Some(i) == billed { delta } else { (0, 0.0) };
             let mut row = OutcomeRow::of(new, i, usage)?;
             if let Some(w) = workers.get(&row.worker) {
-                row.worker_profile =
-                    Some(crate::consumers::name_for(routing, &w.capabilities).to_string());
+                row.worker_profile = Some(profiles.name(w));
                 row.capabilities = w.capabilities.values.clone();
                 row.worker_tags = w.capabilities.tags.clone();
             }
@@ -287,6 +319,31 @@ mod tests {
     /// the usage the completion added; records that close nothing make none; an
     /// attempt already closed in the old record is not repeated.
     #[test]
+    fn a_profile_name_follows_the_workers_capabilities() {
+        let routing = Routing::default();
+        let mut profiles = Profiles::new(routing.clone());
+        let mut w = worker("w1");
+        let first = profiles.name(&w);
+        assert_eq!(
+            first,
+            crate::consumers::name_for(&routing, &w.capabilities).as_str()
+        );
+        assert_eq!(
+            profiles.name(&w),
+            first,
+            "the same capabilities, the same name"
+        );
+        // Registered again with other capabilities under the same id.
+        w.capabilities.tags.insert("big".into());
+        let second = profiles.name(&w);
+        assert_ne!(second, first);
+        assert_eq!(
+            second,
+            crate::consumers::name_for(&routing, &w.capabilities).as_str()
+        );
+    }
+
+    #[test]
     fn a_row_per_attempt_closed_between_two_records() {
         let w = worker("w1");
         let workers: HashMap<_, _> = [(w.id.clone(), w.clone())].into();
@@ -301,7 +358,7 @@ mod tests {
         });
         running(&mut old, 1, "w1", 100);
         let mut new = old.clone();
-        assert!(rows_between(&old, &new, &workers, &routing).is_empty());
+        assert!(rows_between(&old, &new, &workers, &mut Profiles::new(routing.clone())).is_empty());
         new.history[0].ended_at = Some(t(1100));
         new.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
         new.usage = Some(Usage {
@@ -310,7 +367,7 @@ mod tests {
             cost: 0.4,
             ..Default::default()
         });
-        let rows = rows_between(&old, &new, &workers, &routing);
+        let rows = rows_between(&old, &new, &workers, &mut Profiles::new(routing.clone()));
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert_eq!(
@@ -325,7 +382,7 @@ mod tests {
         );
         assert_eq!(r.capabilities["os"], "linux");
         assert!(r.worker_tags.contains("gpu"));
-        assert!(rows_between(&new, &new, &workers, &routing).is_empty());
+        assert!(rows_between(&new, &new, &workers, &mut Profiles::new(routing.clone())).is_empty());
         // Leased at dispatch: the completion confirms the start and ends the attempt
         // in one write, so the old record has no attempt at all.
         let mut leased = JobRecord::new(JobId::new(), JobSpec::command(["eval"]), t(0));
@@ -334,7 +391,12 @@ mod tests {
         running(&mut done, 1, "w1", 100);
         done.history[0].ended_at = Some(t(150));
         done.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
-        let rows = rows_between(&leased, &done, &workers, &routing);
+        let rows = rows_between(
+            &leased,
+            &done,
+            &workers,
+            &mut Profiles::new(routing.clone()),
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].outcome, rows[0].duration_ms),
