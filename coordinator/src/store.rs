@@ -378,8 +378,10 @@ impl Store {
         Ok(new_rev)
     }
 
-    fn recent_job(&self, id: &JobId) -> Option<(JobRecord, u64)> {
-        self.recent.lock().expect("recent").0.get(id).cloned()
+    /// Takes the hint out rather than copying it: the write it leads to remembers the
+    /// new record, and a read that writes nothing falls back to a direct get.
+    fn take_recent_job(&self, id: &JobId) -> Option<(JobRecord, u64)> {
+        self.recent.lock().expect("recent").0.remove(id)
     }
 
     /// Read-modify-write of one job: takes the record (from [`RecentJobs`] if this
@@ -402,7 +404,7 @@ impl Store {
             Replica,
             Leader,
         }
-        let mut hint = self.recent_job(id);
+        let mut hint = self.take_recent_job(id);
         let mut source = if hint.is_some() {
             Source::Hint
         } else {
