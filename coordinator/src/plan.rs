@@ -146,7 +146,10 @@ impl View {
             }
             self.terminal.insert(rec.id, rec.state);
             if let Some(archive) = &mut self.archive {
-                archive.finished(rec, rev, raw.cloned());
+                // A copy: the watch's value is a slice of the connection's read
+                // buffer, which holding it (up to the archiver's whole queue) would
+                // keep alive.
+                archive.finished(rec, rev, raw.map(|b| Bytes::copy_from_slice(b)));
             }
         } else {
             self.terminal.remove(&rec.id);
