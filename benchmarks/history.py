@@ -249,11 +249,21 @@ async def fill(url, done, blocked, finished, in_grace, live):
 
 
 async def archiver_pending(url):
+    """Job writes not yet behind the archive's stored position (the leader archives
+    from its view and stores how far every finished write is archived in
+    `gf_archive_position`; docs/history.md)."""
     import nats
+    from nats.js.errors import KeyNotFoundError, NotFoundError
     nc = await nats.connect(url)
     try:
-        info = await nc.jetstream().consumer_info("KV_gf_jobs", "gf_archiver")
-        return info.num_pending + info.num_ack_pending
+        js = nc.jetstream()
+        last = (await js.stream_info("KV_gf_jobs")).state.last_seq
+        try:
+            kv = await js.key_value("gf_archive_position")
+            through = int((await kv.get("through")).value)
+        except (KeyNotFoundError, NotFoundError):
+            through = 0
+        return max(0, last - through)
     finally:
         await nc.close()
 
