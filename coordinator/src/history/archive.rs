@@ -161,19 +161,37 @@ pub async fn forget(js: &jetstream::Context, id: &JobId) -> Result<(), StoreErro
     Ok(())
 }
 
+/// The stored position (`None` when its value does not parse) and its entry's
+/// revision; `None` when none is stored yet.
+async fn read_stored(bucket: &kv::Store) -> Result<Option<(Option<u64>, u64)>, StoreError> {
+    match bucket
+        .entry(names::ARCHIVE_POSITION_KEY)
+        .await
+        .map_err(transport)?
+    {
+        Some(e) if e.operation == kv::Operation::Put => {
+            let through = std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|t| t.parse().ok());
+            Ok(Some((through, e.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The stored position and its entry's revision; `None` when none is stored yet.
 async fn read_position(bucket: &kv::Store) -> Result<Option<(u64, u64)>, StoreError> {
-    let key = names::ARCHIVE_POSITION_KEY;
-    match bucket.entry(key).await.map_err(transport)? {
-        Some(e) if e.operation == kv::Operation::Put => std::str::from_utf8(&e.value)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .map(|through| Some((through, e.revision)))
-            .ok_or_else(|| StoreError::Corrupt {
-                key: format!("{}.{key}", names::BUCKET_ARCHIVE_POSITION),
-                error: "not a revision".into(),
-            }),
-        _ => Ok(None),
+    match read_stored(bucket).await? {
+        Some((Some(through), revision)) => Ok(Some((through, revision))),
+        Some((None, _)) => Err(StoreError::Corrupt {
+            key: format!(
+                "{}.{}",
+                names::BUCKET_ARCHIVE_POSITION,
+                names::ARCHIVE_POSITION_KEY
+            ),
+            error: "not a revision".into(),
+        }),
+        None => Ok(None),
     }
 }
 
@@ -191,13 +209,26 @@ pub async fn position(js: &jetstream::Context) -> Result<u64, StoreError> {
 
 /// Raises the stored position to `through`; never lowers it (another coordinator's
 /// archiver may have stored a higher one, as true as this). Returns what is stored.
+///
+/// A stored value that does not parse is replaced: a view that read it began from 0
+/// (see [`Archiver::feed`]) and handed over every finished record, one that began
+/// before read a true position, so `through` is true; left alone, every later view
+/// would archive the whole bucket again.
 async fn raise_position(bucket: &kv::Store, through: u64) -> Result<u64, StoreError> {
     let key = names::ARCHIVE_POSITION_KEY;
     for _ in 0..3 {
         let value = bytes::Bytes::from(through.to_string());
-        let written = match read_position(bucket).await? {
-            Some((stored, _)) if stored >= through => return Ok(stored),
-            Some((_, revision)) => bucket.update(key, value, revision).await.is_ok(),
+        let written = match read_stored(bucket).await? {
+            Some((Some(stored), _)) if stored >= through => return Ok(stored),
+            Some((stored, revision)) => {
+                if stored.is_none() {
+                    tracing::warn!(
+                        through,
+                        "archiver: the stored position did not parse; replacing it"
+                    );
+                }
+                bucket.update(key, value, revision).await.is_ok()
+            }
             None => bucket.create(key, value).await.is_ok(),
         };
         if written {
@@ -519,5 +550,34 @@ mod unit {
         open.done(7);
         open.done(7);
         assert_eq!(open.through(12), 12);
+    }
+}
+
+#[cfg(test)]
+mod position_store {
+    use super::*;
+
+    /// Against a real `nats-server`: the position only rises, and a value that does not
+    /// parse is reported by `position` and replaced by the next raise.
+    #[tokio::test]
+    async fn the_position_only_rises_and_an_unreadable_one_is_replaced() -> anyhow::Result<()> {
+        let nats = gf_testkit::NatsServer::start()?;
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        crate::store::Store::open(js.clone(), 1).await?;
+        let bucket = js.get_key_value(names::BUCKET_ARCHIVE_POSITION).await?;
+        assert_eq!(position(&js).await?, 0, "nothing stored yet");
+        assert_eq!(raise_position(&bucket, 7).await?, 7);
+        assert_eq!(raise_position(&bucket, 5).await?, 7, "never lowered");
+        assert_eq!(position(&js).await?, 7);
+        bucket
+            .put(names::ARCHIVE_POSITION_KEY, "not a revision".into())
+            .await?;
+        assert!(
+            matches!(position(&js).await, Err(StoreError::Corrupt { .. })),
+            "an unreadable value is an error, not 0"
+        );
+        assert_eq!(raise_position(&bucket, 3).await?, 3);
+        assert_eq!(position(&js).await?, 3, "replaced by the raise");
+        Ok(())
     }
 }
