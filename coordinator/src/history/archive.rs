@@ -532,7 +532,47 @@ pub async fn lag(js: &jetstream::Context) -> Result<Duration, StoreError> {
 
 #[cfg(test)]
 mod unit {
-    use super::Open;
+    use super::{Feed, Handed, Open};
+    use gf_schemas::{JobId, JobRecord, JobSpec, JobState, Timestamp};
+
+    fn finished() -> JobRecord {
+        let mut rec = JobRecord::new(
+            JobId::new(),
+            JobSpec::command(["true"]),
+            Timestamp::from_unix_millis(0),
+        );
+        rec.state = JobState::Succeeded;
+        rec
+    }
+
+    /// A full queue never blocks the leader: the feed says it overflowed (the view
+    /// must replay) and hands over nothing more, not even what would fit again.
+    #[test]
+    fn a_full_queue_makes_the_feed_overflow_and_stop() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let mut feed = Feed {
+            tx,
+            from: 10,
+            overflowed: false,
+        };
+        feed.finished(finished(), 9, None);
+        let mut live = finished();
+        live.state = JobState::Running;
+        feed.finished(live, 11, None);
+        assert!(
+            rx.try_recv().is_err(),
+            "at or below `from`, or not finished: not handed"
+        );
+        feed.finished(finished(), 11, None);
+        feed.seen(11);
+        assert!(!feed.overflowed());
+        feed.finished(finished(), 12, None);
+        assert!(feed.overflowed(), "the third did not fit");
+        assert!(matches!(rx.try_recv(), Ok(Handed::Finished(_, 11, _))));
+        assert!(matches!(rx.try_recv(), Ok(Handed::Seen(11))));
+        feed.seen(12);
+        assert!(rx.try_recv().is_err(), "nothing after an overflow");
+    }
 
     #[test]
     fn the_position_stops_below_the_lowest_open_revision() {
