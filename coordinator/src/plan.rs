@@ -135,7 +135,7 @@ impl View {
         }
         if let Some(o) = &mut self.outcomes {
             let old = self.jobs.get(&rec.id).map(|(r, _)| r);
-            for row in o.observe(old, &rec, &self.workers, &self.budgets) {
+            for row in o.observe(old, &rec, &self.workers, &self.budgets, &self.learned) {
                 self.learned.observe(row);
             }
         }

@@ -30,8 +30,9 @@ use futures::{FutureExt, StreamExt};
 use gf_schemas::budget::UsageEntry;
 use gf_schemas::names::{self, Routing};
 use gf_schemas::outcome::OutcomeRow;
-use gf_schemas::{Budget, Capabilities, JobId, JobRecord, WorkerId, WorkerRecord};
+use gf_schemas::{Budget, JobId, JobRecord, WorkerId, WorkerRecord};
 
+use crate::plan::learned::Learned;
 use crate::store::encode;
 
 /// How often the leader publishes what it captured.
@@ -48,7 +49,7 @@ type Ack = <jetstream::context::PublishAckFuture as std::future::IntoFuture>::In
 
 /// Captures rows from the records the leader's view takes in.
 pub struct Recorder {
-    profiles: Profiles,
+    routing: Routing,
     rows: Vec<OutcomeRow>,
     /// Worker seconds per product not published yet (products with a budget only).
     worker_secs: BTreeMap<String, f64>,
@@ -58,7 +59,7 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(routing: Routing) -> Self {
         Self {
-            profiles: Profiles::new(routing),
+            routing,
             rows: Vec::new(),
             worker_secs: BTreeMap::new(),
             acks: Default::default(),
@@ -73,9 +74,10 @@ impl Recorder {
         new: &JobRecord,
         workers: &HashMap<WorkerId, WorkerRecord>,
         budgets: &HashMap<String, Budget>,
+        learned: &Learned,
     ) -> &[OutcomeRow] {
         let Some(old) = old else { return &[] };
-        let rows = rows_between(old, new, workers, &mut self.profiles);
+        let rows = rows_between(old, new, workers, &self.routing, learned);
         if rows.is_empty() {
             return &[];
         }
@@ -174,47 +176,17 @@ pub async fn warm(
     learned
 }
 
-/// Each worker's profile name (`consumers::name_for`: a JSON encoding and a SHA-256 of
-/// its capabilities), worked out once per worker and capabilities rather than once per
-/// finished job (a worker that registers again may bring other capabilities).
-pub struct Profiles {
-    routing: Routing,
-    names: HashMap<WorkerId, (Capabilities, String)>,
-}
-
-/// Most workers whose profile name [`Profiles`] keeps; past it, it starts over.
-const PROFILES_KEPT: usize = 4096;
-
-impl Profiles {
-    pub fn new(routing: Routing) -> Self {
-        Self {
-            routing,
-            names: HashMap::new(),
-        }
-    }
-
-    fn name(&mut self, w: &WorkerRecord) -> String {
-        if let Some((_, n)) = self.names.get(&w.id).filter(|(c, _)| *c == w.capabilities) {
-            return n.clone();
-        }
-        if self.names.len() >= PROFILES_KEPT {
-            self.names.clear();
-        }
-        let n = crate::consumers::name_for(&self.routing, &w.capabilities).to_string();
-        self.names
-            .insert(w.id.clone(), (w.capabilities.clone(), n.clone()));
-        n
-    }
-}
-
 /// The rows of the attempts closed between two records of one job. The usage the
 /// record gained in between is this attempt's (a completion writes both at once); if
-/// several attempts closed, it goes to the last one that reported an outcome.
+/// several attempts closed, it goes to the last one that reported an outcome. A
+/// worker's profile name is the one `learned` keeps for its capabilities (worked out
+/// once per worker, not once per finished job), else worked out here.
 pub fn rows_between(
     old: &JobRecord,
     new: &JobRecord,
     workers: &HashMap<WorkerId, WorkerRecord>,
-    profiles: &mut Profiles,
+    routing: &Routing,
+    learned: &Learned,
 ) -> Vec<OutcomeRow> {
     let closed: Vec<usize> = new
         .history
@@ -254,7 +226,10 @@ pub fn rows_between(
             let usage = if Some(i) == billed { delta } else { (0, 0.0) };
             let mut row = OutcomeRow::of(new, i, usage)?;
             if let Some(w) = workers.get(&row.worker) {
-                row.worker_profile = Some(profiles.name(w));
+                row.worker_profile = Some(learned.profile_for(w).map_or_else(
+                    || crate::consumers::name_for(routing, &w.capabilities).to_string(),
+                    str::to_string,
+                ));
                 row.capabilities = w.capabilities.values.clone();
                 row.worker_tags = w.capabilities.tags.clone();
             }
@@ -319,31 +294,6 @@ mod tests {
     /// the usage the completion added; records that close nothing make none; an
     /// attempt already closed in the old record is not repeated.
     #[test]
-    fn a_profile_name_follows_the_workers_capabilities() {
-        let routing = Routing::default();
-        let mut profiles = Profiles::new(routing.clone());
-        let mut w = worker("w1");
-        let first = profiles.name(&w);
-        assert_eq!(
-            first,
-            crate::consumers::name_for(&routing, &w.capabilities).as_str()
-        );
-        assert_eq!(
-            profiles.name(&w),
-            first,
-            "the same capabilities, the same name"
-        );
-        // Registered again with other capabilities under the same id.
-        w.capabilities.tags.insert("big".into());
-        let second = profiles.name(&w);
-        assert_ne!(second, first);
-        assert_eq!(
-            second,
-            crate::consumers::name_for(&routing, &w.capabilities).as_str()
-        );
-    }
-
-    #[test]
     fn a_row_per_attempt_closed_between_two_records() {
         let w = worker("w1");
         let workers: HashMap<_, _> = [(w.id.clone(), w.clone())].into();
@@ -358,7 +308,7 @@ mod tests {
         });
         running(&mut old, 1, "w1", 100);
         let mut new = old.clone();
-        assert!(rows_between(&old, &new, &workers, &mut Profiles::new(routing.clone())).is_empty());
+        assert!(rows_between(&old, &new, &workers, &routing, &Learned::default()).is_empty());
         new.history[0].ended_at = Some(t(1100));
         new.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
         new.usage = Some(Usage {
@@ -367,7 +317,7 @@ mod tests {
             cost: 0.4,
             ..Default::default()
         });
-        let rows = rows_between(&old, &new, &workers, &mut Profiles::new(routing.clone()));
+        let rows = rows_between(&old, &new, &workers, &routing, &Learned::default());
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert_eq!(
@@ -382,7 +332,7 @@ mod tests {
         );
         assert_eq!(r.capabilities["os"], "linux");
         assert!(r.worker_tags.contains("gpu"));
-        assert!(rows_between(&new, &new, &workers, &mut Profiles::new(routing.clone())).is_empty());
+        assert!(rows_between(&new, &new, &workers, &routing, &Learned::default()).is_empty());
         // Leased at dispatch: the completion confirms the start and ends the attempt
         // in one write, so the old record has no attempt at all.
         let mut leased = JobRecord::new(JobId::new(), JobSpec::command(["eval"]), t(0));
@@ -391,16 +341,45 @@ mod tests {
         running(&mut done, 1, "w1", 100);
         done.history[0].ended_at = Some(t(150));
         done.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
-        let rows = rows_between(
-            &leased,
-            &done,
-            &workers,
-            &mut Profiles::new(routing.clone()),
-        );
+        let rows = rows_between(&leased, &done, &workers, &routing, &Learned::default());
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].outcome, rows[0].duration_ms),
             (OutcomeClass::Succeeded, 50)
+        );
+    }
+
+    /// A row's profile name is the one the learned estimates keep for the worker's
+    /// current capabilities; once they changed (registered again) it is worked out
+    /// afresh rather than taken stale.
+    #[test]
+    fn a_rows_profile_is_the_learned_one_while_the_capabilities_match() {
+        let routing = Routing::default();
+        // Another routing names the same capabilities differently, which tells where a
+        // name came from.
+        let other = Routing::new(vec!["queue".into(), "os".into()]).unwrap();
+        let mut learned = Learned::new(other.clone());
+        let mut w = worker("w1");
+        learned.note_worker(&w);
+        let mut old = JobRecord::new(JobId::new(), JobSpec::command(["eval"]), t(0));
+        running(&mut old, 1, "w1", 100);
+        let mut new = old.clone();
+        new.history[0].ended_at = Some(t(150));
+        new.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
+        let profile = |w: &WorkerRecord, learned: &Learned| {
+            let workers = HashMap::from([(w.id.clone(), w.clone())]);
+            rows_between(&old, &new, &workers, &routing, learned)[0]
+                .worker_profile
+                .clone()
+        };
+        assert_eq!(
+            profile(&w, &learned).as_deref(),
+            Some(crate::consumers::name_for(&other, &w.capabilities).as_str())
+        );
+        w.capabilities.tags.insert("big".into());
+        assert_eq!(
+            profile(&w, &learned).as_deref(),
+            Some(crate::consumers::name_for(&routing, &w.capabilities).as_str())
         );
     }
 
@@ -418,9 +397,9 @@ mod tests {
         let mut new = old.clone();
         new.history[0].ended_at = Some(t(4000));
         new.history[0].ended_because = Some("lease expired on worker w9".into());
-        rec.observe(None, &new, &workers, &budgets);
+        rec.observe(None, &new, &workers, &budgets, &Learned::default());
         assert_eq!(rec.pending(), 0, "first sighting");
-        rec.observe(Some(&old), &new, &workers, &budgets);
+        rec.observe(Some(&old), &new, &workers, &budgets, &Learned::default());
         assert_eq!(rec.pending(), 1);
         assert_eq!(rec.rows[0].outcome, OutcomeClass::LeaseExpired);
         assert_eq!(rec.rows[0].worker_profile, None, "unknown worker");
@@ -429,7 +408,13 @@ mod tests {
         other.spec.product = "nobudget".into();
         let mut other_new = new.clone();
         other_new.spec.product = "nobudget".into();
-        rec.observe(Some(&other), &other_new, &workers, &budgets);
+        rec.observe(
+            Some(&other),
+            &other_new,
+            &workers,
+            &budgets,
+            &Learned::default(),
+        );
         assert!(!rec.worker_secs.contains_key("nobudget"));
         let rows = dedup(rec.rows.clone());
         assert_eq!(rows.len(), 1, "same job and epoch twice");

@@ -125,11 +125,7 @@ impl Learned {
     /// Learns a worker's profile when its capabilities are new or changed.
     pub fn note_worker(&mut self, w: &WorkerRecord) {
         let Some(routing) = &self.routing else { return };
-        if self
-            .profiles
-            .get(&w.id)
-            .is_some_and(|(c, _)| *c == w.capabilities)
-        {
+        if self.profile_for(w).is_some() {
             return;
         }
         let name = crate::consumers::name_for(routing, &w.capabilities).to_string();
@@ -142,6 +138,14 @@ impl Learned {
     pub fn note_profile(&mut self, w: &WorkerId, profile: &str) {
         self.profiles
             .insert(w.clone(), (Capabilities::default(), profile.to_string()));
+    }
+
+    /// The profile learnt for `w` with the capabilities it has now, if any.
+    pub fn profile_for(&self, w: &WorkerRecord) -> Option<&str> {
+        self.profiles
+            .get(&w.id)
+            .filter(|(c, _)| *c == w.capabilities)
+            .map(|(_, p)| p.as_str())
     }
 
     /// The worker's profile, if known.
