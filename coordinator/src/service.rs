@@ -638,7 +638,10 @@ impl Service {
     /// A job wherever it is: the live store (live or in its grace period), else the
     /// archive.
     pub async fn get_job(&self, id: &JobId) -> Result<JobRecord, RpcError> {
-        if let Some((rec, _)) = self.store.load_job(id).await? {
+        // `find_job`, not a bare direct get: a replica behind the create (three NATS
+        // nodes) must not make a job just submitted look missing; "no job" comes from
+        // the stream leader's copy.
+        if let Some((rec, _)) = self.store.find_job(id).await? {
             return Ok(rec);
         }
         match crate::history::archive::find(&self.store.js, id).await? {
