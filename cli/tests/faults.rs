@@ -222,6 +222,36 @@ async fn coordinator_and_worker_stop_while_nats_is_down() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A coordinator that lost its leadership to a NATS outage stops when asked, without
+/// waiting for its attempts to lead again (each waits out NATS request timeouts: CI saw
+/// one take over 60 s to stop).
+#[tokio::test]
+async fn a_coordinator_that_lost_its_leadership_to_an_outage_stops() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    init_tracing();
+    let mut nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let status = coord.part.as_ref().expect("running").leader.clone();
+    eventually(Duration::from_secs(30), "leadership", || {
+        let status = status.clone();
+        async move { status.is_leader.load(SeqCst).then_some(()) }
+    })
+    .await?;
+    nats.stop();
+    eventually(Duration::from_secs(60), "leadership lost", || {
+        let status = status.clone();
+        async move { (!status.is_leader.load(SeqCst)).then_some(()) }
+    })
+    .await?;
+    // A bound on a hang, not a speed target: what is left to give up on is the event
+    // flush and the tasks' own short drains.
+    let bound = Duration::from_secs(30);
+    tokio::time::timeout(bound, coord.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the coordinator did not stop within {bound:?}"))??;
+    Ok(())
+}
+
 /// A Python client (nats-py) submits over `gf.rpc.submit` using only the published
 /// JSON Schemas, and sees its job succeed.
 #[tokio::test]

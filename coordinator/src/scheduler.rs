@@ -102,16 +102,26 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        sync_clock(&service).await;
-        *status.leader.lock().expect("status") = leader::current(&service.store.leader)
-            .await
-            .map(|(v, _)| v.holder);
-        let Some(mut lease) =
-            leader::try_acquire(&service.store.leader, &me, cfg.leader_ttl, &service.clock).await
-        else {
+        // With NATS unreachable each call below waits out its request timeout (seconds
+        // each): a shutdown must not wait for them, or for the next turn (a coordinator
+        // that lost its leadership to an outage took over 60 s to stop). A lease taken
+        // by a try cut short expires by itself, as a crashed leader's does.
+        let acquired = shutdown
+            .run_until_cancelled(async {
+                sync_clock(&service).await;
+                *status.leader.lock().expect("status") = leader::current(&service.store.leader)
+                    .await
+                    .map(|(v, _)| v.holder);
+                leader::try_acquire(&service.store.leader, &me, cfg.leader_ttl, &service.clock)
+                    .await
+            })
+            .await;
+        let Some(acquired) = acquired else { return };
+        let Some(mut lease) = acquired else {
             continue;
         };
         tracing::info!(term = lease.term, "became scheduler leader");
