@@ -163,6 +163,66 @@ fn success(job_id: JobId, epoch: u64, worker_id: WorkerId) -> CompleteRequest {
     }
 }
 
+/// A worker is leased at most as many jobs as it has slots through bursts of
+/// submissions (each a run of plan passes), and the leader's view holds the rest as
+/// pending.
+#[tokio::test]
+async fn a_worker_is_never_leased_more_jobs_than_it_has_slots() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    // No start deadline within the test: the leases stay until it ends.
+    let config = gf_coordinator::config::CoordinatorConfig {
+        lease_ttl: Duration::from_secs(60),
+        claim_timeout: Duration::from_secs(60),
+        ..coordinator_config(&nats.url())
+    };
+    let coord = Running::coordinator(config).await?;
+    let client = Client::connect(&nats).await?;
+    let worker = fake_worker_with_slots(&client, "three-slots", 3).await?;
+    let bucket = async_nats::jetstream::new(client.nats.clone())
+        .get_key_value(names::BUCKET_JOBS)
+        .await?;
+    let leased = || async {
+        let jobs = gf_coordinator::store::list_jobs(&bucket, None, 1_000).await?;
+        anyhow::Ok(
+            jobs.iter()
+                .filter(|r| r.state == JobState::Dispatched)
+                .inspect(|r| {
+                    assert_eq!(r.lease.as_ref().map(|l| &l.worker), Some(&worker), "{r:?}")
+                })
+                .count(),
+        )
+    };
+    let most = std::cell::Cell::new(0);
+    // Bursts of submissions, each a run of passes while earlier writes may be unanswered.
+    for _ in 0..4 {
+        for _ in 0..10 {
+            client.submit(&sh("true")).await?;
+        }
+        most.set(most.get().max(leased().await?));
+    }
+    let url = format!("{}/metrics", coord.http());
+    eventually(
+        Duration::from_secs(10),
+        "three leased, the other 37 pending in the leader's view",
+        || async {
+            let (_, body) = http_request("GET", &url, b"").await.ok()?;
+            let n = leased().await.ok()?;
+            most.set(most.get().max(n));
+            (n == 3 && sample(&body, r#"gf_jobs{state="pending"}"#) == 37.0).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        most.get(),
+        3,
+        "a 3-slot worker held {} leases at once",
+        most.get()
+    );
+    coord.stop().await?;
+    Ok(())
+}
+
 /// Batch RPCs: each item is answered on its own, as if sent alone (a bad item fails
 /// alone); only a batch that is not an array of at most `MAX_BATCH` items is refused.
 #[tokio::test]
