@@ -164,10 +164,8 @@ fn success(job_id: JobId, epoch: u64, worker_id: WorkerId) -> CompleteRequest {
 }
 
 /// A worker is leased at most as many jobs as it has slots through bursts of
-/// submissions, whose passes can run while earlier dispatch writes are unanswered (the
-/// leader's view takes the slot when a write starts). A guard on the invariant: a
-/// pass that ignored the unanswered writes here mostly picks the same jobs again and
-/// loses their revision check, so this does not catch that alone.
+/// submissions (each a run of plan passes), and the leader's view holds the rest as
+/// pending.
 #[tokio::test]
 async fn a_worker_is_never_leased_more_jobs_than_it_has_slots() -> anyhow::Result<()> {
     init_tracing();

@@ -17,7 +17,6 @@ use gf_schemas::{EventKind, JobId, JobState, Level, Timestamp, WorkerRecord, Wor
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::InFlight;
 use crate::error::StoreError;
 use crate::fsm;
 use crate::leader::{self, LeaderLease};
@@ -358,26 +357,18 @@ async fn lead(
         view.budgets.clear();
     }
     service.handoff.open(term.jobs.last());
-    let mut inflight = InFlight::default();
     let end = follow(
         service,
         lease,
         &mut usage,
         (&mut jobs_w, &mut workers_w, &mut budgets_w),
         (jobs.current, workers.current, budgets.current),
-        (&mut view, &mut inflight),
+        &mut view,
         reconnects,
         shutdown,
         term,
     )
     .await;
-    // Every dispatch write is answered, and the grants of those that landed sent,
-    // before the view is kept or dropped: a grant not sent costs its job a start
-    // deadline. Each is bounded by the request timeout, and they run at once.
-    while !inflight.is_empty() {
-        let written = inflight.next().await;
-        dispatched(service, &mut view, written, &mut inflight, false).await;
-    }
     service.handoff.close();
     term.view = Some(view);
     end
@@ -400,7 +391,7 @@ async fn follow(
     (jobs_w, workers_w, budgets_w): Watches<'_>,
     // Whether each watch has delivered what its bucket held when it was opened.
     (mut jobs_current, mut workers_current, mut budgets_current): (bool, bool, bool),
-    (view, inflight): (&mut View, &mut InFlight),
+    view: &mut View,
     reconnects: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
     term: &mut Term,
@@ -485,7 +476,7 @@ async fn follow(
                 let (planning, rooms) = apply_plan(
                     service,
                     &mut term.planner,
-                    (view, inflight),
+                    view,
                     &mut term.starts,
                 )
                 .await;
@@ -539,10 +530,6 @@ async fn follow(
                     term.starts.prune(service.clock.now());
                     dirty = true;
                 }
-            }
-            written = inflight.next(), if !inflight.is_empty() => {
-                dispatched(service, view, written, inflight, true).await;
-                dirty = true;
             }
             // Last: under a flood of submissions the jobs watch is always ready, and
             // first in this biased select it starved every arm below it. Heartbeats
@@ -640,13 +627,13 @@ const PLAN_WRITES_IN_FLIGHT: usize = 64;
 const PLAN_CHUNK: usize = 512;
 
 /// Decides and writes one pass: each dispatch is a write that leases the job to the
-/// chosen worker, started here and answered in [`dispatched`] (see [`InFlight`]); the
-/// other decisions are written before this returns. Returns the time spent deciding
-/// (CPU, not I/O) and the room the pass left.
+/// chosen worker, and the grants go to each worker as one message per chunk of
+/// decisions (see [`crate::dispatch`]). Returns the time spent deciding (CPU, not I/O)
+/// and the room the pass left.
 async fn apply_plan(
-    service: &Arc<Service>,
+    service: &Service,
     planner: &mut crate::plan::Planner,
-    (view, inflight): (&mut View, &mut InFlight),
+    view: &mut View,
     starts: &mut StartLog,
 ) -> (Duration, Vec<crate::lane::Room>) {
     use futures::StreamExt as _;
@@ -676,32 +663,16 @@ async fn apply_plan(
             let applied = match &d {
                 Decision::Dispatch(_, score, worker) => {
                     let cfg = &service.config;
-                    if fsm::lease_at_dispatch(
+                    let ok = fsm::lease_at_dispatch(
                         &mut rec,
                         worker,
                         cfg.lease_ttl,
                         cfg.claim_timeout,
                         now,
                     )
-                    .is_err()
-                    {
-                        continue;
-                    }
+                    .is_ok();
                     rec.score = Some(score.clone());
-                    rec.updated_at = now;
-                    // Counted at the decision: a write that fails only makes the limit
-                    // stricter for a minute.
-                    for (k, _) in crate::plan::limit_keys(&rec.spec, &cfg.limits) {
-                        starts.record(k, now);
-                    }
-                    while inflight.len() >= crate::dispatch::WRITES_IN_FLIGHT {
-                        let written = inflight.next().await;
-                        dispatched(service, view, written, inflight, true).await;
-                    }
-                    // The view first: the next pass must see the slot taken.
-                    view.set_job(rec.clone(), rev);
-                    inflight.start(service, rec, rev);
-                    continue;
+                    ok
                 }
                 Decision::Block(_, reason) => fsm::block(&mut rec, reason),
                 Decision::Unblock(_) if rec.state == JobState::Blocked => {
@@ -725,11 +696,23 @@ async fn apply_plan(
                 (d, rec, written)
             }))
             .buffered(PLAN_WRITES_IN_FLIGHT);
+        let mut grants = crate::dispatch::Grants::default();
         while let Some((d, rec, written)) = results.next().await {
             let id = d.job();
             match written {
                 Ok(new_rev) => {
                     match &d {
+                        Decision::Dispatch(..) => {
+                            if let Some(g) = fsm::grant(&rec) {
+                                grants.add(g);
+                            }
+                            for (k, _) in crate::plan::limit_keys(&rec.spec, &service.config.limits)
+                            {
+                                starts.record(k, now);
+                            }
+                            service.events.job(EventKind::JobDispatched, &rec, "");
+                            metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Pass);
+                        }
                         Decision::Block(_, reason) if reason.starts_with("unplaceable") => {
                             service
                                 .events
@@ -762,46 +745,10 @@ async fn apply_plan(
                 Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
             }
         }
+        drop(results);
+        grants.send(&service.client).await;
     }
     (planning, rooms)
-}
-
-/// Takes in the answer to a dispatch write, and every other already there, then sends
-/// the grants of those that landed (one message per worker). A conflict reads the job
-/// again (the write that won); another failure too when `reread` (not while the
-/// leader stops: a read would wait out the same outage), else the record the view took
-/// in for it stays until its start deadline, when the reaper reads the store.
-async fn dispatched(
-    service: &Service,
-    view: &mut View,
-    first: crate::dispatch::Written,
-    inflight: &mut InFlight,
-    reread: bool,
-) {
-    let mut grants = crate::dispatch::Grants::default();
-    let mut next = Some(first);
-    while let Some((rec, written)) = next.take() {
-        match written {
-            Ok(new_rev) => {
-                if let Some(g) = fsm::grant(&rec) {
-                    grants.add(g);
-                }
-                service.events.job(EventKind::JobDispatched, &rec, "");
-                metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Pass);
-                // Not `set_job`: the watch may have delivered this write, or a later one.
-                view.offer_job(rec, new_rev);
-            }
-            Err(StoreError::Conflict(_)) => refresh(service, view, &rec.id).await,
-            Err(e) => {
-                tracing::warn!(job = %rec.id, error = %e, "dispatch write failed");
-                if reread {
-                    refresh(service, view, &rec.id).await;
-                }
-            }
-        }
-        next = inflight.ready();
-    }
-    grants.send(&service.client).await;
 }
 
 async fn preempt(
