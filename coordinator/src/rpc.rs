@@ -46,7 +46,9 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
         };
         let permit = inflight.clone().acquire_owned().await?;
         let service = service.clone();
-        tracker.spawn(async move {
+        // Boxed: the handler's future (every verb's, inlined) is large, and a task moves
+        // its future on spawn and again when it ends; boxed, those copies move a pointer.
+        tracker.spawn(Box::pin(async move {
             let subject = msg.subject.to_string();
             let started = std::time::Instant::now();
             let span = gf_telemetry::trace::rpc_server_span(
@@ -62,7 +64,7 @@ pub async fn serve(service: Arc<Service>, shutdown: CancellationToken) -> anyhow
                 tracing::warn!(%subject, error = %e, "could not send RPC reply");
             }
             drop(permit);
-        });
+        }));
     }
     let _ = sub.unsubscribe().await;
     tracker.close();
@@ -125,7 +127,10 @@ where
     // against `max_inflight_rpc`, so this keeps the store writes in flight bounded.
     let mut replies: Vec<Bytes> = Vec::with_capacity(items.len());
     for chunk in items.chunks(BATCH_ITEMS_IN_FLIGHT) {
-        let chunk = chunk.iter().map(|item| one(item.get().as_bytes()));
+        // Boxed, so `join_all` holds and moves pointers, not the items' large futures.
+        let chunk = chunk
+            .iter()
+            .map(|item| Box::pin(one(item.get().as_bytes())));
         replies.extend(futures::future::join_all(chunk).await);
     }
     // `{"ok":[<envelope>,...]}` from the encoded envelopes, without decoding them again.
