@@ -1084,7 +1084,7 @@ async fn control_messages(
             _ = stop.cancelled() => return,
             m = sub.next() => match m { Some(m) => m, None => return },
         };
-        match serde_json::from_slice::<ControlMessage>(&msg.payload) {
+        match ControlMessage::from_json(&msg.payload) {
             Ok(ControlMessage::Revoke(r)) => shared.revoke(&r.job_id, r.epoch),
             Ok(ControlMessage::Start { grants }) => {
                 let received = tokio::time::Instant::now();
