@@ -194,7 +194,7 @@ async fn a_worker_is_never_leased_more_jobs_than_it_has_slots() -> anyhow::Resul
         )
     };
     let most = std::cell::Cell::new(0);
-    // Bursts of submissions, each a run of passes while earlier writes may be unanswered.
+    // Bursts of submissions, each a run of passes.
     for _ in 0..4 {
         for _ in 0..10 {
             client.submit(&sh("true")).await?;

@@ -934,9 +934,9 @@ fn start_job(
     let shared = shared.clone();
     metrics::gauge!(gf_telemetry::names::WORKER_RUNNING).increment(1.0);
     // Boxed: the job's future (every way of running one, inlined) is large, and a task
-    // moves its future on spawn and again when it ends; these copies were a tenth of
-    // the worker's CPU in the load suite (`memmove` under `spawn`, `Cell::new`,
-    // `set_stage`). Boxed, they move a pointer.
+    // moves its future on spawn and again when it ends; these copies were most of the
+    // worker's `memmove`, a tenth of its CPU in the load suite (under `spawn`,
+    // `Cell::new`, `set_stage`). Boxed, they move a pointer.
     jobs.spawn(Box::pin(async move {
         let job = runner::Job {
             id: job_id,
