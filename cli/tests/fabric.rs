@@ -165,15 +165,18 @@ fn success(job_id: JobId, epoch: u64, worker_id: WorkerId) -> CompleteRequest {
 
 /// A worker is leased at most as many jobs as it has slots through bursts of
 /// submissions (each a run of plan passes), and the leader's view holds the rest as
-/// pending.
+/// pending. Under CPU load this caught the direct lane and a pass handing out the same
+/// slot (4 leases on 3 slots: `DirectLane::suspend`).
 #[tokio::test]
 async fn a_worker_is_never_leased_more_jobs_than_it_has_slots() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
-    // No start deadline within the test: the leases stay until it ends.
+    // No start deadline within the test, and the fake worker (one heartbeat) stays
+    // live throughout: the leases stay, and the others stay pending, not unplaceable.
     let config = gf_coordinator::config::CoordinatorConfig {
         lease_ttl: Duration::from_secs(60),
         claim_timeout: Duration::from_secs(60),
+        worker_timeout: Duration::from_secs(120),
         ..coordinator_config(&nats.url())
     };
     let coord = Running::coordinator(config).await?;
