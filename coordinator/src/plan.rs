@@ -75,6 +75,10 @@ pub struct View {
     /// next pass re-evaluates. Records must change through [`View::set_job`],
     /// [`View::apply_job`] and [`View::remove_job`] for it to see them.
     pub(crate) changed: Vec<JobId>,
+    /// On the leader, slots the direct lane handed out whose job's create has not
+    /// landed yet (so the view lacks the job), per worker: a pass counts them as
+    /// leased. Set before each pass (see [`crate::lane::DirectLane::suspend`]).
+    pub lane_held: HashMap<WorkerId, i64>,
 }
 
 impl View {
@@ -536,6 +540,18 @@ pub struct Pass {
     pub rooms: Vec<crate::lane::Room>,
 }
 
+/// Each active worker's slots, less those the direct lane handed out for jobs the
+/// view does not hold yet; the planners then take off what runs and was dispatched.
+fn slots<'a>(active: &[&'a WorkerRecord], view: &View) -> HashMap<&'a WorkerId, i64> {
+    active
+        .iter()
+        .map(|w| {
+            let held = view.lane_held.get(&w.id).copied().unwrap_or(0);
+            (&w.id, i64::from(w.slots) - held)
+        })
+        .collect()
+}
+
 pub fn plan(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp) -> Vec<Decision> {
     plan_pass(view, policy, starts, now).decisions
 }
@@ -553,8 +569,7 @@ pub fn plan_pass(view: &View, policy: &Policy, starts: &StartLog, now: Timestamp
         .filter(|w| w.state == WorkerState::Active && !view.suspect(w))
         .collect();
     active.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut free: HashMap<&WorkerId, i64> =
-        active.iter().map(|w| (&w.id, i64::from(w.slots))).collect();
+    let mut free = slots(&active, view);
     let mut in_flight: HashMap<String, u32> = HashMap::new();
     let mut running_on: HashMap<&WorkerId, Vec<&JobRecord>> = HashMap::new();
     for (rec, _) in view.jobs.values() {
@@ -1056,6 +1071,27 @@ mod tests {
         jobs.push(urgent.clone());
         let v = view(vec![worker("a", 2, &[])], jobs);
         assert_eq!(dispatched(&run(&v)), vec![urgent.id, low[0].id]);
+    }
+
+    /// Slots the direct lane handed out for jobs the view does not hold yet count as
+    /// leased, in the full scan and the incremental planner alike: a 3-slot worker
+    /// with 2 held takes one more job and offers the lane no room.
+    #[test]
+    fn slots_the_lane_holds_are_not_planned_on() {
+        let jobs: Vec<JobRecord> = (0..5).map(|i| job(5, i)).collect();
+        let mut v = view(vec![worker("a", 3, &[])], jobs.clone());
+        v.lane_held.insert(WorkerId::new("a").unwrap(), 2);
+        let scoring = ScoringConfig::default();
+        let policy = policy(&scoring, &[], None);
+        let full = plan_pass(&v, &policy, &StartLog::default(), t(1));
+        assert_eq!(dispatched(&full.decisions), vec![jobs[0].id]);
+        assert!(full.rooms.is_empty());
+        let incremental = Planner::new().pass(&mut v, &policy, &StartLog::default(), t(1));
+        assert_eq!(dispatched(&incremental.decisions), vec![jobs[0].id]);
+        assert!(incremental.rooms.is_empty());
+        // Once those jobs are in the view (leased) and nothing is held, the same.
+        v.lane_held.clear();
+        assert_eq!(dispatched(&run(&v)).len(), 3);
     }
 
     /// With every slot taken, the rest of the backlog is still gated: a job that can

@@ -472,12 +472,9 @@ async fn follow(
                 if !lease.valid() {
                     return LeadEnd::Lost;
                 }
-                if service.lane.suspend() {
-                    // Slots the lane gave out wait for their job's create: decide once
-                    // the view can hold those jobs (a create's round trip).
-                    next_pass = tokio::time::Instant::now() + LANE_SETTLE;
-                    continue;
-                }
+                // In this order: every slot the lane handed out is then either held
+                // or in the view (see `DirectLane::suspend`).
+                view.lane_held = service.lane.suspend();
                 for (rec, rev) in service.lane.drain() {
                     view.offer_job(rec, rev);
                 }
@@ -592,9 +589,6 @@ async fn due(at: tokio::time::Instant) {
         tokio::time::sleep_until(at).await;
     }
 }
-
-/// How long a pass waits for the direct lane's slots given out to be created.
-const LANE_SETTLE: Duration = Duration::from_millis(1);
 
 /// Job watch entries applied in one turn of the leader's loop at most.
 const WATCH_ENTRIES_PER_TURN: usize = 4096;

@@ -183,8 +183,7 @@ impl Planner {
             );
         }
         // Capacity, from what runs and what was dispatched (bounded by the fleet).
-        let mut free: HashMap<&WorkerId, i64> =
-            active.iter().map(|w| (&w.id, i64::from(w.slots))).collect();
+        let mut free = super::slots(&active, view);
         let mut in_flight: HashMap<String, u32> = HashMap::new();
         let mut running_on: HashMap<&WorkerId, Vec<&JobRecord>> = HashMap::new();
         let record = |id: &JobId| view.jobs.get(id).map(|(r, _)| r);
