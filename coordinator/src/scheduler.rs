@@ -17,6 +17,7 @@ use gf_schemas::{EventKind, JobId, JobState, Level, Timestamp, WorkerRecord, Wor
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::InFlight;
 use crate::error::StoreError;
 use crate::fsm;
 use crate::leader::{self, LeaderLease};
@@ -359,18 +360,26 @@ async fn lead(
         view.budgets.clear();
     }
     service.handoff.open(term.jobs.last());
+    let mut inflight = InFlight::default();
     let end = follow(
         service,
         lease,
         &mut usage,
         (&mut jobs_w, &mut workers_w, &mut budgets_w),
         (jobs.current, workers.current, budgets.current),
-        &mut view,
+        (&mut view, &mut inflight),
         reconnects,
         shutdown,
         term,
     )
     .await;
+    // Every dispatch write is answered, and the grants of those that landed sent,
+    // before the view is kept or dropped: a grant not sent costs its job a start
+    // deadline. Each is bounded by the request timeout, and they run at once.
+    while !inflight.is_empty() {
+        let written = inflight.next().await;
+        dispatched(service, &mut view, written, &mut inflight, false).await;
+    }
     service.handoff.close();
     term.view = Some(view);
     end
@@ -393,7 +402,7 @@ async fn follow(
     (jobs_w, workers_w, budgets_w): Watches<'_>,
     // Whether each watch has delivered what its bucket held when it was opened.
     (mut jobs_current, mut workers_current, mut budgets_current): (bool, bool, bool),
-    view: &mut View,
+    (view, inflight): (&mut View, &mut InFlight),
     reconnects: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
     term: &mut Term,
@@ -481,7 +490,7 @@ async fn follow(
                 let (planning, rooms) = apply_plan(
                     service,
                     &mut term.planner,
-                    view,
+                    (view, inflight),
                     &mut term.starts,
                 )
                 .await;
@@ -535,6 +544,10 @@ async fn follow(
                     term.starts.prune(service.clock.now());
                     dirty = true;
                 }
+            }
+            written = inflight.next(), if !inflight.is_empty() => {
+                dispatched(service, view, written, inflight, true).await;
+                dirty = true;
             }
             // Last: under a flood of submissions the jobs watch is always ready, and
             // first in this biased select it starved every arm below it. Heartbeats
@@ -632,13 +645,13 @@ const PLAN_WRITES_IN_FLIGHT: usize = 64;
 const PLAN_CHUNK: usize = 512;
 
 /// Decides and writes one pass: each dispatch is a write that leases the job to the
-/// chosen worker, and the grants go to each worker as one message per chunk of
-/// decisions (see [`crate::dispatch`]). Returns the time spent deciding (CPU, not I/O)
-/// and the room the pass left.
+/// chosen worker, started here and answered in [`dispatched`] (see [`InFlight`]); the
+/// other decisions are written before this returns. Returns the time spent deciding
+/// (CPU, not I/O) and the room the pass left.
 async fn apply_plan(
-    service: &Service,
+    service: &Arc<Service>,
     planner: &mut crate::plan::Planner,
-    view: &mut View,
+    (view, inflight): (&mut View, &mut InFlight),
     starts: &mut StartLog,
 ) -> (Duration, Vec<crate::lane::Room>) {
     use futures::StreamExt as _;
@@ -668,16 +681,32 @@ async fn apply_plan(
             let applied = match &d {
                 Decision::Dispatch(_, score, worker) => {
                     let cfg = &service.config;
-                    let ok = fsm::lease_at_dispatch(
+                    if fsm::lease_at_dispatch(
                         &mut rec,
                         worker,
                         cfg.lease_ttl,
                         cfg.claim_timeout,
                         now,
                     )
-                    .is_ok();
+                    .is_err()
+                    {
+                        continue;
+                    }
                     rec.score = Some(score.clone());
-                    ok
+                    rec.updated_at = now;
+                    // Counted at the decision: a write that fails only makes the limit
+                    // stricter for a minute.
+                    for (k, _) in crate::plan::limit_keys(&rec.spec, &cfg.limits) {
+                        starts.record(k, now);
+                    }
+                    while inflight.len() >= crate::dispatch::WRITES_IN_FLIGHT {
+                        let written = inflight.next().await;
+                        dispatched(service, view, written, inflight, true).await;
+                    }
+                    // The view first: the next pass must see the slot taken.
+                    view.set_job(rec.clone(), rev);
+                    inflight.start(service, rec, rev);
+                    continue;
                 }
                 Decision::Block(_, reason) => fsm::block(&mut rec, reason),
                 Decision::Unblock(_) if rec.state == JobState::Blocked => {
@@ -701,23 +730,11 @@ async fn apply_plan(
                 (d, rec, written)
             }))
             .buffered(PLAN_WRITES_IN_FLIGHT);
-        let mut grants = crate::dispatch::Grants::default();
         while let Some((d, rec, written)) = results.next().await {
             let id = d.job();
             match written {
                 Ok(new_rev) => {
                     match &d {
-                        Decision::Dispatch(..) => {
-                            if let Some(g) = fsm::grant(&rec) {
-                                grants.add(g);
-                            }
-                            for (k, _) in crate::plan::limit_keys(&rec.spec, &service.config.limits)
-                            {
-                                starts.record(k, now);
-                            }
-                            service.events.job(EventKind::JobDispatched, &rec, "");
-                            metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Pass);
-                        }
                         Decision::Block(_, reason) if reason.starts_with("unplaceable") => {
                             service
                                 .events
@@ -750,10 +767,46 @@ async fn apply_plan(
                 Err(e) => tracing::warn!(job = %id, error = %e, "scheduler write failed"),
             }
         }
-        drop(results);
-        grants.send(&service.client).await;
     }
     (planning, rooms)
+}
+
+/// Takes in the answer to a dispatch write, and every other already there, then sends
+/// the grants of those that landed (one message per worker). A conflict reads the job
+/// again (the write that won); another failure too when `reread` (not while the
+/// leader stops: a read would wait out the same outage), else the record the view took
+/// in for it stays until its start deadline, when the reaper reads the store.
+async fn dispatched(
+    service: &Service,
+    view: &mut View,
+    first: crate::dispatch::Written,
+    inflight: &mut InFlight,
+    reread: bool,
+) {
+    let mut grants = crate::dispatch::Grants::default();
+    let mut next = Some(first);
+    while let Some((rec, written)) = next.take() {
+        match written {
+            Ok(new_rev) => {
+                if let Some(g) = fsm::grant(&rec) {
+                    grants.add(g);
+                }
+                service.events.job(EventKind::JobDispatched, &rec, "");
+                metrics::dispatched(&rec.spec.queue, metrics::DispatchedBy::Pass);
+                // Not `set_job`: the watch may have delivered this write, or a later one.
+                view.offer_job(rec, new_rev);
+            }
+            Err(StoreError::Conflict(_)) => refresh(service, view, &rec.id).await,
+            Err(e) => {
+                tracing::warn!(job = %rec.id, error = %e, "dispatch write failed");
+                if reread {
+                    refresh(service, view, &rec.id).await;
+                }
+            }
+        }
+        next = inflight.ready();
+    }
+    grants.send(&service.client).await;
 }
 
 async fn preempt(
