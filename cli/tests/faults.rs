@@ -222,6 +222,51 @@ async fn coordinator_and_worker_stop_while_nats_is_down() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A worker whose job ends while NATS is down, told to stop, stops once its drain grace
+/// is over: the completion it cannot send is given up (the lease expires and the job
+/// runs again) instead of being tried for minutes (30 tries of a third of the lease).
+#[tokio::test]
+async fn a_worker_stops_after_its_drain_grace_with_a_completion_unsent() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let mut config = worker_config(&nats.url(), 2);
+    config.drain_grace = Duration::from_secs(1);
+    let worker = Running::worker(config).await?;
+    let client = Client::connect(&nats).await?;
+    let mut spec = sh(
+        r#"touch "$DIR/started"; while [ ! -e "$DIR/go" ]; do sleep 0.05; done; touch "$DIR/ended""#,
+    );
+    spec.env.insert("DIR".into(), dir.path().display().to_string());
+    client.submit(&spec).await?;
+    let (started, go, ended) = (
+        dir.path().join("started"),
+        dir.path().join("go"),
+        dir.path().join("ended"),
+    );
+    eventually(Duration::from_secs(30), "the job started", || async {
+        started.exists().then_some(())
+    })
+    .await?;
+    nats.stop();
+    std::fs::write(&go, b"")?;
+    eventually(Duration::from_secs(30), "the job ended", || async {
+        ended.exists().then_some(())
+    })
+    .await?;
+    // A bound on a hang, not a speed target: the drain grace (1 s), the try in flight
+    // (a third of the 2 s lease, hedged), a heartbeat and the 2 s flush.
+    let bound = Duration::from_secs(30);
+    tokio::time::timeout(bound, worker.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the worker did not stop within {bound:?}"))??;
+    tokio::time::timeout(Duration::from_secs(60), coord.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the coordinator did not stop"))??;
+    Ok(())
+}
+
 /// A coordinator that lost its leadership to a NATS outage stops when asked, without
 /// waiting for its attempts to lead again (each waits out NATS request timeouts: CI saw
 /// one take over 60 s to stop).

@@ -1001,8 +1001,20 @@ async fn report(shared: &Shared, req: &CompleteRequest, lease_ttl: Duration) {
                 return;
             }
             Err(e) if e.retryable() => {
+                // Past the drain grace the operator's bound on stopping wins: the
+                // result is lost, and the job runs again once its lease expires, as a
+                // job given back does. (Up to 30 tries of a third of the lease each
+                // kept a worker stopping with NATS down for minutes.)
+                if shared.give_back.is_cancelled() {
+                    tracing::error!(job = %req.job_id, error = %e, "completion not answered and the drain grace is over; stopping without it: the lease will expire and the job run again");
+                    return;
+                }
                 tracing::warn!(job = %req.job_id, error = %e, "completion not answered; retrying");
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // One more try, then stop (above).
+                    _ = shared.give_back.cancelled() => {}
+                }
                 wait = (wait * 2).min(Duration::from_secs(3));
             }
             Err(e) => {
