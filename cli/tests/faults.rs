@@ -238,7 +238,8 @@ async fn a_worker_stops_after_its_drain_grace_with_a_completion_unsent() -> anyh
     let mut spec = sh(
         r#"touch "$DIR/started"; while [ ! -e "$DIR/go" ]; do sleep 0.05; done; touch "$DIR/ended""#,
     );
-    spec.env.insert("DIR".into(), dir.path().display().to_string());
+    spec.env
+        .insert("DIR".into(), dir.path().display().to_string());
     client.submit(&spec).await?;
     let (started, go, ended) = (
         dir.path().join("started"),
