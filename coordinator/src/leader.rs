@@ -126,13 +126,21 @@ pub async fn renew(bucket: &kv::Store, me: &str, lease: &mut LeaderLease) -> boo
     }
 }
 
+/// How long a step-down may take: answered in milliseconds with NATS up; with NATS
+/// down the lease expires by itself, so the stop does not wait out a request timeout.
+const STEP_DOWN_WAIT: Duration = Duration::from_secs(1);
+
 /// Gives leadership up at shutdown so a standby takes over at once.
 pub async fn step_down(bucket: &kv::Store, lease: &LeaderLease) {
-    if let Err(e) = bucket
-        .delete_expect_revision(LEADER_KEY, Some(lease.revision))
-        .await
+    match tokio::time::timeout(
+        STEP_DOWN_WAIT,
+        bucket.delete_expect_revision(LEADER_KEY, Some(lease.revision)),
+    )
+    .await
     {
-        tracing::debug!(error = %e, "leader step-down");
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "leader step-down"),
+        Err(_) => tracing::warn!("leader step-down not answered; the lease will expire instead"),
     }
 }
 

@@ -202,8 +202,10 @@ async fn pause_leading(
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
             _ = tokio::time::sleep_until(until) => return LeadEnd::Restart,
             _ = renew.tick() => {
-                if !leader::renew(&service.store.leader, &service.config.id, lease).await {
-                    return LeadEnd::Lost;
+                match renew_unless_stopping(service, lease, shutdown).await {
+                    Some(true) => {}
+                    Some(false) => return LeadEnd::Lost,
+                    None => return LeadEnd::Shutdown,
                 }
             }
         }
@@ -263,6 +265,29 @@ async fn sync_clock(service: &Service) {
     }
 }
 
+/// How long a leader renewal in flight when the shutdown fires may still take: with
+/// NATS up it is answered in milliseconds (and the step-down after it needs its
+/// revision); with NATS down it would wait out its request timeout.
+const RENEW_GRACE_AT_STOP: Duration = Duration::from_millis(500);
+
+/// Renews the leader lease; `None` if the shutdown fired and the renewal was not
+/// answered within [`RENEW_GRACE_AT_STOP`] after it (the lease then expires by itself,
+/// as a crashed leader's does).
+async fn renew_unless_stopping(
+    service: &Service,
+    lease: &mut LeaderLease,
+    shutdown: &CancellationToken,
+) -> Option<bool> {
+    let stopping = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(RENEW_GRACE_AT_STOP).await;
+    };
+    tokio::select! {
+        renewed = leader::renew(&service.store.leader, &service.config.id, lease) => Some(renewed),
+        _ = stopping => None,
+    }
+}
+
 enum LeadEnd {
     Shutdown,
     Lost,
@@ -284,9 +309,18 @@ async fn lead(
         term.jobs.forget();
     }
     reconnects.borrow_and_update();
-    let usage = match usage_consumer(&store.js).await {
-        Ok(u) => u.messages().await.map_err(async_nats::Error::from),
-        Err(e) => Err(e),
+    // The set-up's requests wait out their timeouts while NATS is down: a shutdown
+    // cuts them (nothing was planned on yet; the term is not used again).
+    let usage = shutdown
+        .run_until_cancelled(async {
+            match usage_consumer(&store.js).await {
+                Ok(u) => u.messages().await.map_err(async_nats::Error::from),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    let Some(usage) = usage else {
+        return LeadEnd::Shutdown;
     };
     let mut usage = match usage {
         Ok(m) => m,
@@ -297,11 +331,18 @@ async fn lead(
     };
     // Each opened as a resume from where the view got to when it can be, else a
     // replay of its bucket (`crate::watch`).
-    let opened = (
-        term.jobs.open(&store.jobs).await,
-        term.workers.open(&store.workers).await,
-        term.budgets.open(&store.budgets).await,
-    );
+    let opened = shutdown
+        .run_until_cancelled(async {
+            (
+                term.jobs.open(&store.jobs).await,
+                term.workers.open(&store.workers).await,
+                term.budgets.open(&store.budgets).await,
+            )
+        })
+        .await;
+    let Some(opened) = opened else {
+        return LeadEnd::Shutdown;
+    };
     let (jobs, workers, budgets) = match opened {
         (Ok(j), Ok(w), Ok(b)) => (j, w, b),
         (j, w, b) => {
@@ -408,7 +449,6 @@ async fn follow(
     term: &mut Term,
 ) -> LeadEnd {
     let cfg = service.config.clone();
-    let me = cfg.id.clone();
     let store = &service.store;
     let mut outcome_tick = tokio::time::interval(crate::outcomes::FLUSH_PERIOD);
     outcome_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -445,11 +485,15 @@ async fn follow(
             biased;
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
             _ = renew.tick() => {
-                if !leader::renew(&store.leader, &me, lease).await {
-                    return LeadEnd::Lost;
+                match renew_unless_stopping(service, lease, shutdown).await {
+                    Some(true) => {}
+                    Some(false) => return LeadEnd::Lost,
+                    None => return LeadEnd::Shutdown,
                 }
                 service.lane.extend(lease.valid_until());
-                sync_clock(service).await;
+                if shutdown.run_until_cancelled(sync_clock(service)).await.is_none() {
+                    return LeadEnd::Shutdown;
+                }
             }
             _ = reconnects.changed() => return LeadEnd::Restart,
             _ = tokio::time::sleep_until(replay_deadline), if !current => {
