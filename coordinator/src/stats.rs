@@ -629,7 +629,11 @@ async fn run(
             }
         }
         position.adopt(shared.leader_position.load(Ordering::Relaxed));
-        let opened = match position.open(&jobs).await {
+        // With NATS down the open waits out its request timeouts; a shutdown cuts it.
+        let Some(opened) = shutdown.run_until_cancelled(position.open(&jobs)).await else {
+            return;
+        };
+        let opened = match opened {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "stats: cannot watch the jobs bucket; retrying");
