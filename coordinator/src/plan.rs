@@ -1089,7 +1089,7 @@ mod tests {
         let incremental = Planner::new().pass(&mut v, &policy, &StartLog::default(), t(1));
         assert_eq!(dispatched(&incremental.decisions), vec![jobs[0].id]);
         assert!(incremental.rooms.is_empty());
-        // Once those jobs are in the view (leased) and nothing is held, the same.
+        // With nothing held, all three slots are planned on.
         v.lane_held.clear();
         assert_eq!(dispatched(&run(&v)).len(), 3);
     }
