@@ -416,10 +416,20 @@ async fn lead(
     .await;
     // Every dispatch write is answered, and the grants of those that landed sent,
     // before the view is kept or dropped: a grant not sent costs its job a start
-    // deadline. Each is bounded by the request timeout, and they run at once.
-    while !inflight.is_empty() {
-        let written = inflight.next().await;
-        dispatched(service, &mut view, written, &mut inflight, false).await;
+    // deadline. Each is bounded by the request timeout, and they run at once. Only
+    // while the lease holds: a leader that was paused past it (a zombie) must not
+    // send them, since the new leader may have leased those jobs again (the workers
+    // would run them a second time, fenced). Their start deadlines send them back.
+    if lease.valid() {
+        while !inflight.is_empty() {
+            let written = inflight.next().await;
+            dispatched(service, &mut view, written, &mut inflight, false).await;
+        }
+    } else if !inflight.is_empty() {
+        tracing::warn!(
+            writes = inflight.len(),
+            "leader lease lapsed with dispatch writes unanswered; their grants are not sent"
+        );
     }
     service.handoff.close();
     term.view = Some(view);
@@ -590,6 +600,9 @@ async fn follow(
                 }
             }
             written = inflight.next(), if !inflight.is_empty() => {
+                if !lease.valid() {
+                    return LeadEnd::Lost;
+                }
                 dispatched(service, view, written, inflight, true).await;
                 dirty = true;
             }
