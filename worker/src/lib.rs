@@ -1033,7 +1033,15 @@ async fn heartbeat(shared: &Shared, state: WorkerState) {
         free_slots: shared.unpromised_slots(),
         running: shared.running_jobs(),
     };
-    match shared.rpc.call_factory::<_, HeartbeatReply>(&req).await {
+    // Hedged: requests are spread over the coordinators, and one that is paused (or
+    // stalled) took every other heartbeat, so under `leader-pause` workers looked gone
+    // to the leader and their jobs unplaceable. A repeat is answered like the first
+    // (the worker's record written again, the same revocations).
+    match shared
+        .rpc
+        .call_factory_hedged::<_, HeartbeatReply>(&req)
+        .await
+    {
         Ok(reply) => {
             for r in reply.revoked {
                 shared.revoke(&r.job_id, r.epoch);
