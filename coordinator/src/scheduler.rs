@@ -202,10 +202,8 @@ async fn pause_leading(
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
             _ = tokio::time::sleep_until(until) => return LeadEnd::Restart,
             _ = renew.tick() => {
-                match renew_unless_stopping(service, lease, shutdown).await {
-                    Some(true) => {}
-                    Some(false) => return LeadEnd::Lost,
-                    None => return LeadEnd::Shutdown,
+                if let Some(end) = renew_or_end(service, lease, shutdown).await {
+                    return end;
                 }
             }
         }
@@ -270,21 +268,24 @@ async fn sync_clock(service: &Service) {
 /// revision); with NATS down it would wait out its request timeout.
 const RENEW_GRACE_AT_STOP: Duration = Duration::from_millis(500);
 
-/// Renews the leader lease; `None` if the shutdown fired and the renewal was not
-/// answered within [`RENEW_GRACE_AT_STOP`] after it (the lease then expires by itself,
-/// as a crashed leader's does).
-async fn renew_unless_stopping(
+/// Renews the leader lease; `None` if renewed, else how the term ends: `Lost` if the
+/// renewal failed, `Shutdown` if the shutdown fired and the renewal was not answered
+/// within [`RENEW_GRACE_AT_STOP`] after it (the lease then expires by itself, as a
+/// crashed leader's does).
+async fn renew_or_end(
     service: &Service,
     lease: &mut LeaderLease,
     shutdown: &CancellationToken,
-) -> Option<bool> {
+) -> Option<LeadEnd> {
     let stopping = async {
         shutdown.cancelled().await;
         tokio::time::sleep(RENEW_GRACE_AT_STOP).await;
     };
     tokio::select! {
-        renewed = leader::renew(&service.store.leader, &service.config.id, lease) => Some(renewed),
-        _ = stopping => None,
+        renewed = leader::renew(&service.store.leader, &service.config.id, lease) => {
+            (!renewed).then_some(LeadEnd::Lost)
+        }
+        _ = stopping => Some(LeadEnd::Shutdown),
     }
 }
 
@@ -495,10 +496,8 @@ async fn follow(
             biased;
             _ = shutdown.cancelled() => return LeadEnd::Shutdown,
             _ = renew.tick() => {
-                match renew_unless_stopping(service, lease, shutdown).await {
-                    Some(true) => {}
-                    Some(false) => return LeadEnd::Lost,
-                    None => return LeadEnd::Shutdown,
+                if let Some(end) = renew_or_end(service, lease, shutdown).await {
+                    return end;
                 }
                 service.lane.extend(lease.valid_until());
                 if shutdown.run_until_cancelled(sync_clock(service)).await.is_none() {
