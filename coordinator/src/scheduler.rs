@@ -556,12 +556,17 @@ async fn follow(
                     if let Some(stats) = &view.stats {
                         stats.synced();
                     }
+                    let walk = std::time::Instant::now();
                     gauges.publish(&counts(
                         view,
                         &service.routing,
                         cfg.worker_timeout,
                         service.clock.now(),
                     ));
+                    // The walk visits every live job: under a deep backlog it is spaced
+                    // out so that it takes at most 1 % of the leader's time (4 % at
+                    // 150,000 waiting every 500 ms, profiled); scrapes are seconds apart.
+                    gauge_tick.reset_after(GAUGE_PERIOD.max(walk.elapsed() * 100));
                 }
             }
             _ = outcome_tick.tick() => {

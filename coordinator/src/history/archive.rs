@@ -119,10 +119,13 @@ pub async fn ensure_stream(
 /// The creation day of a job, `yyyymmdd` (UTC), from its UUIDv7 id.
 pub fn day_of(id: &JobId) -> String {
     let ms = super::created_at(id).map_or(0, |t| t.unix_millis());
-    chrono::DateTime::from_timestamp_millis(ms)
+    // Not `format("%Y%m%d")`: that parses its pattern on every call, and this runs for
+    // every finished job on the leader.
+    use chrono::Datelike;
+    let d = chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
-        .format("%Y%m%d")
-        .to_string()
+        .date_naive();
+    format!("{:04}{:02}{:02}", d.year(), d.month(), d.day())
 }
 
 /// The archived record of job `id`, if the archive holds it: one direct get of the
