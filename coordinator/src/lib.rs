@@ -67,6 +67,7 @@ pub struct Coordinator {
     events: events::EventTask,
     stats: JoinHandle<()>,
     archiver: JoinHandle<()>,
+    outcomes: JoinHandle<()>,
     bridge: gf_bridge::BridgeTask,
     callout: Option<auth::CalloutTask>,
     artifact_sweep: JoinHandle<()>,
@@ -162,6 +163,7 @@ pub async fn start(
         shutdown.clone(),
     );
     let (archiver, archiver_task) = history::archive::start(js.clone(), shutdown.clone());
+    let (outcomes, outcomes_task) = outcomes::start(js.clone(), shutdown.clone());
     let _ = service.jobs_index.set(stats.clone());
     let rpc = tokio::spawn(rpc::serve(service.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(scheduler::run(
@@ -169,6 +171,7 @@ pub async fn start(
         leader.clone(),
         stats_feed,
         archiver,
+        outcomes,
         reconnect_rx,
         shutdown.clone(),
     ));
@@ -221,6 +224,7 @@ pub async fn start(
         events: events_task,
         stats: stats_task,
         archiver: archiver_task,
+        outcomes: outcomes_task,
         bridge,
         callout,
         artifact_sweep,
@@ -248,6 +252,8 @@ impl Coordinator {
             }
         }
         self.archiver.await.ok();
+        // After the scheduler: its last flush is published (bounded).
+        self.outcomes.await.ok();
         self.artifact_sweep.await.ok();
         // The bridge's echo tasks hand back a message in flight (nak) and stop.
         self.bridge.join().await;

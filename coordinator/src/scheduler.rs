@@ -96,6 +96,7 @@ pub async fn run(
     status: Arc<LeaderStatus>,
     stats: crate::stats::StatsFeed,
     archiver: crate::history::archive::Archiver,
+    outcomes: crate::outcomes::Publisher,
     mut reconnects: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
@@ -144,7 +145,7 @@ pub async fn run(
             let mut end = lead(
                 &service,
                 &mut lease,
-                (&stats, &archiver),
+                (&stats, &archiver, &outcomes),
                 &mut reconnects,
                 &shutdown,
                 &mut term,
@@ -300,7 +301,11 @@ enum LeadEnd {
 async fn lead(
     service: &Arc<Service>,
     lease: &mut LeaderLease,
-    (stats, archiver): (&crate::stats::StatsFeed, &crate::history::archive::Archiver),
+    (stats, archiver, outcomes): (
+        &crate::stats::StatsFeed,
+        &crate::history::archive::Archiver,
+        &crate::outcomes::Publisher,
+    ),
     reconnects: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
     term: &mut Term,
@@ -374,7 +379,10 @@ async fn lead(
             drop(old);
             let mut view = View {
                 stats: Some(stats.lead()),
-                outcomes: Some(crate::outcomes::Recorder::new(service.routing.clone())),
+                outcomes: Some(
+                    crate::outcomes::Recorder::new(service.routing.clone())
+                        .publishing_to(outcomes.clone()),
+                ),
                 archive: Some(archiver.feed().await),
                 handoff: Some(service.handoff.clone()),
                 ..View::default()
@@ -460,7 +468,6 @@ async fn follow(
     term: &mut Term,
 ) -> LeadEnd {
     let cfg = service.config.clone();
-    let store = &service.store;
     let mut outcome_tick = tokio::time::interval(crate::outcomes::FLUSH_PERIOD);
     outcome_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew = tokio::time::interval(cfg.leader_ttl / 3);
@@ -571,7 +578,7 @@ async fn follow(
             }
             _ = outcome_tick.tick() => {
                 if let Some(o) = view.outcomes.as_mut().filter(|o| o.pending() > 0) {
-                    o.flush(&store.js).await;
+                    o.flush();
                 }
             }
             entry = workers_w.next() => {
