@@ -186,7 +186,8 @@ impl Service {
         };
         let ticket = self
             .lane
-            .take(&rec, &rules, now)
+            .take_or_wait(&rec, &rules, now)
+            .await
             .and_then(|(ticket, score)| {
                 fsm::lease_at_dispatch(
                     &mut rec,
