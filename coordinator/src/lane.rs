@@ -24,9 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
+use std::time::Instant;
 
 use gf_schemas::{Capabilities, JobRecord, Timestamp, WorkerId};
 
@@ -47,18 +45,9 @@ pub struct Room {
     pub free: i64,
 }
 
-/// How long a submission that finds the lane suspended by a pass waits for the pass
-/// to reopen it before taking the planned way. A pass takes well under a millisecond
-/// when nothing waits; the planned way costs a job a second write, the leader's watch
-/// and the next pass (at 2,500 jobs/s, 8 to 12 % of jobs took it, and they made the
-/// tail: probed, issue 20).
-pub const WAIT_FOR_PASS: Duration = Duration::from_millis(5);
-
 #[derive(Default)]
 pub struct DirectLane {
     inner: Mutex<Inner>,
-    /// Woken when a pass reopens the lane (or it closes).
-    reopened: Notify,
 }
 
 #[derive(Default)]
@@ -72,10 +61,6 @@ struct Inner {
     reserved: HashMap<WorkerId, i64>,
     /// Jobs created through the lane that the leader's view has not taken in yet.
     handed: Vec<(JobRecord, u64)>,
-    /// A pass suspended the lane while the one before had left room: a submission
-    /// may wait for it to reopen ([`DirectLane::take_or_wait`]). False while the fleet
-    /// was full, so a backlog's submissions never wait for nothing.
-    suspended_with_room: bool,
 }
 
 impl Inner {
@@ -120,14 +105,6 @@ fn unreserve(inner: &mut Inner, w: &WorkerId) {
     }
 }
 
-/// Why [`DirectLane::try_take`] handed out no slot.
-enum Declined {
-    /// The job takes the planned way.
-    No,
-    /// A pass is deciding; it may leave room when it reopens the lane.
-    Suspended,
-}
-
 /// What a job must satisfy to take the lane, besides a fitting worker with room.
 pub struct Rules<'a> {
     pub scoring: &'a ScoringConfig,
@@ -152,9 +129,6 @@ impl DirectLane {
         inner.rooms = rooms;
         inner.blocked_products = blocked_products;
         inner.open_until = Some(valid_until);
-        inner.suspended_with_room = false;
-        drop(inner);
-        self.reopened.notify_waiters();
     }
 
     /// Takes every room away before a plan pass decides, and returns the slots taken
@@ -167,7 +141,6 @@ impl DirectLane {
     /// gives rooms back after the pass.
     pub fn suspend(&self) -> HashMap<WorkerId, i64> {
         let mut inner = self.inner.lock().expect("lane");
-        inner.suspended_with_room = inner.open_now() && inner.rooms.iter().any(|r| r.free > 0);
         inner.rooms.clear();
         inner.reserved.clone()
     }
@@ -188,9 +161,6 @@ impl DirectLane {
         inner.open_until = None;
         inner.rooms.clear();
         inner.handed.clear();
-        inner.suspended_with_room = false;
-        drop(inner);
-        self.reopened.notify_waiters();
     }
 
     /// A slot for `rec` (still pending, not yet created), with the score the dispatch
@@ -201,56 +171,18 @@ impl DirectLane {
         rules: &Rules,
         now: Timestamp,
     ) -> Option<(Ticket<'_>, gf_schemas::Score)> {
-        self.try_take(rec, rules, now).ok()
-    }
-
-    /// [`DirectLane::take`], but a job that finds the lane suspended by a pass, after
-    /// the pass before had left room, waits up to [`WAIT_FOR_PASS`] for this pass to
-    /// reopen it and asks again. The reopened rooms are what the pass left after
-    /// placing every waiting job, so the job still overtakes nobody.
-    pub async fn take_or_wait(
-        &self,
-        rec: &JobRecord,
-        rules: &Rules<'_>,
-        now: Timestamp,
-    ) -> Option<(Ticket<'_>, gf_schemas::Score)> {
-        // Registered before asking, so a reopening in between is not missed.
-        let reopened = self.reopened.notified();
-        tokio::pin!(reopened);
-        reopened.as_mut().enable();
-        match self.try_take(rec, rules, now) {
-            Ok(taken) => return Some(taken),
-            Err(Declined::Suspended) => {}
-            Err(Declined::No) => return None,
-        }
-        tokio::time::timeout(WAIT_FOR_PASS, reopened).await.ok()?;
-        self.take(rec, rules, now)
-    }
-
-    fn try_take(
-        &self,
-        rec: &JobRecord,
-        rules: &Rules,
-        now: Timestamp,
-    ) -> Result<(Ticket<'_>, gf_schemas::Score), Declined> {
         let spec = &rec.spec;
         if !spec.depends_on.is_empty()
             || spec.parent.is_some()
             || spec.not_before.is_some_and(|t| t > now)
             || !limit_keys(spec, rules.limits).is_empty()
         {
-            return Err(Declined::No);
+            return None;
         }
         let mut inner = self.inner.lock().expect("lane");
         if !inner.open_now() || inner.blocked_products.contains(&spec.product) {
-            return Err(Declined::No);
+            return None;
         }
-        let suspended = inner.suspended_with_room;
-        let declined = if suspended {
-            Declined::Suspended
-        } else {
-            Declined::No
-        };
         // As the planner chooses.
         // Without the learned terms: the lane only opens on a fleet with room to
         // spare and nothing waiting, and keeps no estimates of its own.
@@ -265,14 +197,13 @@ impl DirectLane {
                 .enumerate()
                 .filter(|(_, r)| r.free > 0 && r.capabilities.unmet(spec).is_none())
                 .map(|(i, r)| (i, &r.worker, &r.capabilities, r.free)),
-        )
-        .ok_or(declined)?;
+        )?;
         let best = &mut inner.rooms[i];
         best.free -= 1;
         let worker = best.worker.clone();
         let score = score::score(rec, Some(&best.capabilities), rules.scoring, now);
         *inner.reserved.entry(worker.clone()).or_default() += 1;
-        Ok((
+        Some((
             Ticket {
                 lane: self,
                 worker: Some(worker),
@@ -439,47 +370,6 @@ mod tests {
             Some("plain")
         );
         assert_eq!(take_worker(&lane, &plain, &rules()), None, "all slots used");
-    }
-
-    /// A submission that finds a pass deciding, after the last pass left room, waits
-    /// for this pass to reopen the lane and takes what it left; with no reopening it
-    /// gives up after [`super::WAIT_FOR_PASS`]; while the fleet was full it does not
-    /// wait at all.
-    #[tokio::test(start_paused = true)]
-    async fn a_submission_waits_for_the_pass_that_suspended_the_lane() {
-        let lane = std::sync::Arc::new(DirectLane::default());
-        open(&lane, vec![room("w1", 2, &[])]);
-        lane.suspend();
-        let rec = job(JobSpec::command(["true"]));
-        let waiting = {
-            let (lane, rec) = (lane.clone(), rec.clone());
-            tokio::spawn(async move {
-                let started = tokio::time::Instant::now();
-                let taken = lane.take_or_wait(&rec, &rules(), now()).await;
-                let worker = taken.map(|(t, _)| t.worker().to_string());
-                (worker, started.elapsed())
-            })
-        };
-        // The pass decides for a moment, then reopens the lane with one slot left.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(!waiting.is_finished(), "took a slot while the pass decided");
-        open(&lane, vec![room("w1", 1, &[])]);
-        let (worker, waited) = waiting.await.unwrap();
-        assert_eq!(worker.as_deref(), Some("w1"));
-        assert!(waited < super::WAIT_FOR_PASS);
-
-        // Suspended and never reopened: the planned way, after the wait.
-        lane.suspend();
-        let started = tokio::time::Instant::now();
-        assert!(lane.take_or_wait(&rec, &rules(), now()).await.is_none());
-        assert!(started.elapsed() >= super::WAIT_FOR_PASS);
-
-        // A full fleet: the last pass left no room, so nothing to wait for.
-        open(&lane, vec![room("w1", 0, &[])]);
-        lane.suspend();
-        let started = tokio::time::Instant::now();
-        assert!(lane.take_or_wait(&rec, &rules(), now()).await.is_none());
-        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[test]

@@ -186,8 +186,7 @@ impl Service {
         };
         let ticket = self
             .lane
-            .take_or_wait(&rec, &rules, now)
-            .await
+            .take(&rec, &rules, now)
             .and_then(|(ticket, score)| {
                 fsm::lease_at_dispatch(
                     &mut rec,
