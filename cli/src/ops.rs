@@ -152,6 +152,32 @@ fn rpc_client(client: &async_nats::Client) -> RpcClient {
 const SUBMIT_ROUND: Duration = Duration::from_secs(4);
 const SUBMIT_ROUNDS: u32 = 3;
 
+/// A request whose repeats make nothing new (a keyed submission, a manifest), hedged
+/// ([`RpcClient::call_raw_hedged`]: a copy every quarter of `round` while unanswered)
+/// in up to `rounds` rounds. A coordinator that is paused or cut off stays in the RPC
+/// queue group for a while and NATS gives it about half the requests; a plain request
+/// that lands there fails after its timeout (and may still be applied when that
+/// coordinator wakes, so a retry by hand could apply it twice).
+pub(crate) async fn call_repeatable<Resp: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Vec<u8>,
+    round: Duration,
+    rounds: u32,
+) -> anyhow::Result<Resp> {
+    let rpc = RpcClient::new(client.clone(), round);
+    let mut tried = 1;
+    loop {
+        match rpc.call_raw_hedged(subject, body.clone().into()).await {
+            Err(CallError::Timeout { .. }) if tried < rounds => tried += 1,
+            answered => {
+                return answered
+                    .with_context(|| format!("{tried} round(s) of {round:?} on {subject}"))
+            }
+        }
+    }
+}
+
 /// `spec` with an idempotency key: its own, or one made for this one submission
 /// (`gf-submit-` and 128 random bits in hex; the second value is `true` then). With a
 /// key, copies of the request make one job, so the submission can be hedged.
@@ -174,15 +200,10 @@ pub async fn submit(url: &str, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     // Rounds of 4 s, a copy every second: with one of two coordinators stalled a round
     // fails when all 4 copies reach it (1 in 16), so 3 rounds (12 s at most; a plain
     // request waited 10 s) leave 1 in 4,096.
-    let rpc = RpcClient::new(client.clone(), SUBMIT_ROUND);
-    let mut round = 1;
-    let mut reply: SubmitReply = loop {
-        match rpc.call_raw_hedged(rpc::SUBMIT, body.clone().into()).await {
-            Err(CallError::Timeout { .. }) if round < SUBMIT_ROUNDS => round += 1,
-            answered => break answered,
-        }
-    }
-    .with_context(|| format!("submission failed after {round} round(s) of {SUBMIT_ROUND:?}"))?;
+    let mut reply: SubmitReply =
+        call_repeatable(&client, rpc::SUBMIT, body, SUBMIT_ROUND, SUBMIT_ROUNDS)
+            .await
+            .context("submission failed")?;
     // A key made here is seen before only when one copy was answered after another.
     reply.duplicate &= !made_key;
     if a.json && !a.wait {

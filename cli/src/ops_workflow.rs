@@ -58,6 +58,11 @@ pub fn manifest_table(m: &ManifestStatus) -> String {
     output::table(&["JOB", "ID", "STATE", "AFTER", "REASON"], &rows)
 }
 
+/// One round of a manifest's submission (a copy every quarter of it while unanswered),
+/// and how many rounds.
+const MANIFEST_ROUND: Duration = Duration::from_secs(12);
+const MANIFEST_ROUNDS: u32 = 3;
+
 /// `gf submit -f FILE`.
 pub async fn submit_manifest(
     url: &str,
@@ -66,11 +71,19 @@ pub async fn submit_manifest(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let m = read_manifest(file)?;
-    let c = client(url).await?;
-    let status: ManifestStatus = c
-        .call(rpc::MANIFEST_SUBMIT, &m)
-        .await
-        .context("manifest not submitted")?;
+    let nats = connect(url).await?;
+    // Hedged like `gf submit`: a repeated manifest creates nothing new (its jobs' keys
+    // come from its and their names). A large manifest takes a while to create, so
+    // copies are seconds apart.
+    let status: ManifestStatus = crate::ops::call_repeatable(
+        &nats,
+        rpc::MANIFEST_SUBMIT,
+        serde_json::to_vec(&m)?,
+        MANIFEST_ROUND,
+        MANIFEST_ROUNDS,
+    )
+    .await
+    .context("manifest not submitted")?;
     if !json {
         eprintln!(
             "manifest {}: {} job(s) created, {} existed",
@@ -87,13 +100,13 @@ pub async fn submit_manifest(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let nats = connect(url).await?;
     let mut ok = true;
     for j in &status.jobs {
         let rec = crate::ops::follow(&nats, j.job_id, !json).await?;
         ok &= rec.state == JobState::Succeeded;
     }
-    let status: ManifestStatus = c
+    let status: ManifestStatus = client(url)
+        .await?
         .call(rpc::MANIFEST_GET, &ManifestName { name: status.name })
         .await?;
     if json {

@@ -9,6 +9,7 @@ use common::*;
 use futures::StreamExt;
 use gf_schemas::names::{self, rpc};
 use gf_schemas::rpc::SubmitReply;
+use gf_schemas::{ManifestStatus, Reply};
 use gf_testkit::NatsServer;
 
 /// The submission's first copy goes to a stalled coordinator (the only member of the
@@ -53,6 +54,61 @@ async fn gf_submit_gets_past_a_stalled_coordinator_and_makes_one_job() -> anyhow
     let rec = client.job(reply.job_id).await?;
     let key = rec.spec.idempotency_key.unwrap_or_default();
     assert!(key.starts_with("gf-submit-"), "{key}");
+    coord.stop().await?;
+    Ok(())
+}
+
+/// `gf submit -f` the same way: its first copy reaches a stalled coordinator, a later
+/// copy is answered by a healthy one, and the held copy, applied when the stalled one
+/// wakes, creates nothing new (a manifest's jobs are keyed by its and their names).
+#[tokio::test]
+async fn gf_submit_manifest_gets_past_a_stalled_coordinator_and_makes_each_job_once(
+) -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("pair.toml");
+    std::fs::write(
+        &file,
+        "name = \"pair\"\n\n[[jobs]]\nname = \"first\"\ncommand = [\"true\"]\n\n\
+         [[jobs]]\nname = \"second\"\ndepends_on = [\"first\"]\ncommand = [\"true\"]\n",
+    )?;
+    let stalled = async_nats::connect(nats.url()).await?;
+    let mut held = stalled
+        .queue_subscribe(rpc::MANIFEST_SUBMIT, names::RPC_QUEUE_GROUP.into())
+        .await?;
+    stalled.flush().await?;
+
+    let (url, path) = (nats.url(), file.to_str().unwrap().to_string());
+    let submit = tokio::task::spawn_blocking(move || gf(&url, &["submit", "-f", &path, "--json"]));
+    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
+        .await?
+        .expect("the first copy reached the stalled coordinator");
+    held.unsubscribe().await?;
+    stalled.flush().await?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+
+    let (code, out, err) = submit.await??;
+    assert_eq!(code, 0, "gf submit -f failed: {err}");
+    let status: ManifestStatus = serde_json::from_str(out.trim())?;
+    assert_eq!((status.created, status.jobs.len()), (2, 2), "{status:?}");
+
+    // The stalled coordinator wakes and applies the copy it held.
+    let client = Client::connect(&nats).await?;
+    let late: Reply<ManifestStatus> = serde_json::from_slice(
+        &client
+            .nats
+            .request(rpc::MANIFEST_SUBMIT, first.payload.clone())
+            .await?
+            .payload,
+    )?;
+    let late = late.into_result()?;
+    assert_eq!(
+        late.created, 0,
+        "the held copy created jobs again: {late:?}"
+    );
+    let ids = |s: &ManifestStatus| s.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>();
+    assert_eq!(ids(&late), ids(&status));
     coord.stop().await?;
     Ok(())
 }
