@@ -112,3 +112,64 @@ async fn gf_submit_manifest_gets_past_a_stalled_coordinator_and_makes_each_job_o
     coord.stop().await?;
     Ok(())
 }
+
+/// The Python contract client (`clients/python/gf_submit.py`) the same way: it hedges
+/// its requests and keys its submission, so the copy a stalled coordinator held makes
+/// no second job when it is applied late.
+#[tokio::test]
+async fn python_client_gets_past_a_stalled_coordinator_and_makes_one_job() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let stalled = async_nats::connect(nats.url()).await?;
+    let mut held = stalled
+        .queue_subscribe(rpc::SUBMIT, names::RPC_QUEUE_GROUP.into())
+        .await?;
+    stalled.flush().await?;
+
+    let url = nats.url();
+    let submit = tokio::task::spawn_blocking(move || {
+        python_client(
+            &url,
+            &["--timeout", "30", "--timeout-per-try", "4", "--", "true"],
+        )
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
+        .await?
+        .expect("the first copy reached the stalled coordinator");
+    held.unsubscribe().await?;
+    stalled.flush().await?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let worker = Running::worker(worker_config(&nats.url(), 1)).await?;
+
+    let out = submit.await??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "python client failed ({}): {stdout}{stderr}\n(needs scripts/install-test-deps.sh)",
+        out.status
+    );
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
+    assert_eq!(last["state"], "succeeded", "{stdout}{stderr}");
+    let id: gf_schemas::JobId = last["job_id"].as_str().unwrap_or_default().parse()?;
+
+    let client = Client::connect(&nats).await?;
+    let late: SubmitReply = client
+        .rpc
+        .call_raw(rpc::SUBMIT, first.payload.clone())
+        .await?;
+    assert_eq!(late.job_id, id, "the held copy made a second job");
+    assert!(late.duplicate);
+    let key = client
+        .job(id)
+        .await?
+        .spec
+        .idempotency_key
+        .unwrap_or_default();
+    assert!(key.starts_with("py-submit-"), "{key}");
+    worker.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
