@@ -21,9 +21,9 @@ thread_local! {
     // Handles of the series recorded for every job, looked up by the recorder once per
     // label set and thread: doing it per call (the labels allocated, the key hashed
     // and compared in the recorder's registry) was about 4 % of the leader's CPU under
-    // load (profiled, issue 20). Invariant: the global recorder is installed before
-    // the first job is handled (`gf_telemetry::init`, at start), so no handle here
-    // belongs to the no-op recorder.
+    // load (profiled, issue 20). Invariant: only filled once `gf_telemetry::install`
+    // ran (the global recorder never changes after it), so no handle here belongs to
+    // the no-op recorder of a process that installs its recorder later.
     static COUNTERS: RefCell<Handles<Counter>> = RefCell::default();
     static HISTOGRAMS: RefCell<Handles<Histogram>> = RefCell::default();
 }
@@ -50,6 +50,9 @@ fn with_handle<H>(
     fixed: [(&'static str, &'static str); 2],
     f: impl FnOnce(&H),
 ) {
+    if !gf_telemetry::installed() {
+        return f(&register(name, labels(queue, fixed)));
+    }
     cache.with_borrow_mut(|c| {
         let per_queue = c.entry((name, fixed)).or_default();
         // A series either always has a queue label or never: `""` is never mixed up
@@ -404,6 +407,21 @@ mod tests {
 
     /// Only a follower that is offline or silent counts against the alert; one that
     /// is up but behind is `lagging`.
+    /// A per-job series recorded before the recorder is installed (and lost, as any
+    /// metric then) does not leave a dead handle behind: once installed, it counts.
+    #[test]
+    fn a_series_recorded_before_the_recorder_counts_after_it() {
+        finished("early", JobState::Succeeded);
+        let handle = gf_telemetry::install("test");
+        finished("early", JobState::Succeeded);
+        finished("early", JobState::Succeeded);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"gf_jobs_finished_total{queue="early",state="succeeded"} 2"#),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_lagging_follower_is_not_a_replica_down() {
         let counts = ReplicaCounts::of(

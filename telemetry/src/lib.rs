@@ -351,6 +351,12 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Whether [`install`] ran in this process: from then on the global recorder stays
+/// the same, so a handle taken from it may be kept.
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// Installs the process-wide recorder once and returns the handle that renders
 /// `/metrics`. Safe to call from every part started in one process.
 pub fn install(component: &'static str) -> PrometheusHandle {
