@@ -619,10 +619,15 @@ fn print_run(r: &Run) {
         .map(|(k, v)| format!("{k} {v:.2}"))
         .collect();
     cpu.sort();
+    let total = r.cpu_ms_per_job.values().sum::<f64>();
+    // How busy the processes kept the machine: a latency figure means little without
+    // it (half the max rate, submitted one job per request, is not half the CPU).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
-        "    CPU ms per job: {} (total {:.2})",
+        "    CPU ms per job: {} (total {total:.2}; {:.0} % of {cores} cores at {:.0} jobs/s)",
         cpu.join(", "),
-        r.cpu_ms_per_job.values().sum::<f64>()
+        100.0 * total * r.jobs_per_sec / (1000.0 * cores),
+        r.jobs_per_sec,
     );
     let mut w: Vec<_> = r.writes_per_job.iter().collect();
     w.sort_by(|a, b| a.0.cmp(b.0));
