@@ -7,10 +7,41 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
+use gf_coordinator::Coordinator;
 use gf_schemas::names::{self, rpc};
 use gf_schemas::rpc::SubmitReply;
 use gf_schemas::{ManifestStatus, Reply};
 use gf_testkit::NatsServer;
+
+/// Runs `client` (blocking, given the NATS URL) while the only member of the RPC queue
+/// group on `subject` is a stalled coordinator. Once that one holds the first copy of
+/// the request it leaves the group (as NATS drops a stalled member) and a healthy
+/// coordinator starts. Returns the held copy, the healthy coordinator and the client,
+/// still running.
+async fn past_a_stalled_coordinator<T: Send + 'static>(
+    nats: &NatsServer,
+    subject: &'static str,
+    client: impl FnOnce(String) -> T + Send + 'static,
+) -> anyhow::Result<(
+    async_nats::Message,
+    Running<Coordinator>,
+    tokio::task::JoinHandle<T>,
+)> {
+    let stalled = async_nats::connect(nats.url()).await?;
+    let mut held = stalled
+        .queue_subscribe(subject, names::RPC_QUEUE_GROUP.into())
+        .await?;
+    stalled.flush().await?;
+    let url = nats.url();
+    let running = tokio::task::spawn_blocking(move || client(url));
+    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
+        .await?
+        .expect("the first copy reached the stalled coordinator");
+    held.unsubscribe().await?;
+    stalled.flush().await?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    Ok((first, coord, running))
+}
 
 /// The submission's first copy goes to a stalled coordinator (the only member of the
 /// queue group then), which NATS afterwards drops while a healthy one starts: a later
@@ -20,20 +51,10 @@ use gf_testkit::NatsServer;
 async fn gf_submit_gets_past_a_stalled_coordinator_and_makes_one_job() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
-    let stalled = async_nats::connect(nats.url()).await?;
-    let mut held = stalled
-        .queue_subscribe(rpc::SUBMIT, names::RPC_QUEUE_GROUP.into())
-        .await?;
-    stalled.flush().await?;
-
-    let url = nats.url();
-    let submit = tokio::task::spawn_blocking(move || gf(&url, &["submit", "--json", "--", "true"]));
-    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
-        .await?
-        .expect("the first copy reached the stalled coordinator");
-    held.unsubscribe().await?;
-    stalled.flush().await?;
-    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let (first, coord, submit) = past_a_stalled_coordinator(&nats, rpc::SUBMIT, |url| {
+        gf(&url, &["submit", "--json", "--", "true"])
+    })
+    .await?;
 
     let (code, out, err) = submit.await??;
     assert_eq!(code, 0, "gf submit failed: {err}");
@@ -73,20 +94,12 @@ async fn gf_submit_manifest_gets_past_a_stalled_coordinator_and_makes_each_job_o
         "name = \"pair\"\n\n[[jobs]]\nname = \"first\"\ncommand = [\"true\"]\n\n\
          [[jobs]]\nname = \"second\"\ndepends_on = [\"first\"]\ncommand = [\"true\"]\n",
     )?;
-    let stalled = async_nats::connect(nats.url()).await?;
-    let mut held = stalled
-        .queue_subscribe(rpc::MANIFEST_SUBMIT, names::RPC_QUEUE_GROUP.into())
+    let path = file.to_str().unwrap().to_string();
+    let (first, coord, submit) =
+        past_a_stalled_coordinator(&nats, rpc::MANIFEST_SUBMIT, move |url| {
+            gf(&url, &["submit", "-f", &path, "--json"])
+        })
         .await?;
-    stalled.flush().await?;
-
-    let (url, path) = (nats.url(), file.to_str().unwrap().to_string());
-    let submit = tokio::task::spawn_blocking(move || gf(&url, &["submit", "-f", &path, "--json"]));
-    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
-        .await?
-        .expect("the first copy reached the stalled coordinator");
-    held.unsubscribe().await?;
-    stalled.flush().await?;
-    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
 
     let (code, out, err) = submit.await??;
     assert_eq!(code, 0, "gf submit -f failed: {err}");
@@ -120,25 +133,13 @@ async fn gf_submit_manifest_gets_past_a_stalled_coordinator_and_makes_each_job_o
 async fn python_client_gets_past_a_stalled_coordinator_and_makes_one_job() -> anyhow::Result<()> {
     init_tracing();
     let nats = NatsServer::start()?;
-    let stalled = async_nats::connect(nats.url()).await?;
-    let mut held = stalled
-        .queue_subscribe(rpc::SUBMIT, names::RPC_QUEUE_GROUP.into())
-        .await?;
-    stalled.flush().await?;
-
-    let url = nats.url();
-    let submit = tokio::task::spawn_blocking(move || {
+    let (first, coord, submit) = past_a_stalled_coordinator(&nats, rpc::SUBMIT, |url| {
         python_client(
             &url,
             &["--timeout", "30", "--timeout-per-try", "4", "--", "true"],
         )
-    });
-    let first = tokio::time::timeout(Duration::from_secs(20), held.next())
-        .await?
-        .expect("the first copy reached the stalled coordinator");
-    held.unsubscribe().await?;
-    stalled.flush().await?;
-    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    })
+    .await?;
     let worker = Running::worker(worker_config(&nats.url(), 1)).await?;
 
     let out = submit.await??;
