@@ -489,7 +489,16 @@ async fn submission_dispatches_when_a_worker_has_room() -> anyhow::Result<()> {
     assert_eq!(rec.epoch, 1);
     claim_and_finish(queued.job_id, 1).await?;
     for id in [early.job_id, direct.job_id, queued.job_id] {
-        assert_eq!(client.job(id).await?.state, JobState::Succeeded);
+        let rec = client.job(id).await?;
+        assert_eq!(rec.state, JobState::Succeeded);
+        // Every write stamps its time: the operator counters key a finished job by it
+        // and take its submit→done latency from it (it had stayed the time of the
+        // dispatch, or of the submission for a job dispatched at submission).
+        assert_eq!(
+            Some(rec.updated_at),
+            rec.history.last().and_then(|a| a.ended_at),
+            "job {id}: updated when it ended"
+        );
     }
     // Stopping does not wait for every service handle to go (this test still holds one).
     tokio::time::timeout(Duration::from_secs(30), coord.stop())

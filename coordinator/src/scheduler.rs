@@ -887,7 +887,7 @@ async fn preempt(
 ) {
     let result = service
         .store
-        .modify_job(&victim, |rec| {
+        .modify_job(&victim, now, |rec| {
             let r = fsm::preempt(rec, epoch, &for_job, now);
             let changed = r.is_some();
             Ok((r, changed))
@@ -936,7 +936,7 @@ async fn reap_expired(service: &Service, view: &mut View) {
     for id in expired {
         let result = service
             .store
-            .modify_job(&id, |rec| {
+            .modify_job(&id, now, |rec| {
                 let holder = rec.lease.as_ref().map(|l| l.worker.clone());
                 if let Some(rev) = fsm::expire_lease(rec, now) {
                     return Ok((Some((rev, holder, true)), true));

@@ -288,7 +288,7 @@ impl Service {
     /// Records `child` under `parent`, so the parent's completion waits for it.
     async fn adopt(&self, parent: &JobId, child: JobId) -> Result<(), RpcError> {
         self.store
-            .modify_job(parent, |rec| {
+            .modify_job(parent, self.clock.now(), |rec| {
                 if rec.children.contains(&child) {
                     return Ok(((), false));
                 }
@@ -317,7 +317,7 @@ impl Service {
     pub async fn requeue(&self, id: &JobId) -> Result<CancelReply, RpcError> {
         let rec = match self
             .store
-            .modify_job(id, |rec| Ok((fsm::requeue(rec)?, true)))
+            .modify_job(id, self.clock.now(), |rec| Ok((fsm::requeue(rec)?, true)))
             .await
         {
             Ok((_, rec, _)) => rec,
@@ -344,7 +344,9 @@ impl Service {
         let reason = reason.unwrap_or_else(|| "rejected by operator".into());
         let (_, rec, _) = self
             .store
-            .modify_job(id, |rec| Ok((fsm::reject(rec, &reason)?, true)))
+            .modify_job(id, self.clock.now(), |rec| {
+                Ok((fsm::reject(rec, &reason)?, true))
+            })
             .await?;
         self.events
             .job(EventKind::JobCancelled, &rec, format!("rejected: {reason}"));
@@ -668,7 +670,7 @@ impl Service {
         let now = self.clock.now();
         let ((revocation, changed), rec, _) = self
             .store
-            .modify_job(id, |rec| {
+            .modify_job(id, now, |rec| {
                 let changed = rec.state != JobState::Cancelled;
                 let r = fsm::cancel(rec, &reason, now)?;
                 Ok(((r, changed), changed))
@@ -857,7 +859,7 @@ impl Service {
         let now = self.clock.now();
         let claimed = self
             .store
-            .modify_job(&req.job_id, |rec| {
+            .modify_job(&req.job_id, now, |rec| {
                 let first = rec.state == JobState::Dispatched;
                 let reply = fsm::claim(rec, req.epoch, &req.worker_id, &caps, ttl, now)?;
                 Ok((reply, first))
@@ -910,7 +912,7 @@ impl Service {
         let ran = req.ran_ms.map(std::time::Duration::from_millis);
         let ((lease, first), rec, _) = self
             .store
-            .modify_job(&req.job_id, |rec| {
+            .modify_job(&req.job_id, now, |rec| {
                 let first = rec.state == JobState::Dispatched;
                 let lease = fsm::renew(rec, req.epoch, &req.worker_id, ran, now)?;
                 Ok(((lease, first), true))
@@ -929,7 +931,7 @@ impl Service {
         let ran = req.ran_ms.map(std::time::Duration::from_millis);
         let ((done, first), rec, rev) = self
             .store
-            .modify_job(&req.job_id, |rec| {
+            .modify_job(&req.job_id, now, |rec| {
                 let first = rec.state == JobState::Dispatched;
                 // The attempt being completed: not counted yet when this completion is
                 // what confirms its start.
@@ -1009,7 +1011,7 @@ impl Service {
         let now = self.clock.now();
         let (_, rec, _) = self
             .store
-            .modify_job(&req.job_id, |rec| {
+            .modify_job(&req.job_id, now, |rec| {
                 fsm::release(rec, req.epoch, &req.worker_id, &req.reason, now)?;
                 Ok(((), true))
             })

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use gf_schemas::names::{
     self, BUCKET_BUDGETS, BUCKET_IDEM, BUCKET_JOBS, BUCKET_LEADER, BUCKET_SCHEDULES, BUCKET_WORKERS,
 };
-use gf_schemas::{JobId, JobRecord, JobState, RpcError};
+use gf_schemas::{JobId, JobRecord, JobState, RpcError, Timestamp};
 
 use crate::error::StoreError;
 
@@ -389,6 +389,10 @@ impl Store {
     /// revision-checked, and on a conflict starts over from the leader's copy. `f` sees
     /// the record read every time, so a retry decides again rather than replaying.
     ///
+    /// A record `f` changes is stamped `updated_at = now` (the caller's server-anchored
+    /// time), so every write says when it happened: the operator counters key a finished
+    /// job by it and measure its submit→done latency from it.
+    ///
     /// Returns `f`'s output, the record as written and its revision. When `f` returns
     /// `Ok((out, false))` nothing is written; that answer, any error and "no such job"
     /// always come from the leader's copy ([`Store::load_job_latest`]): only a
@@ -396,6 +400,7 @@ impl Store {
     pub async fn modify_job<T>(
         &self,
         id: &JobId,
+        now: Timestamp,
         mut f: impl FnMut(&mut JobRecord) -> Result<(T, bool), RpcError>,
     ) -> Result<(T, JobRecord, u64), RpcError> {
         #[derive(PartialEq)]
@@ -440,6 +445,7 @@ impl Store {
                 }
                 return Ok((out, rec, rev));
             }
+            rec.updated_at = now;
             match self.update_job(&rec, rev).await {
                 Ok(new_rev) => return Ok((out, rec, new_rev)),
                 Err(StoreError::Conflict(_)) => continue,

@@ -201,7 +201,7 @@ async fn refuse(
         .await;
     let noted = service
         .store
-        .modify_job(&rec.id, |r| {
+        .modify_job(&rec.id, service.clock.now(), |r| {
             // An upload by the holder of a lease granted at dispatch shows it started.
             if let Some(w) = r.lease.as_ref().map(|l| l.worker.clone()) {
                 crate::fsm::confirm_start(r, epoch, &w, None, service.clock.now());
