@@ -399,6 +399,26 @@ pub struct WorkerArgs {
     /// `gf factory rotate ID` asks a running worker to do the same.
     #[arg(long, requires = "key_dir")]
     pub rotate_key: bool,
+    /// Threads running the worker's own tasks (NATS, leases, heartbeats, the jobs'
+    /// pipes); its jobs are processes of their own and blocking work has its own
+    /// pool, so one is enough. More only help in-process handlers that compute.
+    #[arg(long, env = "GF_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+}
+
+/// The async runtime `cli`'s command runs on. A worker's has
+/// [`WorkerArgs::threads`] threads: a worker waits on NATS and on its jobs'
+/// processes, and a second thread only adds wake-ups (eight 8-slot workers on two
+/// cores spent 0.041 ms of CPU per no-op job with two threads each, 0.030 with one;
+/// BENCHMARKS.md, issue 20 phase J). Every other command gets tokio's default, a
+/// thread per core (`TOKIO_WORKER_THREADS` overrides it).
+pub fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Worker(w) = &cli.command {
+        builder.worker_threads(w.threads.into());
+    }
+    builder.enable_all().build()
 }
 
 impl WorkerArgs {
@@ -663,7 +683,23 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_api_tokens_file;
+    use clap::Parser;
+
+    use super::{parse_api_tokens_file, runtime, Cli};
+
+    #[test]
+    fn a_worker_runs_on_one_thread_unless_told_and_refuses_none() {
+        let threads = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            runtime(&cli).expect("runtime").metrics().num_workers()
+        };
+        assert_eq!(threads(&["gf", "worker"]), 1);
+        assert_eq!(threads(&["gf", "worker", "--threads", "3"]), 3);
+        // Other commands keep tokio's default (a thread per core, or the env's).
+        assert!(threads(&["gf", "coordinator"]) >= 1);
+        let err = Cli::try_parse_from(["gf", "worker", "--threads", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--threads"), "{err}");
+    }
 
     const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 

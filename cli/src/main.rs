@@ -6,7 +6,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     gf_cli::allocator::configure();
     let cli = gf_cli::Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = gf_cli::runtime(&cli).expect("tokio runtime");
     match runtime.block_on(gf_cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {

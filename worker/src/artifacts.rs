@@ -141,14 +141,19 @@ impl JobDirs {
             }
             req.after = Some(reply.next);
         };
-        if data.len() as u64 != info.size || hex::encode(Sha256::digest(&data)) != info.sha256 {
-            return Err("checkpoint does not match its size and SHA-256".into());
-        }
         let dir = self.checkpoint.clone();
-        tokio::task::spawn_blocking(move || tar::Archive::new(&data[..]).unpack(&dir))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot unpack the checkpoint: {e}"))?;
+        // Hashed and unpacked off the worker's runtime threads (often one): a large
+        // checkpoint must not hold up heartbeats and the other slots' jobs.
+        tokio::task::spawn_blocking(move || {
+            if data.len() as u64 != info.size || hex::encode(Sha256::digest(&data)) != info.sha256 {
+                return Err("checkpoint does not match its size and SHA-256".to_string());
+            }
+            tar::Archive::new(&data[..])
+                .unpack(&dir)
+                .map_err(|e| format!("cannot unpack the checkpoint: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         Ok(true)
     }
 
