@@ -331,7 +331,7 @@ fn close_attempt(
 
 fn add_usage(rec: &mut JobRecord, usage: Option<&Usage>) {
     let Some(u) = usage else { return };
-    let total = rec.usage.get_or_insert_with(Usage::default);
+    let total = rec.usage.get_or_insert_with(Box::default);
     total.provider = u.provider.clone().or(total.provider.take());
     total.model = u.model.clone().or(total.model.take());
     total.input_tokens += u.input_tokens;

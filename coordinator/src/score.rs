@@ -322,10 +322,10 @@ mod tests {
         );
         let mut s = JobSpec::command(["x"]);
         s.product = "p".into();
-        s.weights = Some(ScoreWeights {
+        s.weights = Some(Box::new(ScoreWeights {
             priority: Some(3.0),
             ..Default::default()
-        });
+        }));
         let w = cfg.weights_for(&s);
         assert_eq!((w.priority, w.retry, w.waiting), (3.0, 7.0, 1.0));
     }

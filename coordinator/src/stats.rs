@@ -859,14 +859,14 @@ mod tests {
         let now = t(10_000);
         let mut a = Aggregator::new();
         let mut j = job("q", JobState::Running, 9_000, 9_000);
-        j.usage = Some(Usage {
+        j.usage = Some(Box::new(Usage {
             provider: Some("acme".into()),
             model: Some("m1".into()),
             input_tokens: 100,
             output_tokens: 50,
             calls: 2,
             cost: 0.5,
-        });
+        }));
         a.ingest(&j, now);
         j.state = JobState::Succeeded;
         j.history.push(Attempt {

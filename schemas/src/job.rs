@@ -67,8 +67,10 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prefer: BTreeMap<String, String>,
     /// Score weights for this job, overriding the product's and the defaults.
+    // Boxed, as rare and large (144 bytes) fields of a record are: the leader holds
+    // every live job's record in memory, and a record's size is paid by each of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights: Option<ScoreWeights>,
+    pub weights: Option<Box<ScoreWeights>>,
     /// Jobs that must all succeed before this one runs. If one fails for good, this
     /// job is cancelled with that reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -487,8 +489,9 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     /// Usage summed over all reported attempts.
+    // Boxed for the same reason as `JobSpec::weights`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
+    pub usage: Option<Box<Usage>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
     /// Jobs created under this one (see `JobSpec::parent`).

@@ -264,9 +264,9 @@ pub fn resolve(
         "tags".into(),
         both(!spec.tags.is_empty(), !profile.tags.is_empty()),
     );
-    out.weights = match (&profile.weights, &spec.weights) {
-        (None, w) | (w, None) => w.clone(),
-        (Some(p), Some(s)) => Some(ScoreWeights {
+    out.weights = match (profile.weights.as_ref(), spec.weights.as_deref()) {
+        (None, w) | (w, None) => w.cloned().map(Box::new),
+        (Some(p), Some(s)) => Some(Box::new(ScoreWeights {
             priority: s.priority.or(p.priority),
             waiting: s.waiting.or(p.waiting),
             retry: s.retry.or(p.retry),
@@ -276,7 +276,7 @@ pub fn resolve(
             success: s.success.or(p.success),
             speed: s.speed.or(p.speed),
             failed_here: s.failed_here.or(p.failed_here),
-        }),
+        })),
     };
     from.insert(
         "weights".into(),
@@ -356,10 +356,10 @@ mod tests {
         s.env.insert("MODEL".into(), "small".into());
         s.env.insert("DEBUG".into(), "1".into());
         s.tags.insert("gpu".into());
-        s.weights = Some(ScoreWeights {
+        s.weights = Some(Box::new(ScoreWeights {
             waiting: Some(3.0),
             ..Default::default()
-        });
+        }));
         let (r, from) = resolve("agent", &agent(), &s);
         assert_eq!(r.command, ["run-agent", "--repo", "acme/api", "TICKET-42"]);
         assert_eq!(r.profile.as_deref(), Some("agent"));

@@ -388,22 +388,22 @@ mod tests {
         let mut spec = JobSpec::command(["eval"]);
         spec.labels.insert("kind".into(), "eval".into());
         let mut old = JobRecord::new(JobId::new(), spec, t(0));
-        old.usage = Some(Usage {
+        old.usage = Some(Box::new(Usage {
             input_tokens: 10,
             cost: 0.1,
             ..Default::default()
-        });
+        }));
         running(&mut old, 1, "w1", 100);
         let mut new = old.clone();
         assert!(rows_between(&old, &new, &workers, &routing, &Learned::default()).is_empty());
         new.history[0].ended_at = Some(t(1100));
         new.history[0].outcome = Some(AttemptOutcome::Succeeded { exit_code: 0 });
-        new.usage = Some(Usage {
+        new.usage = Some(Box::new(Usage {
             input_tokens: 40,
             output_tokens: 5,
             cost: 0.4,
             ..Default::default()
-        });
+        }));
         let rows = rows_between(&old, &new, &workers, &routing, &Learned::default());
         assert_eq!(rows.len(), 1);
         let r = &rows[0];

@@ -563,11 +563,11 @@ mod tests {
             spec.max_cost = Some(rng.random_range(0..4) as f64 * 0.5);
         }
         if rng.random_bool(0.08) {
-            spec.weights = Some(ScoreWeights {
+            spec.weights = Some(Box::new(ScoreWeights {
                 waiting: Some([-1.0, 0.0, 0.5, 3.0][rng.random_range(0..4)]),
                 priority: rng.random_bool(0.5).then_some(7.0),
                 ..Default::default()
-            });
+            }));
         }
         if !others.is_empty() && rng.random_bool(0.08) {
             spec.depends_on = vec![others[rng.random_range(0..others.len())]];

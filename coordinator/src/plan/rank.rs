@@ -566,10 +566,10 @@ mod tests {
     fn fixed(priority: u8, waiting: f64) -> Fixed {
         let mut spec = JobSpec::command(["true"]);
         spec.priority = priority;
-        spec.weights = Some(gf_schemas::ScoreWeights {
+        spec.weights = Some(Box::new(gf_schemas::ScoreWeights {
             waiting: Some(waiting),
             ..Default::default()
-        });
+        }));
         let rec = JobRecord::new(JobId::new(), spec, Timestamp::from_unix_millis(0));
         Fixed::of(&rec, &ScoringConfig::default())
     }
