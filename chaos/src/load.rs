@@ -446,6 +446,32 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
             p.jobs_per_sec
         );
     }
+    // The issue 20 target: the fleet against its own lifecycle as bare messages (the
+    // built one, archive copy included; without it too, as measured before phase L).
+    for (lifecycle, target) in [
+        (Lifecycle::Archived, Some(80.0)),
+        (Lifecycle::LeaseGrant, None),
+    ] {
+        let Some(p) = report
+            .protocol
+            .iter()
+            .find(|p| p.lifecycle == lifecycle.label())
+        else {
+            continue;
+        };
+        let share = 100.0 * best.jobs_per_sec / p.jobs_per_sec;
+        println!(
+            "project max {:.0} jobs/s = {share:.1}% of the built lifecycle as bare messages ({}), {:.0} jobs/s{}",
+            best.jobs_per_sec,
+            p.lifecycle,
+            p.jobs_per_sec,
+            match target {
+                Some(t) if share >= t => format!(" (target ≥ {t:.0}%: met)"),
+                Some(t) => format!(" (target ≥ {t:.0}%: missed)"),
+                None => String::new(),
+            }
+        );
+    }
     if !args.no_peers {
         match peers_installed() {
             Ok(installed) => report.peers = Some(compare(gf, &args, &installed).await?),
@@ -544,7 +570,7 @@ fn print_ceiling_ratios(report: &LoadReport) {
     println!("protocol ceilings, old and new lifecycles side by side:");
     for p in &report.protocol {
         println!(
-            "    {:<48} {:<38} {:>7.0} jobs/s  {:>5.1}% of the raw ceiling",
+            "    {:<44} {:<56} {:>7.0} jobs/s  {:>5.1}% of the raw ceiling",
             p.generation,
             p.lifecycle,
             p.jobs_per_sec,
@@ -564,7 +590,7 @@ fn print_ceiling_ratios(report: &LoadReport) {
     if let (Some(old), Some(new)) = (by(Lifecycle::NoticeOnlyDispatch), by(Lifecycle::NoClaim)) {
         println!("    new / old, at submission: {:.2}×", new / old);
     }
-    if let (Some(old), Some(new)) = (by(Lifecycle::Design), by(Lifecycle::LeaseGrant)) {
+    if let (Some(old), Some(new)) = (by(Lifecycle::Design), by(Lifecycle::Archived)) {
         println!("    built / old, by a pass: {:.2}×", new / old);
     }
 }
@@ -1474,6 +1500,12 @@ enum Lifecycle {
     /// ack), as `gf.ctl.worker.<id>` carries it. One message per job here (the real
     /// leader sends one per worker per pass).
     LeaseGrant,
+    /// What issue 20 built, whole: [`Self::LeaseGrant`] and the archive copy the leader
+    /// publishes for every finished record it sees in its watch (issue 19's archive,
+    /// taken over by the leader in issue 20 phase E): a publish with a message id to a
+    /// compressed file stream with a duplicate window, its ack awaited. A stored write
+    /// per job that [`Self::LeaseGrant`] leaves out.
+    Archived,
     /// No coordinator on the job's path: the submitter creates the record and publishes
     /// the notice itself, the worker writes `running` (its lease) and `done` with
     /// compare-and-sets of its own, and the coordinator only watches. Outside the
@@ -1483,12 +1515,13 @@ enum Lifecycle {
 }
 
 impl Lifecycle {
-    const ALL: [Lifecycle; 6] = [
+    const ALL: [Lifecycle; 7] = [
         Self::Design,
         Self::NoticeOnlyDispatch,
         Self::LeaseAtDispatch,
         Self::NoClaim,
         Self::LeaseGrant,
+        Self::Archived,
         Self::WorkersWrite,
     ];
 
@@ -1499,6 +1532,7 @@ impl Lifecycle {
             Self::LeaseAtDispatch => "lease at dispatch",
             Self::NoClaim => "dispatch as a notice only, no claim",
             Self::LeaseGrant => "lease at dispatch, granted on the worker's subject",
+            Self::Archived => "lease granted on the worker's subject, archived",
             Self::WorkersWrite => "workers write the records (no coordinator on the path)",
         }
     }
@@ -1512,7 +1546,8 @@ impl Lifecycle {
             Self::NoticeOnlyDispatch => "today, dispatched at submission (direct lane)",
             Self::LeaseAtDispatch => "new (lease at dispatch), by a pass",
             Self::NoClaim => "new (lease at dispatch), at submission",
-            Self::LeaseGrant => "built (issue 20 phase B), by a pass",
+            Self::LeaseGrant => "built (issue 20 phase B), by a pass, no archive",
+            Self::Archived => "built (issue 20 phases B and E), by a pass",
             Self::WorkersWrite => "outside the design",
         }
     }
@@ -1524,8 +1559,14 @@ impl Lifecycle {
             Self::LeaseAtDispatch => 3,
             Self::NoClaim => 2,
             Self::LeaseGrant => 3,
+            Self::Archived => 4,
             Self::WorkersWrite => 3,
         }
+    }
+
+    /// Whether the grant is a plain publish on the chosen worker's own subject.
+    fn grants(self) -> bool {
+        matches!(self, Self::LeaseGrant | Self::Archived)
     }
 
     /// Whether the worker asks for the job (a claim request) before running it.
@@ -1559,6 +1600,7 @@ async fn protocol_ceiling(
     const NOTICES: &str = "proto.dispatch";
     const GRANTS: &str = "proto.grant";
     const BUCKET: &str = "proto_jobs";
+    const ARCHIVE: &str = "proto.archive";
     // The coordinator's connection is the one `Bare` opens.
     let Bare {
         cluster,
@@ -1567,6 +1609,18 @@ async fn protocol_ceiling(
         kv,
         stream,
     } = Bare::start(false, BUCKET, "PROTO_DISPATCH", NOTICES).await?;
+    if lifecycle == Lifecycle::Archived {
+        // The archive stream's settings that cost per message (`GF_ARCHIVE`'s).
+        js.create_stream(stream::Config {
+            name: "PROTO_ARCHIVE".into(),
+            subjects: vec![format!("{ARCHIVE}.>")],
+            storage: stream::StorageType::File,
+            compression: Some(stream::Compression::S2),
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await?;
+    }
     stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("proto".into()),
@@ -1630,14 +1684,35 @@ async fn protocol_ceiling(
             }
         });
     }
+    // Jobs through their whole lifecycle: completed, or with an archive, archived.
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
     // The leader: a watch of every record write; a new job is dispatched.
     let mut watch = kv.watch_all().await?;
     {
         let (kv, js, revs, handlers) = (kv.clone(), js.clone(), revs.clone(), handlers.clone());
-        let coord = coord.clone();
+        let (coord, done, all_done) = (coord.clone(), done.clone(), all_done.clone());
         let granted = Arc::new(AtomicUsize::new(0));
         tasks.spawn(async move {
             while let Some(Ok(e)) = watch.next().await {
+                if e.value.first() == Some(&b'D') && lifecycle == Lifecycle::Archived {
+                    // The finished record's archive copy, as the leader's archiver
+                    // publishes it: its own subject, a message id, the ack awaited.
+                    let (js, done, all_done) = (js.clone(), done.clone(), all_done.clone());
+                    handlers.spawn(async move {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", format!("{}.{}", e.key, e.revision).as_str());
+                        let subject = format!("{ARCHIVE}.{}", e.key);
+                        let Ok(ack) = js.publish_with_headers(subject, headers, e.value).await
+                        else {
+                            return;
+                        };
+                        if ack.await.is_ok() && done.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                            all_done.notify_one();
+                        }
+                    });
+                    continue;
+                }
                 // With workers writing, the coordinator only observes.
                 if e.value.first() != Some(&b'P') || lifecycle == Lifecycle::WorkersWrite {
                     continue;
@@ -1652,7 +1727,9 @@ async fn protocol_ceiling(
                     // that makes the record running under the chosen worker's lease.
                     let dispatch_write = match lifecycle {
                         Lifecycle::Design => Some(b'S'),
-                        Lifecycle::LeaseAtDispatch | Lifecycle::LeaseGrant => Some(b'R'),
+                        Lifecycle::LeaseAtDispatch
+                        | Lifecycle::LeaseGrant
+                        | Lifecycle::Archived => Some(b'R'),
                         _ => None,
                     };
                     if let Some(state) = dispatch_write {
@@ -1661,7 +1738,7 @@ async fn protocol_ceiling(
                         };
                         note(&revs, &e.key, rev);
                     }
-                    if lifecycle == Lifecycle::LeaseGrant {
+                    if lifecycle.grants() {
                         // To the chosen worker (round robin), on its own subject.
                         let w = granted.fetch_add(1, Ordering::Relaxed) % workers;
                         let _ = coord
@@ -1677,11 +1754,9 @@ async fn protocol_ceiling(
         });
     }
     // Workers: pull, ack, claim, complete, `slots` at a time each.
-    let done = Arc::new(AtomicUsize::new(0));
-    let all_done = Arc::new(tokio::sync::Notify::new());
     for w in 0..workers {
         let client = connect(&cluster).await?;
-        if lifecycle == Lifecycle::LeaseGrant {
+        if lifecycle.grants() {
             // Its grants come on its own subject; it runs each and completes it.
             let grants = client.subscribe(format!("{GRANTS}.{w}")).await?;
             // The server has the subscription before any grant is sent.
@@ -1693,7 +1768,9 @@ async fn protocol_ceiling(
                         let (client, done, all_done) =
                             (client.clone(), done.clone(), all_done.clone());
                         async move {
+                            // With an archive, a job is done once archived.
                             if client.request(COMPLETE, m.payload).await.is_ok()
+                                && lifecycle != Lifecycle::Archived
                                 && done.fetch_add(1, Ordering::Relaxed) + 1 == n
                             {
                                 all_done.notify_one();

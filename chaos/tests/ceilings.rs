@@ -35,6 +35,7 @@ fn ceilings_only_measures_every_lifecycle() -> anyhow::Result<()> {
         ("lease at dispatch", 3, 9.0),
         ("dispatch as a notice only, no claim", 2, 8.0),
         ("lease at dispatch, granted on the worker's subject", 3, 8.0),
+        ("lease granted on the worker's subject, archived", 4, 9.0),
         (
             "workers write the records (no coordinator on the path)",
             3,
