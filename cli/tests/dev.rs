@@ -25,7 +25,17 @@ struct Dev {
 
 impl Dev {
     fn start(data: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gf"))
+        Self::start_with(data, extra, |_| {})
+    }
+
+    /// [`Dev::start`], with `configure` changing the command before it is spawned.
+    fn start_with(
+        data: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gf"));
+        command
             .args([
                 "dev",
                 "--workers",
@@ -42,8 +52,9 @@ impl Dev {
             .env_remove("GF_ENV")
             .env("GF_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+            .stderr(Stdio::null());
+        configure(&mut command);
+        let mut child = command.spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -302,6 +313,74 @@ async fn dev_is_secured_and_reruns_with_the_same_credentials() -> anyhow::Result
     let (code, _, err) = gf(&admin, &["submit", "--wait", "--", "echo", "again"])?;
     assert_eq!(code, 0, "{err}");
     dev.stop()?;
+    Ok(())
+}
+
+/// The processes whose command line names `dir` (a `gf dev`'s data folder: its
+/// nats-server's store is under it).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// Ctrl-C in a terminal signals the whole foreground process group. `gf dev` stops
+/// its workers and coordinator while its NATS is still up (they drain and flush), then
+/// the NATS it started, and exits 0 with nothing left running. (Before, the server
+/// took the signal too and stopped first: the workers stopped "without flushing" and
+/// the coordinator's events were "not flushed".)
+#[tokio::test]
+async fn ctrl_c_stops_the_fleet_before_its_nats() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let data_dir = std::path::absolute(data.path())?;
+    let stderr_path = data_dir.join("gf-dev.stderr");
+    let stderr = std::fs::File::create(&stderr_path)?;
+    let mut dev = Dev::start_with(&data_dir, &[], |c| {
+        // Its own group, as a shell gives a foreground job, so the whole group can be
+        // signalled as a terminal does.
+        std::os::unix::process::CommandExt::process_group(c, 0);
+        c.stderr(stderr);
+    })?;
+    assert!(
+        !processes_under(&data_dir).is_empty(),
+        "no nats-server with its store under {}",
+        data_dir.display()
+    );
+    let group = nix::unistd::Pid::from_raw(dev.child.id() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = dev.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "gf dev did not stop within 60s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&stderr_path)?;
+    assert!(status.success(), "gf dev exited with {status}:\n{err}");
+    for said in ["NATS unreachable", "not flushed"] {
+        assert!(
+            !err.contains(said),
+            "the fleet stopped after its NATS:\n{err}"
+        );
+    }
+    let left = processes_under(&data_dir);
+    assert!(left.is_empty(), "left running: {left:?}");
     Ok(())
 }
 

@@ -99,12 +99,10 @@ pub async fn run(url: &str, a: DevArgs) -> anyhow::Result<ExitCode> {
         Some(_) => without_credentials(url),
         None => url.to_string(),
     };
-    let (mut nats_child, url) = ensure_nats(&url, &a, secured.as_ref()).await?;
+    let (nats_child, url) = ensure_nats(&url, &a, secured.as_ref()).await?;
     let result = run_fleet(&url, &a, secured.as_ref(), shutdown).await;
-    if let Some(c) = nats_child.as_mut() {
-        let _ = c.child.kill();
-        let _ = c.child.wait();
-    }
+    // The fleet has stopped: now its NATS (the drop stops it, waiting for it).
+    tokio::task::spawn_blocking(move || drop(nats_child)).await?;
     result
 }
 
