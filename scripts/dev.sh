@@ -2,7 +2,7 @@
 # Runs a local Gigafactory fleet: builds `gf`, installs nats-server if missing, and runs
 # `gf dev` (NATS, a coordinator, three workers, demo jobs), secured by default (see
 # docs/security.md, "gf dev"). Extra arguments go to `gf dev` (see `gf dev --help`).
-# Ctrl-C (or SIGTERM) stops everything it started.
+# Ctrl-C (or SIGTERM, or closing the terminal) stops everything it started.
 #
 # GF_DEV_PROFILE=debug builds and runs the debug `gf` instead of the release one (much
 # quicker to build when a debug build is already warm).

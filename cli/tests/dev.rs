@@ -343,13 +343,25 @@ fn processes_under(dir: &Path) -> Vec<String> {
 /// the coordinator's events were "not flushed".)
 #[tokio::test]
 async fn ctrl_c_stops_the_fleet_before_its_nats() -> anyhow::Result<()> {
+    stops_in_order(nix::sys::signal::Signal::SIGINT)
+}
+
+/// A closed terminal (SIGHUP to the foreground group) stops it the same way: the NATS
+/// it started, in a process group of its own, is not left running.
+#[tokio::test]
+async fn a_closed_terminal_stops_the_fleet_and_its_nats() -> anyhow::Result<()> {
+    stops_in_order(nix::sys::signal::Signal::SIGHUP)
+}
+
+/// Starts `gf dev` in a process group of its own, as a shell starts a foreground job,
+/// sends `signal` to the whole group as a terminal does, and checks the fleet stopped
+/// before its NATS and nothing is left.
+fn stops_in_order(signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let data_dir = std::path::absolute(data.path())?;
     let stderr_path = data_dir.join("gf-dev.stderr");
     let stderr = std::fs::File::create(&stderr_path)?;
     let mut dev = Dev::start_with(&data_dir, &[], |c| {
-        // Its own group, as a shell gives a foreground job, so the whole group can be
-        // signalled as a terminal does.
         std::os::unix::process::CommandExt::process_group(c, 0);
         c.stderr(stderr);
     })?;
@@ -359,7 +371,7 @@ async fn ctrl_c_stops_the_fleet_before_its_nats() -> anyhow::Result<()> {
         data_dir.display()
     );
     let group = nix::unistd::Pid::from_raw(dev.child.id() as i32);
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT)?;
+    nix::sys::signal::killpg(group, signal)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = dev.child.try_wait()? {
@@ -367,12 +379,15 @@ async fn ctrl_c_stops_the_fleet_before_its_nats() -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "gf dev did not stop within 60s of Ctrl-C"
+            "gf dev did not stop within 60s of {signal}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     let err = std::fs::read_to_string(&stderr_path)?;
-    assert!(status.success(), "gf dev exited with {status}:\n{err}");
+    assert!(
+        status.success(),
+        "gf dev exited with {status} on {signal}:\n{err}"
+    );
     for said in ["NATS unreachable", "not flushed"] {
         assert!(
             !err.contains(said),
@@ -380,7 +395,7 @@ async fn ctrl_c_stops_the_fleet_before_its_nats() -> anyhow::Result<()> {
         );
     }
     let left = processes_under(&data_dir);
-    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(left.is_empty(), "left running after {signal}: {left:?}");
     Ok(())
 }
 
