@@ -317,23 +317,41 @@ async fn dev_is_secured_and_reruns_with_the_same_credentials() -> anyhow::Result
 }
 
 /// The processes whose command line names `dir` (a `gf dev`'s data folder: its
-/// nats-server's store is under it).
-fn processes_under(dir: &Path) -> Vec<String> {
-    let needle = dir.display().to_string();
+/// nats-server's store is under it), with their pids.
+fn processes_under(dir: &Path) -> Vec<(i32, String)> {
+    let dir = dir.display().to_string();
+    let inside = format!("{dir}/");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            found.push(format!(
-                "{}: {cmdline}",
-                entry.file_name().to_string_lossy()
-            ));
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        // An argument naming the folder or a path in it (not a longer name).
+        if cmdline
+            .split('\0')
+            .any(|arg| arg == dir || arg.contains(&inside))
+        {
+            found.push((pid, cmdline.replace('\0', " ")));
         }
     }
     found
+}
+
+/// Kills, when dropped, whatever still runs with the folder in its command line, so a
+/// failed check leaves no server behind.
+struct KillUnder(PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        for (pid, _) in processes_under(&self.0) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group. `gf dev` stops
@@ -361,6 +379,7 @@ fn stops_in_order(signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(data.path())?;
     let stderr_path = data_dir.join("gf-dev.stderr");
     let stderr = std::fs::File::create(&stderr_path)?;
+    let _cleanup = KillUnder(data_dir.clone());
     let mut dev = Dev::start_with(&data_dir, &[], |c| {
         std::os::unix::process::CommandExt::process_group(c, 0);
         c.stderr(stderr);
