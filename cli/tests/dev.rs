@@ -8,10 +8,11 @@ mod common;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use common::*;
 use gf_schemas::{JobId, JobState};
 
@@ -113,15 +114,25 @@ impl Dev {
     fn stop(mut self) -> anyhow::Result<()> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
+        let status = self
+            .exited_within(Duration::from_secs(30))?
+            .context("gf dev did not stop within 30s of SIGTERM")?;
+        anyhow::ensure!(status.success(), "gf dev exited with {status}");
+        Ok(())
+    }
+
+    /// Its exit status once it has exited, waiting up to `within`; `None` if it still runs.
+    fn exited_within(&mut self, within: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
             if let Some(status) = self.child.try_wait()? {
-                anyhow::ensure!(status.success(), "gf dev exited with {status}");
-                return Ok(());
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        anyhow::bail!("gf dev did not stop within 30s of SIGTERM")
     }
 }
 
@@ -130,12 +141,10 @@ impl Drop for Dev {
         if matches!(self.child.try_wait(), Ok(None)) {
             let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
+            if !matches!(self.exited_within(Duration::from_secs(15)), Ok(Some(_))) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -391,17 +400,9 @@ fn stops_in_order(signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
     );
     let group = nix::unistd::Pid::from_raw(dev.child.id() as i32);
     nix::sys::signal::killpg(group, signal)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = dev.child.try_wait()? {
-            break status;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "gf dev did not stop within 60s of {signal}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = dev
+        .exited_within(Duration::from_secs(60))?
+        .with_context(|| format!("gf dev did not stop within 60s of {signal}"))?;
     let err = std::fs::read_to_string(&stderr_path)?;
     assert!(
         status.success(),
