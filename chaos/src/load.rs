@@ -269,6 +269,15 @@ pub struct LoadReport {
     pub peers: Option<Comparison>,
 }
 
+impl LoadReport {
+    /// The protocol ceiling measured for `lifecycle`, if this run measured it.
+    fn protocol_of(&self, lifecycle: Lifecycle) -> Option<&Protocol> {
+        self.protocol
+            .iter()
+            .find(|p| p.lifecycle == lifecycle.label())
+    }
+}
+
 /// Gigafactory beside the peers, from one run of the suite.
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
@@ -452,11 +461,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         (Lifecycle::Archived, Some(80.0)),
         (Lifecycle::LeaseGrant, None),
     ] {
-        let Some(p) = report
-            .protocol
-            .iter()
-            .find(|p| p.lifecycle == lifecycle.label())
-        else {
+        let Some(p) = report.protocol_of(lifecycle) else {
             continue;
         };
         let share = 100.0 * best.jobs_per_sec / p.jobs_per_sec;
@@ -577,13 +582,7 @@ fn print_ceiling_ratios(report: &LoadReport) {
             100.0 * p.jobs_per_sec / raw.jobs_per_sec
         );
     }
-    let by = |l: Lifecycle| {
-        report
-            .protocol
-            .iter()
-            .find(|p| p.lifecycle == l.label())
-            .map(|p| p.jobs_per_sec)
-    };
+    let by = |l: Lifecycle| report.protocol_of(l).map(|p| p.jobs_per_sec);
     if let (Some(old), Some(new)) = (by(Lifecycle::Design), by(Lifecycle::LeaseAtDispatch)) {
         println!("    new / old, by a pass: {:.2}×", new / old);
     }
