@@ -556,24 +556,41 @@ pub fn init_tracing(
     guard
 }
 
-/// Cancels the token on Ctrl-C or SIGTERM.
+/// Cancels the token on Ctrl-C, SIGTERM or SIGHUP: every long-running command stops in
+/// order (a worker drains) whichever way it is told to. SIGHUP is what a closed
+/// terminal sends; its default action kills the process at once, which would leave a
+/// worker's running jobs to their lease and a coordinator's events unflushed. No
+/// command reloads its configuration on SIGHUP, so stopping is the only meaning it has.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    // Installed before returning, so a signal that arrives while the command starts
+    // is not lost to the default action.
+    #[cfg(unix)]
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        )
+    };
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            let (mut interrupt, mut term, mut hangup) = handlers;
+            let signal = tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = hangup.recv() => "SIGHUP",
+            };
+            tracing::info!(signal, "shutting down");
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        }
         t.cancel();
     });
     token

@@ -268,6 +268,51 @@ async fn a_worker_stops_after_its_drain_grace_with_a_completion_unsent() -> anyh
     Ok(())
 }
 
+/// A worker run in a terminal that closes (SIGHUP) drains as for SIGTERM: the job it
+/// is running may finish within the drain grace and is reported, and the worker exits
+/// cleanly. SIGHUP's default action would kill it at once and leave the job to its
+/// lease.
+#[tokio::test]
+async fn a_closed_terminal_drains_a_worker() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Client::connect(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    // Its drain grace is 2 s: the job ends within 50 ms of being let go.
+    let mut worker = WorkerProcess::spawn(&nats.url(), "terminal", &[])?;
+    wait_workers(&client, 1).await?;
+    let mut spec = sh(
+        r#"touch "$DIR/started"; while [ ! -e "$DIR/go" ]; do sleep 0.05; done; echo "$GF_EPOCH" >> "$DIR/effects""#,
+    );
+    spec.env
+        .insert("DIR".into(), dir.path().display().to_string());
+    let id = client.submit(&spec).await?.job_id;
+    let started = dir.path().join("started");
+    eventually(Duration::from_secs(30), "the job started", || async {
+        started.exists().then_some(())
+    })
+    .await?;
+
+    worker.signal(Signal::SIGHUP)?;
+    // The job ends only after the hangup: a worker killed by it could not report it.
+    std::fs::write(dir.path().join("go"), b"")?;
+    let status = eventually(Duration::from_secs(60), "the worker to exit", || {
+        let exited = worker.child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await?;
+    assert!(status.success(), "the worker exited with {status}");
+    let rec = client.wait_terminal(id, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!(rec.history.len(), 1, "ran once: {rec:?}");
+    assert_eq!(rec.history[0].worker.as_str(), "terminal");
+    let effects = std::fs::read_to_string(dir.path().join("effects"))?;
+    assert_eq!(effects.trim(), "1", "{effects}");
+    coord.stop().await?;
+    Ok(())
+}
+
 /// A coordinator that lost its leadership to a NATS outage stops when asked, without
 /// waiting for its attempts to lead again (each waits out NATS request timeouts: CI saw
 /// one take over 60 s to stop).

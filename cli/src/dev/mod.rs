@@ -80,9 +80,9 @@ async fn listening(url: &str) -> bool {
 }
 
 pub async fn run(url: &str, a: DevArgs) -> anyhow::Result<ExitCode> {
+    // SIGHUP included: the NATS it starts runs in a process group of its own and does
+    // not get a closed terminal's hangup, so gf dev must live to stop it.
     let shutdown = crate::shutdown_on_signals();
-    #[cfg(unix)]
-    cancel_on_hangup(shutdown.clone())?;
     let secured = if a.insecure {
         eprintln!(
             "gf dev --insecure: NATS and the HTTP API are OPEN: anyone who reaches them can submit jobs (run commands on this machine), claim and complete them"
@@ -106,22 +106,6 @@ pub async fn run(url: &str, a: DevArgs) -> anyhow::Result<ExitCode> {
     // The fleet has stopped: now its NATS (the drop stops it, waiting for it).
     tokio::task::spawn_blocking(move || drop(nats_child)).await?;
     result
-}
-
-/// A closed terminal sends SIGHUP: stop as for Ctrl-C. Without this the process would
-/// die at once, and the NATS it started, in a process group of its own, would be left
-/// running.
-#[cfg(unix)]
-fn cancel_on_hangup(shutdown: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = hangup.recv() => shutdown.cancel(),
-            _ = shutdown.cancelled() => {}
-        }
-    });
-    Ok(())
 }
 
 fn absolute(p: &Path) -> PathBuf {
