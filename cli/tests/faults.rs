@@ -268,6 +268,52 @@ async fn a_worker_stops_after_its_drain_grace_with_a_completion_unsent() -> anyh
     Ok(())
 }
 
+/// A worker told to stop with a job still running after its drain grace kills the
+/// job and gives it back (hedged; a copy refused because the first was applied counts
+/// as given back): the job is pending at once, its attempt not spent, and runs again
+/// elsewhere; nothing waits for the lease to expire.
+#[tokio::test]
+async fn a_stopping_worker_gives_back_what_outlasts_its_drain_grace() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Client::connect(&nats).await?;
+    let dir = tempfile::tempdir()?;
+    let mut config = worker_config(&nats.url(), 2);
+    config.drain_grace = Duration::from_secs(1);
+    let leaver = Running::worker(config).await?;
+    let leaver_id = leaver.id();
+    let id = client.submit(&hang_first_attempt(dir.path())).await?.job_id;
+    client
+        .wait_state(id, JobState::Running, Duration::from_secs(10))
+        .await?;
+    let orphan = read_pid(dir.path(), 1).await?;
+    // A bound on a hang: the 1 s drain grace, the kill, the release.
+    tokio::time::timeout(Duration::from_secs(30), leaver.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the worker did not stop"))??;
+    let rec = client.job(id).await?;
+    // Pending, or already blocked for want of a live worker.
+    assert!(
+        matches!(rec.state, JobState::Pending | JobState::Blocked) && rec.attempts == 0,
+        "{rec:?}"
+    );
+    assert_eq!(rec.history.len(), 1, "{rec:?}");
+    assert_eq!(rec.history[0].worker, leaver_id);
+    let why = rec.history[0].ended_because.as_deref().unwrap_or_default();
+    assert!(why.contains("released"), "{why}");
+    assert!(!alive(orphan), "the given-back job's process survived");
+
+    let rescuer = Running::worker(worker_config(&nats.url(), 2)).await?;
+    let rec = client.wait_terminal(id, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!((rec.history.len(), rec.attempts), (2, 1), "{rec:?}");
+    assert_eq!(rec.history[1].worker, rescuer.id());
+    rescuer.stop().await?;
+    coord.stop().await?;
+    Ok(())
+}
+
 /// A worker run in a terminal that closes (SIGHUP) drains as for SIGTERM: the job it
 /// is running may finish within the drain grace and is reported, and the worker exits
 /// cleanly. SIGHUP's default action would kill it at once and leave the job to its

@@ -988,6 +988,21 @@ mod tests {
         assert_eq!((r.state, r.attempts), (JobState::Pending, 0));
     }
 
+    /// A repeat of an applied release (a hedged copy, a retry whose first answer was
+    /// lost) is refused as revoked and changes nothing, whether the job had started or
+    /// not: the worker reads the refusal as "given back", and the attempt it gave back
+    /// is not refunded twice.
+    #[test]
+    fn a_repeated_release_is_refused_and_changes_nothing() {
+        for mut r in [running(1, "a"), leased("a")] {
+            release(&mut r, 1, &w("a"), "draining", t(5)).unwrap();
+            let once = r.clone();
+            let e = release(&mut r, 1, &w("a"), "draining", t(6)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Revoked, "{e:?}");
+            assert_eq!(r, once);
+        }
+    }
+
     /// An unclaimed notice times out back to pending.
     #[test]
     fn claim_timeout() {

@@ -899,10 +899,31 @@ fn give_back_grant(shared: &Arc<Shared>, jobs: &TaskTracker, grant: LeaseGrant, 
     };
     let rpc = shared.rpc.clone();
     jobs.spawn(async move {
-        if let Err(e) = rpc.call_factory::<_, ()>(&req).await {
+        if let Err(e) = release(&rpc, &req).await {
             tracing::debug!(job = %req.job_id, error = %e, "grant not given back; its start deadline sends it back");
         }
     });
+}
+
+/// Gives a job back, hedged ([`client::RpcClient::call_raw_hedged`]): a copy may reach
+/// another coordinator when the first is stalled, so a draining worker does not leave
+/// the job to its start deadline or lease. A copy that lands after the first was
+/// applied is refused as revoked (the holder check fences it: the release cleared the
+/// lease, and the epoch rules out any later lease), which is what the worker asked
+/// for: it no longer holds the job. So a lost lease counts as given back.
+async fn release(rpc: &client::RpcClient, req: &ReleaseRequest) -> Result<(), CallError> {
+    given_back(req, rpc.call_factory_hedged::<_, ()>(req).await)
+}
+
+/// A release's answer as the worker reads it: refused for a lost lease is given back.
+fn given_back(req: &ReleaseRequest, answer: Result<(), CallError>) -> Result<(), CallError> {
+    match answer {
+        Err(e) if e.lost_lease() => {
+            tracing::debug!(job = %req.job_id, epoch = req.epoch, error = %e, "already given back, or no longer ours");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn spawn_job(shared: &Arc<Shared>, jobs: &TaskTracker, job_id: JobId, claim: ClaimReply) {
@@ -972,7 +993,7 @@ fn start_job(
             }
             runner::RunEnd::GivenBack => {
                 let req = ReleaseRequest { job_id, epoch, worker_id: shared.id.clone(), reason: "worker shutting down".into() };
-                if let Err(e) = shared.rpc.call_factory::<_, ()>(&req).await {
+                if let Err(e) = release(&shared.rpc, &req).await {
                     tracing::warn!(job = %job_id, error = %e, "release failed; the lease will expire instead");
                 }
             }
@@ -1171,5 +1192,34 @@ async fn control_messages(
             }
             Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gf_schemas::RpcError;
+
+    /// A hedged release's copy that lands after the first was applied is refused for a
+    /// lost lease: the job is given back all the same. A release nobody answered is
+    /// not.
+    #[test]
+    fn a_release_refused_for_a_lost_lease_is_given_back() {
+        let req = ReleaseRequest {
+            job_id: JobId::new(),
+            epoch: 1,
+            worker_id: WorkerId::new("w").unwrap(),
+            reason: "worker shutting down".into(),
+        };
+        let refused = |kind| Err(CallError::Refused(RpcError::new(kind, "no longer holds")));
+        assert!(given_back(&req, Ok(())).is_ok());
+        assert!(given_back(&req, refused(ErrorKind::Revoked)).is_ok());
+        assert!(given_back(&req, refused(ErrorKind::StaleEpoch)).is_ok());
+        assert!(given_back(&req, refused(ErrorKind::Unavailable)).is_err());
+        let timeout = CallError::Timeout {
+            subject: "gf.rpc".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(given_back(&req, Err(timeout)).is_err());
     }
 }
