@@ -53,8 +53,16 @@ pub enum Command {
     /// N workers, then submit a few demo jobs and print the addresses.
     Dev(dev::DevArgs),
     /// Run a coordinator (job store, scheduler, RPC plane, HTTP API).
+    ///
+    /// Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop it in order: RPC and HTTP
+    /// intake drain, a leader steps down so a standby takes over at once, events are
+    /// flushed, then it exits.
     Coordinator(CoordinatorArgs),
     /// Run a worker that claims and runs jobs matching its capabilities.
+    ///
+    /// Ctrl-C, SIGTERM and SIGHUP (a closed terminal) drain it: it claims nothing new,
+    /// running jobs get --drain-grace to finish and report, and what is still running
+    /// then is killed and given back without spending an attempt.
     Worker(WorkerArgs),
     /// Submit a job: `gf submit [OPTIONS] -- CMD ARGS...` (prints the job id), or a
     /// manifest of jobs with dependencies: `gf submit -f jobs.toml`.
@@ -376,7 +384,7 @@ pub struct WorkerArgs {
     /// Worker id [worker.id; default: host name plus a random suffix].
     #[arg(long = "id", id = "worker_id", value_name = "ID")]
     pub id: Option<String>,
-    /// On shutdown, how long running jobs may finish [worker.drain_grace; default 30s].
+    /// On shutdown (Ctrl-C, SIGTERM, SIGHUP), how long running jobs may finish before they are given back [worker.drain_grace; default 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_grace: Option<Duration>,
     /// Directory for jobs' working directories and result files [worker.scratch_dir].
