@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -85,11 +86,14 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
 
 /// A `nats-server` this process started. Dropping it stops the server (SIGTERM, so
 /// JetStream writes its state; SIGKILL after [`STOP_GRACE`]), on every way out of
-/// `gf dev`, an error or a panic included.
+/// `gf dev`, an error or a panic included. If this process is killed outright
+/// (SIGKILL, the OOM killer), Linux sends the server SIGTERM for it (see [`spawn`]).
 pub struct Spawned {
-    pub child: Child,
     /// The port it listens on (the one asked for, or the one it picked for port 0).
     pub port: u16,
+    /// Dropped to tell the keeper thread to stop the server.
+    stop: Option<mpsc::Sender<()>>,
+    keeper: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How long a stopping server gets before it is killed.
@@ -97,33 +101,89 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
+        drop(self.stop.take());
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
         }
-        #[cfg(unix)]
-        {
-            use nix::sys::signal::{kill, Signal};
-            use nix::unistd::Pid;
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+}
+
+/// Stops a server: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+fn stop(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Starts `nats-server -js` on loopback `port` (0: a free one the server picks) with its
 /// store under `dir` and, when given, the server config `config` (e.g. a secured
 /// deployment's, from `gf admin init`), and waits until it accepts connections.
+///
+/// The server is started, and later stopped, by a thread of its own that lives as long
+/// as the server: on Linux the server is told to stop (`PR_SET_PDEATHSIG`, SIGTERM) when
+/// the thread that started it ends, so a `gf dev` killed outright does not leave it
+/// running. (Started from a pooled thread, it would be stopped whenever the pool
+/// retired that thread.)
 pub fn spawn(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow::Result<Spawned> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (bin, dir, config) = (
+        bin.to_path_buf(),
+        dir.to_path_buf(),
+        config.map(Path::to_path_buf),
+    );
+    let keeper = std::thread::Builder::new()
+        .name("nats-server".into())
+        .spawn(move || {
+            let (mut child, port) = match start(&bin, port, &dir, config.as_deref()) {
+                Ok(started) => started,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(port));
+            // Until the `Spawned` is dropped (its sender with it).
+            let _ = stop_rx.recv();
+            stop(&mut child);
+        })
+        .context("cannot start the thread that keeps nats-server")?;
+    match ready_rx.recv() {
+        Ok(Ok(port)) => Ok(Spawned {
+            port,
+            stop: Some(stop_tx),
+            keeper: Some(keeper),
+        }),
+        Ok(Err(e)) => {
+            let _ = keeper.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = keeper.join();
+            bail!("the thread starting nats-server ended without a word")
+        }
+    }
+}
+
+/// [`spawn`]'s work, on the keeper thread: the running server and its port.
+fn start(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow::Result<(Child, u16)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let log_path = dir.join("nats-server.log");
     let log = std::fs::File::create(&log_path)?;
@@ -138,6 +198,8 @@ pub fn spawn(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow
     // its fleet first and then this server (dropping [`Spawned`]).
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    #[cfg(target_os = "linux")]
+    stop_with_this_thread(&mut command);
     if let Some(c) = config {
         command.arg("-c").arg(c);
     }
@@ -164,7 +226,7 @@ pub fn spawn(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow
         if let Some(port) = read_ports_file(&ports_file) {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 let _ = std::fs::remove_file(&ports_file);
-                return Ok(Spawned { child, port });
+                return Ok((child, port));
             }
         }
         std::thread::sleep(Duration::from_millis(25));
@@ -175,6 +237,32 @@ pub fn spawn(bin: &Path, port: u16, dir: &Path, config: Option<&Path>) -> anyhow
         "nats-server did not listen on port {port} within 10s; see {}",
         log_path.display()
     )
+}
+
+/// The child gets SIGTERM when the thread that forked it ends: with this process, if
+/// it is killed. A parent already gone by the time the child sets this (it died
+/// between the fork and here) fails the start instead of leaving a server nobody
+/// stops.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn stop_with_this_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: runs in the forked child before exec; prctl(2) and getppid(2) are
+    // async-signal-safe and the closure neither allocates nor takes locks (an errno,
+    // not a message).
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The client port in a server's ports file (`{"nats": ["nats://127.0.0.1:4222"]}`).

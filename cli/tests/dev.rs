@@ -419,6 +419,39 @@ fn stops_in_order(signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `gf dev` killed outright (SIGKILL, the OOM killer: no chance to stop anything) does
+/// not leave the NATS it started running: the kernel tells the server to stop when
+/// the thread that started it dies with the process. (Before, the server, in a process
+/// group of its own, kept running with its port and store.)
+#[tokio::test]
+async fn a_killed_gf_dev_does_not_leave_its_nats_running() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let data_dir = std::path::absolute(data.path())?;
+    let _cleanup = KillUnder(data_dir.clone());
+    let mut dev = Dev::start(&data_dir, &[])?;
+    assert!(
+        !processes_under(&data_dir).is_empty(),
+        "no nats-server with its store under {}",
+        data_dir.display()
+    );
+    dev.child.kill()?;
+    dev.child.wait()?;
+    // A bound on a hang, not a speed target: the server's own SIGTERM shutdown.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = processes_under(&data_dir);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left running 30s after gf dev was killed: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// `--insecure` is today's open mode; `gf doctor` warns loudly about it, and fails
 /// when a production profile runs that way.
 #[tokio::test]
