@@ -62,7 +62,8 @@ pub enum Command {
     ///
     /// Ctrl-C, SIGTERM and SIGHUP (a closed terminal) drain it: it claims nothing new,
     /// running jobs get --drain-grace to finish and report, and what is still running
-    /// then is killed and given back without spending an attempt.
+    /// then is killed and given back without spending an attempt. Started under `nohup`,
+    /// it keeps ignoring SIGHUP.
     Worker(WorkerArgs),
     /// Submit a job: `gf submit [OPTIONS] -- CMD ARGS...` (prints the job id), or a
     /// manifest of jobs with dependencies: `gf submit -f jobs.toml`.
@@ -569,6 +570,8 @@ pub fn init_tracing(
 /// terminal sends; its default action kills the process at once, which would leave a
 /// worker's running jobs to their lease and a coordinator's events unflushed. No
 /// command reloads its configuration on SIGHUP, so stopping is the only meaning it has.
+/// A process started with SIGHUP ignored (`nohup gf worker`, a supervisor that ignores
+/// it) keeps ignoring it: it was asked to outlive its terminal.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -580,17 +583,24 @@ pub fn shutdown_on_signals() -> CancellationToken {
         (
             signal(SignalKind::interrupt()).expect("SIGINT handler"),
             signal(SignalKind::terminate()).expect("SIGTERM handler"),
-            signal(SignalKind::hangup()).expect("SIGHUP handler"),
+            // Asked before tokio installs its handler, which replaces the ignoring.
+            (!hangup_ignored()).then(|| signal(SignalKind::hangup()).expect("SIGHUP handler")),
         )
     };
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             let (mut interrupt, mut term, mut hangup) = handlers;
+            let hangup = async {
+                match &mut hangup {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let signal = tokio::select! {
                 _ = interrupt.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
-                _ = hangup.recv() => "SIGHUP",
+                _ = hangup => "SIGHUP",
             };
             tracing::info!(signal, "shutting down");
         }
@@ -602,6 +612,21 @@ pub fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// Whether this process was started with SIGHUP ignored (`nohup`).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn hangup_ignored() -> bool {
+    use nix::libc;
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction(2) only writes the current disposition
+    // of SIGHUP into `current`, which is zeroed and of the right type; it is read only
+    // when the call succeeded.
+    unsafe {
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), current.as_mut_ptr()) == 0
+            && current.assume_init().sa_sigaction == libc::SIG_IGN
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -4,6 +4,8 @@
 mod common;
 
 use std::path::Path;
+
+use anyhow::Context as _;
 use std::time::Duration;
 
 use common::*;
@@ -355,6 +357,53 @@ async fn a_closed_terminal_drains_a_worker() -> anyhow::Result<()> {
     assert_eq!(rec.history[0].worker.as_str(), "terminal");
     let effects = std::fs::read_to_string(dir.path().join("effects"))?;
     assert_eq!(effects.trim(), "1", "{effects}");
+    coord.stop().await?;
+    Ok(())
+}
+
+/// A worker started with SIGHUP ignored (`nohup gf worker`) was asked to outlive its
+/// terminal: it keeps ignoring SIGHUP, and goes on claiming and running jobs after one.
+#[tokio::test]
+async fn a_worker_started_with_nohup_outlives_its_terminal() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = NatsServer::start()?;
+    let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
+    let client = Client::connect(&nats).await?;
+    let child = std::process::Command::new("nohup")
+        .arg(env!("CARGO_BIN_EXE_gf"))
+        .args(["worker", "--id", "nohup", "--slots", "2"])
+        .env("GF_NATS_URL", nats.url())
+        .env("GF_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut worker = WorkerProcess {
+        child,
+        id: "nohup".into(),
+    };
+    wait_workers(&client, 1).await?;
+    // Registered: its signal handlers are in place. SIGHUP (signal 1) is still ignored.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", worker.child.id()))?;
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .context("SigIgn in /proc/PID/status")?;
+    assert_eq!(
+        ignored & 1,
+        1,
+        "SIGHUP no longer ignored: SigIgn {ignored:x}"
+    );
+
+    worker.signal(Signal::SIGHUP)?;
+    let id = client.submit(&sh("true")).await?.job_id;
+    let rec = client.wait_terminal(id, Duration::from_secs(30)).await?;
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    assert_eq!(rec.history[0].worker.as_str(), "nohup");
+    assert!(
+        worker.child.try_wait()?.is_none(),
+        "the worker exited on SIGHUP"
+    );
     coord.stop().await?;
     Ok(())
 }
