@@ -276,10 +276,18 @@ pub struct LoadReport {
 impl LoadReport {
     /// The protocol ceiling measured for `lifecycle`, if this run measured it.
     fn protocol_of(&self, lifecycle: Lifecycle) -> Option<&Protocol> {
-        self.protocol
-            .iter()
-            .find(|p| p.lifecycle == lifecycle.label())
+        measured(&self.protocol, lifecycle)
     }
+
+    /// The same ceiling measured again after the fleet's runs, if it was.
+    fn protocol_after_of(&self, lifecycle: Lifecycle) -> Option<&Protocol> {
+        measured(&self.protocol_after, lifecycle)
+    }
+}
+
+/// The ceiling of `lifecycle` among `ceilings`.
+fn measured(ceilings: &[Protocol], lifecycle: Lifecycle) -> Option<&Protocol> {
+    ceilings.iter().find(|p| p.lifecycle == lifecycle.label())
 }
 
 /// Gigafactory beside the peers, from one run of the suite.
@@ -477,11 +485,7 @@ pub async fn run(args: LoadArgs, gf: &GfCommand) -> anyhow::Result<bool> {
         let Some(before) = report.protocol_of(lifecycle) else {
             continue;
         };
-        let after = report
-            .protocol_after
-            .iter()
-            .find(|p| p.lifecycle == before.lifecycle)
-            .map(|p| p.jobs_per_sec);
+        let after = report.protocol_after_of(lifecycle).map(|p| p.jobs_per_sec);
         let ceiling = bracketing_ceiling(before.jobs_per_sec, after);
         let share = 100.0 * best.jobs_per_sec / ceiling;
         println!(
