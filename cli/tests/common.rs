@@ -89,7 +89,27 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(nats_url: &str, id: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gf"))
+        Self::spawn_under(None, nats_url, id, extra)
+    }
+
+    /// [`WorkerProcess::spawn`], run by `wrapper` (e.g. `nohup`, which execs it: the
+    /// pid is the worker's) when given.
+    pub fn spawn_under(
+        wrapper: Option<&str>,
+        nats_url: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let gf = env!("CARGO_BIN_EXE_gf");
+        let mut command = match wrapper {
+            Some(w) => {
+                let mut c = std::process::Command::new(w);
+                c.arg(gf);
+                c
+            }
+            None => std::process::Command::new(gf),
+        };
+        let child = command
             .args(["worker", "--id", id, "--slots", "2", "--drain-grace", "2s"])
             .args(extra)
             .env("GF_NATS_URL", nats_url)

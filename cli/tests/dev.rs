@@ -437,18 +437,13 @@ async fn a_killed_gf_dev_does_not_leave_its_nats_running() -> anyhow::Result<()>
     dev.child.kill()?;
     dev.child.wait()?;
     // A bound on a hang, not a speed target: the server's own SIGTERM shutdown.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = processes_under(&data_dir);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left running 30s after gf dev was killed: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gf_testkit::eventually(
+        Duration::from_secs(30),
+        "the nats-server of a killed gf dev to stop",
+        || async { processes_under(&data_dir).is_empty().then_some(()) },
+    )
+    .await
+    .with_context(|| format!("left running: {:?}", processes_under(&data_dir)))?;
     Ok(())
 }
 

@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use std::time::Duration;
 
 use common::*;
 use gf_schemas::rpc::{CompleteReply, CompleteRequest};
@@ -369,18 +369,7 @@ async fn a_worker_started_with_nohup_outlives_its_terminal() -> anyhow::Result<(
     let nats = NatsServer::start()?;
     let coord = Running::coordinator(coordinator_config(&nats.url())).await?;
     let client = Client::connect(&nats).await?;
-    let child = std::process::Command::new("nohup")
-        .arg(env!("CARGO_BIN_EXE_gf"))
-        .args(["worker", "--id", "nohup", "--slots", "2"])
-        .env("GF_NATS_URL", nats.url())
-        .env("GF_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut worker = WorkerProcess {
-        child,
-        id: "nohup".into(),
-    };
+    let mut worker = WorkerProcess::spawn_under(Some("nohup"), &nats.url(), "nohup", &[])?;
     wait_workers(&client, 1).await?;
     // Registered: its signal handlers are in place. SIGHUP (signal 1) is still ignored.
     let status = std::fs::read_to_string(format!("/proc/{}/status", worker.child.id()))?;
